@@ -1,0 +1,1 @@
+"""Bars to predictions: features, networks, baselines, training, model store, workers, MQTT publisher."""

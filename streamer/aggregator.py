@@ -1,0 +1,246 @@
+"""Trades to exact UTC time bars: a pure aggregator, fed trades and time, with no I/O and no clock.
+
+Policies, each named because each one is a choice:
+
+- **Alignment**: a trade at exchange time ``t`` belongs to the bar opening at ``t - t % interval``
+  (UTC epoch alignment; intervals divide a day, so bars also align to UTC days).
+- **Timestamp**: a bar is stamped with its open time.
+- **Closing**: the caller says how far the feed has provably got (``advance(watermark_ms)``); a bar
+  closes once ``open + interval + grace <= watermark``. The aggregator never guesses from a clock,
+  so a feed that is down leaves its bars open until the backfill has filled them.
+- **Empty intervals**: a bar of zero volume with open = high = low = close = VWAP = last close,
+  never a missing bar.
+- **Order**: open and close are the trades first and last by ``(timestamp, trade id)``, not by
+  arrival, so any arrival order before a bar closes gives the same bar.
+- **Duplicates**: a trade id seen in an open bar or in the last closed bars is dropped and counted.
+- **Late**: a trade for a bar that has already closed is counted and dropped, never added to a
+  wrong bar.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import Enum
+
+from volcast.bar import Bar, BarStatus, Trade
+
+# Ids of this many closed bars are remembered, so a duplicate that arrives just after its bar
+# closed is reported as a duplicate rather than as a late trade.
+_CLOSED_ID_MEMORY = 2
+
+
+class Outcome(Enum):
+    ADDED = "added"
+    DUPLICATE = "duplicate"
+    LATE = "late"
+
+
+@dataclass(slots=True)
+class _Accumulator:
+    """The running sums of one bar; prices are the extremes seen so far."""
+
+    first_key: tuple[int, int]
+    last_key: tuple[int, int]
+    open: Decimal
+    close: Decimal
+    high: Decimal
+    low: Decimal
+    volume: Decimal = Decimal(0)
+    quote_volume: Decimal = Decimal(0)
+    buy_volume: Decimal = Decimal(0)
+    sell_volume: Decimal = Decimal(0)
+    trades: int = 0
+    first_trade_id: int = 0
+    last_trade_id: int = 0
+    backfilled: bool = False
+    ids: set[int] = field(default_factory=set)
+
+    @classmethod
+    def starting_with(cls, trade: Trade) -> _Accumulator:
+        key = (trade.timestamp_ms, trade.trade_id)
+        return cls(
+            first_key=key,
+            last_key=key,
+            open=trade.price,
+            close=trade.price,
+            high=trade.price,
+            low=trade.price,
+            first_trade_id=trade.trade_id,
+            last_trade_id=trade.trade_id,
+        )
+
+    def add(self, trade: Trade, backfilled: bool) -> None:
+        key = (trade.timestamp_ms, trade.trade_id)
+        price, amount = trade.price, trade.amount
+        if key < self.first_key:
+            self.first_key, self.open = key, price
+        if key > self.last_key:
+            self.last_key, self.close = key, price
+        if price > self.high:
+            self.high = price
+        if price < self.low:
+            self.low = price
+        self.volume += amount
+        self.quote_volume += price * amount
+        if trade.side == "buy":
+            self.buy_volume += amount
+        elif trade.side == "sell":
+            self.sell_volume += amount
+        self.trades += 1
+        self.first_trade_id = min(self.first_trade_id, trade.trade_id)
+        self.last_trade_id = max(self.last_trade_id, trade.trade_id)
+        self.backfilled |= backfilled
+        self.ids.add(trade.trade_id)
+
+    def to_bar(self, open_time_ms: int, status: BarStatus) -> Bar:
+        return Bar(
+            open_time_ms=open_time_ms,
+            open=self.open,
+            high=self.high,
+            low=self.low,
+            close=self.close,
+            volume=self.volume,
+            quote_volume=self.quote_volume,
+            trades=self.trades,
+            buy_volume=self.buy_volume,
+            sell_volume=self.sell_volume,
+            vwap=self.quote_volume / self.volume if self.volume else self.close,
+            first_trade_id=self.first_trade_id,
+            last_trade_id=self.last_trade_id,
+            status=status,
+        )
+
+
+def empty_bar(open_time_ms: int, price: Decimal, status: BarStatus = BarStatus.COMPLETE) -> Bar:
+    """An interval without trades: zero volume at the last known price."""
+    zero = Decimal(0)
+    return Bar(open_time_ms, price, price, price, price, zero, zero, 0, zero, zero, price, None, None, status)
+
+
+class BarAggregator:
+    """Builds contiguous bars of ``interval_ms`` from trades; calls ``on_bar`` for each closed bar."""
+
+    def __init__(
+        self,
+        interval_ms: int,
+        grace_ms: int,
+        on_bar: Callable[[Bar], None],
+        *,
+        start_ms: int | None = None,
+        last_close: Decimal | None = None,
+    ) -> None:
+        if interval_ms <= 0 or not 0 <= grace_ms < interval_ms:
+            raise ValueError("need interval_ms > 0 and 0 <= grace_ms < interval_ms")
+        if start_ms is not None:
+            if start_ms % interval_ms:
+                raise ValueError(f"start_ms {start_ms} is not aligned to the {interval_ms} ms interval")
+            if last_close is None:
+                raise ValueError("resuming at start_ms needs last_close, the price empty bars carry")
+        self.interval_ms = interval_ms
+        self.grace_ms = grace_ms
+        self._on_bar = on_bar
+        self.next_open_ms: int | None = start_ms
+        # Once a resume point is given or a bar has closed, earlier trades are late.
+        self._start_fixed = start_ms is not None
+        self._last_close = last_close
+        self._open: dict[int, _Accumulator] = {}
+        self._closed_ids: deque[set[int]] = deque(maxlen=_CLOSED_ID_MEMORY)
+        self._gaps: list[tuple[int, int]] = []
+        self._watermark_ms = -1
+        self.trades = 0
+        self.duplicates = 0
+        self.late = 0
+        self.bars_closed = 0
+
+    def bar_open(self, timestamp_ms: int) -> int:
+        return timestamp_ms - timestamp_ms % self.interval_ms
+
+    def add(self, trade: Trade, *, backfilled: bool = False) -> Outcome:
+        """Put a trade into its bar, unless it is a duplicate or its bar has closed."""
+        open_ms = self.bar_open(trade.timestamp_ms)
+        if self.next_open_ms is None or (open_ms < self.next_open_ms and not self._start_fixed):
+            # Nothing has closed yet on a fresh start: the first bar is the earliest trade's bar.
+            self.next_open_ms = open_ms
+        if open_ms < self.next_open_ms:
+            if any(trade.trade_id in ids for ids in self._closed_ids):
+                self.duplicates += 1
+                return Outcome.DUPLICATE
+            self.late += 1
+            return Outcome.LATE
+        accumulator = self._open.get(open_ms)
+        if accumulator is None:
+            self._open[open_ms] = _Accumulator.starting_with(trade)
+            self._open[open_ms].add(trade, backfilled)
+        elif trade.trade_id in accumulator.ids:
+            self.duplicates += 1
+            return Outcome.DUPLICATE
+        else:
+            accumulator.add(trade, backfilled)
+        self.trades += 1
+        return Outcome.ADDED
+
+    def advance(self, watermark_ms: int) -> int:
+        """The feed has provably reached ``watermark_ms``: close every bar that is due, in order."""
+        if watermark_ms <= self._watermark_ms:
+            return 0
+        self._watermark_ms = watermark_ms
+        closed = 0
+        while self.next_open_ms is not None and self.next_open_ms + self.interval_ms + self.grace_ms <= watermark_ms:
+            self._start_fixed = True
+            self._close(self.next_open_ms)
+            self.next_open_ms += self.interval_ms
+            closed += 1
+        return closed
+
+    def mark_gap(self, start_ms: int, end_ms: int) -> None:
+        """Trades in ``[start_ms, end_ms)`` are known to be lost: their bars will say so."""
+        if end_ms > start_ms:
+            self._gaps.append((start_ms, end_ms))
+
+    def open_bars(self) -> list[Bar]:
+        """The bars not closed yet, oldest first, each with what it holds so far."""
+        if self.next_open_ms is None:
+            return []
+        last = max(self._open, default=self.next_open_ms)
+        bars = []
+        price = self._last_close
+        for open_ms in range(self.next_open_ms, last + 1, self.interval_ms):
+            accumulator = self._open.get(open_ms)
+            if accumulator is not None:
+                bar = accumulator.to_bar(open_ms, self._status(open_ms, accumulator.backfilled))
+                price = bar.close
+            elif price is not None:
+                bar = empty_bar(open_ms, price, self._status(open_ms, False))
+            else:
+                continue
+            bars.append(bar)
+        return bars
+
+    @property
+    def last_close(self) -> Decimal | None:
+        return self._last_close
+
+    def _status(self, open_ms: int, backfilled: bool) -> BarStatus:
+        end_ms = open_ms + self.interval_ms
+        if any(start < end_ms and open_ms < stop for start, stop in self._gaps):
+            return BarStatus.GAP
+        return BarStatus.BACKFILLED if backfilled else BarStatus.COMPLETE
+
+    def _close(self, open_ms: int) -> None:
+        accumulator = self._open.pop(open_ms, None)
+        if accumulator is not None:
+            bar = accumulator.to_bar(open_ms, self._status(open_ms, accumulator.backfilled))
+            self._closed_ids.append(accumulator.ids)
+        else:
+            if self._last_close is None:  # only possible before the first trade of a fresh start
+                raise AssertionError("an empty bar before any price is known")
+            bar = empty_bar(open_ms, self._last_close, self._status(open_ms, False))
+            self._closed_ids.append(set())
+        self._last_close = bar.close
+        end_ms = open_ms + self.interval_ms
+        self._gaps = [(start, stop) for start, stop in self._gaps if stop > end_ms]
+        self.bars_closed += 1
+        self._on_bar(bar)

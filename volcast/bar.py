@@ -1,0 +1,110 @@
+"""The trade and bar records both sides share, and their exact text form.
+
+Amounts and prices are ``Decimal`` so that a bar's volume is the exact sum of its trades'
+amounts: summing binary floats would make the same trades give different volumes in different
+orders. Redis, CSV and JSON carry them as decimal strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from decimal import Decimal
+from enum import StrEnum
+from typing import Literal
+
+Side = Literal["buy", "sell"]
+
+
+class BarStatus(StrEnum):
+    """What a closed bar can promise about its trades."""
+
+    COMPLETE = "complete"  # every trade of the interval came from the live feed
+    BACKFILLED = "backfilled"  # complete, but some trades came from a REST backfill
+    GAP = "gap"  # trades of the interval are known to be missing
+
+
+@dataclass(frozen=True, slots=True)
+class Trade:
+    """One exchange trade. ``side`` is the taker (aggressor) side, None if the exchange hides it."""
+
+    timestamp_ms: int
+    trade_id: int
+    price: Decimal
+    amount: Decimal
+    side: Side | None
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """A closed (or forming) time bar. ``open_time_ms`` is the UTC start of its interval."""
+
+    open_time_ms: int
+    open: Decimal
+    high: Decimal
+    low: Decimal
+    close: Decimal
+    volume: Decimal
+    quote_volume: Decimal
+    trades: int
+    buy_volume: Decimal
+    sell_volume: Decimal
+    vwap: Decimal
+    first_trade_id: int | None
+    last_trade_id: int | None
+    status: BarStatus
+
+    def to_fields(self) -> dict[str, str]:
+        """Flat string fields, for a Redis hash or stream entry and for CSV."""
+        out: dict[str, str] = {}
+        for name in BAR_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, BarStatus):
+                out[name] = value.value
+            elif value is None:
+                out[name] = ""
+            elif isinstance(value, Decimal):
+                out[name] = format_decimal(value)
+            else:
+                out[name] = str(value)
+        return out
+
+    @classmethod
+    def from_fields(cls, raw: Mapping[str | bytes, str | bytes]) -> Bar:
+        """Inverse of ``to_fields``; accepts the bytes a Redis client without decoding returns."""
+        text = {_text(k): _text(v) for k, v in raw.items()}
+        try:
+            return cls(
+                open_time_ms=int(text["open_time_ms"]),
+                open=Decimal(text["open"]),
+                high=Decimal(text["high"]),
+                low=Decimal(text["low"]),
+                close=Decimal(text["close"]),
+                volume=Decimal(text["volume"]),
+                quote_volume=Decimal(text["quote_volume"]),
+                trades=int(text["trades"]),
+                buy_volume=Decimal(text["buy_volume"]),
+                sell_volume=Decimal(text["sell_volume"]),
+                vwap=Decimal(text["vwap"]),
+                first_trade_id=int(text["first_trade_id"]) if text["first_trade_id"] else None,
+                last_trade_id=int(text["last_trade_id"]) if text["last_trade_id"] else None,
+                status=BarStatus(text["status"]),
+            )
+        except (KeyError, ValueError, ArithmeticError) as exc:
+            raise ValueError(f"not a bar record: {exc!r} in {text!r}") from None
+
+
+BAR_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Bar))
+"""Field order of a bar everywhere it is written out (CSV columns, Redis fields)."""
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def format_decimal(value: Decimal) -> str:
+    """Plain notation without exponent, trailing zeros kept only as far as needed: 1482.0 -> '1482'."""
+    if value == 0:
+        return "0"
+    text = format(value.normalize(), "f")
+    return text

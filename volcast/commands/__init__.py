@@ -1,0 +1,1 @@
+"""One module per ``volcast`` verb: ``add_arguments(parser)`` and ``main(args) -> int``."""

@@ -1,0 +1,91 @@
+"""Every Redis key and MQTT topic name, built here and nowhere else.
+
+All keys of one feed share a Redis Cluster hash tag ``{exchange:symbol:interval}``, so a feed's
+bars, open bar, health and predictions live in one slot and can be written in one transaction.
+
+Layout (``P`` is ``redis.key_prefix``, ``T`` the feed's hash tag):
+
+- ``P:T:bars``         Stream of closed bars; entry id ``<open_time_ms>-0`` so a rewrite is idempotent.
+- ``P:T:open``         Hash: the bar still forming, refreshed at most every ``bars.open_bar_update``.
+- ``P:T:health``       Hash with a TTL heartbeat: the feed's state and counters.
+- ``P:T:prediction``   Hash: the latest prediction for this feed.
+- ``P:T:predictions``  Stream of predictions (entry id = predicted bar open time), with realised error.
+- ``P:T:scores``       Hash: rolling live scores (rmse_log, MASE against naive).
+- ``P:events:bars:I``  Stream of bar-closed events for interval ``I``, read by a consumer group.
+- ``P:model``          Hash: the promoted model's name, version and scores.
+- ``P:refit``          Hash: the refit worker's last run, result and next run.
+- ``P:forecaster``     Hash: the forecaster's heartbeat and last batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from volcast.durations import format_duration_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Feed:
+    """One stream of trades: an exchange's symbol, cut into bars of one interval."""
+
+    exchange: str
+    symbol: str
+    interval_ms: int
+
+    @property
+    def interval(self) -> str:
+        return format_duration_ms(self.interval_ms)
+
+
+def _tag(feed: Feed) -> str:
+    # Braces inside the tag would change the slot, and ccxt symbols never contain them.
+    return "{" + f"{feed.exchange}:{feed.symbol}:{feed.interval}" + "}"
+
+
+class RedisKeys:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def bars(self, feed: Feed) -> str:
+        return f"{self.prefix}:{_tag(feed)}:bars"
+
+    def open_bar(self, feed: Feed) -> str:
+        return f"{self.prefix}:{_tag(feed)}:open"
+
+    def health(self, feed: Feed) -> str:
+        return f"{self.prefix}:{_tag(feed)}:health"
+
+    def prediction(self, feed: Feed) -> str:
+        return f"{self.prefix}:{_tag(feed)}:prediction"
+
+    def predictions(self, feed: Feed) -> str:
+        return f"{self.prefix}:{_tag(feed)}:predictions"
+
+    def scores(self, feed: Feed) -> str:
+        return f"{self.prefix}:{_tag(feed)}:scores"
+
+    def bar_events(self, interval_ms: int) -> str:
+        return f"{self.prefix}:events:bars:{format_duration_ms(interval_ms)}"
+
+    def model(self) -> str:
+        return f"{self.prefix}:model"
+
+    def refit(self) -> str:
+        return f"{self.prefix}:refit"
+
+    def forecaster(self) -> str:
+        return f"{self.prefix}:forecaster"
+
+
+def topic_safe(symbol: str) -> str:
+    """``BTC/USDT`` -> ``BTC-USDT``: a topic level may not hold ``/``, ``+`` or ``#``."""
+    return "".join("-" if c in "/+#" else ("_" if c in " \0" else c) for c in symbol)
+
+
+def forecast_topic(prefix: str, feed: Feed) -> str:
+    return f"{prefix}/{topic_safe(feed.exchange)}/{topic_safe(feed.symbol)}/{feed.interval}/forecast"
+
+
+def forecast_topic_filter(prefix: str) -> str:
+    """Subscribe to this for every feed's forecasts."""
+    return f"{prefix}/+/+/+/forecast"

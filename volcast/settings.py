@@ -1,0 +1,370 @@
+"""The settings schema: config.yml read into frozen models that refuse unknown keys.
+
+A typo in config.yml must be an error that names the key, never a silent default, so every model
+forbids extra keys and every field is validated. Connection settings and secrets can be overridden
+from the environment (see ``ENV_OVERRIDES``), so that a compose file or a shell never has to write
+a password into config.yml.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from volcast.durations import format_duration_ms, parse_duration_ms
+
+DAY_MS = 86_400_000
+
+DurationMs = Annotated[int, BeforeValidator(parse_duration_ms)]
+"""A duration written as '500ms', '2s', '1m', '1h', '1d' (or a bare number of ms), stored in ms."""
+
+
+def _positive(value: int) -> int:
+    if value <= 0:
+        raise ValueError("must be greater than zero")
+    return value
+
+
+PositiveDurationMs = Annotated[DurationMs, AfterValidator(_positive)]
+
+
+class ConfigError(Exception):
+    """config.yml (or an override) cannot be used; the message names the file and the key."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@cache
+def _ccxt_pro_exchanges() -> frozenset[str]:
+    # ccxt is slow to import; only pay for it when a config is actually validated.
+    import ccxt.pro
+
+    return frozenset(ccxt.pro.exchanges)
+
+
+class ExchangeSettings(_Frozen):
+    """One exchange and the symbols to stream from it."""
+
+    id: str
+    symbols: tuple[str, ...] = Field(min_length=1)
+    # Merged into the ccxt client's ``options`` (e.g. tradesLimit, streamLimits).
+    options: dict[str, Any] = Field(default_factory=dict)
+    # Deep-merged into the ccxt client's ``urls``: how to point the real client at `volcast replay`.
+    urls: dict[str, Any] = Field(default_factory=dict)
+    # Binance numbers its trades consecutively per symbol, so a jump in ids proves a lost trade.
+    consecutive_trade_ids: bool = True
+
+    @field_validator("id")
+    @classmethod
+    def _known_exchange(cls, value: str) -> str:
+        if value not in _ccxt_pro_exchanges():
+            raise ValueError(
+                f"unknown exchange id {value!r}: use a ccxt pro exchange id such as 'binance' "
+                "(python -c 'import ccxt.pro; print(ccxt.pro.exchanges)' lists them)"
+            )
+        return value
+
+    @field_validator("symbols")
+    @classmethod
+    def _unified_symbols(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for symbol in value:
+            if "/" not in symbol or symbol.strip() != symbol or not symbol:
+                raise ValueError(f"symbol {symbol!r} is not a ccxt unified symbol such as 'BTC/USDT'")
+        if len(set(value)) != len(value):
+            raise ValueError("a symbol is listed twice")
+        return value
+
+
+class BarSettings(_Frozen):
+    """How trades become bars."""
+
+    interval: PositiveDurationMs = 60_000
+    # How long after a bar's end a late trade is still put into it.
+    grace: DurationMs = 2_000
+    # How much closed-bar history Redis keeps per symbol.
+    retention: PositiveDurationMs = 7 * DAY_MS
+    # The open (still forming) bar is written to Redis at most this often.
+    open_bar_update: PositiveDurationMs = 1_000
+
+    @field_validator("interval")
+    @classmethod
+    def _aligned_interval(cls, value: int) -> int:
+        if not 1_000 <= value <= DAY_MS:
+            raise ValueError(f"interval must be between 1s and 1d, got {format_duration_ms(value)}")
+        if DAY_MS % value != 0:
+            raise ValueError(
+                f"interval {format_duration_ms(value)} does not divide a day, so its bars would "
+                "not align to UTC days: use e.g. 1s, 5s, 15s, 1m, 5m, 15m, 1h, 4h or 1d"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _grace_shorter_than_interval(self) -> BarSettings:
+        if self.grace >= self.interval:
+            raise ValueError("grace must be shorter than interval")
+        return self
+
+    @property
+    def retention_bars(self) -> int:
+        return max(1, self.retention // self.interval)
+
+
+class StreamerSettings(_Frozen):
+    """The ingest loop: reconnects, watchdog, backfill, outage buffer."""
+
+    # A connected feed that sends nothing for this long is treated as dead and reconnected.
+    watchdog: PositiveDurationMs = 30_000
+    backoff_initial: PositiveDurationMs = 500
+    backoff_max: PositiveDurationMs = 30_000
+    # On start, backfill at most this far back from the last closed bar; older holes become gaps.
+    max_backfill: PositiveDurationMs = 3_600_000
+    # Closed bars held in memory while Redis is down; past this the oldest are dropped and counted.
+    buffer_bars: int = Field(default=100_000, gt=0)
+    # Page size of REST trade requests during backfill.
+    backfill_page: int = Field(default=1_000, gt=0, le=1_000)
+
+
+class TlsSettings(_Frozen):
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    # Only for self-signed test setups: skips hostname and certificate verification.
+    insecure: bool = False
+
+
+class RedisSettings(_Frozen):
+    url: str = "redis://127.0.0.1:6379/0"
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsSettings = TlsSettings()
+    # Every key starts with this, so several deployments can share one Redis.
+    key_prefix: str = "volcast"
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError(f"expected a redis://host:port/db URL, got {value!r}")
+        return value
+
+
+class MqttSettings(_Frozen):
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsSettings = TlsSettings()
+    topic_prefix: str = "volcast"
+    qos: Literal[0, 1, 2] = 1
+    retain: bool = True
+    client_id: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _mqtt_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"mqtt", "mqtts"} or not parts.hostname:
+            raise ValueError(f"expected an mqtt://host:port URL, got {value!r}")
+        return value
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        if not value or any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
+            raise ValueError("topic_prefix must be non-empty, without +, # or a leading/trailing /")
+        return value
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        parts = urlsplit(self.url)
+        return parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+
+
+Feature = Literal[
+    "log_volume", "trades", "buy_share", "abs_return", "range", "time_of_day", "day_of_week"
+]
+
+
+class ModelSettings(_Frozen):
+    """Which network forecasts, and its shape."""
+
+    # seed: the design note's reference model (raw volume, ReLU LSTM, MSE).
+    # lstm: LSTM on log volume with features and quantiles (the default).
+    # ensemble: lstm blended with HAR, weights fitted on validation.
+    name: Literal["seed", "lstm", "ensemble"] = "lstm"
+    look_back: int = Field(default=60, ge=2, le=10_000)
+    features: tuple[Feature, ...] = (
+        "log_volume", "trades", "buy_share", "abs_return", "range", "time_of_day", "day_of_week",
+    )
+    hidden: int = Field(default=50, gt=0)
+    layers: int = Field(default=1, ge=1, le=4)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    attention: bool = False
+    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _quantiles(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0.0 < q < 1.0 for q in value) or list(value) != sorted(set(value)):
+            raise ValueError("quantiles must be increasing, distinct and strictly between 0 and 1")
+        return value
+
+
+class TrainingSettings(_Frozen):
+    epochs: int = Field(default=100, gt=0)
+    batch_size: int = Field(default=32, gt=0)
+    learning_rate: float = Field(default=1e-3, gt=0.0)
+    # The last part of the training span, in time order, used for early stopping.
+    validation_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
+    # Stop after this many epochs without a better validation loss (0: never stop early).
+    patience: int = Field(default=5, ge=0)
+    seed: int = 0
+    threads: int = Field(default=1, gt=0)
+    # Train on at most this many of the most recent bars per symbol (0: all).
+    max_bars: int = Field(default=0, ge=0)
+
+
+class RefitSettings(_Frozen):
+    every: PositiveDurationMs = 6 * 3_600_000
+    model_dir: Path = Path("models")
+    # Model versions kept in the store; older ones are deleted after a promotion.
+    keep: int = Field(default=5, gt=0)
+    # The most recent bars per symbol, held out to score challenger against champion.
+    holdout_bars: int = Field(default=1_440, gt=0)
+    # Fewer bars than this per symbol: do not train yet.
+    min_bars: int = Field(default=2_000, gt=0)
+    threads: int = Field(default=1, gt=0)
+
+
+class ForecasterSettings(_Frozen):
+    group: str = "forecasters"
+    consumer: str | None = None  # default: host name and process id
+    threads: int = Field(default=1, gt=0)
+    # Rolling live scores are computed over this many realised predictions per symbol.
+    score_window: int = Field(default=1_440, gt=0)
+    # Events pending this long on a silent consumer are claimed by another worker.
+    claim_idle: PositiveDurationMs = 30_000
+    # How many predictions the per-symbol stream keeps.
+    predictions_kept: int = Field(default=10_000, gt=0)
+
+
+class Settings(_Frozen):
+    exchanges: tuple[ExchangeSettings, ...] = Field(min_length=1)
+    bars: BarSettings = BarSettings()
+    streamer: StreamerSettings = StreamerSettings()
+    redis: RedisSettings = RedisSettings()
+    mqtt: MqttSettings = MqttSettings()
+    model: ModelSettings = ModelSettings()
+    training: TrainingSettings = TrainingSettings()
+    refit: RefitSettings = RefitSettings()
+    forecaster: ForecasterSettings = ForecasterSettings()
+
+    @model_validator(mode="after")
+    def _distinct_exchanges(self) -> Settings:
+        ids = [exchange.id for exchange in self.exchanges]
+        if len(set(ids)) != len(ids):
+            raise ValueError("an exchange is listed twice: put all its symbols under one entry")
+        return self
+
+    def feeds(self) -> list[tuple[str, str]]:
+        """Every (exchange id, symbol) pair, in config order."""
+        return [(ex.id, symbol) for ex in self.exchanges for symbol in ex.symbols]
+
+
+# Environment variable -> (section, key). A *_FILE variant reads the value from a file, as
+# Docker secrets are mounted.
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "VOLCAST_REDIS_URL": ("redis", "url"),
+    "VOLCAST_REDIS_USERNAME": ("redis", "username"),
+    "VOLCAST_REDIS_PASSWORD": ("redis", "password"),
+    "VOLCAST_MQTT_URL": ("mqtt", "url"),
+    "VOLCAST_MQTT_USERNAME": ("mqtt", "username"),
+    "VOLCAST_MQTT_PASSWORD": ("mqtt", "password"),
+    "VOLCAST_MODEL_DIR": ("refit", "model_dir"),
+}
+
+
+def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    merged = dict(raw)
+    for name, (section, key) in ENV_OVERRIDES.items():
+        value = env.get(name)
+        file_name = env.get(f"{name}_FILE")
+        if value is None and file_name:
+            try:
+                value = Path(file_name).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ConfigError(f"{name}_FILE: cannot read {file_name}: {exc.strerror}") from exc
+        if value is None:
+            continue
+        part = merged.get(section) or {}
+        if not isinstance(part, dict):
+            continue  # the schema reports the wrong type, naming the key
+        merged[section] = {**part, key: value}
+    return merged
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    path = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return f"{path}: unknown key (check its spelling; see config.yml for every key)"
+    if kind == "missing":
+        return f"{path}: required key is missing"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if "input" in error and kind != "value_error":
+        return f"{path}: {message} (got {error['input']!r})"
+    return f"{path}: {message}"
+
+
+def settings_from_mapping(raw: Any, *, source: str = "config", env: Mapping[str, str] | None = None) -> Settings:
+    """Validate an already parsed config; errors name ``source`` and every bad key path."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+    raw = _apply_env(raw, os.environ if env is None else env)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        lines = [_describe(error) for error in exc.errors()]
+        raise ConfigError(f"{source}: " + "; ".join(lines)) from None
+
+
+def load_settings(path: str | Path, env: Mapping[str, str] | None = None) -> Settings:
+    """Read config.yml; any problem raises ConfigError with one message naming file and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file (pass --config FILE, or copy config.yml from the project)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    return settings_from_mapping(raw, source=str(path), env=env)
