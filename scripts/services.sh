@@ -51,3 +51,9 @@ else
   wait_port 127.0.0.1 1883 Mosquitto
   echo "services: started Mosquitto on 127.0.0.1:1883"
 fi
+
+# Debian's docker-compose (1.29) validates docker-compose.yml without a Docker engine; the compose
+# tests use it when present. Best effort: the YAML checks run without it.
+if ! command -v docker-compose >/dev/null && command -v apt-get >/dev/null; then
+  apt_install docker-compose || echo "services: docker-compose not installed; compose validation tests will skip" >&2
+fi

@@ -93,3 +93,14 @@ def test_environment_overrides_and_secret_files(tmp_path: Path) -> None:
     # Secrets never show in a repr or a log line built from the settings.
     assert "s3cret" not in repr(settings) and "mqtt-pw" not in repr(settings)
     assert "s3cret" not in str(settings.model_dump())
+
+
+def test_cli_exits_2_with_one_message(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL + "redis:\n  prot: 6379\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "volcast.cli", "stream", "--config", str(path)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{path}: redis.prot: unknown key" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -14,11 +14,23 @@ import sys
 from collections.abc import Sequence
 
 from volcast import __version__
+from volcast.connections import ConnectionProblem
 from volcast.settings import ConfigError
 
 # verb -> one-line help. Order is the order a newcomer meets them in.
 VERBS: dict[str, str] = {
+    "demo": "the whole pipeline offline on real recorded trades, with a live table of predictions",
+    "run": "streamer, forecaster and refit together on one machine",
+    "stream": "run the ingester: exchange trades (ccxt pro) -> exact bars in Redis, until SIGINT/SIGTERM",
+    "forecast": "run the forecaster worker: bar-closed events -> batched forecasts -> MQTT + Redis",
+    "refit": "retrain a challenger on the bars in Redis and promote it if it scores better (--once)",
+    "status": "show feeds, bars, forecasts, model and refit from Redis (table, --json, --watch)",
+    "model": "list model versions in the store, or roll back to one",
+    "replay": "serve recorded trades as a local Binance-compatible exchange (REST + websocket)",
     "bars": "aggregate a trades CSV into exact time bars (offline)",
+    "train": "train a forecasting model on bars files and write its artifact",
+    "backtest": "train on the first part of a bars file and score one-step forecasts on the rest",
+    "tune": "search model settings with time-series cross-validation; prints YAML for config.yml",
 }
 
 EXIT_CONFIG = 2
@@ -54,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"volcast {args.verb}: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except ConnectionProblem as exc:
+        print(f"volcast {args.verb}: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -16,6 +16,7 @@ from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 import aiomqtt
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
+from pydantic import SecretStr
 
 from volcast.settings import MqttSettings, RedisSettings, TlsSettings
 
@@ -24,6 +25,10 @@ REDACTED = "***"
 
 class ConnectionProblem(Exception):  # noqa: N818 - the name the other parts code against
     """Redis or the MQTT broker cannot be used; the message names the (redacted) URL and what to check."""
+
+
+class ServerUnreachable(ConnectionProblem):
+    """Nothing answered: may be an outage that passes, unlike refused credentials or a TLS mismatch."""
 
 
 def redact_url(url: str) -> str:
@@ -37,6 +42,13 @@ def redact_url(url: str) -> str:
     userinfo = f"{parts.username}:{REDACTED}" if parts.username else f":{REDACTED}"
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{userinfo}@{host}"))
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    """The secret's text; an empty one counts as unset, as compose writes ``${VAR:-}`` for "none"."""
+    if value is None or not value.get_secret_value():
+        return None
+    return value.get_secret_value()
 
 
 def _without_credentials(parts: SplitResult) -> str:
@@ -66,14 +78,10 @@ def redis_client(settings: RedisSettings, **overrides: Any) -> aioredis.Redis:
     options: dict[str, Any] = {"decode_responses": False, "health_check_interval": 10}
     parts = urlsplit(settings.url)
     url = settings.url
-    if settings.password is not None or settings.username:
+    if _secret(settings.password) is not None or settings.username:
         url = _without_credentials(parts)
         username = settings.username or (unquote(parts.username) if parts.username else None)
-        password = (
-            settings.password.get_secret_value()
-            if settings.password is not None
-            else (unquote(parts.password) if parts.password else None)
-        )
+        password = _secret(settings.password) or (unquote(parts.password) if parts.password else None)
         if username:
             options["username"] = username
         if password is not None:
@@ -104,10 +112,7 @@ def mqtt_credentials(settings: MqttSettings) -> tuple[str | None, str | None]:
     """Username and password: from settings (config or VOLCAST_MQTT_*), else from the URL's userinfo."""
     parts = urlsplit(settings.url)
     username = settings.username or (unquote(parts.username) if parts.username else None)
-    if settings.password is not None:
-        password: str | None = settings.password.get_secret_value()
-    else:
-        password = unquote(parts.password) if parts.password else None
+    password = _secret(settings.password) or (unquote(parts.password) if parts.password else None)
     return username, password
 
 
@@ -157,7 +162,7 @@ async def check_redis(settings: RedisSettings, *, timeout_s: float = 5.0) -> Non
                 f"{where} has no password set but we sent one: unset VOLCAST_REDIS_PASSWORD "
                 "(and redis.password), or give the server a password (requirepass)"
             ) from None
-        if settings.password is None and not urlsplit(settings.url).password:
+        if _secret(settings.password) is None and not urlsplit(settings.url).password:
             raise ConnectionProblem(
                 f"{where} requires a password: set VOLCAST_REDIS_PASSWORD (or VOLCAST_REDIS_PASSWORD_FILE)"
             ) from None
@@ -183,9 +188,14 @@ async def check_redis(settings: RedisSettings, *, timeout_s: float = 5.0) -> Non
                 f"{where}: TLS handshake failed ({exc}): set redis.tls.ca_file to the CA that signed "
                 "the server's certificate (or use redis:// if the server does not speak TLS)"
             ) from None
-        raise ConnectionProblem(
+        tls_hint = (
+            "a server without TLS needs redis:// and redis.tls.enabled false"
+            if _redis_uses_tls(settings)
+            else "a TLS-only server needs rediss://"
+        )
+        raise ServerUnreachable(
             f"cannot reach {where} ({exc}): is Redis running there, and are redis.url / VOLCAST_REDIS_URL "
-            "right? (a TLS-only server needs rediss://)"
+            f"right? ({tls_hint})"
         ) from None
     finally:
         await client.aclose()
@@ -214,7 +224,12 @@ async def check_mqtt(settings: MqttSettings, *, timeout_s: float = 5.0) -> None:
                 f"{where}: TLS handshake failed ({exc}): set mqtt.tls.ca_file to the CA that signed the "
                 "broker's certificate (or use mqtt:// if the listener does not speak TLS)"
             ) from None
-        raise ConnectionProblem(
+        tls_hint = (
+            "a listener without TLS needs mqtt:// and mqtt.tls.enabled false"
+            if settings.tls.enabled or settings.url.startswith("mqtts://")
+            else "a TLS listener needs mqtts://"
+        )
+        raise ServerUnreachable(
             f"cannot reach {where} ({exc}): is the broker running there, and are mqtt.url / "
-            "VOLCAST_MQTT_URL right? (a TLS listener needs mqtts://)"
+            f"VOLCAST_MQTT_URL right? ({tls_hint})"
         ) from None

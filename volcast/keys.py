@@ -10,6 +10,7 @@ Layout (``P`` is ``redis.key_prefix``, ``T`` the feed's hash tag):
 - ``P:T:health``       Hash with a TTL heartbeat: the feed's state and counters.
 - ``P:T:prediction``   Hash: the latest prediction for this feed.
 - ``P:T:predictions``  Stream of predictions (entry id = predicted bar open time), with realised error.
+- ``P:T:realised``     Stream of realised errors (entry id = the predicted bar's open time).
 - ``P:T:scores``       Hash: rolling live scores (rmse_log, MASE against naive).
 - ``P:events:bars:I``  Stream of bar-closed events for interval ``I``, read by a consumer group.
 - ``P:model``          Hash: the promoted model's name, version and scores.
@@ -60,6 +61,9 @@ class RedisKeys:
 
     def predictions(self, feed: Feed) -> str:
         return f"{self.prefix}:{_tag(feed)}:predictions"
+
+    def realised(self, feed: Feed) -> str:
+        return f"{self.prefix}:{_tag(feed)}:realised"
 
     def scores(self, feed: Feed) -> str:
         return f"{self.prefix}:{_tag(feed)}:scores"

@@ -153,7 +153,8 @@ class TlsSettings(_Frozen):
 
 
 class RedisSettings(_Frozen):
-    url: str = "redis://127.0.0.1:6379/0"
+    # Out of the repr: a URL may embed a password (redis://:pw@host).
+    url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
     username: str | None = None
     password: SecretStr | None = None
     tls: TlsSettings = TlsSettings()
@@ -169,7 +170,7 @@ class RedisSettings(_Frozen):
 
 
 class MqttSettings(_Frozen):
-    url: str = "mqtt://127.0.0.1:1883"
+    url: str = Field(default="mqtt://127.0.0.1:1883", repr=False)
     username: str | None = None
     password: SecretStr | None = None
     tls: TlsSettings = TlsSettings()
@@ -223,6 +224,9 @@ class ModelSettings(_Frozen):
     layers: int = Field(default=1, ge=1, le=4)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     attention: bool = False
+    # Independently seeded copies of the lstm (seeds training.seed + k), their outputs averaged:
+    # averaging cuts the seed-to-seed variance of the correction (docs/accuracy.md).
+    members: int = Field(default=1, ge=1, le=16)
     quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
 
     @field_validator("quantiles")
@@ -234,13 +238,13 @@ class ModelSettings(_Frozen):
 
 
 class TrainingSettings(_Frozen):
-    epochs: int = Field(default=100, gt=0)
-    batch_size: int = Field(default=32, gt=0)
-    learning_rate: float = Field(default=1e-3, gt=0.0)
+    epochs: int = Field(default=8, gt=0)
+    batch_size: int = Field(default=256, gt=0)
+    learning_rate: float = Field(default=2e-3, gt=0.0)
     # The last part of the training span, in time order, used for early stopping.
     validation_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
     # Stop after this many epochs without a better validation loss (0: never stop early).
-    patience: int = Field(default=5, ge=0)
+    patience: int = Field(default=3, ge=0)
     seed: int = 0
     threads: int = Field(default=1, gt=0)
     # Train on at most this many of the most recent bars per symbol (0: all).
@@ -312,13 +316,13 @@ def _apply_env(raw: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     for name, (section, key) in ENV_OVERRIDES.items():
         value = env.get(name)
         file_name = env.get(f"{name}_FILE")
-        if value is None and file_name:
+        if not value and file_name:
             try:
                 value = Path(file_name).read_text(encoding="utf-8").strip()
             except OSError as exc:
                 raise ConfigError(f"{name}_FILE: cannot read {file_name}: {exc.strerror}") from exc
-        if value is None:
-            continue
+        if not value:
+            continue  # compose writes ${VAR:-} as an empty string: unset, not an empty password
         part = merged.get(section) or {}
         if not isinstance(part, dict):
             continue  # the schema reports the wrong type, naming the key

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from volcast.settings import Settings, load_settings
@@ -21,3 +23,27 @@ def add_config_argument(parser: argparse.ArgumentParser) -> None:
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Load --config; a bad file raises ConfigError, which the CLI turns into exit code 2."""
     return load_settings(args.config)
+
+
+def check_services(settings: Settings, *, redis: bool = True, mqtt: bool = False) -> None:
+    """Connect once before a service starts, so refused credentials or a TLS mismatch end it at
+    once with one message saying what to set (ConnectionProblem: exit code 1). A server that does
+    not answer yet is only logged: the services reconnect with backoff, so an outage that passes
+    (or a stack still starting) is ridden out rather than fatal."""
+    import asyncio
+
+    from volcast.connections import ServerUnreachable, check_mqtt, check_redis
+
+    async def check() -> None:
+        probes: list[Callable[[], Awaitable[None]]] = []
+        if redis:
+            probes.append(lambda: check_redis(settings.redis))
+        if mqtt:
+            probes.append(lambda: check_mqtt(settings.mqtt))
+        for probe in probes:
+            try:
+                await probe()
+            except ServerUnreachable as exc:
+                logging.getLogger("volcast").warning("%s; will keep retrying", exc)
+
+    asyncio.run(check())

@@ -1,0 +1,185 @@
+"""Accuracy of every model on the 1-minute Binance USD-M files of at least 4 weeks.
+
+For each file: train on the first ``--train-frac`` (capped to the last ``--train-days`` days
+before the split), forecast one step ahead over the rest, and score naive, ewma, tod, har,
+seed, lstm (default) and ensemble. Prints one JSON object (``--json``) or a Markdown table.
+
+    .venv/bin/python benchmarks/accuracy.py --json > accuracy.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "bars"
+MIN_BARS = 28 * 1440
+
+
+def files(data: Path) -> list[Path]:
+    from forecaster.frame import BarFrame
+
+    out = []
+    for path in sorted(data.glob("binance-usdm_*_1m_*.csv.gz")):
+        if len(BarFrame.from_csv(path)) >= MIN_BARS:
+            out.append(path)
+    return out
+
+
+def run_file(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from forecaster.baselines import BASELINE_NAMES, make_baseline
+    from forecaster.estimator import EnsembleModel, quiet
+    from forecaster.frame import BarFrame
+    from forecaster.predictor import ModelPredictor
+    from forecaster.scoring import score
+    from forecaster.training import train_model
+    from volcast.settings import ModelSettings, TrainingSettings
+
+    torch.set_num_threads(1)
+    frame = BarFrame.from_csv(path)
+    n = len(frame)
+    split = int(n * args.train_frac)
+    start = max(0, split - args.train_days * 1440)
+    key = path.name.split("_")[1]
+    train = [(key, frame[start:split])]
+    test = (split, n)
+    result: dict[str, Any] = {"bars": n, "test_bars": n - split, "train_bars": split - start, "models": {}}
+    for name in BASELINE_NAMES:
+        baseline = make_baseline(name)
+        baseline.fit(train)
+        result["models"][name] = score(ModelPredictor(baseline, name, "baseline"), [(key, frame)], test)
+    training = TrainingSettings(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        patience=args.patience, threads=1,
+    )
+    trained = train_model(train, ModelSettings(name="ensemble", members=args.members), training, progress=quiet)
+    ensemble = trained.model
+    assert isinstance(ensemble, EnsembleModel)
+    result["models"]["lstm"] = score(ModelPredictor(ensemble.lstm, "lstm", "bench"), [(key, frame)], test)
+    result["models"]["lstm"]["train_seconds"] = trained.scores["train_seconds"]
+    result["models"]["lstm"]["epochs_run"] = trained.scores["epochs_run"]
+    result["models"]["ensemble"] = score(ModelPredictor(ensemble, "ensemble", "bench"), [(key, frame)], test)
+    result["models"]["ensemble"]["weight"] = ensemble.weight
+    seed_train = [(key, frame[max(start, split - args.seed_days * 1440) : split])]
+    # The design note's training, cut short: batch 32, Adam at Keras' default rate, no early stop.
+    seed_training = TrainingSettings(epochs=args.seed_epochs, batch_size=32, learning_rate=1e-3, patience=0, threads=1)
+    seed = train_model(seed_train, ModelSettings(name="seed"), seed_training, progress=quiet)
+    result["models"]["seed"] = score(ModelPredictor(seed.model, "seed", "bench"), [(key, frame)], test)
+    result["models"]["seed"]["seconds_per_epoch"] = seed.scores["train_seconds"] / args.seed_epochs
+    result["models"]["seed"]["epochs"] = args.seed_epochs
+    result["models"]["seed"]["train_bars"] = len(seed_train[0][1])
+    return result
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """Per file: rmse_log and MASE of every model, then lstm/har; a mean row last."""
+    names = ["naive", "ewma", "tod", "har", "seed", "lstm", "ensemble"]
+    lines = [
+        "| file | " + " | ".join(names) + " | lstm/har |",
+        "|---|" + "---:|" * (len(names) + 1),
+    ]
+    per_file = results["files"]
+    for path in sorted(per_file):
+        m = per_file[path]["models"]
+        cells = " | ".join(f"{m[k]['rmse_log']:.4f} / {m[k]['mase']:.3f}" for k in names)
+        lines.append(f"| {_short(path)} | {cells} | {m['lstm']['rmse_log'] / m['har']['rmse_log']:.4f} |")
+    if per_file:
+        means = {
+            k: (
+                sum(r["models"][k]["rmse_log"] for r in per_file.values()) / len(per_file),
+                sum(r["models"][k]["mase"] for r in per_file.values()) / len(per_file),
+            )
+            for k in names
+        }
+        cells = " | ".join(f"**{means[k][0]:.4f}** / {means[k][1]:.3f}" for k in names)
+        lines.append(f"| mean | {cells} | **{means['lstm'][0] / means['har'][0]:.4f}** |")
+    return "\n".join(lines)
+
+
+def _short(name: str) -> str:
+    return name.removeprefix("binance-usdm_").removesuffix(".csv.gz")
+
+
+def summarise(per_file: dict[str, Any], args: argparse.Namespace, seconds: float) -> dict[str, Any]:
+    lstm = [r["models"]["lstm"]["rmse_log"] for r in per_file.values()]
+    har = [r["models"]["har"]["rmse_log"] for r in per_file.values()]
+    mean_lstm, mean_har = sum(lstm) / len(lstm), sum(har) / len(har)
+    return {
+        "files": len(per_file),
+        "mean_rmse_log_lstm": mean_lstm,
+        "mean_rmse_log_har": mean_har,
+        "ratio_lstm_to_har": mean_lstm / mean_har,
+        "goal_ratio": 0.97,
+        "lstm_beats_seed_on_every_file": all(
+            r["models"]["lstm"]["rmse_log"] < r["models"]["seed"]["rmse_log"] for r in per_file.values()
+        ),
+        "seconds": seconds,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("json",)},
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the Markdown table")
+    parser.add_argument("--out", type=Path, default=None, help="also write the results here after every file")
+    parser.add_argument("--train-frac", type=float, default=0.7)
+    parser.add_argument("--train-days", type=int, default=21)
+    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--members", type=int, default=None, help="lstm members (default: model.members' default)")
+    parser.add_argument("--seed-epochs", type=int, default=3)
+    parser.add_argument("--seed-days", type=int, default=7)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--only", nargs="*", default=None, help="substrings of file names to run")
+    args = parser.parse_args()
+    if args.members is None:
+        from volcast.settings import ModelSettings
+
+        args.members = ModelSettings().members
+    paths = files(args.data)
+    if args.only:
+        paths = [p for p in paths if any(s in p.name for s in args.only)]
+    if not paths:
+        print(f"no 1-minute binance-usdm files of at least {MIN_BARS} bars in {args.data}", file=sys.stderr)
+        return 1
+    started = time.perf_counter()
+    per_file: dict[str, Any] = {}
+    with ProcessPoolExecutor(max_workers=args.workers) as pool:
+        futures = {pool.submit(run_file, p, args): p.name for p in paths}
+        for fut in as_completed(futures):
+            name = futures[fut]
+            per_file[name] = fut.result()
+            m = per_file[name]["models"]
+            print(
+                f"done {name}: lstm/har {m['lstm']['rmse_log'] / m['har']['rmse_log']:.4f}"
+                f" ({time.perf_counter() - started:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            if args.out is not None:
+                # Partial results survive a stopped run.
+                partial = {"files": per_file, "summary": summarise(per_file, args, time.perf_counter() - started)}
+                args.out.write_text(json.dumps(partial, indent=2))
+    results = {"files": per_file, "summary": summarise(per_file, args, time.perf_counter() - started)}
+    if args.out is not None:
+        args.out.write_text(json.dumps(results, indent=2))
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(markdown(results))
+        print(json.dumps(results["summary"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

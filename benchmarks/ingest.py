@@ -1,0 +1,216 @@
+"""Ingest benchmark: no trade lost in a flood, pipeline throughput against bare ccxt, memory with 100 symbols.
+
+    .venv/bin/python benchmarks/ingest.py --json [--quick]
+
+1. Bare ccxt: ``watch_trades`` (ring buffer raised to hold the whole flood) on a flood of
+   ``--trades`` synthetic trades from ``volcast replay --flood`` (its own process).
+2. Pipeline: the same flood through ``streamer.service.run`` (hooked trades -> aggregator -> closed
+   bars -> Redis). Both rates are first trade seen to last trade seen; the pipeline's is read from
+   its health hash, polled every 20 ms.
+3. Memory: ``volcast stream`` as its own process on 100 symbols of a looping real-trade replay (1h
+   bars), RSS sampled after a warm-up and at the end of the run (a few minutes; ``--quick``: ~1).
+
+Needs Redis at 127.0.0.1:6379; every key is under a random prefix, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from streamer.service import run  # noqa: E402
+from volcast.keys import Feed, RedisKeys  # noqa: E402
+from volcast.settings import settings_from_mapping  # noqa: E402
+
+TAPE = ROOT / "tests" / "data" / "binance_BTCUSDT_trades_2021-01-08_000000-000046.csv.gz"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _urls(port: int) -> dict[str, Any]:
+    return {"api": {"public": f"http://127.0.0.1:{port}/api/v3", "ws": {"spot": f"ws://127.0.0.1:{port}/stream/ws"}}}
+
+
+@contextlib.asynccontextmanager
+async def _replay(*args: str) -> Any:
+    port = _free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "volcast.cli", "replay", "--port", str(port), *args,
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(200):
+            with contextlib.suppress(OSError):
+                _r, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+                break
+            await asyncio.sleep(0.05)
+        yield port
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # a flood replay exits once it is sent
+            process.terminate()
+        await process.wait()
+
+
+async def bare_ccxt(count: int) -> float:
+    import ccxt.pro
+
+    async with _replay("--flood", str(count), "--symbol", "BTC/USDT") as port:
+        ex = ccxt.pro.binance({
+            "enableRateLimit": False, "urls": _urls(port),
+            "options": {"fetchMarkets": {"types": ["spot"]}, "tradesLimit": count + 1},
+        })
+        try:
+            seen = 0
+            first = 0.0
+            while seen < count:
+                trades = await ex.watch_trades("BTC/USDT")
+                if not first:
+                    first = time.perf_counter()
+                seen += len(trades)
+            return count / (time.perf_counter() - first)
+        finally:
+            await ex.close()
+
+
+async def pipeline(count: int, prefix: str) -> tuple[float, int, int]:
+    """(trades/s, trades aggregated, trades in the bars written to Redis)."""
+    async with _replay("--flood", str(count), "--symbol", "BTC/USDT") as port:
+        settings = settings_from_mapping({
+            "exchanges": [{"id": "binance", "symbols": ["BTC/USDT"], "urls": _urls(port),
+                           "options": {"fetchMarkets": {"types": ["spot"]}}}],
+            "bars": {"interval": "1s", "grace": "100ms", "open_bar_update": "20ms"},
+            "streamer": {"watchdog": "2s"},
+            "redis": {"key_prefix": prefix},
+        }, env={"VOLCAST_BINANCE_API_KEY": "benchmark"})
+        os.environ["VOLCAST_BINANCE_API_KEY"] = "benchmark"
+        keys = RedisKeys(prefix)
+        feed = Feed("binance", "BTC/USDT", 1000)
+        redis = aioredis.Redis()
+        task = asyncio.create_task(run(settings))
+        first = last = 0.0
+        trades = 0
+        deadline = time.monotonic() + 120
+        while trades < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+            raw = await redis.hget(keys.health(feed), "trades")
+            trades = int(raw or 0)
+            if trades and not first:
+                first = time.perf_counter()
+            last = time.perf_counter()
+        await asyncio.sleep(3.5)  # the last bars close (clock - watchdog) and are written
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        in_redis = sum(int(f[b"trades"]) for _id, f in await redis.xrange(keys.bars(feed)))
+        open_bar = await redis.hget(keys.open_bar(feed), "trades")
+        in_redis += int(open_bar or 0)
+        await redis.aclose()
+        return trades / max(last - first, 1e-9), trades, in_redis
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+async def memory(prefix: str, symbols: int, warmup_s: float, run_s: float, tmp: Path) -> tuple[float, float]:
+    names = [f"S{i:03d}/USDT" for i in range(symbols)]
+    args: list[str] = ["--loop", "--speed", "1"]
+    for name in names:
+        args += ["--trades", str(TAPE), "--symbol", name]
+    async with _replay(*args) as port:
+        config = {
+            "exchanges": [{"id": "binance", "symbols": names, "urls": _urls(port),
+                           "options": {"fetchMarkets": {"types": ["spot"]}}}],
+            "bars": {"interval": "1h", "grace": "1s"},
+            "streamer": {"watchdog": "10s"},
+            "redis": {"key_prefix": prefix},
+        }
+        path = tmp / f"bench-{prefix}.yml"
+        path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        env = {**os.environ, "VOLCAST_BINANCE_API_KEY": "benchmark"}
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "volcast.cli", "stream", "--config", str(path),
+            cwd=ROOT, env=env, stderr=subprocess.DEVNULL,
+        )
+        try:
+            await asyncio.sleep(warmup_s)
+            warm = _rss_mb(process.pid)
+            peak = warm
+            end = time.monotonic() + run_s
+            while time.monotonic() < end:
+                await asyncio.sleep(2)
+                peak = max(peak, _rss_mb(process.pid))
+            final = _rss_mb(process.pid)
+        finally:
+            process.terminate()
+            await process.wait()
+            path.unlink()
+        return peak, 100.0 * (final - warm) / warm
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    prefix = f"bench-ingest-{uuid.uuid4().hex[:8]}"
+    try:
+        ccxt_tps = await bare_ccxt(args.trades)
+        pipeline_tps, aggregated, in_redis = await pipeline(args.trades, prefix)
+        warm, run_s = (30.0, 30.0) if args.quick else (60.0, 180.0)
+        rss, growth = await memory(prefix + "-mem", 100, warm, run_s, Path("/tmp"))
+    finally:
+        redis = aioredis.Redis()
+        async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
+            await redis.delete(key)
+        await redis.aclose()
+    return {
+        "trades": args.trades,
+        "trades_lost": args.trades - aggregated,
+        "trades_in_redis_bars": in_redis,
+        "pipeline_tps": round(pipeline_tps),
+        "ccxt_tps": round(ccxt_tps),
+        "ratio": round(pipeline_tps / ccxt_tps, 3),
+        "rss_mb_100_symbols": round(rss, 1),
+        "rss_growth_pct": round(growth, 2),
+        "memory_run_s": run_s,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--quick", action="store_true", help="a one-minute memory run instead of four")
+    parser.add_argument("--trades", type=int, default=100_000, help="trades in the flood (default 100000)")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>22}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,540 @@
+"""The trainable models around the networks: fit on frames, predict log1p volume at positions.
+
+- ``LstmModel`` (the default, ``lstm``): HAR's forecast plus a correction that an LSTM learns
+  from the last ``look_back`` bars' features and HAR's own regressors. Quantiles by pinball loss;
+  the point forecast is a separate head trained with MSE (the conditional mean of log volume,
+  which is what minimises rmse_log; the median would not).
+- ``SeedModel`` (``seed``): the design note's model, faithfully (raw volume in and out, MSE).
+- ``EnsembleModel`` (``ensemble``): the LSTM and HAR blended with a weight fitted on validation.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from forecaster.baselines import Har, LogForecaster, fit_positions
+from forecaster.features import (
+    HAR_HISTORY,
+    HAR_NAMES,
+    Batch,
+    feature_columns,
+    per_bar,
+    slot_of_day,
+    usable_features,
+)
+from forecaster.frame import BarFrame, FloatArray, IntArray
+from forecaster.networks import MemberAverage, SeedNet, VolumeLSTM
+from volcast.settings import Feature, ModelSettings, TrainingSettings
+
+_CYCLICAL_SUFFIXES = ("_sin", "_cos")
+# The extra per-bar column: log volume minus HAR's time-of-day profile (see _columns_of).
+DESEASONALISED = "log_volume_vs_time_of_day"
+_CHUNK = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class EpochReport:
+    epoch: int
+    epochs: int
+    train_loss: float
+    val_loss: float | None
+    seconds: float
+    best: bool
+
+
+Progress = Callable[[EpochReport], None]
+
+
+def print_progress(report: EpochReport) -> None:
+    """One line per epoch on stderr."""
+    val = f" val {report.val_loss:.5f}" if report.val_loss is not None else ""
+    star = " *" if report.best else ""
+    print(
+        f"epoch {report.epoch}/{report.epochs} loss {report.train_loss:.5f}{val} {report.seconds:.1f}s{star}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def quiet(report: EpochReport) -> None:
+    return None
+
+
+def cap_frames(frames: Sequence[tuple[str, BarFrame]], max_bars: int) -> list[tuple[str, BarFrame]]:
+    return [(k, f.tail(max_bars) if max_bars else f) for k, f in frames]
+
+
+def _pinball(pred: torch.Tensor, target: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    diff = target.unsqueeze(1) - pred
+    return torch.maximum(levels * diff, (levels - 1) * diff).mean()
+
+
+def _batches(n: int, size: int, generator: torch.Generator | None) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=generator) if generator is not None else torch.arange(n)
+    return list(torch.split(order, size))
+
+
+class LstmModel(LogForecaster):
+    name: ClassVar[str] = "lstm"
+
+    def __init__(self, settings: ModelSettings, features: Sequence[Feature], interval_ms: int) -> None:
+        self.settings = settings
+        self.features: tuple[Feature, ...] = tuple(features)
+        self.columns = feature_columns(self.features)
+        if "log_volume" in self.features:
+            self.columns = (*self.columns, DESEASONALISED)
+        self.interval_ms = interval_ms
+        self.look_back = max(settings.look_back, HAR_HISTORY)
+        self.har = Har(interval_ms=interval_ms)
+        c = len(self.columns)
+        self.col_mean = np.zeros(c)
+        self.col_std = np.ones(c)
+        self.static_mean = np.zeros(len(HAR_NAMES))
+        self.static_std = np.ones(len(HAR_NAMES))
+        self.symbol_means: dict[str, float] = {}
+        self.global_mean = 0.0
+        self.net = MemberAverage([self._new_member() for _ in range(settings.members)])
+
+    def _new_member(self) -> VolumeLSTM:
+        return VolumeLSTM(
+            n_features=len(self.columns),
+            n_static=len(HAR_NAMES),
+            hidden=self.settings.hidden,
+            layers=self.settings.layers,
+            dropout=self.settings.dropout,
+            n_quantiles=len(self.settings.quantiles),
+            attention=self.settings.attention,
+        )
+
+    @property
+    def quantile_levels(self) -> tuple[float, ...]:
+        return self.settings.quantiles
+
+    @property
+    def min_history(self) -> int:
+        return self.settings.look_back
+
+    def _level(self, keys: Sequence[str]) -> FloatArray:
+        return np.array([self.symbol_means.get(k, self.global_mean) for k in keys])
+
+    def _columns_of(self, batch: Batch, keys: Sequence[str]) -> FloatArray:
+        """Per-bar columns before normalisation: ``(S, bars, len(self.columns))``.
+
+        Log volume is taken relative to the symbol's mean level, and a last column gives it
+        relative to HAR's time-of-day profile too: the network cannot learn a minute-by-minute
+        profile from time_of_day's sin/cos, and the deseasonalised volume is what it should read.
+        (Inside the training span each bar is part of its own slot's profile; at 1/days weight
+        that only slightly shrinks the inputs, unlike the target's own profile value, which is
+        left out: see ``fitted``.)
+        """
+        z = per_bar(batch, self.features)
+        if "log_volume" not in self.features:
+            return z
+        level = self._level(keys)
+        lv = z[:, :, self.features_columns_index] - level[:, None]
+        z[:, :, self.features_columns_index] = lv
+        slots = slot_of_day(batch.open_time_ms, batch.interval_ms)
+        profile = np.stack([self.har.profile_for(k)[slots[i]] for i, k in enumerate(keys)])
+        return np.concatenate([z, (lv - profile)[..., None]], axis=-1)
+
+    @property
+    def features_columns_index(self) -> int:
+        return feature_columns(self.features).index("log_volume")
+
+    def _inputs(
+        self, batch: Batch, keys: Sequence[str], positions: IntArray, fitted: BarFrame | None = None
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], FloatArray]:
+        """Normalised windows (S*P, L, C), static regressors (S*P, H) and HAR's forecast (S, P).
+
+        ``fitted``: the (single) frame ``batch`` was stacked from, when HAR was fitted on it; its
+        profile values then leave each target out (``Har.fitted_design``), so that training sees
+        HAR's regressors and forecast as they are on unseen bars.
+        """
+        level = self._level(keys)
+        z = (self._columns_of(batch, keys) - self.col_mean) / self.col_std
+        lb = self.settings.look_back
+        idx = positions[:, None] - lb + np.arange(lb)[None, :]
+        if idx.min() < 0:
+            raise ValueError(f"a forecast needs {lb} bars before it")
+        windows = z[:, idx].reshape(-1, lb, z.shape[-1]).astype(np.float32)
+        if fitted is not None:
+            design = self.har.fitted_design(keys[0], fitted, positions)[None]
+        else:
+            design = self.har.design(batch, keys, positions)
+        har = design @ self.har.coef
+        static = design[..., 1:].copy()
+        static[..., :-1] -= level[:, None, None]  # trailing levels relative to the symbol's own
+        static = ((static - self.static_mean) / self.static_std).reshape(-1, static.shape[-1])
+        return windows, static.astype(np.float32), har
+
+    def _fit_normalisation(self, frames: Sequence[tuple[str, BarFrame]]) -> None:
+        self.symbol_means = {k: float(np.log1p(np.maximum(f.volume, 0.0)).mean()) for k, f in frames}
+        self.global_mean = float(np.mean(list(self.symbol_means.values())))
+        zs, ss = [], []
+        for key, frame in frames:
+            batch = Batch.stack([frame])
+            zs.append(self._columns_of(batch, [key])[0])
+            pos = fit_positions(len(frame), HAR_HISTORY)
+            st = self.har.fitted_design(key, frame, pos)[:, 1:]
+            st[:, :-1] -= self.symbol_means[key]
+            ss.append(st)
+        z_all = np.concatenate(zs)
+        self.col_mean = z_all.mean(axis=0)
+        self.col_std = np.maximum(z_all.std(axis=0), 1e-6)
+        for j, name in enumerate(self.columns):
+            if name.endswith(_CYCLICAL_SUFFIXES):
+                self.col_mean[j], self.col_std[j] = 0.0, 1.0
+        s_all = np.concatenate(ss)
+        self.static_mean = s_all.mean(axis=0)
+        self.static_std = np.maximum(s_all.std(axis=0), 1e-6)
+
+    def fit_model(
+        self, frames: Sequence[tuple[str, BarFrame]], training: TrainingSettings, progress: Progress
+    ) -> dict[str, float]:
+        self.har.fit(frames)
+        self._fit_normalisation(frames)
+        parts: dict[str, list[Any]] = {k: [] for k in ("xt", "st", "yt", "xv", "sv", "yv")}
+        for key, frame in frames:
+            batch = Batch.stack([frame])
+            pos = fit_positions(len(frame), self.look_back)
+            pos = pos[pos >= self.settings.look_back]
+            if len(pos) < 2:
+                continue
+            split = len(pos) - max(1, int(len(pos) * training.validation_fraction))
+            for name, sel in (("t", pos[:split]), ("v", pos[split:])):
+                x, s, har = self._inputs(batch, [key], sel, fitted=frame)
+                parts["x" + name].append(x)
+                parts["s" + name].append(s)
+                parts["y" + name].append((batch.log_volume[0, sel] - har[0]).astype(np.float32))
+        if not parts["xt"]:
+            raise ValueError(f"not enough bars to train: need more than {self.look_back} per symbol")
+        xt, st, yt = (torch.from_numpy(np.concatenate(parts[k])) for k in ("xt", "st", "yt"))
+        xv, sv, yv = (torch.from_numpy(np.concatenate(parts[k])) for k in ("xv", "sv", "yv"))
+        levels = torch.tensor(self.settings.quantiles, dtype=torch.float32)
+
+        def loss_of(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            loss = torch.mean((out[:, 0] - y) ** 2)
+            if len(self.settings.quantiles):
+                loss = loss + _pinball(out[:, 1:], y, levels)
+            return loss
+
+        # The feature pipeline above is shared; each member then trains alone from its own seed
+        # (init and batch order), so averaging them cuts the seed-to-seed variance.
+        members, epochs_run = [], 0
+        for k in range(self.settings.members):
+            member, epochs = self._train_member(
+                training, training.seed + k, (xt, st, yt), (xv, sv, yv), loss_of, progress
+            )
+            members.append(member)
+            epochs_run += epochs
+        self.net = MemberAverage(members)
+        self.net.eval()
+        val = self._eval_loss(self.net, xv, sv, yv, loss_of)
+        return {"val_loss": val, "epochs_run": float(epochs_run), "train_samples": float(len(yt))}
+
+    def _train_member(
+        self,
+        training: TrainingSettings,
+        seed: int,
+        train: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        valid: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+        loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+        progress: Progress,
+    ) -> tuple[VolumeLSTM, int]:
+        """One member trained from ``seed``: its best state on validation, and the epochs it ran."""
+        xt, st, yt = train
+        torch.manual_seed(seed)
+        net = self._new_member()
+        opt = torch.optim.Adam(net.parameters(), lr=training.learning_rate)
+        # Cosine decay over the whole run: late epochs take small steps, which steadies the
+        # validation loss that early stopping reads (noisy at a constant rate on these data).
+        steps = training.epochs * -(-len(yt) // training.batch_size)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.05 * training.learning_rate)
+        gen = torch.Generator().manual_seed(seed)
+        best_val = float("inf")
+        best_state = {k: v.clone() for k, v in net.state_dict().items()}
+        stale = 0
+        epoch = 0
+        for epoch in range(1, training.epochs + 1):
+            started = time.perf_counter()
+            net.train()
+            total = 0.0
+            for idx in _batches(len(yt), training.batch_size, gen):
+                opt.zero_grad()
+                loss = loss_of(net(xt[idx], st[idx]), yt[idx])
+                loss.backward()  # type: ignore[no-untyped-call]
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                opt.step()
+                schedule.step()
+                total += float(loss.detach()) * len(idx)
+            val = self._eval_loss(net, *valid, loss_of)
+            improved = val < best_val
+            if improved:
+                best_val = val
+                best_state = {k: v.clone() for k, v in net.state_dict().items()}
+                stale = 0
+            else:
+                stale += 1
+            progress(EpochReport(epoch, training.epochs, total / len(yt), val, time.perf_counter() - started, improved))
+            if training.patience and stale >= training.patience:
+                break
+        net.load_state_dict(best_state)
+        net.eval()
+        return net, epoch
+
+    def _eval_loss(
+        self,
+        net: torch.nn.Module,
+        x: torch.Tensor,
+        s: torch.Tensor,
+        y: torch.Tensor,
+        loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> float:
+        net.eval()
+        total = 0.0
+        with torch.inference_mode():
+            for lo in range(0, len(y), _CHUNK):
+                sl = slice(lo, lo + _CHUNK)
+                total += float(loss_of(net(x[sl], s[sl]), y[sl])) * len(y[sl])
+        return total / max(1, len(y))
+
+    def fit(self, frames: Sequence[tuple[str, BarFrame]]) -> None:
+        self.fit_model(frames, TrainingSettings(), quiet)
+
+    def fitted_points(self, key: str, frame: BarFrame, positions: IntArray) -> tuple[FloatArray, FloatArray]:
+        """``(lstm, har)`` point forecasts (P,) at positions of a frame the model was fitted on."""
+        batch = Batch.stack([frame])
+        points, hars = [], []
+        self.net.eval()
+        for lo in range(0, len(positions), _CHUNK):
+            pos = positions[lo : lo + _CHUNK]
+            x, s, har = self._inputs(batch, [key], pos, fitted=frame)
+            with torch.inference_mode():
+                out = self.net(torch.from_numpy(x), torch.from_numpy(s)).numpy().astype(np.float64)
+            points.append(out[:, 0] + har[0])
+            hars.append(har[0])
+        return np.concatenate(points), np.concatenate(hars)
+
+    def predict_log(
+        self, batch: Batch, keys: Sequence[str], positions: IntArray
+    ) -> tuple[FloatArray, FloatArray | None]:
+        s_count, p_count = batch.volume.shape[0], len(positions)
+        points = np.empty((s_count, p_count))
+        quants = np.empty((s_count, p_count, len(self.settings.quantiles)))
+        self.net.eval()
+        step = max(1, _CHUNK // s_count)
+        for lo in range(0, p_count, step):
+            pos = positions[lo : lo + step]
+            x, s, har = self._inputs(batch, keys, pos)
+            with torch.inference_mode():
+                out = self.net(torch.from_numpy(x), torch.from_numpy(s)).numpy().astype(np.float64)
+            out = out.reshape(s_count, len(pos), -1) + har[..., None]
+            points[:, lo : lo + step] = out[..., 0]
+            quants[:, lo : lo + step] = np.sort(out[..., 1:], axis=-1)
+        return points, quants if len(self.settings.quantiles) else None
+
+    # -- artifact parts --
+    def tensors(self) -> dict[str, npt.NDArray[Any]]:
+        out = {f"net.{k}": v.detach().numpy().copy() for k, v in self.net.state_dict().items()}
+        har_tensors, _ = self.har.state()
+        out.update(har_tensors)
+        return out
+
+    def meta(self) -> dict[str, Any]:
+        _, har_meta = self.har.state()
+        return {
+            "features": list(self.features),
+            "columns": list(self.columns),
+            "interval_ms": self.interval_ms,
+            "normalisation": {
+                "column_mean": self.col_mean.tolist(),
+                "column_std": self.col_std.tolist(),
+                "static_mean": self.static_mean.tolist(),
+                "static_std": self.static_std.tolist(),
+                "symbol_log_volume_mean": self.symbol_means,
+                "global_log_volume_mean": self.global_mean,
+            },
+            "har": har_meta,
+        }
+
+    @classmethod
+    def from_parts(
+        cls, settings: ModelSettings, tensors: dict[str, npt.NDArray[Any]], meta: dict[str, Any]
+    ) -> LstmModel:
+        model = cls(settings, meta["features"], int(meta["interval_ms"]))
+        if list(meta.get("columns", [])) != list(model.columns):
+            raise ValueError(f"per-bar columns {meta.get('columns')} are not this volcast's {list(model.columns)}")
+        norm = meta["normalisation"]
+        model.col_mean = np.asarray(norm["column_mean"], dtype=np.float64)
+        model.col_std = np.asarray(norm["column_std"], dtype=np.float64)
+        model.static_mean = np.asarray(norm["static_mean"], dtype=np.float64)
+        model.static_std = np.asarray(norm["static_std"], dtype=np.float64)
+        if model.col_mean.shape != (len(model.columns),) or model.static_mean.shape != (len(HAR_NAMES),):
+            raise ValueError("normalisation statistics do not match the features")
+        model.symbol_means = {str(k): float(v) for k, v in norm["symbol_log_volume_mean"].items()}
+        model.global_mean = float(norm["global_log_volume_mean"])
+        model.har = Har.from_state(tensors, meta["har"])
+        if model.har.coef.shape != (len(HAR_NAMES) + 1,):
+            raise ValueError(f"HAR coefficients have shape {model.har.coef.shape}")
+        state = {k.removeprefix("net."): torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith("net.")}
+        model.net.load_state_dict(state, strict=True)
+        model.net.eval()
+        return model
+
+
+class SeedModel(LogForecaster):
+    """The design note's model, kept faithful: raw volumes, no normalisation, MSE, Adam."""
+
+    name: ClassVar[str] = "seed"
+    UNITS: ClassVar[int] = 50
+
+    def __init__(self, settings: ModelSettings) -> None:
+        self.settings = settings
+        self.look_back = settings.look_back
+        self.net = SeedNet(self.UNITS)
+
+    @property
+    def min_history(self) -> int:
+        return self.look_back
+
+    def _windows(self, volume: FloatArray, positions: IntArray) -> npt.NDArray[np.float32]:
+        lb = self.look_back
+        idx = positions[:, None] - lb + np.arange(lb)[None, :]
+        if idx.min() < 0:
+            raise ValueError(f"a forecast needs {lb} bars before it")
+        return volume[:, idx].reshape(-1, lb, 1).astype(np.float32)
+
+    def fit_model(
+        self, frames: Sequence[tuple[str, BarFrame]], training: TrainingSettings, progress: Progress
+    ) -> dict[str, float]:
+        torch.manual_seed(training.seed)
+        self.net = SeedNet(self.UNITS)
+        xs, ys = [], []
+        for _, frame in frames:
+            pos = np.arange(self.look_back, len(frame), dtype=np.int64)
+            if len(pos):
+                xs.append(self._windows(frame.volume[None, :], pos))
+                ys.append(frame.volume[pos].astype(np.float32))
+        if not xs:
+            raise ValueError(f"not enough bars to train: need more than {self.look_back}")
+        x = torch.from_numpy(np.concatenate(xs))
+        y = torch.from_numpy(np.concatenate(ys)).unsqueeze(1)
+        opt = torch.optim.Adam(self.net.parameters(), lr=training.learning_rate)
+        gen = torch.Generator().manual_seed(training.seed)
+        self.net.train()
+        loss_value = float("nan")
+        for epoch in range(1, training.epochs + 1):
+            started = time.perf_counter()
+            total = 0.0
+            for idx in _batches(len(y), training.batch_size, gen):
+                opt.zero_grad()
+                loss = torch.mean((self.net(x[idx]) - y[idx]) ** 2)
+                loss.backward()  # type: ignore[no-untyped-call]
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+            loss_value = total / len(y)
+            progress(EpochReport(epoch, training.epochs, loss_value, None, time.perf_counter() - started, False))
+        self.net.eval()
+        return {"train_loss": loss_value, "epochs_run": float(training.epochs), "train_samples": float(len(y))}
+
+    def fit(self, frames: Sequence[tuple[str, BarFrame]]) -> None:
+        self.fit_model(frames, TrainingSettings(), quiet)
+
+    def predict_log(
+        self, batch: Batch, keys: Sequence[str], positions: IntArray
+    ) -> tuple[FloatArray, FloatArray | None]:
+        s_count = batch.volume.shape[0]
+        out = np.empty((s_count, len(positions)))
+        step = max(1, _CHUNK // s_count)
+        self.net.eval()
+        for lo in range(0, len(positions), step):
+            pos = positions[lo : lo + step]
+            with torch.inference_mode():
+                pred = self.net(torch.from_numpy(self._windows(batch.volume, pos))).numpy()
+            out[:, lo : lo + step] = pred.reshape(s_count, len(pos))
+        # Dense(1) is linear and can go negative; a volume cannot.
+        return np.log1p(np.maximum(np.nan_to_num(out, nan=0.0), 0.0)), None
+
+    def tensors(self) -> dict[str, npt.NDArray[Any]]:
+        return {f"net.{k}": v.detach().numpy().copy() for k, v in self.net.state_dict().items()}
+
+    def meta(self) -> dict[str, Any]:
+        return {"features": ["volume"], "units": self.UNITS}
+
+    @classmethod
+    def from_parts(
+        cls, settings: ModelSettings, tensors: dict[str, npt.NDArray[Any]], meta: dict[str, Any]
+    ) -> SeedModel:
+        model = cls(settings)
+        state = {k.removeprefix("net."): torch.from_numpy(v.copy()) for k, v in tensors.items()}
+        model.net.load_state_dict(state, strict=True)
+        model.net.eval()
+        return model
+
+
+class EnsembleModel(LogForecaster):
+    """``weight * lstm + (1 - weight) * har`` in log space; the weight fitted on validation."""
+
+    name: ClassVar[str] = "ensemble"
+
+    def __init__(self, lstm: LstmModel, weight: float = 1.0) -> None:
+        self.lstm = lstm
+        self.weight = weight
+        self.look_back = lstm.look_back
+
+    @property
+    def quantile_levels(self) -> tuple[float, ...]:
+        return self.lstm.quantile_levels
+
+    @property
+    def min_history(self) -> int:
+        return self.lstm.min_history
+
+    def fit_weight(self, frames: Sequence[tuple[str, BarFrame]], validation_fraction: float) -> float:
+        a_parts, b_parts, y_parts = [], [], []
+        for key, frame in frames:
+            pos = fit_positions(len(frame), self.look_back)
+            pos = pos[len(pos) - max(1, int(len(pos) * validation_fraction)) :]
+            lstm_point, har_point = self.lstm.fitted_points(key, frame, pos)
+            a_parts.append(lstm_point)
+            b_parts.append(har_point)
+            y_parts.append(np.log1p(np.maximum(frame.volume[pos], 0.0)))
+        a, b, y = (np.concatenate(p) for p in (a_parts, b_parts, y_parts))
+        d = a - b
+        denom = float(d @ d)
+        self.weight = float(np.clip((d @ (y - b)) / denom, 0.0, 1.0)) if denom > 0 else 1.0
+        return self.weight
+
+    def fit(self, frames: Sequence[tuple[str, BarFrame]]) -> None:
+        self.lstm.fit(frames)
+        self.fit_weight(frames, TrainingSettings().validation_fraction)
+
+    def predict_log(
+        self, batch: Batch, keys: Sequence[str], positions: IntArray
+    ) -> tuple[FloatArray, FloatArray | None]:
+        lstm_point, quants = self.lstm.predict_log(batch, keys, positions)
+        har_point = self.lstm.har.predict_log(batch, keys, positions)[0]
+        point = self.weight * lstm_point + (1 - self.weight) * har_point
+        if quants is not None:
+            quants = quants + (point - lstm_point)[..., None]
+        return point, quants
+
+
+def build_untrained(settings: ModelSettings, features: Sequence[Feature], interval_ms: int) -> LogForecaster:
+    if settings.name == "seed":
+        return SeedModel(settings)
+    lstm = LstmModel(settings, features, interval_ms)
+    return EnsembleModel(lstm) if settings.name == "ensemble" else lstm
+
+
+def effective_features(settings: ModelSettings, frames: Sequence[tuple[str, BarFrame]]) -> tuple[Feature, ...]:
+    known = frozenset.intersection(*(f.known for _, f in frames))
+    return usable_features(settings.features, known)

@@ -1,0 +1,76 @@
+"""What serves a feed that the model cannot: before the first model, or a history too short for it.
+
+HAR fitted once on the first histories a worker sees is fitted on whatever a fresh stack has,
+often a handful of bars: its regression is then degenerate and it forecasts one constant for ever
+(the demo served 522 for every bar). So this baseline is refitted on the live histories every
+``refit_every`` boundaries in which it served, HAR only serves feeds with at least
+``min_har_bars`` bars, and shorter feeds get an EWMA of log volume, which is sensible from the
+first bar on (with one bar it is the naive forecast). Each forecast names the baseline used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from forecaster.baselines import Ewma, Har
+from forecaster.features import HAR_HISTORY
+from forecaster.frame import BarFrame
+from forecaster.predictor import Predictor, baseline_predictor
+
+REFIT_EVERY = 60
+"""Boundaries served between two refits (an hour of 1-minute bars)."""
+MIN_HAR_BARS = 240
+"""Fewer bars than this fit HAR's eight regressors and per-minute profile to noise."""
+MAX_FIT_FEEDS = 100
+"""Feeds a refit reads (the longest first): it runs beside the event loop, keep it short.
+HAR uses its global profile for the others."""
+
+
+class FallbackBaseline:
+    """HAR for long enough histories, EWMA for the rest; refitted on what the worker holds."""
+
+    def __init__(self, *, refit_every: int = REFIT_EVERY, min_har_bars: int = MIN_HAR_BARS,
+                 max_fit_feeds: int = MAX_FIT_FEEDS) -> None:
+        self.refit_every = refit_every
+        self.min_har_bars = min_har_bars
+        self.max_fit_feeds = max_fit_feeds
+        self.har: Predictor | None = None
+        self.ewma: Predictor = baseline_predictor("ewma", fitted=Ewma())
+        self.fits = 0
+        self._served_since_fit = refit_every  # the first boundary served fits at once
+
+    @property
+    def look_back(self) -> int:
+        """Bars worth keeping per feed: HAR's trailing day, whether or not HAR is fitted yet."""
+        return HAR_HISTORY
+
+    def choose(self, length: int) -> Predictor:
+        """The baseline for a history of ``length`` bars."""
+        if self.har is not None and length >= self.min_har_bars:
+            return self.har
+        return self.ewma
+
+    def served(self) -> None:
+        """Count a boundary in which this fallback forecast at least one feed."""
+        self._served_since_fit += 1
+
+    @property
+    def refit_due(self) -> bool:
+        return self._served_since_fit >= self.refit_every
+
+    def refit(self, histories: Sequence[tuple[str, BarFrame]]) -> None:
+        """Fit EWMA and HAR on the longest of ``histories`` (blocking: run it beside the loop)."""
+        self._served_since_fit = 0
+        chosen = sorted(histories, key=lambda kf: len(kf[1]), reverse=True)[: self.max_fit_feeds]
+        if not chosen:
+            return
+        ewma = Ewma()
+        # EWMA picks its decay on positions past its span; a few feeds are plenty for one number.
+        ewma.fit(chosen[:10])
+        self.ewma = baseline_predictor("ewma", fitted=ewma)
+        long_enough = [(k, f) for k, f in chosen if len(f) >= self.min_har_bars]
+        if long_enough:
+            har = Har(interval_ms=long_enough[0][1].interval_ms)
+            har.fit(long_enough)
+            self.har = baseline_predictor("har", fitted=har)
+        self.fits += 1

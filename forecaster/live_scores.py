@@ -1,0 +1,124 @@
+"""Realised errors of predictions and rolling live scores per feed.
+
+When a predicted bar closes, its prediction is compared with what happened and recorded in the
+feed's ``realised`` stream (entry id = the bar's open time, beside the prediction's own id in the
+predictions stream). The rolling scores over the last ``forecaster.score_window`` realised bars
+are kept in memory and written to ``keys.scores``; a worker that has not seen a feed's previous
+realised bar (another worker of the group had it) reloads the window from the stream first.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from volcast.keys import Feed
+
+
+@dataclass(frozen=True, slots=True)
+class Realised:
+    """A prediction next to the bar it predicted. ``naive`` is the previous bar's volume."""
+
+    open_time_ms: int
+    predicted: float
+    actual: float
+    naive: float
+    model_version: str
+
+    @property
+    def error_log(self) -> float:
+        return math.log1p(max(self.predicted, 0.0)) - math.log1p(max(self.actual, 0.0))
+
+    def to_fields(self) -> dict[str, str]:
+        return {
+            "open_time_ms": str(self.open_time_ms),
+            "predicted": repr(self.predicted),
+            "actual": repr(self.actual),
+            "naive": repr(self.naive),
+            "error_log": repr(self.error_log),
+            "model_version": self.model_version,
+        }
+
+    @classmethod
+    def from_fields(cls, raw: Mapping[bytes, bytes]) -> Realised:
+        try:
+            return cls(
+                open_time_ms=int(raw[b"open_time_ms"]),
+                predicted=float(raw[b"predicted"]),
+                actual=float(raw[b"actual"]),
+                naive=float(raw[b"naive"]),
+                model_version=raw.get(b"model_version", b"").decode(),
+            )
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"not a realised record: {exc!r}") from None
+
+
+class _Window:
+    """Records plus running sums, so a score update costs O(1) rather than O(window)."""
+
+    def __init__(self, window: int, records: list[Realised] | None = None) -> None:
+        self.records: deque[Realised] = deque(maxlen=window)
+        self.sq = self.abs_err = self.abs_naive = 0.0
+        for record in records or []:
+            self.push(record)
+
+    def push(self, record: Realised) -> None:
+        if len(self.records) == self.records.maxlen:
+            self._account(self.records[0], -1.0)
+        self.records.append(record)
+        self._account(record, 1.0)
+
+    def pop(self) -> None:
+        self._account(self.records.pop(), -1.0)
+
+    def _account(self, r: Realised, sign: float) -> None:
+        self.sq += sign * r.error_log**2
+        self.abs_err += sign * abs(r.predicted - r.actual)
+        self.abs_naive += sign * abs(r.naive - r.actual)
+
+    def scores(self) -> dict[str, str]:
+        n = len(self.records)
+        if n == 0:
+            return {"n": "0"}
+        mae = max(self.abs_err, 0.0) / n
+        naive_mae = max(self.abs_naive, 0.0) / n
+        return {
+            "n": str(n),
+            "rmse_log": repr(math.sqrt(max(self.sq, 0.0) / n)),
+            "mae": repr(mae),
+            "naive_mae": repr(naive_mae),
+            # MASE against naive on the same bars: below 1 beats "next bar = last bar".
+            "mase": repr(mae / naive_mae) if naive_mae > 0 else "nan",
+            "from_ms": str(self.records[0].open_time_ms),
+            "to_ms": str(self.records[-1].open_time_ms),
+        }
+
+
+class LiveScores:
+    """The last ``window`` realised records of each feed."""
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self._windows: dict[Feed, _Window] = {}
+
+    def follows(self, feed: Feed, open_time_ms: int) -> bool:
+        """True when this process holds the feed's window up to the bar just before ``open_time_ms``."""
+        window = self._windows.get(feed)
+        if window is None or not window.records:
+            return False
+        return window.records[-1].open_time_ms == open_time_ms - feed.interval_ms
+
+    def load(self, feed: Feed, records: list[Realised]) -> None:
+        """Replace the feed's window with records read back from Redis (oldest first)."""
+        self._windows[feed] = _Window(self.window, records[-self.window :])
+
+    def add(self, feed: Feed, record: Realised) -> dict[str, str]:
+        """Add one realised record; returns the feed's scores as hash fields."""
+        window = self._windows.setdefault(feed, _Window(self.window))
+        # A replayed event replaces what it overlaps, so the window stays in time order.
+        while window.records and window.records[-1].open_time_ms >= record.open_time_ms:
+            window.pop()
+        window.push(record)
+        return window.scores()

@@ -1,0 +1,104 @@
+"""The prediction record: what goes to MQTT, to the ``prediction`` hash and to the predictions stream.
+
+The MQTT payload is JSON with a ``schema`` number, so that subscribers can refuse a layout they do
+not know instead of misreading it. Schema 1 is documented field by field in docs/forecaster.md;
+adding a field keeps the number, renaming or removing one bumps it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import orjson
+
+from volcast.keys import Feed
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """One next-bar volume forecast of one feed.
+
+    ``open_time_ms`` is the open time of the predicted bar; ``last_bar_ms`` the open time of the
+    newest bar the model saw (one interval earlier when nothing was skipped). ``last_volume`` is
+    that bar's volume: the naive forecast, kept so the realised error can be compared with it.
+    """
+
+    feed: Feed
+    open_time_ms: int
+    last_bar_ms: int
+    last_volume: float
+    volume: float
+    quantiles: Mapping[float, float]
+    model_name: str
+    model_version: str
+    baseline: bool
+    created_ms: int
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {
+                "schema": SCHEMA_VERSION,
+                "exchange": self.feed.exchange,
+                "symbol": self.feed.symbol,
+                "interval": self.feed.interval,
+                "interval_ms": self.feed.interval_ms,
+                "open_time_ms": self.open_time_ms,
+                "last_bar_ms": self.last_bar_ms,
+                "last_volume": self.last_volume,
+                "volume": self.volume,
+                "quantiles": {_quantile_key(q): v for q, v in self.quantiles.items()},
+                "model": {"name": self.model_name, "version": self.model_version, "baseline": self.baseline},
+                "created_ms": self.created_ms,
+            }
+        )
+
+    def to_fields(self, payload: bytes | None = None) -> dict[str, str]:
+        """Flat string fields for the Redis hash and stream entry (the JSON included whole).
+
+        ``payload``: this prediction's ``to_json()`` when the caller already has it.
+        """
+        return {
+            "open_time_ms": str(self.open_time_ms),
+            "last_bar_ms": str(self.last_bar_ms),
+            "last_volume": repr(self.last_volume),
+            "volume": repr(self.volume),
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "baseline": "1" if self.baseline else "0",
+            "created_ms": str(self.created_ms),
+            "json": (payload if payload is not None else self.to_json()).decode(),
+        }
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> Prediction:
+        """Parse a schema 1 payload; anything else raises ValueError naming the problem."""
+        try:
+            raw = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ValueError(f"prediction payload is not JSON: {exc}") from None
+        if not isinstance(raw, dict) or raw.get("schema") != SCHEMA_VERSION:
+            raise ValueError(f"unknown prediction schema {raw.get('schema') if isinstance(raw, dict) else raw!r}")
+        try:
+            model = raw["model"]
+            return cls(
+                feed=Feed(str(raw["exchange"]), str(raw["symbol"]), int(raw["interval_ms"])),
+                open_time_ms=int(raw["open_time_ms"]),
+                last_bar_ms=int(raw["last_bar_ms"]),
+                last_volume=float(raw["last_volume"]),
+                volume=float(raw["volume"]),
+                quantiles={float(q): float(v) for q, v in raw["quantiles"].items()},
+                model_name=str(model["name"]),
+                model_version=str(model["version"]),
+                baseline=bool(model["baseline"]),
+                created_ms=int(raw["created_ms"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"malformed prediction payload: {exc!r}") from None
+
+
+def _quantile_key(q: float) -> str:
+    # JSON keys are strings; "0.1" reads better than repr noise such as "0.09999999999999998".
+    return format(q, "g")

@@ -1,0 +1,116 @@
+"""The interface the inference and refit workers use: ``Predictor``, ``load_predictor``,
+``baseline_predictor``.
+
+A predictor takes the latest bars of many symbols and forecasts the next bar of each in ONE
+batched pass (features with numpy over the batch, one forward of the network).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from forecaster.artifact import ArtifactError
+from forecaster.baselines import BASELINE_NAMES, Har, LogForecaster, make_baseline
+from forecaster.features import Batch
+from forecaster.frame import BarFrame, FloatArray, IntArray
+from volcast.settings import ModelSettings
+
+__all__ = [
+    "ArtifactError",
+    "Forecast",
+    "ModelPredictor",
+    "Predictor",
+    "baseline_predictor",
+    "load_predictor",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    volume: float  # point forecast of the next bar's volume (base asset)
+    quantiles: dict[float, float]  # e.g. {0.1: v, 0.5: v, 0.9: v}; empty if the model has none
+
+
+@runtime_checkable
+class Predictor(Protocol):
+    name: str  # "lstm", "seed", "ensemble", or a baseline name "har", "naive"...
+    version: str  # artifact version; baselines "baseline"
+    look_back: int  # bars of history needed (most recent last)
+
+    def predict(self, histories: Sequence[tuple[str, BarFrame]]) -> list[Forecast]:
+        """(feed_key, frame of the latest >= look_back bars) per symbol -> one forecast each."""
+        ...
+
+
+class ModelPredictor:
+    """A Predictor over any fitted ``LogForecaster`` (network or baseline)."""
+
+    def __init__(self, model: LogForecaster, name: str, version: str, *, fit_on_predict: bool = False) -> None:
+        self.model = model
+        self.name = name
+        self.version = version
+        self.look_back = model.look_back
+        # Baselines without a fit (no model yet) fit once on the first histories they see.
+        self._fit_on_predict = fit_on_predict
+
+    def predict(self, histories: Sequence[tuple[str, BarFrame]]) -> list[Forecast]:
+        if not histories:
+            return []
+        if self._fit_on_predict:
+            self.model.fit(histories)
+            self._fit_on_predict = False
+        frames = [f for _, f in histories]
+        keys = [k for k, _ in histories]
+        shortest = min(len(f) for f in frames)
+        if shortest < 1:
+            raise ValueError("a history has no bars")
+        length = min(shortest, self.look_back) if self.name in BASELINE_NAMES else self.look_back
+        if shortest < length:
+            short = [k for k, f in histories if len(f) < length]
+            raise ValueError(f"{self.name} needs {length} bars of history; too few for {short[:5]}")
+        batch = Batch.stack(frames, length)
+        positions = np.array([length], dtype=np.int64)
+        point, quants = self.model.predict_log(batch, keys, positions)
+        return forecasts_from_log(point[:, 0], None if quants is None else quants[:, 0], self.model.quantile_levels)
+
+    def forecast_positions(
+        self, key: str, frame: BarFrame, positions: IntArray
+    ) -> tuple[FloatArray, FloatArray | None]:
+        """Volumes (P,) and quantiles (P, Q) at target positions of a whole frame (backtests)."""
+        point, quants = self.model.predict_log(Batch.stack([frame]), [key], positions)
+        return np.expm1(point[0]), None if quants is None else np.expm1(quants[0])
+
+
+def forecasts_from_log(
+    point: FloatArray, quants: FloatArray | None, levels: Sequence[float]
+) -> list[Forecast]:
+    volumes = np.maximum(np.expm1(point), 0.0)
+    if quants is None:
+        return [Forecast(float(v), {}) for v in volumes]
+    qv = np.maximum(np.expm1(quants), 0.0)
+    return [
+        Forecast(float(volumes[i]), {float(q): float(qv[i, j]) for j, q in enumerate(levels)})
+        for i in range(len(volumes))
+    ]
+
+
+def load_predictor(artifact_dir: Path, model: ModelSettings) -> ModelPredictor:
+    """The model saved in ``artifact_dir``; ArtifactError if corrupt or not matching ``model``."""
+    from forecaster.training import load_model
+
+    fitted, meta = load_model(Path(artifact_dir), model)
+    return ModelPredictor(fitted, model.name, str(meta.get("version", "unknown")))
+
+
+def baseline_predictor(name: str = "har", fitted: LogForecaster | None = None) -> ModelPredictor:
+    """A baseline for "no model yet": ``fitted`` if given, else fitted on the first histories passed."""
+    model = fitted if fitted is not None else make_baseline(name)
+    needs_fit = fitted is None and name in ("har", "ewma")
+    if isinstance(model, Har) and model.fitted:
+        needs_fit = False
+    return ModelPredictor(model, name, "baseline", fit_on_predict=needs_fit)

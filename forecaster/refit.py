@@ -1,0 +1,186 @@
+"""``volcast refit``: train a challenger on the bar history in Redis, promote it only if it scores better.
+
+Each run reads every configured feed's bars, holds back the most recent ``refit.holdout_bars``
+of each, trains on the rest, and scores challenger and champion (the serving version, or the
+HAR baseline fitted on the same training bars when there is none) on the held-back bars. The
+challenger is promoted only with a lower rmse_log: written to the model store under a new
+version, named in ``keys.model()`` (forecasters swap it in at their next boundary), and the store
+pruned to ``refit.keep`` versions. This runs in its own process (torch threads =
+``refit.threads``) so that training never slows inference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from forecaster.baselines import Har
+from forecaster.estimator import quiet
+from forecaster.feeds import configured_feeds, feed_key
+from forecaster.frame import BarFrame
+from forecaster.model_store import ModelRecord, ModelStore, current_model, promote
+from forecaster.predictor import ModelPredictor, Predictor, baseline_predictor, load_predictor
+from forecaster.scoring import score
+from forecaster.training import TrainedModel, train_model
+from volcast.backoff import Backoff
+from volcast.bar import Bar
+from volcast.connections import redis_client
+from volcast.keys import Feed, RedisKeys
+from volcast.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Result = Literal["promoted", "kept", "skipped", "failed"]
+
+
+@dataclass(frozen=True, slots=True)
+class RefitOutcome:
+    result: Result
+    message: str
+    version: str | None = None
+    challenger: dict[str, float] = field(default_factory=dict)
+    champion: dict[str, float] = field(default_factory=dict)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def read_frames(redis: aioredis.Redis, keys: RedisKeys, feeds: Sequence[Feed]) -> list[tuple[str, BarFrame]]:
+    """Every closed bar in Redis of each feed, as frames keyed like the worker keys them."""
+    pipe = redis.pipeline(transaction=False)
+    for feed in feeds:
+        pipe.xrange(keys.bars(feed), min="-", max="+")
+    replies: list[Any] = await pipe.execute()
+    frames: list[tuple[str, BarFrame]] = []
+    for feed, entries in zip(feeds, replies, strict=True):
+        if len(entries) < 2:
+            continue
+        bars = [Bar.from_fields(fields) for _, fields in entries]
+        frames.append((feed_key(feed), BarFrame.from_bars(bars, feed.interval_ms)))
+    return frames
+
+
+def holdout_scores(predictor: Predictor, frames: Sequence[tuple[str, BarFrame]], holdout: int) -> dict[str, float]:
+    """Scores on the last ``holdout`` bars of every frame, pooled (rmse_log weighted by bars)."""
+    total = 0.0
+    squares = 0.0
+    mase: list[tuple[float, float]] = []
+    for key, frame in frames:
+        got = score(predictor, [(key, frame)], (len(frame) - holdout, len(frame)))
+        n = got["bars"]
+        total += n
+        squares += got["rmse_log"] ** 2 * n
+        if not math.isnan(got["mase"]):
+            mase.append((got["mase"], n))
+    out = {"rmse_log": math.sqrt(squares / total) if total else math.nan, "bars": total}
+    if mase:
+        out["mase"] = sum(m * n for m, n in mase) / sum(n for _, n in mase)
+    return out
+
+
+def _train_and_score(settings: Settings, frames: list[tuple[str, BarFrame]], champion: Predictor | None
+                     ) -> tuple[TrainedModel, dict[str, float], dict[str, float], str]:
+    """The CPU-heavy part, run in a thread: train, then score challenger and champion."""
+    holdout = settings.refit.holdout_bars
+    train = [(key, frame[: len(frame) - holdout]) for key, frame in frames]
+    training = settings.training.model_copy(update={"threads": settings.refit.threads})
+    trained = train_model(train, settings.model, training, progress=quiet)
+    challenger = ModelPredictor(trained.model, settings.model.name, "challenger")
+    if champion is None:
+        har = Har(interval_ms=frames[0][1].interval_ms)
+        har.fit(train)
+        champion = baseline_predictor("har", fitted=har)
+        champion_name = "har baseline"
+    else:
+        champion_name = f"{champion.name} version {champion.version}"
+    return (trained, holdout_scores(challenger, frames, holdout),
+            holdout_scores(champion, frames, holdout), champion_name)
+
+
+async def refit_once(settings: Settings, redis: aioredis.Redis) -> RefitOutcome:
+    """One refit: train, compare, maybe promote; records the outcome in ``keys.refit()``."""
+    keys = RedisKeys(settings.redis.key_prefix)
+    store = ModelStore(settings.refit.model_dir)
+    started = now_ms()
+    try:
+        outcome = await _refit(settings, redis, keys, store)
+    except Exception as exc:  # a failed refit is reported and retried next time, never fatal
+        log.exception("refit failed")
+        outcome = RefitOutcome("failed", f"{type(exc).__name__}: {exc}")
+    fields = {
+        "last_run_ms": str(started),
+        "finished_ms": str(now_ms()),
+        "result": outcome.result,
+        "message": outcome.message,
+        "next_run_ms": str(started + settings.refit.every),
+        "version": outcome.version or "",
+    }
+    await redis.hset(keys.refit(), mapping=cast(dict[Any, Any], fields))
+    log.info("refit %s: %s", outcome.result, outcome.message)
+    return outcome
+
+
+async def _refit(settings: Settings, redis: aioredis.Redis, keys: RedisKeys, store: ModelStore) -> RefitOutcome:
+    refit = settings.refit
+    frames = await read_frames(redis, keys, configured_feeds(settings))
+    eligible = [(k, f) for k, f in frames if len(f) >= refit.min_bars]
+    if not eligible:
+        most = max((len(f) for _, f in frames), default=0)
+        return RefitOutcome("skipped", f"no feed has refit.min_bars={refit.min_bars} bars yet (most: {most})")
+    if any(len(f) - refit.holdout_bars < 2 for _, f in eligible):
+        return RefitOutcome("skipped", f"refit.holdout_bars={refit.holdout_bars} leaves nothing to train on")
+    record = await current_model(redis, keys)
+    champion: Predictor | None = None
+    if record is not None and store.has(record.version):
+        try:
+            champion = await asyncio.to_thread(load_predictor, store.path(record.version), settings.model)
+        except Exception as exc:  # an unusable champion loses to any challenger
+            log.warning("champion version %s cannot be loaded (%s): comparing with the baseline",
+                        record.version, exc)
+    trained, challenger, champ, champ_name = await asyncio.to_thread(_train_and_score, settings, eligible, champion)
+    summary = (f"challenger rmse_log {challenger['rmse_log']:.4f} vs {champ_name} {champ['rmse_log']:.4f} "
+               f"on the last {refit.holdout_bars} bars of {len(eligible)} feeds")
+    if not challenger["rmse_log"] < champ["rmse_log"]:
+        return RefitOutcome("kept", summary, None, challenger, champ)
+    floor = int(record.version) + 1 if record is not None and record.version.isdigit() else 1
+    version = store.next_version(at_least=floor)
+    info = {"name": settings.model.name, "scores": challenger, "champion": champ_name,
+            "champion_scores": champ, "feeds": [k for k, _ in eligible]}
+    await asyncio.to_thread(store.write, version, lambda d: trained.save(d, version), info)
+    await promote(redis, keys, ModelRecord(settings.model.name, version, challenger, now_ms()))
+    pruned = store.prune(refit.keep, protect={version})
+    if pruned:
+        log.info("pruned model versions %s", ", ".join(pruned))
+    return RefitOutcome("promoted", f"version {version} promoted: {summary}", version, challenger, champ)
+
+
+async def run(settings: Settings, *, once: bool = False) -> RefitOutcome | None:
+    """The refit worker: one refit every ``refit.every`` (or exactly one with ``once``)."""
+    keys = RedisKeys(settings.redis.key_prefix)
+    async with redis_client(settings.redis) as redis:
+        if once:
+            return await refit_once(settings, redis)
+        backoff = Backoff(1.0, 60.0)
+        while True:
+            try:
+                # Resume the schedule across restarts instead of retraining at every start.
+                due: Any = await redis.hget(keys.refit(), "next_run_ms")
+                wait_ms = int(due) - now_ms() if due else 0
+                if wait_ms > 0:
+                    log.info("next refit in %.0f s", wait_ms / 1000)
+                    await asyncio.sleep(wait_ms / 1000)
+                await refit_once(settings, redis)
+                backoff.reset()
+            except (RedisError, OSError) as exc:
+                delay = backoff.next_delay()
+                log.warning("Redis unavailable (%s); retrying in %.0f s", exc, delay)
+                await asyncio.sleep(delay)

@@ -1,0 +1,101 @@
+"""Forecast scores: rmse_log, mae, mape, mase, coverage_80, over one-step-ahead test ranges.
+
+Used by ``volcast backtest`` and by the refit worker to compare challenger and champion on the
+same bars. Every forecast at position ``p`` sees only bars ``< p``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from forecaster.frame import BarFrame, FloatArray, IntArray
+from forecaster.predictor import ModelPredictor, Predictor
+
+
+def positions_for(frame: BarFrame, test_range: tuple[int, int] | slice, look_back: int) -> IntArray:
+    """Target positions of a test range (row indices), dropping those without enough history."""
+    if isinstance(test_range, slice):
+        start, stop, _ = test_range.indices(len(frame))
+    else:
+        start, stop = test_range
+    return np.arange(max(start, look_back, 1), min(stop, len(frame)), dtype=np.int64)
+
+
+def forecast_range(
+    predictor: Predictor, key: str, frame: BarFrame, positions: IntArray
+) -> tuple[FloatArray, FloatArray | None]:
+    """Volumes and quantiles at every position; one-step-ahead, only the past visible."""
+    if isinstance(predictor, ModelPredictor):
+        return predictor.forecast_positions(key, frame, positions)
+    points = np.empty(len(positions))
+    quants: list[list[float]] = []
+    for i, p in enumerate(positions):
+        fc = predictor.predict([(key, frame[max(0, int(p) - predictor.look_back) : int(p)])])[0]
+        points[i] = fc.volume
+        quants.append([fc.quantiles[q] for q in sorted(fc.quantiles)])
+    return points, (np.array(quants) if quants and quants[0] else None)
+
+
+def metrics(
+    actual: FloatArray,
+    predicted: FloatArray,
+    naive: FloatArray,
+    quantiles: FloatArray | None = None,
+    levels: Sequence[float] = (),
+) -> dict[str, float]:
+    predicted = np.maximum(predicted, 0.0)
+    err = predicted - actual
+    mae = float(np.mean(np.abs(err)))
+    naive_mae = float(np.mean(np.abs(naive - actual)))
+    pos = actual > 0
+    out = {
+        "rmse_log": float(np.sqrt(np.mean((np.log1p(predicted) - np.log1p(actual)) ** 2))),
+        "mae": mae,
+        "mape": float(np.mean(np.abs(err[pos]) / actual[pos])) if pos.any() else float("nan"),
+        "mase": mae / naive_mae if naive_mae > 0 else float("nan"),
+    }
+    if quantiles is not None and 0.1 in levels and 0.9 in levels:
+        lo = quantiles[:, list(levels).index(0.1)]
+        hi = quantiles[:, list(levels).index(0.9)]
+        out["coverage_80"] = float(np.mean((actual >= lo) & (actual <= hi)))
+    return out
+
+
+def score(
+    predictor: Predictor,
+    frames: Sequence[tuple[str, BarFrame]],
+    test_range: tuple[int, int] | slice,
+) -> dict[str, float]:
+    """Scores over ``test_range`` (row indices, the same for every frame) of all frames pooled.
+
+    ``mase`` divides by the naive forecast's MAE (last bar's volume) over the same bars.
+    """
+    actual, predicted, naive, qs = [], [], [], []
+    for key, frame in frames:
+        needed = predictor.model.min_history if isinstance(predictor, ModelPredictor) else predictor.look_back
+        pos = positions_for(frame, test_range, needed)
+        if len(pos) == 0:
+            continue
+        point, quants = forecast_range(predictor, key, frame, pos)
+        actual.append(frame.volume[pos])
+        predicted.append(point)
+        naive.append(frame.volume[pos - 1])
+        if quants is not None:
+            qs.append(quants)
+    if not actual:
+        raise ValueError("no bars to score in the test range")
+    levels: tuple[float, ...] = ()
+    if isinstance(predictor, ModelPredictor):
+        levels = predictor.model.quantile_levels
+    return {
+        **metrics(
+            np.concatenate(actual),
+            np.concatenate(predicted),
+            np.concatenate(naive),
+            np.concatenate(qs) if len(qs) == len(actual) and qs else None,
+            levels,
+        ),
+        "bars": float(sum(len(a) for a in actual)),
+    }

@@ -1,0 +1,444 @@
+"""One feed (an exchange's symbol): websocket trades and REST backfill into one bar aggregator.
+
+Every trade ccxt parses reaches ``_on_raw`` through the hooked trade buffer (source.py), so a
+burst loses nothing. The feed decides how far its bars may close (the watermark):
+
+- live and no known hole: max(newest trade time, exchange clock - watchdog). The exchange clock
+  is the local clock plus the offset measured at connect (``fetch_time``). Holding it back by the
+  watchdog makes it a proof: a connection that went silent at exchange time S is dropped by the
+  watchdog before the clock part passes S, so its bars wait for the backfill. (The offset is not
+  re-measured within a session: against a replay running faster than real time the estimate
+  only lags, which is safe.)
+- connecting, backfilling, or a hole in the trade ids: frozen, so bars wait instead of closing
+  short.
+
+Where ids are consecutive (``consecutive_trade_ids``), ``frontier`` is the id up to which every
+trade is known; an id beyond ``frontier + 1`` opens a hole, filled by REST ``fromId`` pages. A
+hole REST cannot fill (refused, or older than the exchange keeps) is marked on the aggregator,
+whose overlapping bars close with status ``gap``. Elsewhere backfill asks ``since`` the newest
+trade seen and the aggregator drops the overlap as duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import ccxt.pro
+
+from streamer.aggregator import BarAggregator, Outcome
+from streamer.health import FeedHealth, FeedState
+from streamer.source import (
+    check_hook,
+    client_symbols,
+    drop_connection,
+    guard_frames,
+    install_hook,
+    trade_from_ccxt,
+)
+from streamer.store import ResumePoint
+from volcast.aio import raise_if_cancelled
+from volcast.backoff import Backoff
+from volcast.bar import Bar, Trade
+from volcast.keys import Feed
+from volcast.settings import ExchangeSettings, Settings
+
+log = logging.getLogger(__name__)
+
+# A hole in the ids may be a reorder within one moment: wait this long before fetching it.
+_HOLE_PATIENCE_S = 0.2
+# REST failures in a row (each after a capped backoff: minutes with the default 30 s cap) before a
+# hole is given up as a gap: an exchange that keeps refusing cannot fill it.
+_BACKFILL_ATTEMPTS = 12
+_TICK_S = 0.05
+
+
+class WatchdogTimeout(ccxt.NetworkError):  # type: ignore[misc]
+    """The feed was connected but sent nothing for ``streamer.watchdog``."""
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ExchangeLink:
+    """What the feeds of one exchange share: the ccxt client, its markets, one load at a time."""
+
+    def __init__(self, exchange: Any, settings: ExchangeSettings) -> None:
+        self.exchange = exchange
+        self.settings = settings
+        self._markets_lock = asyncio.Lock()
+        self.runners: dict[str, FeedRunner] = {}
+        guard_frames(exchange, self._bad_frame)
+
+    def _bad_frame(self, client: Any, error: Exception) -> None:
+        symbols = [s for s in client_symbols(client) if s in self.runners]
+        for symbol in symbols:
+            self.runners[symbol].health.malformed += 1
+        log.warning("%s: bad frame for %s skipped: %r", self.exchange.id, symbols or client.url, error)
+
+    async def ensure_markets(self) -> None:
+        async with self._markets_lock:
+            if not self.exchange.markets:
+                await self.exchange.load_markets()
+
+    async def clock_offset_ms(self) -> int:
+        """Exchange clock minus local clock, from the round trip's midpoint."""
+        before = now_ms()
+        server = await self.exchange.fetch_time()
+        after = now_ms()
+        if server is None:
+            return 0
+        return int(server) - (before + after) // 2
+
+
+class FeedRunner:
+    """Runs one feed until cancelled: connect, backfill, stream, reconnect with backoff."""
+
+    def __init__(
+        self,
+        feed: Feed,
+        link: ExchangeLink,
+        settings: Settings,
+        on_bar: Callable[[Feed, Bar], None],
+        resume: ResumePoint | None,
+    ) -> None:
+        self.feed = feed
+        self.link = link
+        self.symbol = feed.symbol
+        self.settings = settings
+        self.consecutive = link.settings.consecutive_trade_ids
+        self.health = FeedHealth()
+        self._on_bar = on_bar
+        bars = settings.bars
+        self.resume = resume
+        self.start_ms: int | None = None
+        if resume is not None:
+            self.start_ms = resume.start_ms
+            self.aggregator = BarAggregator(
+                bars.interval, bars.grace, self._closed, start_ms=self.start_ms, last_close=resume.last_close
+            )
+            self.frontier: int | None = resume.last_trade_id if self.consecutive else None
+        else:
+            self.aggregator = BarAggregator(bars.interval, bars.grace, self._closed)
+            self.frontier = None
+        self.frontier_ms = resume.start_ms - 1 if resume else 0
+        self._ahead: dict[int, int] = {}  # ids seen beyond frontier + 1 -> their timestamps
+        self._hole_since: float | None = None
+        # Highest ids taken from the websocket and from REST: a websocket trade between the two was
+        # already backfilled (the overlap of a reconnect), not a duplicate the exchange sent.
+        self._live_high = -1
+        self._first_since: int | None = None
+        self._rest_failures = 0
+        self._backfill_high = -1
+        self._offset_ms = 0
+        self._live = False
+        self._last_message = time.monotonic()
+        self._hook = install_hook(link.exchange, feed.symbol, self._on_raw)
+        link.runners[feed.symbol] = self
+        self._watchdog_s = settings.streamer.watchdog / 1000
+        self._backoff = Backoff(settings.streamer.backoff_initial / 1000, settings.streamer.backoff_max / 1000)
+
+    # -- trades in ------------------------------------------------------------------------------
+
+    def _closed(self, bar: Bar) -> None:
+        self.health.bars_closed += 1
+        if bar.status.value == "gap":
+            self.health.gap_bars += 1
+        self._on_bar(self.feed, bar)
+
+    def _on_raw(self, raw: dict[str, Any]) -> None:
+        self._last_message = time.monotonic()
+        try:
+            trade = trade_from_ccxt(raw)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            self.health.malformed += 1
+            log.warning("%s: malformed trade %r: %r", self.feed.symbol, raw.get("info"), exc)
+            return
+        tid = trade.trade_id
+        if self.consecutive and self._live_high < tid <= self._backfill_high:
+            self._live_high = tid
+            return
+        self._live_high = max(self._live_high, tid)
+        self._take(trade, backfilled=False)
+        if self._live and not self._ahead:
+            self.aggregator.advance(self.health.last_trade_ms)
+
+    def _take(self, trade: Trade, *, backfilled: bool) -> None:
+        if self.start_ms is not None and trade.timestamp_ms < self.start_ms:
+            return  # already in a bar closed before this process started
+        if self.consecutive:
+            if backfilled and (
+                (self.frontier is not None and trade.trade_id <= self.frontier) or trade.trade_id in self._ahead
+            ):
+                return  # the websocket already delivered it
+            self._track_id(trade)
+        outcome = self.aggregator.add(trade, backfilled=backfilled)
+        if outcome is Outcome.ADDED:
+            if backfilled:
+                self.health.backfilled_trades += 1
+                self._backfill_high = max(self._backfill_high, trade.trade_id)
+            self.health.last_trade_ms = max(self.health.last_trade_ms, trade.timestamp_ms)
+
+    def _track_id(self, trade: Trade) -> None:
+        tid = trade.trade_id
+        if self.frontier is None:
+            self.frontier, self.frontier_ms = tid, trade.timestamp_ms
+        elif tid == self.frontier + 1:
+            self.frontier, self.frontier_ms = tid, trade.timestamp_ms
+            while self.frontier + 1 in self._ahead:
+                self.frontier += 1
+                self.frontier_ms = self._ahead.pop(self.frontier)
+        elif tid > self.frontier + 1 and tid not in self._ahead:
+            self._ahead[tid] = trade.timestamp_ms
+            if self._hole_since is None:
+                self._hole_since = time.monotonic()
+        if not self._ahead:
+            self._hole_since = None
+
+    def _give_up_hole(self, end_ms: int) -> None:
+        """Trades after the frontier up to ``end_ms`` cannot be had: their bars close as gaps."""
+        start = self.frontier_ms if self.frontier is not None else self.health.last_trade_ms
+        self.aggregator.mark_gap(start, end_ms + 1)
+        self.health.gaps += 1
+        log.warning("%s: trades from %d to %d lost (backfill impossible)", self.symbol, start, end_ms)
+        if self._ahead:
+            next_id = min(self._ahead)
+            self.frontier, self.frontier_ms = next_id, self._ahead.pop(next_id)
+            while self.frontier + 1 in self._ahead:
+                self.frontier += 1
+                self.frontier_ms = self._ahead.pop(self.frontier)
+        else:
+            self.frontier = None
+        if not self._ahead:
+            self._hole_since = None
+
+    # -- the watermark --------------------------------------------------------------------------
+
+    def exchange_now_ms(self) -> int:
+        return now_ms() + self._offset_ms
+
+    def watermark_ms(self) -> int:
+        return max(self.health.last_trade_ms, self.exchange_now_ms() - self.settings.streamer.watchdog)
+
+    def tick(self) -> None:
+        """Advance the bars by the clock; called often by the feed's own ticker."""
+        if self._live and not self._ahead:
+            self.aggregator.advance(self.watermark_ms())
+        self.sync_health()
+
+    def sync_health(self) -> None:
+        """Copy the per-trade counters into the health record (kept off the per-trade path)."""
+        health, aggregator = self.health, self.aggregator
+        health.trades, health.duplicates, health.late = aggregator.trades, aggregator.duplicates, aggregator.late
+        health.last_message_ms = now_ms() - int((time.monotonic() - self._last_message) * 1000)
+        if health.last_trade_ms:
+            health.lag_ms = max(0, self.exchange_now_ms() - health.last_trade_ms)
+
+    def open_bar(self) -> Bar | None:
+        bars = self.aggregator.open_bars()
+        return bars[-1] if bars else None
+
+    # -- the connection loop --------------------------------------------------------------------
+
+    async def run(self) -> None:
+        try:
+            while True:
+                delay = 0.0
+                try:
+                    await self._session()
+                except* ccxt.OperationFailed as group:
+                    self._live = False
+                    self.health.state = FeedState.DOWN
+                    self.health.reconnects += 1
+                    delay = self._backoff.next_delay()
+                    log.warning("%s: %r; reconnect in %.2fs", self.symbol, group.exceptions[0], delay)
+                raise_if_cancelled()
+                await asyncio.sleep(delay)
+        finally:
+            self._live = False
+            self.health.state = FeedState.STOPPED
+
+    async def _session(self) -> None:
+        self._live = False
+        self.health.state = FeedState.CONNECTING
+        ex = self.link.exchange
+        await self.link.ensure_markets()
+        self._offset_ms = await self.link.clock_offset_ms()
+        check_hook(ex, self.symbol, self._hook)
+        self._last_message = time.monotonic()
+        async with asyncio.TaskGroup() as group:
+            group.create_task(self._watch(), name=f"watch {self.symbol}")
+            group.create_task(self._watchdog(), name=f"watchdog {self.symbol}")
+            await self._catch_up()
+            self._backoff.reset()
+            group.create_task(self._ticker(), name=f"ticker {self.symbol}")
+
+    async def _watch(self) -> None:
+        ex = self.link.exchange
+        while True:
+            await ex.watch_trades(self.symbol)
+            check_hook(ex, self.symbol, self._hook)
+
+    async def _watchdog(self) -> None:
+        while True:
+            await asyncio.sleep(min(self._watchdog_s / 4, 1.0))
+            if time.monotonic() - self._last_message > self._watchdog_s:
+                self.health.watchdog_timeouts += 1
+                error = WatchdogTimeout(f"{self.symbol}: no trade for {self._watchdog_s:g}s")
+                await drop_connection(self.link.exchange, self.symbol, error)
+                raise error
+
+    async def _ticker(self) -> None:
+        while True:
+            if self._hole_since is not None and time.monotonic() - self._hole_since > _HOLE_PATIENCE_S:
+                await self._fill_holes()
+            self.tick()
+            await asyncio.sleep(_TICK_S)
+
+    # -- backfill -------------------------------------------------------------------------------
+
+    async def _catch_up(self) -> None:
+        """After (re)connecting: fetch what the websocket missed, then go live."""
+        self.health.state = FeedState.BACKFILLING
+        exchange_now = self.exchange_now_ms()
+        if self.health.last_trade_ms == 0 and self.frontier is None and self.start_ms is None:
+            # A feed without a bar in Redis starts with max_backfill of history, so a feed whose
+            # first process died before closing a bar loses nothing, and a new one starts with
+            # bars to forecast from. Its first bar is complete from the bar's start; the point is
+            # kept across reconnects that come before the first trade.
+            if self._first_since is None:
+                self._first_since = self.aggregator.bar_open(exchange_now - self.settings.streamer.max_backfill)
+            await self._backfill_since(self._first_since)
+        elif self.health.last_trade_ms == 0 and self.start_ms is not None:
+            # Resuming from Redis: from the end of the last closed bar, at most max_backfill back.
+            oldest = exchange_now - self.settings.streamer.max_backfill
+            if self.start_ms < oldest:
+                self.aggregator.mark_gap(self.start_ms, oldest)
+                self.health.gaps += 1
+                self.frontier = None
+                await self._backfill_since(oldest)
+            elif self.frontier is not None:
+                await self._backfill_ids(hole_only=False)
+            else:
+                await self._backfill_since(self.start_ms)
+        elif self.consecutive and self.frontier is not None:
+            await self._backfill_ids(hole_only=False)
+        else:
+            await self._backfill_since(self.health.last_trade_ms)
+        self.health.state = FeedState.LIVE
+        self._live = True
+
+    async def _fill_holes(self) -> None:
+        self._live = False
+        self.health.state = FeedState.BACKFILLING
+        try:
+            await self._backfill_ids(hole_only=True)
+        finally:
+            self.health.state = FeedState.LIVE
+            self._live = True
+
+    async def _fetch(self, since: int | None, params: dict[str, Any]) -> list[Trade] | None:
+        """One REST page; None if the exchange refuses (after retries for network errors)."""
+        ex = self.link.exchange
+        # Failures count across reconnects: a connection that keeps dropping must not keep a
+        # refused backfill alive forever.
+        while self._rest_failures < _BACKFILL_ATTEMPTS:
+            try:
+                raw = await ex.fetch_trades(self.symbol, since, self.settings.streamer.backfill_page, params)
+            except ccxt.OperationFailed as exc:  # network errors, 429, 5xx: worth retrying
+                self._rest_failures += 1
+                delay = self._backoff.next_delay()
+                log.warning(
+                    "%s: backfill attempt %d failed (%r), retry in %.2fs", self.symbol, self._rest_failures, exc, delay
+                )
+                await asyncio.sleep(delay)
+                continue
+            except ccxt.ExchangeError as exc:
+                log.warning("%s: backfill refused: %r", self.symbol, exc)
+                return None
+            self._rest_failures = 0
+            self._backoff.reset()
+            trades: list[Trade] = []
+            for item in raw:
+                try:
+                    trades.append(trade_from_ccxt(item))
+                except (KeyError, TypeError, ValueError, ArithmeticError):
+                    self.health.malformed += 1
+            trades.sort(key=lambda t: (t.trade_id, t.timestamp_ms))
+            return trades
+        self._rest_failures = 0  # given up: the next hole gets its own attempts
+        return None
+
+    async def _backfill_ids(self, *, hole_only: bool) -> None:
+        """Fetch by id from the frontier until no hole is left (and, after a reconnect, REST is exhausted)."""
+        page = self.settings.streamer.backfill_page
+        empty_rounds = 0
+        while self.frontier is not None:
+            if hole_only and not self._ahead:
+                return
+            wanted = self.frontier + 1
+            trades = await self._fetch(None, {"fromId": wanted})
+            if trades is None or empty_rounds >= _BACKFILL_ATTEMPTS:
+                self._give_up_hole(min(self._ahead.values()) if self._ahead else self.exchange_now_ms())
+                empty_rounds = 0
+                continue
+            trades = [t for t in trades if t.trade_id >= wanted]
+            if trades and trades[0].trade_id > wanted:
+                self._give_up_hole(trades[0].timestamp_ms)  # older than the exchange keeps
+            for trade in trades:
+                self._take(trade, backfilled=True)
+            if len(trades) >= page:
+                continue
+            if not self._ahead:
+                return  # REST is exhausted and the websocket shows no hole
+            # The websocket is ahead of REST's answer: ask again shortly.
+            empty_rounds = 0 if trades else empty_rounds + 1
+            await asyncio.sleep(_TICK_S)
+
+    async def _backfill_since(self, since: int) -> None:
+        """Fetch by time from ``since``, paging forward until REST has nothing newer."""
+        page = self.settings.streamer.backfill_page
+        if self.consecutive:
+            await self._backfill_recent_by_id(since)
+            return
+        while True:
+            trades = await self._fetch(since, {})
+            if trades is None:
+                self._give_up_hole(self.exchange_now_ms())
+                return
+            for trade in trades:
+                self._take(trade, backfilled=True)
+            if len(trades) < page:
+                return
+            newest = max(t.timestamp_ms for t in trades)
+            since = newest if newest > since else since + 1
+
+    async def _backfill_recent_by_id(self, since: int) -> None:
+        """Consecutive ids: page back from the newest trades to ``since``, then forward by id."""
+        page = self.settings.streamer.backfill_page
+        trades = await self._fetch(None, {})
+        if trades is None:
+            self.aggregator.mark_gap(since, self.exchange_now_ms())
+            self.health.gaps += 1
+            return
+        collected = trades
+        while collected and collected[0].timestamp_ms >= since and collected[0].trade_id > 0:
+            start_id = max(0, collected[0].trade_id - page)
+            fetched = await self._fetch(None, {"fromId": start_id})
+            if fetched is None:
+                self.aggregator.mark_gap(since, collected[0].timestamp_ms)
+                self.health.gaps += 1
+                break
+            older = [t for t in fetched if t.trade_id < collected[0].trade_id]
+            if not older:
+                break
+            collected = older + collected
+        wanted = [t for t in collected if t.timestamp_ms >= since]
+        for trade in wanted:
+            self._take(trade, backfilled=True)
+        if self.frontier is not None:
+            await self._backfill_ids(hole_only=False)

@@ -1,0 +1,284 @@
+"""A local exchange that replays recorded trades over Binance spot's public API (REST + websocket).
+
+ccxt's real ``ccxt.pro.binance`` client works against it unchanged but for its URLs (see
+``binance_client_options``)::
+
+    async with ReplayServer([load_tape("binance_BTCUSDT_trades.csv.gz")], speed=60) as server:
+        ex = ccxt.pro.binance({"enableRateLimit": False, **binance_client_options(server)})
+        trades = await ex.watch_trades("BTC/USDT")
+
+Time. Trade timestamps are never scaled. By default they are re-based: each file is moved by a
+whole number of days, chosen so that its first trade lands in the day before the server
+started (files recorded on different dates then play side by side, as live symbols do); each
+trade keeps its UTC time of day, its bar, and its offsets to the other trades of its file.
+With ``as_recorded`` they go out as recorded. ``speed`` scales only the pacing: at 60 a minute
+of recording goes out per real second. The replay clock (``clock_ms()``, and
+``GET /api/v3/time``) is the exchange's time now: it starts ``start_delay_s`` (real) before the
+first trade, advances at ``speed`` x real time, and never passes a trade that has not been
+published, so a clock reading X proves every trade stamped <= X was sent: a client can close a
+bar when the clock passes its end even if no trade comes. It is not the wall clock (it can lag
+it by up to a day, and runs faster at speed > 1). When looping, the clock jumps over the idle
+days between the end of one pass and the start of the next.
+
+Publishing. A trade is published when the clock reaches its timestamp: it is sent to every
+websocket connection subscribed to ``<symbol>@trade`` and becomes visible to the REST trade
+lists, so a client can backfill what a dropped connection missed. Faults: see ``faults.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import math
+import time
+from collections.abc import Sequence
+from types import TracebackType
+
+from aiohttp import WSMsgType, web
+
+from streamer.simulator.clock import ReplayClock
+from streamer.simulator.faults import FaultSpec
+from streamer.simulator.frames import trade_frame
+from streamer.simulator.published import PublishedTrades
+from streamer.simulator.rest import BinanceRest
+from streamer.simulator.tape import Tape
+from streamer.simulator.timeline import Timeline
+from streamer.simulator.websocket import Subscriber, handle_request
+
+log = logging.getLogger(__name__)
+
+# Trades published per step before yielding to the event loop, so that senders, REST and pings
+# keep running while a flood or a fast replay publishes.
+MAX_BATCH = 2000
+
+
+class ReplayServer:
+    """Serves ``tapes`` on ``host:port`` (0 = a free port) while inside ``async with``.
+
+    ``start_on_subscribe`` holds the replay (and the clock) until every symbol has a websocket
+    subscriber: a flood or a test then loses nothing to a late subscription.
+    """
+
+    def __init__(
+        self,
+        tapes: Sequence[Tape],
+        *,
+        speed: float = 1.0,
+        faults: FaultSpec | None = None,
+        seed: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        loop: bool = False,
+        as_recorded: bool = False,
+        start_delay_s: float = 0.2,
+        start_on_subscribe: bool = False,
+    ) -> None:
+        if not tapes:
+            raise ValueError("nothing to replay: no tapes")
+        if not speed > 0:
+            raise ValueError(f"speed must be > 0, got {speed}")
+        self.tapes = tuple(tapes)
+        self.speed = speed
+        self.faults = faults or FaultSpec()
+        self.seed = seed
+        self.host = host
+        self._requested_port = port
+        self.loop = loop
+        self.start_on_subscribe = start_on_subscribe
+        if as_recorded:
+            self.timeline = Timeline.build(self.tapes, [0] * len(self.tapes))
+        else:
+            self.timeline = Timeline.rebased(self.tapes, int(time.time() * 1000))
+        self._lead_ms = 0.0 if math.isinf(speed) else start_delay_s * speed * 1000.0
+        self.clock = ReplayClock(self.timeline.first_ms - self._lead_ms, 0.0)
+        self.clock.hold_below = self.timeline.first_ms
+        tl = self.timeline
+        self._stores = {
+            t.market_id: PublishedTrades(t, tl.shifts_ms[ti], tl.period_ms) for ti, t in enumerate(self.tapes)
+        }
+        self._market_ids = {t.market_id: t.market_id.encode() for t in self.tapes}
+        self._tape_market_ids = [t.market_id for t in self.tapes]
+        # The first pass's frames, encoded before the replay starts (the flood's hot path).
+        self._first_pass_frames = [
+            [
+                trade_frame(mid, t.timestamp_ms + shift, t.trade_id, t.price, t.amount, t.buyer_maker)
+                for t in tape.trades
+            ]
+            for tape, mid, shift in zip(
+                self.tapes, (m.encode() for m in self._tape_market_ids), tl.shifts_ms, strict=True
+            )
+        ]
+        self._rest = BinanceRest(list(self.tapes), self._stores, self.clock.now_ms, self.faults, seed)
+        self._subscribers: set[Subscriber] = set()
+        self._connections = itertools.count(1)
+        self._all_subscribed = asyncio.Event()
+        self.started = asyncio.Event()
+        self.done = asyncio.Event()
+        """Set when every trade was published (never, when looping)."""
+        self.loops_completed = 0
+        self.connections_opened = 0
+        self.started_mono: float | None = None
+        self.finished_mono: float | None = None
+        self._runner: web.AppRunner | None = None
+        self._publisher: asyncio.Task[None] | None = None
+        self.port = 0
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.host}:{self.port}/api/v3"
+
+    @property
+    def ws_url(self) -> str:
+        """ccxt appends ``/<stream index>``; ``/ws`` and ``/stream/ws`` with or without it all work."""
+        return f"ws://{self.host}:{self.port}/stream/ws"
+
+    @property
+    def published(self) -> dict[str, int]:
+        """Trades published so far, per unified symbol."""
+        return {t.symbol: len(self._stores[t.market_id]) for t in self.tapes}
+
+    @property
+    def total(self) -> int:
+        """Trades in one pass over all tapes."""
+        return len(self.timeline)
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    async def wait_flushed(self) -> None:
+        """Wait until every trade is published and handed to the sockets of live connections."""
+        await self.done.wait()
+        for sub in list(self._subscribers):
+            await sub.flushed.wait()
+
+    def clock_ms(self) -> int:
+        return self.clock.now_ms()
+
+    async def __aenter__(self) -> ReplayServer:
+        app = web.Application()
+        self._rest.add_routes(app)
+        for path in ("/ws", "/ws/{index}", "/stream/ws", "/stream/ws/{index}"):
+            app.router.add_get(path, self._websocket)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self._requested_port)
+        await site.start()
+        self.port = int(self._runner.addresses[0][1])
+        self._publisher = asyncio.create_task(self._publish(), name="replay-publisher")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._publisher is not None:
+            self._publisher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._publisher
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def _check_subscribed(self) -> None:
+        if all(any(s.wants(m) for s in self._subscribers) for m in self._market_ids):
+            self._all_subscribed.set()
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        # Binance does not compress; ccxt offers permessage-deflate, which would cost the flood dearly.
+        ws = web.WebSocketResponse(compress=False, autoping=True, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        number = next(self._connections)
+        self.connections_opened += 1
+        sub = Subscriber(number, ws, request, self.faults, self.seed)
+        self._subscribers.add(sub)
+        pump = asyncio.create_task(sub.pump(), name=f"replay-ws-{number}")
+        try:
+            async for msg in ws:
+                if msg.type == WSMsgType.TEXT:
+                    handle_request(sub, msg.data, self._check_subscribed)
+                if pump.done():
+                    break
+        finally:
+            self._subscribers.discard(sub)
+            sub.flushed.set()
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await pump
+        return ws
+
+    def _frames(self, ti: int, loop: int, start: int, stop: int) -> list[bytes]:
+        """Frames of tape ``ti``'s trades ``start:stop`` in pass ``loop``."""
+        if loop == 0:
+            return self._first_pass_frames[ti][start:stop]
+        tape, mid = self.tapes[ti], self._market_ids[self._tape_market_ids[ti]]
+        offset = self.timeline.offset_ms(ti, loop)
+        id_offset = loop * tape.id_span
+        return [
+            trade_frame(mid, t.timestamp_ms + offset, t.trade_id + id_offset, t.price, t.amount, t.buyer_maker)
+            for t in tape.trades[start:stop]
+        ]
+
+    def _fan_out(self, ti: int, loop: int, start: int, stop: int, silent: bool) -> None:
+        market_id = self._tape_market_ids[ti]
+        self._stores[market_id].advance(stop - start)
+        if silent:
+            return
+        targets = [s for s in self._subscribers if s.wants(market_id) and not s.dropped]
+        if targets:
+            frames = self._frames(ti, loop, start, stop)
+            mid = self._market_ids[market_id]
+            for sub in targets:
+                sub.offer(mid, frames)
+
+    async def _publish(self) -> None:
+        if self.start_on_subscribe:
+            await self._all_subscribed.wait()
+        timeline, clock, faults = self.timeline, self.clock, self.faults
+        self.started_mono = time.monotonic()
+        clock.rebase(timeline.first_ms - self._lead_ms, self.speed)
+        self.started.set()
+        n = len(timeline)
+        for loop in itertools.count():
+            if loop:
+                # Skip the idle days between passes: the next pass starts now.
+                clock.rebase(timeline.timestamp(loop, 0), self.speed)
+            order, tapes = timeline.order, self.tapes
+            offsets = [timeline.offset_ms(ti, loop) for ti in range(len(tapes))]
+            done_in_pass = [0] * len(tapes)
+            i = 0
+            while i < n:
+                due = timeline.timestamp(loop, i)
+                clock.hold_below = due
+                wait = clock.seconds_until(due)
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    continue
+                ideal = clock.ideal_ms()
+                silent = faults.silent_at(time.monotonic() - self.started_mono)
+                counts = [0] * len(tapes)
+                end = min(n, i + MAX_BATCH)
+                j = i
+                while j < end:
+                    ti, k = order[j]
+                    if tapes[ti].trades[k].timestamp_ms + offsets[ti] > ideal:
+                        break
+                    counts[ti] += 1
+                    j += 1
+                for ti, count in enumerate(counts):
+                    if count:
+                        start = done_in_pass[ti]
+                        done_in_pass[ti] = start + count
+                        self._fan_out(ti, loop, start, start + count, silent)
+                i = j
+                clock.hold_below = timeline.timestamp(loop, i) if i < n else timeline.timestamp(loop + 1, 0)
+                await asyncio.sleep(0)
+            self.loops_completed += 1
+            if not self.loop:
+                break
+        self.finished_mono = time.monotonic()
+        clock.hold_below = None
+        if math.isinf(self.speed):
+            clock.rebase(timeline.last_ms, 1.0)
+        self.done.set()
+        log.info("replay done: %d trades published", sum(self.published.values()))

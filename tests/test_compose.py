@@ -1,0 +1,302 @@
+"""docker-compose.yml, the Dockerfile and deploy/: they parse, every file they name exists, every
+service runs a real ``volcast`` verb with valid options, the settings files they mount validate,
+and the Redis and Mosquitto config files start the real servers installed here.
+
+Docker cannot run in CI; Debian's ``docker-compose`` (1.29) validates the file when installed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from volcast.cli import build_parser
+from volcast.settings import load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+VOLCAST_SERVICES = ("stream", "forecast", "refit")
+DEFAULT_CONFIG = "/etc/volcast/config.yml"
+OFFLINE_CONFIG = "/etc/volcast/config.offline.yml"
+_VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def _interpolate(value: Any, env: Mapping[str, str]) -> Any:
+    """Compose's variable substitution: ``${VAR:-default}``, ``${VAR}``, ``$$`` -> ``$``."""
+    if isinstance(value, str):
+        return _VARIABLE.sub(
+            lambda m: "$" if m.group(0) == "$$" else env.get(m.group(1)) or (m.group(2) or ""), value
+        )
+    if isinstance(value, list):
+        return [_interpolate(v, env) for v in value]
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env) for k, v in value.items()}
+    return value
+
+
+def _compose(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    raw = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(raw, dict)
+    interpolated: dict[str, Any] = _interpolate(raw, env or {})
+    return interpolated
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, str]:
+    """container path -> host path (relative to the repo) of the service's bind mounts."""
+    mounts: dict[str, str] = {}
+    for volume in service.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith((".", "/")):
+            mounts[target] = source
+    return mounts
+
+
+def test_services_profiles_and_ports() -> None:
+    services = _compose()["services"]
+    assert set(services) == {"redis", "mosquitto", *VOLCAST_SERVICES, "replay"}
+    assert services["replay"]["profiles"] == ["offline"]
+    assert all("profiles" not in s for name, s in services.items() if name != "replay")
+    published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
+    assert published == {"mosquitto": ["1883:1883"]}
+    for name, service in services.items():
+        assert service.get("restart") == "unless-stopped", name
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+
+
+def test_redis_and_mosquitto_services() -> None:
+    services = _compose()["services"]
+    redis_service = services["redis"]
+    assert redis_service["healthcheck"]["test"] == ["CMD-SHELL", "redis-cli ping | grep -q PONG"]
+    assert any(v.endswith(":/data") for v in redis_service["volumes"])
+    assert "redis-server /usr/local/etc/redis/redis.conf" in " ".join(redis_service["command"])
+    # The password reaches Redis only when set, and never as a literal in the file.
+    assert redis_service["environment"]["REDISCLI_AUTH"] == ""
+    with_password = _compose({"VOLCAST_REDIS_PASSWORD": "pw"})["services"]
+    assert with_password["redis"]["environment"]["REDISCLI_AUTH"] == "pw"
+    for name in VOLCAST_SERVICES:
+        assert with_password[name]["environment"]["VOLCAST_REDIS_PASSWORD"] == "pw"
+    assert "--requirepass" in " ".join(redis_service["command"])
+    assert "/mosquitto/config/mosquitto.conf" in _mounts(services["mosquitto"])
+    assert any(v.endswith(":/mosquitto/data") for v in services["mosquitto"]["volumes"])
+
+
+def test_every_mounted_or_copied_file_exists() -> None:
+    for name, service in _compose()["services"].items():
+        for target, source in _mounts(service).items():
+            assert (ROOT / source).exists(), f"{name}: {source} (mounted at {target}) does not exist"
+    copied: list[str] = []
+    for line in DOCKERFILE.read_text(encoding="utf-8").replace("\\\n", " ").splitlines():
+        if line.startswith("COPY "):
+            copied += line.split()[1:-1]
+    assert copied, "the Dockerfile copies nothing"
+    for source in copied:
+        if source == "README.md" and not (ROOT / source).exists():
+            pytest.fail("README.md is missing: pyproject.toml and the Dockerfile both need it")
+        assert (ROOT / source).exists(), f"Dockerfile: COPY {source}: no such file"
+    dockerignore = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+    assert ".venv" in dockerignore and ".env" in dockerignore
+
+
+def test_dockerfile_installs_cpu_torch_before_the_project() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert text.startswith("#") and "FROM python:3.11-slim" in text
+    torch = text.index("pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu")
+    assert torch < text.index("pip install .")
+    assert "USER volcast" in text
+
+
+def test_model_volume_is_shared_by_forecast_and_refit() -> None:
+    services = _compose()["services"]
+    for name in ("forecast", "refit"):
+        assert "models:/var/lib/volcast/models" in services[name]["volumes"], name
+        assert services[name]["environment"]["VOLCAST_MODEL_DIR"] == "/var/lib/volcast/models"
+    assert "models" in _compose()["volumes"]
+
+
+@pytest.mark.parametrize("config", [DEFAULT_CONFIG, OFFLINE_CONFIG])
+def test_every_service_command_is_a_real_verb_with_valid_options(config: str) -> None:
+    parser = build_parser()
+    services = _compose({"VOLCAST_CONFIG": config})["services"]
+    for name, service in services.items():
+        if name in ("redis", "mosquitto"):
+            continue
+        command = service["command"]
+        assert command[0] == "volcast", name
+        try:
+            args = parser.parse_args(command[1:])
+        except SystemExit:
+            pytest.fail(f"{name}: `{' '.join(command)}` is not a valid volcast command line")
+        assert args.verb == (name if name != "replay" else "replay")
+        check = service["healthcheck"]["test"]
+        if check[:2] == ["CMD", "volcast"]:
+            assert parser.parse_args(check[2:]).verb == "status"
+        if name in VOLCAST_SERVICES:
+            assert args.config == Path(config)
+            assert str(args.config) in _mounts(service)
+
+
+def test_mounted_settings_files_validate() -> None:
+    env = {"VOLCAST_REDIS_URL": "redis://redis:6379/0", "VOLCAST_MQTT_URL": "mqtt://mosquitto:1883",
+           "VOLCAST_MODEL_DIR": "/var/lib/volcast/models"}
+    seen = set()
+    for service in _compose()["services"].values():
+        for target, source in _mounts(service).items():
+            if target.startswith("/etc/volcast/"):
+                seen.add(target)
+                settings = load_settings(ROOT / source, env=env)
+                assert settings.redis.url == "redis://redis:6379/0"
+    assert seen == {DEFAULT_CONFIG, OFFLINE_CONFIG}
+
+
+def test_offline_config_points_the_streamer_at_the_replay_service() -> None:
+    settings = load_settings(ROOT / "deploy" / "config.offline.yml", env={})
+    services = _compose()["services"]
+    replay = services["replay"]["command"]
+    port = replay[replay.index("--port") + 1]
+    assert replay[replay.index("--host") + 1] == "0.0.0.0"
+    urls = settings.exchanges[0].urls
+    assert urls["api"]["public"] == f"http://replay:{port}/api/v3"
+    assert urls["api"]["ws"]["spot"] == f"ws://replay:{port}/stream/ws"
+    # Without spot-only markets ccxt calls the real futures host first, and offline that never answers.
+    assert settings.exchanges[0].options["fetchMarkets"] == {"types": ["spot"]}
+    # Every symbol the streamer asks for is served: one shipped trades file per symbol.
+    files = [replay[i + 1] for i, arg in enumerate(replay) if arg == "--trades"]
+    served = {re.sub(r"^.*?_([A-Z]+)(USDT|ETH)_trades_.*$", r"\1/\2", Path(f).name) for f in files}
+    assert served == set(settings.exchanges[0].symbols)
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    for path in files:
+        assert Path(path).name in dockerfile and (ROOT / "tests" / "data" / Path(path).name).exists()
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (Debian 1.29) is not installed")
+@pytest.mark.parametrize("profile", [[], ["--profile", "offline"]])
+def test_docker_compose_validates_the_file(profile: list[str], tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOLCAST_", "COMPOSE_"))}
+    result = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), *profile, "config"], capture_output=True, text=True, env=env,
+        cwd=tmp_path, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)
+    assert set(resolved["services"]) >= {"redis", "mosquitto", *VOLCAST_SERVICES}
+    assert resolved["services"]["replay"]["profiles"] == ["offline"]
+
+
+# -- the server config files start the real servers ----------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
+            pytest.fail(f"the server exited with {process.returncode}: {output}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    pytest.fail(f"nothing listens on port {port}")
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+def test_redis_conf_starts_redis_with_aof_everysec(tmp_path: Path) -> None:
+    port = _free_port()
+    process = subprocess.Popen(
+        ["redis-server", str(ROOT / "deploy" / "redis.conf"), "--port", str(port), "--bind", "127.0.0.1",
+         "--dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_for_port(port, process)
+        client = redis.Redis(port=port)
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
+        assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
+        client.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        if process.stdout:
+            process.stdout.close()
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
+                    reason="mosquitto is not installed")
+def test_mosquitto_conf_starts_mosquitto_2(tmp_path: Path) -> None:
+    text = (ROOT / "deploy" / "mosquitto.conf").read_text(encoding="utf-8")
+    for line in ("listener 1883", "set_tcp_nodelay true", "max_queued_messages 100000", "persistence true"):
+        assert line in text.splitlines(), line
+    port = _free_port()
+    local = text.replace("listener 1883", f"listener {port} 127.0.0.1").replace(
+        "persistence_location /mosquitto/data/", f"persistence_location {tmp_path}/")
+    if os.geteuid() == 0:
+        local = "user root\n" + local  # else it drops to user mosquitto, who cannot read tmp_path
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(local, encoding="utf-8")
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    # -v would not print unknown options: an unknown option makes mosquitto exit at once instead.
+    process = subprocess.Popen([mosquitto, "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(port, process)
+    finally:
+        process.terminate()
+        output = process.communicate(timeout=10)[0].decode(errors="replace")
+    assert "Error" not in output, output
+    # The example password file has the mosquitto_passwd format: user:$7$...
+    user, _, hashed = (ROOT / "deploy" / "mosquitto.passwd.example").read_text(encoding="utf-8").strip().partition(":")
+    assert user == "volcast" and hashed.startswith("$7$")
+
+
+@pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
+                    reason="mosquitto is not installed")
+def test_documented_password_file_setup_works(tmp_path: Path) -> None:
+    """Uncommenting the two lines of deploy/mosquitto.conf, with the example file, requires its user."""
+    import asyncio
+
+    from pydantic import SecretStr
+
+    from volcast.connections import ConnectionProblem, check_mqtt
+    from volcast.settings import MqttSettings
+
+    text = (ROOT / "deploy" / "mosquitto.conf").read_text(encoding="utf-8")
+    passwords = tmp_path / "passwords"
+    shutil.copy(ROOT / "deploy" / "mosquitto.passwd.example", passwords)
+    port = _free_port()
+    enabled = text.replace("\nallow_anonymous true\n", "\n").replace("#allow_anonymous false", "allow_anonymous false")
+    enabled = enabled.replace("#password_file /mosquitto/config/passwords", f"password_file {passwords}")
+    assert "password_file" in enabled and "allow_anonymous true" not in enabled
+    enabled = enabled.replace("listener 1883", f"listener {port} 127.0.0.1").replace(
+        "persistence_location /mosquitto/data/", f"persistence_location {tmp_path}/")
+    if os.geteuid() == 0:
+        enabled = "user root\n" + enabled
+    config = tmp_path / "mosquitto.conf"
+    config.write_text(enabled, encoding="utf-8")
+    process = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(config)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_port(port, process)
+        url = f"mqtt://127.0.0.1:{port}"
+        asyncio.run(check_mqtt(MqttSettings(url=url, username="volcast", password=SecretStr("change-me"))))
+        with pytest.raises(ConnectionProblem, match="requires a user name and password"):
+            asyncio.run(check_mqtt(MqttSettings(url=url)))
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)

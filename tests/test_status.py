@@ -1,0 +1,277 @@
+"""``volcast status`` against the real Redis on 127.0.0.1:6379, under a key prefix of its own."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from forecaster.model_store import ModelRecord
+from forecaster.payload import Prediction
+from streamer.health import FeedHealth, FeedState
+from volcast.bar import Bar, BarStatus
+from volcast.commands import status
+from volcast.keys import Feed, RedisKeys
+from volcast.settings import Settings, settings_from_mapping
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+MINUTE = 60_000
+T0 = 1_700_000_040_000 - 1_700_000_040_000 % MINUTE
+
+
+def _settings(prefix: str, url: str = REDIS_URL) -> Settings:
+    return settings_from_mapping(
+        {
+            "exchanges": [{"id": "binance", "symbols": ["BTC/USDT", "ETH/USDT"]}],
+            "bars": {"interval": "1m"},
+            "redis": {"url": url, "key_prefix": prefix},
+        },
+        env={},
+    )
+
+
+def _config_file(tmp_path: Path, settings: Settings) -> Path:
+    path = tmp_path / "config.yml"
+    path.write_text(
+        "exchanges: [{id: binance, symbols: [BTC/USDT, ETH/USDT]}]\n"
+        "bars: {interval: 1m}\n"
+        f"redis: {{url: '{settings.redis.url}', key_prefix: '{settings.redis.key_prefix}'}}\n",
+        encoding="utf-8",
+    )
+    return path
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    status.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.fixture
+def prefix(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    for name in ("VOLCAST_REDIS_URL", "VOLCAST_REDIS_PASSWORD", "VOLCAST_REDIS_USERNAME"):
+        monkeypatch.delenv(name, raising=False)
+    prefix = f"test-status-{uuid.uuid4().hex[:10]}"
+    yield prefix
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def _bar(open_time_ms: int, volume: str, trades: int, status_: BarStatus = BarStatus.COMPLETE) -> Bar:
+    price = Decimal("60000.5")
+    return Bar(
+        open_time_ms=open_time_ms, open=price, high=price, low=price, close=price, volume=Decimal(volume),
+        quote_volume=Decimal(volume) * price, trades=trades, buy_volume=Decimal(volume), sell_volume=Decimal(0),
+        vwap=price, first_trade_id=1, last_trade_id=trades, status=status_,
+    )
+
+
+def _populate(settings: Settings, now: int) -> Feed:
+    """The keys a running stack writes, for BTC/USDT only (ETH/USDT stays as a starting feed)."""
+    keys = RedisKeys(settings.redis.key_prefix)
+    feed = Feed("binance", "BTC/USDT", MINUTE)
+    client = redis.Redis.from_url(REDIS_URL)
+    health = FeedHealth(
+        state=FeedState.LIVE, last_trade_ms=now - 1_500, last_message_ms=now - 1_400, trades=1234,
+        duplicates=3, late=2, gaps=1, reconnects=4, backfilled_trades=56,
+    )
+    client.hset(keys.health(feed), mapping=health.to_fields(now - 1_000))  # type: ignore[arg-type]
+    client.pexpire(keys.health(feed), 90_000)
+    for i, (volume, trades) in enumerate([("1.5", 30), ("2.25", 45), ("0.125", 120)]):
+        status_ = BarStatus.BACKFILLED if i == 2 else BarStatus.COMPLETE
+        client.xadd(keys.bars(feed), _bar(T0 + i * MINUTE, volume, trades, status_).to_fields(),  # type: ignore[arg-type]
+                    id=f"{T0 + i * MINUTE}-0")
+    open_fields = {**_bar(T0 + 3 * MINUTE, "0.5", 7).to_fields(), "updated_ms": str(now)}
+    client.hset(keys.open_bar(feed), mapping=open_fields)  # type: ignore[arg-type]
+    prediction = Prediction(
+        feed=feed, open_time_ms=T0 + 3 * MINUTE, last_bar_ms=T0 + 2 * MINUTE, last_volume=0.125, volume=0.75,
+        quantiles={0.1: 0.2, 0.5: 0.7, 0.9: 1.9}, model_name="lstm", model_version="7", baseline=False,
+        created_ms=now - 5_000,
+    )
+    client.hset(keys.prediction(feed), mapping=prediction.to_fields())  # type: ignore[arg-type]
+    client.hset(keys.scores(feed), mapping={"rmse_log": "0.4125", "mase": "0.875", "n": "1440"})
+    client.hset(keys.model(), mapping=ModelRecord("lstm", "7", {"rmse_log": 0.4}, now - 3_600_000).to_fields())  # type: ignore[arg-type]
+    client.hset(keys.refit(), mapping={"last_run_ms": str(now - 3_600_000), "result": "promoted",
+                                       "next_run_ms": str(now + 7_200_000), "message": "challenger 7 beat 6"})
+    client.hset(keys.forecaster(), mapping={"updated_ms": str(now - 2_000), "consumer": "host-1"})
+    client.close()
+    return feed
+
+
+def test_json_shows_every_field_from_the_contract_keys(prefix: str, tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    settings = _settings(prefix)
+    now = status_now()
+    _populate(settings, now)
+    assert status.main(_args("--config", str(_config_file(tmp_path, settings)), "--json")) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["schema"] == 1
+    assert report["redis"] == {"url": REDIS_URL, "key_prefix": prefix}
+    btc, eth = report["feeds"]
+    assert (btc["exchange"], btc["symbol"], btc["interval"]) == ("binance", "BTC/USDT", "1m")
+    assert btc["state"] == "live"
+    assert 1.4 <= btc["last_trade_age_s"] < 60
+    assert {k: btc[k] for k in ("trades", "duplicates", "late", "gaps", "reconnects", "backfilled_trades")} == {
+        "trades": 1234, "duplicates": 3, "late": 2, "gaps": 1, "reconnects": 4, "backfilled_trades": 56}
+    # One read: the rate comes from the last closed bar, 120 trades in a minute.
+    assert (btc["trades_per_s"], btc["trades_per_s_from"]) == (2.0, "bar")
+    assert btc["bars"] == {
+        "count": 3, "first_open_ms": T0, "last_open_ms": T0 + 2 * MINUTE,
+        "last": {"open_time_ms": T0 + 2 * MINUTE, "close_time_ms": T0 + 3 * MINUTE, "volume": "0.125",
+                 "trades": 120, "status": "backfilled"},
+    }
+    assert btc["open_bar"]["volume"] == "0.5" and btc["open_bar"]["trades"] == 7
+    assert btc["prediction"]["open_time_ms"] == T0 + 3 * MINUTE
+    assert (btc["prediction"]["volume"], btc["prediction"]["model_name"], btc["prediction"]["model_version"]) == (
+        0.75, "lstm", "7")
+    assert (btc["scores"]["rmse_log"], btc["scores"]["mase"], btc["scores"]["n"]) == (0.4125, 0.875, 1440.0)
+    assert report["model"] == {"name": "lstm", "version": "7", "promoted_ms": now - 3_600_000,
+                               "scores": {"rmse_log": 0.4}}
+    assert report["refit"] == {"last_run_ms": now - 3_600_000, "result": "promoted",
+                               "next_run_ms": now + 7_200_000, "message": "challenger 7 beat 6"}
+    assert report["forecaster"] == {"updated_ms": now - 2_000, "consumer": "host-1"}
+    # The second feed has written nothing yet: nulls, not a crash.
+    assert eth["state"] is None and eth["trades"] is None and eth["trades_per_s"] is None
+    assert eth["bars"] == {"count": None, "first_open_ms": None, "last_open_ms": None, "last": None}
+    assert eth["prediction"] is None and eth["scores"] is None and eth["open_bar"] is None
+
+
+def status_now() -> int:
+    from volcast.status_report import now_ms
+
+    return now_ms()
+
+
+def test_table_lines_up_the_same_facts(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = _settings(prefix)
+    _populate(settings, status_now())
+    assert status.main(_args("--config", str(_config_file(tmp_path, settings)))) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    feed_header = next(i for i, line in enumerate(lines) if line.startswith("FEED"))
+    header, btc, eth = lines[feed_header : feed_header + 3]
+    assert btc.split()[:3] == ["binance", "BTC/USDT", "live"]
+    # Columns are aligned: each value starts under its header.
+    for column, value in (("TRADES/S", "2.00"), ("TRADES", "1234"), ("DUPLICATES", "3"), ("RECONNECTS", "4"),
+                          ("BACKFILLED", "56")):
+        start = header.index(column + " ") if column != "BACKFILLED" else header.index(column)
+        assert btc[start:].startswith(value), (column, btc)
+    assert eth.split()[2:] == ["-"] * 11 or set(eth.split()[2:]) == {"-"}
+    bars_line = next(line for line in lines if line.startswith("binance BTC/USDT") and "backfilled" in line)
+    assert "0.125" in bars_line and "120" in bars_line
+    forecast_line = next(line for line in lines if line.startswith("binance BTC/USDT") and "lstm 7" in line)
+    assert "0.750" in forecast_line and "0.412" in forecast_line and "0.875" in forecast_line
+    assert any(line.startswith("model") and "lstm version 7" in line for line in lines)
+    assert any(line.startswith("refit") and "promoted" in line and "next run in" in line for line in lines)
+
+
+def test_empty_redis_gives_dashes_and_nulls(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = _config_file(tmp_path, _settings(prefix))
+    assert status.main(_args("--config", str(config))) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("binance ")]
+    assert len(rows) == 6  # two feeds in each of the three tables
+    for row in rows:
+        assert set(row.split()[2:]) == {"-"}, row
+    assert "model       -" in out and "refit       -" in out and "forecaster  -" in out
+    assert status.main(_args("--config", str(config), "--json")) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["model"] is None and report["refit"] is None and report["forecaster"] is None
+    assert all(feed["state"] is None and feed["bars"]["count"] is None for feed in report["feeds"])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def test_unreachable_redis_exits_1_saying_what_to_check(prefix: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"redis://:hunter2@127.0.0.1:{_free_port()}/0"
+    config = _config_file(tmp_path, _settings(prefix, url))
+    assert status.main(_args("--config", str(config))) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "cannot reach Redis at redis://:***@127.0.0.1:" in captured.err
+    assert "VOLCAST_REDIS_URL" in captured.err
+    assert "hunter2" not in captured.err
+
+
+def test_password_in_url_is_never_printed(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The shared Redis has no password; Redis accepts AUTH for its default user then, so this connects.
+    config = _config_file(tmp_path, _settings(prefix, "redis://:hunter2@127.0.0.1:6379/0"))
+    assert status.main(_args("--config", str(config))) == 0
+    assert status.main(_args("--config", str(config), "--json")) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out
+    assert "redis://:***@127.0.0.1:6379/0" in out
+
+
+async def test_watch_redraws_and_takes_the_rate_from_the_counter(prefix: str,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    settings = _settings(prefix)
+    now = status_now()
+    feed = _populate(settings, now)
+    keys = RedisKeys(prefix)
+    client = redis.Redis.from_url(REDIS_URL)
+    task = asyncio.create_task(status._run(settings, json_out=True, watch=0.05, check=None))
+    reports: list[dict[str, Any]] = []
+    try:
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            lines = capsys.readouterr().out.splitlines()
+            reports += [orjson.loads(line) for line in lines]
+            if len(reports) == 1:
+                # The streamer's next heartbeat: 500 more trades in 2 s of its clock.
+                client.hset(keys.health(feed), mapping={"trades": "1734", "updated_ms": str(now + 1_000)})
+            if len(reports) >= 3:
+                break
+    finally:
+        task.cancel()
+        client.close()
+    assert len(reports) >= 3
+    assert reports[0]["feeds"][0]["trades_per_s_from"] == "bar"
+    rates = [(r["feeds"][0]["trades_per_s"], r["feeds"][0]["trades_per_s_from"]) for r in reports[1:]]
+    assert (250.0, "counter") in rates
+
+
+async def test_watch_table_clears_the_screen(prefix: str, capsys: pytest.CaptureFixture[str]) -> None:
+    task = asyncio.create_task(status._run(_settings(prefix), json_out=False, watch=0.05, check=None))
+    out = ""
+    try:
+        for _ in range(200):
+            await asyncio.sleep(0.02)
+            out += capsys.readouterr().out
+            if out.count(status.CLEAR) >= 2:
+                break
+    finally:
+        task.cancel()
+    assert out.count(status.CLEAR) >= 2
+    assert out.count("volcast status at") == out.count(status.CLEAR)
+
+
+def test_check_reports_missing_heartbeats(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = _settings(prefix)
+    config = str(_config_file(tmp_path, settings))
+    assert status.main(_args("--config", config, "--check", "redis")) == 0
+    assert status.main(_args("--config", config, "--check", "stream")) == 3
+    assert "no heartbeat for binance BTC/USDT, binance ETH/USDT" in capsys.readouterr().out
+    assert status.main(_args("--config", config, "--check", "forecast")) == 3
+    _populate(settings, status_now())
+    assert status.main(_args("--config", config, "--check", "forecast")) == 0
+    assert status.main(_args("--config", config, "--check", "stream")) == 3  # ETH/USDT still silent
+    assert "ETH/USDT" in capsys.readouterr().out

@@ -1,0 +1,58 @@
+"""Pure unit tests of the ccxt side: exact conversion and the trade hook."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from streamer.source import HookedTradeCache, client_symbols, trade_from_ccxt
+from volcast.bar import Trade
+
+
+def _ccxt_trade(**overrides: Any) -> dict[str, Any]:
+    trade: dict[str, Any] = {
+        "id": "553288000", "timestamp": 1610064000278, "symbol": "BTC/USDT", "side": "sell",
+        "price": 39432.41, "amount": 0.000607,
+        "info": {"e": "trade", "t": 553288000, "p": "39432.41000000", "q": "0.00060700", "T": 1610064000278, "m": True},
+    }
+    trade.update(overrides)
+    return trade
+
+
+def test_binance_strings_give_exact_decimals() -> None:
+    expected = Trade(1610064000278, 553288000, Decimal("39432.41"), Decimal("0.000607"), "sell")
+    assert trade_from_ccxt(_ccxt_trade()) == expected
+
+
+def test_rest_field_names_and_float_fallback() -> None:
+    rest = trade_from_ccxt(_ccxt_trade(info={"id": 1, "price": "0.00141557", "qty": "11.00000000"}))
+    assert (rest.price, rest.amount) == (Decimal("0.00141557"), Decimal("11"))
+    bare = trade_from_ccxt(_ccxt_trade(info={}, price=0.1, amount=3.3, side=None))
+    # repr, not the binary expansion of the float: 0.1 stays 0.1.
+    assert (bare.price, bare.amount, bare.side) == (Decimal("0.1"), Decimal("3.3"), None)
+
+
+@pytest.mark.parametrize("broken", [{"id": None}, {"timestamp": None}, {"info": {}, "price": None}])
+def test_malformed_trades_raise(broken: dict[str, Any]) -> None:
+    with pytest.raises((ValueError, TypeError)):
+        trade_from_ccxt(_ccxt_trade(**broken))
+
+
+def test_hook_sees_every_trade_while_the_ring_stays_small() -> None:
+    seen: list[dict[str, Any]] = []
+    cache = HookedTradeCache(seen.append, max_size=16)
+    for i in range(10_000):
+        cache.append(_ccxt_trade(id=str(i)))
+    assert [t["id"] for t in seen] == [str(i) for i in range(10_000)]
+    assert len(cache) == 16
+
+
+def test_client_symbols_from_subscription_hashes() -> None:
+    class Client:
+        def __init__(self) -> None:
+            self.subscriptions = {"trade::BTC/USDT": {}, "unsubscribe:trade:BTC/USDT": {}}
+            self.futures = {"trade::ETH/USDT": None}
+
+    assert client_symbols(Client()) == ["BTC/USDT", "ETH/USDT"]

@@ -1,0 +1,120 @@
+"""The forecaster worker against real Redis and real Mosquitto, with real bars."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+from worker_harness import (
+    MINUTE,
+    clear_retained,
+    close_bars,
+    delete_prefix,
+    feeds_of,
+    listening,
+    settings_for,
+    symbol_bars,
+    write_bars,
+)
+
+from forecaster.payload import SCHEMA_VERSION, Prediction
+from forecaster.worker import run
+from volcast.connections import redis_client
+from volcast.keys import RedisKeys
+from volcast.settings import Settings
+
+HISTORY = 300
+
+
+@contextlib.asynccontextmanager
+async def worker(settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(run(settings, consumer="w1"))
+    keys = RedisKeys(settings.redis.key_prefix)
+    async with redis_client(settings.redis) as redis:
+        for _ in range(200):  # the group exists once the worker is reading
+            with contextlib.suppress(Exception):
+                if await redis.xinfo_groups(keys.bar_events(settings.bars.interval)):
+                    break
+            await asyncio.sleep(0.02)
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture
+async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
+    s = settings_for(tmp_path / "models")
+    yield s
+    await delete_prefix(s)
+    await clear_retained(s)
+
+
+async def test_one_prediction_per_symbol_per_bar_with_baseline_and_retained(settings: Settings) -> None:
+    keys = RedisKeys(settings.redis.key_prefix)
+    feeds = feeds_of(settings)
+    series = {feed: symbol_bars(i) for i, feed in enumerate(feeds)}
+    async with redis_client(settings.redis) as redis:
+        for feed in feeds:
+            await write_bars(redis, keys, feed, series[feed][:HISTORY])
+        async with worker(settings), listening(settings) as listener:
+            for step in range(3):
+                await close_bars(redis, keys, [(feed, series[feed][HISTORY + step]) for feed in feeds])
+                await listener.wait_for(len(feeds) * (step + 1))
+            got = listener.received
+            assert len(got) == 3 * len(feeds)
+            for step in range(3):
+                bar = series[feeds[0]][HISTORY + step]
+                batch = got[step * len(feeds):(step + 1) * len(feeds)]
+                assert sorted(p.feed.symbol for p in batch) == sorted(f.symbol for f in feeds)
+                for p in batch:
+                    assert p.last_bar_ms == bar.open_time_ms
+                    assert p.open_time_ms == bar.open_time_ms + MINUTE
+                    assert p.baseline and p.model_name == "har" and p.model_version == "baseline"
+                    assert p.volume > 0 and p.feed.exchange == "binance" and p.feed.interval_ms == MINUTE
+                    assert p.last_volume == float(series[p.feed][HISTORY + step].volume)
+            # Redis: latest prediction, the predictions stream, realised errors and live scores.
+            feed = feeds[0]
+            latest = await redis.hgetall(keys.prediction(feed))
+            assert int(latest[b"open_time_ms"]) == series[feed][HISTORY + 2].open_time_ms + MINUTE
+            assert orjson.loads(latest[b"json"])["schema"] == SCHEMA_VERSION
+            assert await redis.xlen(keys.predictions(feed)) == 3
+            realised = await redis.xrange(keys.realised(feed))
+            assert [int(i.split(b"-")[0]) for i, _ in realised] == [
+                series[feed][HISTORY + 1].open_time_ms, series[feed][HISTORY + 2].open_time_ms]
+            actual = float(realised[-1][1][b"actual"])
+            assert actual == float(series[feed][HISTORY + 2].volume)
+            scores = await redis.hgetall(keys.scores(feed))
+            assert int(scores[b"n"]) == 2 and float(scores[b"rmse_log"]) >= 0 and b"mase" in scores
+            for _ in range(100):  # acknowledged once published
+                pending = await redis.xpending(keys.bar_events(MINUTE), settings.forecaster.group)
+                if pending["pending"] == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert pending["pending"] == 0
+            status = await redis.hgetall(keys.forecaster())
+            assert status[b"baseline"] == b"1" and int(status[b"predictions"]) == 9
+        # A subscriber arriving after the fact gets the retained latest prediction of each feed.
+        async with listening(settings) as late:
+            retained = await late.wait_for(len(feeds))
+            assert all(late.retained)
+            assert {p.open_time_ms for p in retained} == {series[feeds[0]][HISTORY + 2].open_time_ms + MINUTE}
+
+
+async def test_malformed_event_is_acknowledged_and_worker_goes_on(settings: Settings) -> None:
+    keys = RedisKeys(settings.redis.key_prefix)
+    feeds = feeds_of(settings)[:1]
+    bars = symbol_bars(0)
+    async with redis_client(settings.redis) as redis:
+        await write_bars(redis, keys, feeds[0], bars[:HISTORY])
+        async with worker(settings), listening(settings) as listener:
+            await redis.xadd(keys.bar_events(MINUTE), {"exchange": "binance"})
+            await close_bars(redis, keys, [(feeds[0], bars[HISTORY])])
+            (p,) = await listener.wait_for(1)
+            assert isinstance(p, Prediction) and p.last_bar_ms == bars[HISTORY].open_time_ms

@@ -1,0 +1,115 @@
+"""``volcast backtest``: train on the first part of a bars file, forecast the rest one step ahead."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from volcast.commands._model_config import add_model_config_argument, frame_key, model_settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bars", type=Path, metavar="BARS", help="bars CSV file (gzip or plain)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--model", choices=("seed", "lstm", "ensemble"), default=None,
+                       help="train this model on the first part (default: model.name from the config)")
+    which.add_argument("--artifact", type=Path, default=None, metavar="DIR",
+                       help="score a saved model instead of training one")
+    parser.add_argument("--train-frac", type=float, default=0.7, help="share of bars to train on (default 0.7)")
+    parser.add_argument("--epochs", type=int, default=None, help="override training.epochs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
+                        help="plot actual vs forecast (80%% band) over the last day of the test part")
+    add_model_config_argument(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    from forecaster.artifact import ArtifactError
+    from forecaster.baselines import BASELINE_NAMES, make_baseline
+    from forecaster.estimator import print_progress
+    from forecaster.frame import BarFrame, FrameError
+    from forecaster.predictor import ModelPredictor, load_predictor
+    from forecaster.scoring import forecast_range, positions_for, score
+    from forecaster.training import train_model
+
+    if not 0.0 < args.train_frac < 1.0:
+        print("volcast backtest: --train-frac must be between 0 and 1", file=sys.stderr)
+        return 2
+    model, training = model_settings(args)
+    if args.model:
+        model = model.model_copy(update={"name": args.model})
+    if args.epochs:
+        training = training.model_copy(update={"epochs": args.epochs})
+    try:
+        frame = BarFrame.from_csv(args.bars)
+    except (OSError, FrameError) as exc:
+        print(f"volcast backtest: {exc}", file=sys.stderr)
+        return 1
+    key = frame_key(args.bars)
+    n = len(frame)
+    split = int(n * args.train_frac)
+    train = [(key, frame[:split])]
+    test = (split, n)
+    scores: dict[str, dict[str, float]] = {}
+    for name in BASELINE_NAMES:
+        baseline = make_baseline(name, frame.interval_ms)
+        baseline.fit(train)
+        scores[name] = score(ModelPredictor(baseline, name, "baseline"), [(key, frame)], test)
+    predictor: ModelPredictor
+    try:
+        if args.artifact:
+            predictor = load_predictor(args.artifact, model)
+        else:
+            trained = train_model(train, model, training, progress=print_progress)
+            predictor = ModelPredictor(trained.model, model.name, "backtest")
+    except ArtifactError as exc:
+        print(f"volcast backtest: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"volcast backtest: {exc}", file=sys.stderr)
+        return 1
+    scores[predictor.name] = score(predictor, [(key, frame)], test)
+    result: dict[str, Any] = {"bars": n, "test_bars": n - split, "models": scores}
+    if args.plot:
+        day = max(1, 86_400_000 // frame.interval_ms)
+        pos = positions_for(frame, (max(split, n - day), n), predictor.model.min_history)
+        point, quants = forecast_range(predictor, key, frame, pos)
+        _plot(args.plot, frame.open_time_ms[pos], frame.volume[pos], point, quants,
+              predictor.model.quantile_levels, f"{key}: {predictor.name}")
+        result["plot"] = str(args.plot)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{n} bars, {n - split} tested one step ahead")
+        print(f"{'model':<10} {'rmse_log':>9} {'mae':>12} {'mape':>8} {'mase':>7} {'cov80':>6}")
+        for name, s in scores.items():
+            cov = f"{s['coverage_80']:.3f}" if "coverage_80" in s else "-"
+            print(f"{name:<10} {s['rmse_log']:>9.4f} {s['mae']:>12.4g} {s['mape']:>8.3f} {s['mase']:>7.4f} {cov:>6}")
+    return 0
+
+
+def _plot(path: Path, times: Any, actual: Any, point: Any, quants: Any, levels: tuple[float, ...], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    stamps = np.array(times, dtype="datetime64[ms]")
+    fig, ax = plt.subplots(figsize=(12, 4.5))
+    if quants is not None and 0.1 in levels and 0.9 in levels:
+        ax.fill_between(stamps, quants[:, levels.index(0.1)], quants[:, levels.index(0.9)],
+                        color="tab:orange", alpha=0.25, step="mid", label="80% band")
+    ax.plot(stamps, actual, color="black", lw=0.8, label="actual")
+    ax.plot(stamps, point, color="tab:orange", lw=1.0, label="forecast")
+    ax.set_yscale("symlog")
+    ax.set_ylabel("volume (base asset)")
+    ax.set_title(title)
+    ax.legend(loc="upper left")
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

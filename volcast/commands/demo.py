@@ -1,0 +1,253 @@
+"""``volcast demo``: the whole pipeline, offline, on real recorded trades.
+
+It replays the shipped XRP/ETH trades (Binance, 2.5 days) through the exchange simulator at 60x,
+so a 1-minute bar closes every second; runs the streamer, the forecaster and the refit worker
+against Redis and MQTT (the configured servers when they answer, embedded ones otherwise); and
+prints each prediction received over MQTT, then the realised volume once its bar has closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import logging
+import os
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+
+from volcast.aio import raise_if_cancelled
+from volcast.commands.common import add_config_argument
+from volcast.demo_view import DemoTally
+from volcast.settings import MqttSettings, RedisSettings, Settings, load_settings, settings_from_mapping
+
+log = logging.getLogger(__name__)
+
+DEMO_TRADES = Path(__file__).resolve().parents[1] / "demo_data" / "binance_XRPETH_trades_2019-10-11_2019-10-13.csv.gz"
+KEY_PREFIX = "volcast-demo"
+
+
+class _StopError(Exception):
+    """``--seconds`` have passed, or Ctrl-C / SIGTERM: stop every part, then print the summary."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument("--seconds", type=float, metavar="N", help="stop by itself after N seconds")
+    parser.add_argument("--json", action="store_true", help="at the end, print one JSON summary object")
+    parser.add_argument(
+        "--speed", type=float, default=60.0, metavar="X",
+        help="replay X seconds of recorded trading per real second (default 60: a 1m bar per second)",
+    )
+    parser.add_argument("--trades", type=Path, default=DEMO_TRADES, metavar="FILE", help="trades to replay")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.speed <= 0:
+        print("volcast demo: --speed must be greater than 0", file=sys.stderr)
+        return 2
+    # The demo only borrows connection settings from config.yml (Redis, MQTT): a missing file
+    # is fine, everything else is the demo's own.
+    base = load_settings(args.config) if args.config.exists() else None
+    # Backfill asks Binance's historicalTrades, which ccxt sends only with an API key; the
+    # simulator takes any. This process and its refit child only ever talk to the simulator.
+    os.environ.setdefault("VOLCAST_BINANCE_API_KEY", "volcast-demo")
+    logging.getLogger().setLevel(logging.WARNING if not args.verbose else logging.DEBUG)
+    try:
+        summary = asyncio.run(_demo(args, base))
+    except KeyboardInterrupt:
+        return 130
+    if args.json:
+        print(orjson.dumps(summary).decode())
+    return 0
+
+
+def demo_settings(
+    rest_url: str, ws_url: str, symbol: str, redis: RedisSettings, mqtt: MqttSettings, model_dir: Path
+) -> dict[str, Any]:
+    """The settings of the demo stack, as config.yml would write them."""
+    return {
+        "exchanges": [{
+            "id": "binance",
+            "symbols": [symbol],
+            "urls": {"api": {"public": rest_url, "ws": {"spot": ws_url}}},
+            "options": {"fetchMarkets": {"types": ["spot"]}, "tradesLimit": 1_000_000},
+        }],
+        "bars": {"interval": "1m", "grace": "2s", "open_bar_update": "1s"},
+        "streamer": {"watchdog": "20s", "backoff_initial": "200ms", "backoff_max": "5s"},
+        "redis": {**redis.model_dump(mode="json", exclude={"password"}), "key_prefix": KEY_PREFIX},
+        "mqtt": {**mqtt.model_dump(mode="json", exclude={"password"}), "topic_prefix": KEY_PREFIX},
+        # A small model that a refit can train in seconds on the minutes the demo has seen.
+        "model": {"name": "lstm", "look_back": 30, "hidden": 16},
+        "training": {"epochs": 3, "batch_size": 64, "patience": 1},
+        "refit": {"every": "40s", "model_dir": str(model_dir), "keep": 3, "holdout_bars": 20, "min_bars": 60},
+        "forecaster": {"score_window": 500},
+    }
+
+
+async def _demo(args: argparse.Namespace, base: Settings | None) -> dict[str, object]:
+    from streamer.simulator.server import ReplayServer
+    from streamer.simulator.tape import load_tape
+    from volcast.embedded import mqtt_available, redis_available
+
+    redis_base = base.redis if base else RedisSettings()
+    mqtt_base = base.mqtt if base else MqttSettings()
+    tape = load_tape(args.trades)
+    started = time.monotonic()
+    async with (
+        redis_available(redis_base) as redis_settings,
+        mqtt_available(mqtt_base) as mqtt_settings,
+        ReplayServer([tape], speed=args.speed, loop=True) as server,
+    ):
+        with tempfile.TemporaryDirectory(prefix="volcast-demo-") as folder:
+            raw = demo_settings(server.rest_url, server.ws_url, tape.symbol, redis_settings, mqtt_settings,
+                                Path(folder) / "models")
+            settings = _with_secrets(raw, redis_settings, mqtt_settings)
+            config = Path(folder) / "config.yml"
+            config.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
+            await _clear_demo_keys(settings)
+            _print_banner(server.rest_url, redis_settings, mqtt_settings, tape.symbol, args.speed)
+            return await _run_stack(settings, config, args.seconds, started)
+
+
+def _with_secrets(raw: dict[str, Any], redis: RedisSettings, mqtt: MqttSettings) -> Settings:
+    """The passwords stay out of the config file the refit child reads: it gets them from the
+    environment, as every volcast process does."""
+    settings = settings_from_mapping(raw, source="demo settings")
+    return settings.model_copy(update={
+        "redis": settings.redis.model_copy(update={"password": redis.password}),
+        "mqtt": settings.mqtt.model_copy(update={"password": mqtt.password}),
+    })
+
+
+async def _clear_demo_keys(settings: Settings) -> None:
+    from volcast.connections import redis_client
+
+    client = redis_client(settings.redis)
+    try:
+        async for key in client.scan_iter(match=f"{KEY_PREFIX}:*", count=1000):
+            await client.delete(key)
+    finally:
+        await client.aclose()
+
+
+def _print_banner(rest_url: str, redis: RedisSettings, mqtt: MqttSettings, symbol: str, speed: float) -> None:
+    from volcast.connections import redact_url
+
+    print(
+        f"volcast demo: replaying real Binance {symbol} trades at {speed:g}x from {rest_url}\n"
+        f"  Redis {redact_url(redis.url)} (keys {KEY_PREFIX}:*), MQTT {redact_url(mqtt.url)} "
+        f"(topics {KEY_PREFIX}/#)\n"
+        f"  streamer + forecaster + refit are running; the first predictions come from the HAR baseline\n"
+        f"  (model '*'), a trained LSTM takes over after the first refit. Ctrl-C stops.\n",
+        flush=True,
+    )
+
+
+async def _run_stack(settings: Settings, config: Path, seconds: float | None, started: float) -> dict[str, object]:
+    from forecaster.single_machine import run as run_stack
+    from volcast.demo_view import HEADER
+
+    tally = DemoTally()
+    print(HEADER, flush=True)
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(run_stack(settings, config), name="stack")
+            tasks.create_task(_watch(settings, tally), name="view")
+            tasks.create_task(_stop_on_signal(), name="signals")
+            if seconds is not None:
+                tasks.create_task(_stop_after(seconds - (time.monotonic() - started)), name="timer")
+    except* _StopError:
+        pass
+    return tally.summary(await _closed_bars(settings))
+
+
+async def _stop_after(seconds: float) -> None:
+    await asyncio.sleep(max(0.0, seconds))
+    raise _StopError
+
+
+async def _stop_on_signal() -> None:
+    """Ctrl-C and SIGTERM end the demo through the event loop, so every part is cancelled in
+    order and the summary still prints (the loop's own handlers, not Python's, also wake it
+    when another thread receives the signal)."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    print("volcast demo: stopping…", file=sys.stderr, flush=True)
+    raise _StopError
+
+
+async def _watch(settings: Settings, tally: DemoTally) -> None:
+    """Print each prediction as it arrives, and the realised volume once its bar has closed."""
+    import aiomqtt
+
+    from forecaster.payload import Prediction
+    from volcast.bar import Bar
+    from volcast.connections import mqtt_client, redis_client
+    from volcast.demo_view import format_row
+    from volcast.keys import RedisKeys, forecast_topic_filter
+
+    keys = RedisKeys(settings.redis.key_prefix)
+    redis = redis_client(settings.redis)
+    try:
+        while True:
+            try:
+                async with mqtt_client(settings.mqtt, client_id=f"volcast-demo-view-{time.time_ns()}") as client:
+                    await client.subscribe(forecast_topic_filter(settings.mqtt.topic_prefix), qos=1)
+                    async for message in client.messages:
+                        raise_if_cancelled()  # a redis-py read may have swallowed the cancel
+                        try:
+                            prediction = Prediction.from_json(bytes(message.payload))  # type: ignore[arg-type,unused-ignore]
+                        except ValueError as exc:
+                            log.warning("demo: skipped a message on %s: %s", message.topic, exc)
+                            continue
+                        for earlier in tally.due(prediction):
+                            bar_id = f"{earlier.open_time_ms}-0"
+                            entries = await redis.xrange(keys.bars(earlier.feed), min=bar_id, max=bar_id)
+                            if entries and entries[0][1]:
+                                actual = float(Bar.from_fields(entries[0][1]).volume)
+                                tally.realise(earlier, actual)
+                                print(format_row(earlier, actual, _utc), flush=True)
+                        tally.received(prediction)
+                        print(format_row(prediction, None, _utc), flush=True)
+            except aiomqtt.MqttError as exc:
+                # A broker hiccup only pauses the view; the forecaster keeps its own connection.
+                raise_if_cancelled()
+                log.warning("demo view: MQTT connection lost (%s); reconnecting", exc)
+                await asyncio.sleep(1)
+    finally:
+        await redis.aclose()
+
+
+async def _closed_bars(settings: Settings) -> int:
+    from volcast.connections import redis_client
+    from volcast.keys import Feed, RedisKeys
+
+    keys = RedisKeys(settings.redis.key_prefix)
+    client = redis_client(settings.redis)
+    try:
+        total = 0
+        for exchange, symbol in settings.feeds():
+            total += int(await client.xlen(keys.bars(Feed(exchange, symbol, settings.bars.interval))))
+        return total
+    finally:
+        await client.aclose()
+
+
+def _utc(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M")
+

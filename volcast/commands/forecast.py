@@ -1,0 +1,28 @@
+"""``volcast forecast``: the inference worker (bar-closed events -> predictions on MQTT and Redis)."""
+
+from __future__ import annotations
+
+import argparse
+
+from volcast.commands.common import add_config_argument, check_services, settings_from_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument("--consumer", default=None,
+                        help="consumer name in the Redis group (default: forecaster.consumer or <host>-<pid>)")
+
+
+def main(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import torch
+
+    from forecaster.signals import until_signalled
+    from forecaster.worker import run
+
+    settings = settings_from_args(args)
+    check_services(settings, redis=True, mqtt=True)
+    # Inference threads only; training runs in its own process (volcast refit) with its own count.
+    torch.set_num_threads(settings.forecaster.threads)
+    return asyncio.run(until_signalled(run(settings, consumer=args.consumer), "forecast"))

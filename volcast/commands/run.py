@@ -1,0 +1,25 @@
+"""``volcast run``: the whole pipeline on one machine (streamer + forecaster, refit as a child process)."""
+
+from __future__ import annotations
+
+import argparse
+
+from volcast.commands.common import add_config_argument, check_services, settings_from_args
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+
+
+def main(args: argparse.Namespace) -> int:
+    import asyncio
+
+    import torch
+
+    from forecaster.signals import until_signalled
+    from forecaster.single_machine import run
+
+    settings = settings_from_args(args)
+    check_services(settings, redis=True, mqtt=True)
+    torch.set_num_threads(settings.forecaster.threads)
+    return asyncio.run(until_signalled(run(settings, args.config), "run"))

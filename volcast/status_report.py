@@ -1,0 +1,415 @@
+"""What ``volcast status`` shows, read from Redis keys alone, as one JSON-ready object and as a table.
+
+The report never fails on a missing or malformed key: a stack that is starting has no bars, no
+model and no refit yet, and those show as ``null`` in JSON and ``-`` in the table. Its shape
+(``schema`` 1) is documented in docs/operations.md; adding a field keeps the number.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
+
+from volcast.connections import redact_url
+from volcast.keys import Feed, RedisKeys
+from volcast.settings import Settings
+
+SCHEMA_VERSION = 1
+
+HEALTH_COUNTERS: tuple[str, ...] = (
+    "trades",
+    "duplicates",
+    "late",
+    "gaps",
+    "reconnects",
+    "backfilled_trades",
+    "lag_ms",
+    "malformed",
+)
+
+Report = dict[str, Any]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _text(raw: Any) -> dict[str, str] | None:
+    """A Redis hash as text, or None for a missing key or a reply of the wrong type."""
+    if not isinstance(raw, Mapping) or not raw:
+        return None
+    return {
+        (k.decode(errors="replace") if isinstance(k, bytes) else str(k)): (
+            v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+        )
+        for k, v in raw.items()
+    }
+
+
+def _int(value: str | None) -> int | None:
+    if value is None or value == "":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def _float(value: str | None) -> float | None:
+    if value is None or value == "":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _stream_entry(raw: Any) -> tuple[int | None, dict[str, str] | None]:
+    """An XINFO first/last entry ``(id, fields)`` as (open time ms, fields)."""
+    if not isinstance(raw, (list, tuple)) or len(raw) != 2:
+        return None, None
+    entry_id = raw[0].decode() if isinstance(raw[0], bytes) else str(raw[0])
+    return _int(entry_id.partition("-")[0]), _text(raw[1])
+
+
+def _health(raw: dict[str, str] | None, now: int) -> dict[str, Any]:
+    health = raw or {}
+    last_trade = _int(health.get("last_trade_ms"))
+    if last_trade == 0:  # the streamer writes 0 before the first trade
+        last_trade = None
+    out: dict[str, Any] = {
+        "state": health.get("state"),
+        "health_updated_ms": _int(health.get("updated_ms")),
+        "last_trade_ms": last_trade,
+        "last_trade_age_s": round((now - last_trade) / 1000, 3) if last_trade is not None else None,
+    }
+    for name in HEALTH_COUNTERS:
+        out[name] = _int(health.get(name))
+    return out
+
+
+def _bars(info: Any, interval_ms: int) -> dict[str, Any]:
+    if not isinstance(info, Mapping):
+        return {"count": None, "first_open_ms": None, "last_open_ms": None, "last": None}
+    first_ms, _ = _stream_entry(info.get("first-entry"))
+    last_ms, last_fields = _stream_entry(info.get("last-entry"))
+    last: dict[str, Any] | None = None
+    if last_fields is not None:
+        last = {
+            "open_time_ms": last_ms,
+            "close_time_ms": last_ms + interval_ms if last_ms is not None else None,
+            "volume": last_fields.get("volume"),  # exact decimal text, as stored
+            "trades": _int(last_fields.get("trades")),
+            "status": last_fields.get("status"),
+        }
+    length = info.get("length")
+    return {
+        "count": int(length) if isinstance(length, int) else None,
+        "first_open_ms": first_ms,
+        "last_open_ms": last_ms,
+        "last": last,
+    }
+
+
+def _open_bar(raw: dict[str, str] | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    return {
+        "open_time_ms": _int(raw.get("open_time_ms")),
+        "volume": raw.get("volume"),
+        "trades": _int(raw.get("trades")),
+        "updated_ms": _int(raw.get("updated_ms")),
+    }
+
+
+def _prediction(raw: dict[str, str] | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    return {
+        "open_time_ms": _int(raw.get("open_time_ms")),
+        "last_bar_ms": _int(raw.get("last_bar_ms")),
+        "volume": _float(raw.get("volume")),
+        "model_name": raw.get("model_name"),
+        "model_version": raw.get("model_version"),
+        "baseline": raw.get("baseline") == "1" if "baseline" in raw else None,
+        "created_ms": _int(raw.get("created_ms")),
+    }
+
+
+def _scores(raw: dict[str, str] | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    scores: dict[str, Any] = {"rmse_log": None, "mase": None}
+    for name, value in raw.items():
+        number = _float(value)
+        scores[name] = number if number is not None else value
+    return scores
+
+
+def _model(raw: dict[str, str] | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    try:
+        scores: Any = orjson.loads(raw["scores"]) if raw.get("scores") else None
+    except orjson.JSONDecodeError:
+        scores = raw["scores"]
+    return {
+        "name": raw.get("name"),
+        "version": raw.get("version"),
+        "promoted_ms": _int(raw.get("promoted_ms")),
+        "scores": scores,
+    }
+
+
+def _refit(raw: dict[str, str] | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    return {
+        "last_run_ms": _int(raw.get("last_run_ms")),
+        "result": raw.get("result"),
+        "next_run_ms": _int(raw.get("next_run_ms")),
+        "message": raw.get("message"),
+    }
+
+
+def _forecaster(raw: dict[str, str] | None) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    # Its fields belong to the forecaster worker; times (``*_ms``) become numbers, the rest stays text.
+    return {name: (_int(value) if name.endswith("_ms") else value) for name, value in raw.items()}
+
+
+def _trade_rate(feed: dict[str, Any], previous: dict[str, Any] | None, interval_ms: int) -> None:
+    """Trades per second: from the health counter between two reads when there are two, else
+    from the last closed bar (its trade count over its interval)."""
+    if previous is not None:
+        d_trades = _delta(feed.get("trades"), previous.get("trades"))
+        d_ms = _delta(feed.get("health_updated_ms"), previous.get("health_updated_ms"))
+        # A smaller counter means the streamer restarted: the delta says nothing then.
+        if d_trades is not None and d_ms is not None and d_trades >= 0 and d_ms > 0:
+            feed["trades_per_s"] = round(d_trades * 1000 / d_ms, 3)
+            feed["trades_per_s_from"] = "counter"
+            return
+    last = feed["bars"]["last"]
+    if last is not None and last["trades"] is not None:
+        feed["trades_per_s"] = round(last["trades"] * 1000 / interval_ms, 3)
+        feed["trades_per_s_from"] = "bar"
+        return
+    feed["trades_per_s"] = None
+    feed["trades_per_s_from"] = None
+
+
+def _delta(new: Any, old: Any) -> int | None:
+    if isinstance(new, int) and isinstance(old, int):
+        return new - old
+    return None
+
+
+async def collect_status(
+    redis: aioredis.Redis, settings: Settings, *, now: int | None = None, previous: Report | None = None
+) -> Report:
+    """Read every key ``status`` shows in two round trips. Redis errors other than a missing or
+    mistyped key propagate (the caller reports them); ``previous`` gives trade rates from counters."""
+    now = now_ms() if now is None else now
+    keys = RedisKeys(settings.redis.key_prefix)
+    interval_ms = settings.bars.interval
+    feeds = [Feed(exchange, symbol, interval_ms) for exchange, symbol in settings.feeds()]
+    per_feed = 5
+    async with redis.pipeline(transaction=False) as pipe:
+        for feed in feeds:
+            pipe.hgetall(keys.health(feed))
+            pipe.xinfo_stream(keys.bars(feed))
+            pipe.hgetall(keys.open_bar(feed))
+            pipe.hgetall(keys.prediction(feed))
+            pipe.hgetall(keys.scores(feed))
+        pipe.hgetall(keys.model())
+        pipe.hgetall(keys.refit())
+        pipe.hgetall(keys.forecaster())
+        replies = await pipe.execute(raise_on_error=False)
+    for reply in replies:
+        # "no such key" (XINFO on a missing stream) and WRONGTYPE mean "nothing to show"; a lost
+        # connection or a refused password must reach the caller.
+        if isinstance(reply, Exception) and not isinstance(reply, redis_errors.ResponseError):
+            raise reply
+        if isinstance(reply, (redis_errors.AuthenticationError, redis_errors.NoPermissionError)):
+            raise reply
+    previous_feeds = {(f["exchange"], f["symbol"]): f for f in (previous or {}).get("feeds", [])}
+    feed_reports: list[dict[str, Any]] = []
+    for index, feed in enumerate(feeds):
+        health, info, open_bar, prediction, scores = replies[index * per_feed : (index + 1) * per_feed]
+        report: dict[str, Any] = {"exchange": feed.exchange, "symbol": feed.symbol, "interval": feed.interval}
+        report.update(_health(_text(health), now))
+        report["bars"] = _bars(info, interval_ms)
+        report["open_bar"] = _open_bar(_text(open_bar))
+        report["prediction"] = _prediction(_text(prediction))
+        report["scores"] = _scores(_text(scores))
+        _trade_rate(report, previous_feeds.get((feed.exchange, feed.symbol)), interval_ms)
+        feed_reports.append(report)
+    model, refit, forecaster = replies[len(feeds) * per_feed :]
+    return {
+        "schema": SCHEMA_VERSION,
+        "now_ms": now,
+        "redis": {"url": redact_url(settings.redis.url), "key_prefix": settings.redis.key_prefix},
+        "interval": feeds[0].interval if feeds else None,
+        "interval_ms": interval_ms,
+        "feeds": feed_reports,
+        "model": _model(_text(model)),
+        "forecaster": _forecaster(_text(forecaster)),
+        "refit": _refit(_text(refit)),
+    }
+
+
+def render_json(report: Report) -> str:
+    return orjson.dumps(report).decode()
+
+
+# -- the table ------------------------------------------------------------------------------
+
+DASH = "-"
+
+
+def format_age(ms: int | None) -> str:
+    """A duration for people: 850ms, 12.3s, 4m 05s, 2h 10m, 3d 4h; '-' when unknown."""
+    if ms is None:
+        return DASH
+    sign = "-" if ms < 0 else ""
+    ms = abs(ms)
+    if ms < 1_000:
+        return f"{sign}{ms}ms"
+    if ms < 60_000:
+        return f"{sign}{ms / 1000:.1f}s"
+    seconds = ms // 1000
+    if seconds < 3600:
+        return f"{sign}{seconds // 60}m {seconds % 60:02d}s"
+    if seconds < 86_400:
+        return f"{sign}{seconds // 3600}h {seconds % 3600 // 60:02d}m"
+    return f"{sign}{seconds // 86_400}d {seconds % 86_400 // 3600}h"
+
+
+def format_time(ms: int | None) -> str:
+    if ms is None:
+        return DASH
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _cell(value: Any, digits: int = 3) -> str:
+    if value is None or value == "":
+        return DASH
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) >= 1e6 or (0 < abs(value) < 1e-3) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(header[i]), *(len(row[i]) for row in rows)) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    for row in rows:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return lines
+
+
+def _ago(now: int, ms: int | None) -> str:
+    return DASH if ms is None else f"{format_age(now - ms)} ago"
+
+
+def render_table(report: Report) -> str:
+    """Plain text with aligned columns: feeds, bars, forecasts, then model, forecaster and refit."""
+    now: int = report["now_ms"]
+    feeds: list[dict[str, Any]] = report["feeds"]
+    lines = [
+        f"volcast status at {format_time(now)} UTC  redis {report['redis']['url']}  "
+        f"prefix {report['redis']['key_prefix']}",
+        "",
+    ]
+    names = [f"{f['exchange']} {f['symbol']}" for f in feeds]
+    lines += _table(
+        ["FEED", "STATE", "LAST TRADE AGE", "TRADES/S", "TRADES", "DUPLICATES", "LATE", "GAPS", "RECONNECTS",
+         "BACKFILLED", "HEARTBEAT"],
+        [
+            [
+                name,
+                _cell(f["state"]),
+                format_age(int(f["last_trade_age_s"] * 1000)) if f["last_trade_age_s"] is not None else DASH,
+                _cell(f["trades_per_s"], 2),
+                _cell(f["trades"]),
+                _cell(f["duplicates"]),
+                _cell(f["late"]),
+                _cell(f["gaps"]),
+                _cell(f["reconnects"]),
+                _cell(f["backfilled_trades"]),
+                _ago(now, f["health_updated_ms"]),
+            ]
+            for name, f in zip(names, feeds, strict=True)
+        ],
+    )
+    lines.append("")
+    lines += _table(
+        [f"BARS ({report['interval'] or DASH})", "COUNT", "FIRST OPEN (UTC)", "LAST OPEN (UTC)", "LAST VOLUME",
+         "LAST TRADES", "LAST STATUS", "FORMING VOLUME"],
+        [
+            [
+                name,
+                _cell(f["bars"]["count"]),
+                format_time(f["bars"]["first_open_ms"]),
+                format_time(f["bars"]["last_open_ms"]),
+                _cell(f["bars"]["last"]["volume"] if f["bars"]["last"] else None),
+                _cell(f["bars"]["last"]["trades"] if f["bars"]["last"] else None),
+                _cell(f["bars"]["last"]["status"] if f["bars"]["last"] else None),
+                _cell(f["open_bar"]["volume"] if f["open_bar"] else None),
+            ]
+            for name, f in zip(names, feeds, strict=True)
+        ],
+    )
+    lines.append("")
+    lines += _table(
+        ["FORECAST", "FOR BAR (UTC)", "VOLUME", "MODEL", "MADE", "RMSE_LOG", "MASE"],
+        [
+            [
+                name,
+                format_time(p["open_time_ms"]) if (p := f["prediction"]) else DASH,
+                _cell(p["volume"]) if p else DASH,
+                f"{p['model_name'] or DASH} {p['model_version'] or DASH}" if p else DASH,
+                _ago(now, p["created_ms"]) if p else DASH,
+                _cell(f["scores"]["rmse_log"]) if f["scores"] else DASH,
+                _cell(f["scores"]["mase"]) if f["scores"] else DASH,
+            ]
+            for name, f in zip(names, feeds, strict=True)
+        ],
+    )
+    lines.append("")
+    model = report["model"]
+    if model is None:
+        lines.append("model       -")
+    else:
+        lines.append(
+            f"model       {model['name'] or DASH} version {model['version'] or DASH}, promoted "
+            f"{_ago(now, model['promoted_ms'] or None)}"
+            + (f", scores {orjson.dumps(model['scores']).decode()}" if model["scores"] else "")
+        )
+    forecaster = report["forecaster"]
+    if forecaster is None:
+        lines.append("forecaster  -")
+    else:
+        updated = forecaster.get("updated_ms")
+        heartbeat = f"heartbeat {_ago(now, updated)}" if isinstance(updated, int) else ""
+        others = ", ".join(f"{k}={v}" for k, v in sorted(forecaster.items()) if k != "updated_ms")
+        lines.append(f"forecaster  {heartbeat}{', ' if heartbeat and others else ''}{others}")
+    refit = report["refit"]
+    if refit is None:
+        lines.append("refit       -")
+    else:
+        next_run = refit["next_run_ms"]
+        next_text = DASH if next_run is None else (
+            f"in {format_age(next_run - now)}" if next_run >= now else f"due {format_age(now - next_run)} ago"
+        )
+        lines.append(
+            f"refit       last run {_ago(now, refit['last_run_ms'])}: {refit['result'] or DASH}; "
+            f"next run {next_text}" + (f"; {refit['message']}" if refit["message"] else "")
+        )
+    return "\n".join(lines) + "\n"
