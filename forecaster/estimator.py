@@ -159,11 +159,16 @@ class LstmModel(LogForecaster):
         HAR's regressors and forecast as they are on unseen bars.
         """
         level = self._level(keys)
-        z = (self._columns_of(batch, keys) - self.col_mean) / self.col_std
         lb = self.settings.look_back
         idx = positions[:, None] - lb + np.arange(lb)[None, :]
         if idx.min() < 0:
             raise ValueError(f"a forecast needs {lb} bars before it")
+        # Per-bar columns only where the windows read them (plus one bar, for abs_return's
+        # difference): the histories are HAR_HISTORY long for HAR's trailing means, but the
+        # network sees the last look_back bars. Every column is per bar, so the values are the same.
+        start = max(0, int(idx.min()) - 1)
+        idx = idx - start
+        z = (self._columns_of(batch.bars_from(start), keys) - self.col_mean) / self.col_std
         windows = z[:, idx].reshape(-1, lb, z.shape[-1]).astype(np.float32)
         if fitted is not None:
             design = self.har.fitted_design(keys[0], fitted, positions)[None]

@@ -48,6 +48,20 @@ class Batch:
     def log_volume(self) -> FloatArray:
         return np.log1p(np.maximum(self.volume, 0.0))
 
+    def bars_from(self, start: int) -> Batch:
+        """The same histories from bar ``start`` on (views, no copy)."""
+        return Batch(
+            interval_ms=self.interval_ms,
+            open_time_ms=self.open_time_ms[:, start:],
+            high=self.high[:, start:],
+            low=self.low[:, start:],
+            close=self.close[:, start:],
+            volume=self.volume[:, start:],
+            trades=self.trades[:, start:],
+            buy_volume=self.buy_volume[:, start:],
+            known=self.known,
+        )
+
     @classmethod
     def stack(cls, frames: Sequence[BarFrame], length: int | None = None) -> Batch:
         """The last ``length`` bars (default: the shortest frame's length) of every frame."""

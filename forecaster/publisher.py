@@ -28,7 +28,6 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
-from volcast.aio import raise_if_cancelled
 from volcast.backoff import Backoff
 from volcast.connections import mqtt_client
 from volcast.settings import MqttSettings
@@ -121,7 +120,6 @@ class Publisher:
                 self.last_error = str(group.exceptions[0])
             finally:
                 self.connected = False
-            raise_if_cancelled()
             delay = self._backoff.next_delay()
             self.reconnects += 1
             log.warning("MQTT broker unavailable (%s); %d payloads kept, retrying in %.1fs",

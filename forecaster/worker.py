@@ -35,7 +35,6 @@ from forecaster.model_store import ModelStore, current_version
 from forecaster.payload import Prediction
 from forecaster.predictor import Forecast, Predictor, baseline_predictor, load_predictor
 from forecaster.publisher import Publisher, Ticket
-from volcast.aio import raise_if_cancelled
 from volcast.backoff import Backoff
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys, forecast_topic
@@ -145,7 +144,6 @@ class Worker:
         backoff = Backoff(0.1, 5.0)
         pending_own = True  # after a restart under a fixed consumer name, our own PEL comes first
         while True:
-            raise_if_cancelled()
             try:
                 await self.ensure_group()
                 await self.poll_model()
@@ -167,7 +165,6 @@ class Worker:
                 await self._retry(backoff, exc)
 
     async def _retry(self, backoff: Backoff, exc: BaseException) -> None:
-        raise_if_cancelled()
         delay = backoff.next_delay()
         log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
         await asyncio.sleep(delay)

@@ -40,7 +40,6 @@ from streamer.source import (
     trade_from_ccxt,
 )
 from streamer.store import ResumePoint
-from volcast.aio import raise_if_cancelled
 from volcast.backoff import Backoff
 from volcast.bar import Bar, Trade
 from volcast.keys import Feed
@@ -256,7 +255,6 @@ class FeedRunner:
                     self.health.reconnects += 1
                     delay = self._backoff.next_delay()
                     log.warning("%s: %r; reconnect in %.2fs", self.symbol, group.exceptions[0], delay)
-                raise_if_cancelled()
                 await asyncio.sleep(delay)
         finally:
             self._live = False

@@ -24,7 +24,6 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamer.health import FeedHealth
-from volcast.aio import raise_if_cancelled
 from volcast.backoff import Backoff
 from volcast.bar import Bar
 from volcast.keys import Feed, RedisKeys
@@ -176,7 +175,6 @@ class BarStore:
             except REDIS_DOWN as exc:
                 self.counters.redis_errors += 1
                 self._connected = False
-                raise_if_cancelled()
                 delay = self._backoff.next_delay()
                 log.warning("redis down (%r): %d bars buffered, retry in %.1fs", exc, len(self._buffer), delay)
                 await asyncio.sleep(delay)
