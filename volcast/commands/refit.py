@@ -19,7 +19,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from forecaster.refit import run
-    from forecaster.signals import until_signalled
+    from volcast.signals import until_signalled
 
     settings = settings_from_args(args)
     check_services(settings, redis=True)
