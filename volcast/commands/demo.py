@@ -84,10 +84,11 @@ def demo_settings(
         "streamer": {"watchdog": "20s", "backoff_initial": "200ms", "backoff_max": "5s"},
         "redis": {**redis.model_dump(mode="json", exclude={"password"}), "key_prefix": KEY_PREFIX},
         "mqtt": {**mqtt.model_dump(mode="json", exclude={"password"}), "topic_prefix": KEY_PREFIX},
-        # A small model that a refit can train in seconds on the minutes the demo has seen.
+        # A small model that a refit trains in seconds; it needs HAR's day of history plus some
+        # training windows, so refits skip until 2000 bars (33 minutes at 60x) exist.
         "model": {"name": "lstm", "look_back": 30, "hidden": 16},
         "training": {"epochs": 3, "batch_size": 64, "patience": 1},
-        "refit": {"every": "40s", "model_dir": str(model_dir), "keep": 3, "holdout_bars": 20, "min_bars": 60},
+        "refit": {"every": "60s", "model_dir": str(model_dir), "keep": 3, "holdout_bars": 120, "min_bars": 2000},
         "forecaster": {"score_window": 500},
     }
 
@@ -145,8 +146,9 @@ def _print_banner(rest_url: str, redis: RedisSettings, mqtt: MqttSettings, symbo
         f"volcast demo: replaying real Binance {symbol} trades at {speed:g}x from {rest_url}\n"
         f"  Redis {redact_url(redis.url)} (keys {KEY_PREFIX}:*), MQTT {redact_url(mqtt.url)} "
         f"(topics {KEY_PREFIX}/#)\n"
-        f"  streamer + forecaster + refit are running; the first predictions come from the HAR baseline\n"
-        f"  (model '*'), a trained LSTM takes over after the first refit. Ctrl-C stops.\n",
+        f"  streamer + forecaster + refit are running; until a model is promoted a baseline serves\n"
+        f"  (marked '*': EWMA on short history, then HAR). The LSTM reads a day of bars, so the refit\n"
+        f"  can promote one after about 33 minutes of replay at 60x. Ctrl-C stops.\n",
         flush=True,
     )
 
