@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DEMO_TRADES = Path(__file__).resolve().parents[1] / "demo_data" / "binance_XRPETH_trades_2019-10-11_2019-10-13.csv.gz"
 KEY_PREFIX = "volcast-demo"
+SHUTDOWN_S = 20.0
 
 
 class _StopError(Exception):
@@ -60,12 +61,23 @@ def main(args: argparse.Namespace) -> int:
     # simulator takes any. This process and its refit child only ever talk to the simulator.
     os.environ.setdefault("VOLCAST_BINANCE_API_KEY", "volcast-demo")
     logging.getLogger().setLevel(logging.WARNING if not args.verbose else logging.DEBUG)
+    # Not asyncio.run: at exit it waits for every task to finish, and a task that swallowed its
+    # cancellation (bounded above) would hang Ctrl-C there instead.
+    loop = asyncio.new_event_loop()
     try:
-        summary = asyncio.run(_demo(args, base))
+        summary = loop.run_until_complete(_demo(args, base))
     except KeyboardInterrupt:
         return 130
+    finally:
+        loop.run_until_complete(loop.shutdown_default_executor())
     if args.json:
         print(orjson.dumps(summary).decode())
+    if summary["stuck_on_exit"]:
+        # Their objects would only be torn down noisily by the interpreter (paho's __del__ on a
+        # socket of a loop that is gone); everything worth keeping is written and printed.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     return 0
 
 
@@ -159,16 +171,32 @@ async def _run_stack(settings: Settings, config: Path, seconds: float | None, st
 
     tally = DemoTally()
     print(HEADER, flush=True)
+    parts = [
+        asyncio.create_task(run_stack(settings, config), name="stack"),
+        asyncio.create_task(_watch(settings, tally), name="view"),
+        asyncio.create_task(_stop_on_signal(), name="signals"),
+    ]
+    if seconds is not None:
+        parts.append(asyncio.create_task(_stop_after(seconds - (time.monotonic() - started)), name="timer"))
     try:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(run_stack(settings, config), name="stack")
-            tasks.create_task(_watch(settings, tally), name="view")
-            tasks.create_task(_stop_on_signal(), name="signals")
-            if seconds is not None:
-                tasks.create_task(_stop_after(seconds - (time.monotonic() - started)), name="timer")
-    except* _StopError:
-        pass
-    return tally.summary(await _closed_bars(settings))
+        done, _ = await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for part in parts:
+            part.cancel()
+        # Bounded: a library that swallows a cancellation (aiomqtt's disconnect, see
+        # volcast/aio.py) must not turn Ctrl-C into a hang; what has not stopped by then is
+        # named and left to the process exit.
+        _, stuck = await asyncio.wait(parts, timeout=SHUTDOWN_S)
+        if stuck:
+            log.warning("demo: %s did not stop within %.0f s; exiting anyway",
+                        ", ".join(p.get_name() for p in stuck), SHUTDOWN_S)
+    for part in done:
+        error = part.exception() if not part.cancelled() else None
+        if error is not None and not isinstance(error, _StopError):
+            raise error
+    summary = tally.summary(await _closed_bars(settings))
+    summary["stuck_on_exit"] = sorted(p.get_name() for p in stuck)
+    return summary
 
 
 async def _stop_after(seconds: float) -> None:
