@@ -28,6 +28,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.reasoncodes import ReasonCode
 
+from volcast.aio import raise_if_cancelled, until_first_ends
 from volcast.backoff import Backoff
 from volcast.connections import mqtt_client
 from volcast.settings import MqttSettings
@@ -112,14 +113,14 @@ class Publisher:
                     self.connected = True
                     self._backoff.reset()
                     log.info("connected to MQTT broker %s:%s", self._settings.host, self._settings.port)
-                    async with asyncio.TaskGroup() as tasks:
-                        tasks.create_task(_until_disconnected(client), name="mqtt-watch")
-                        tasks.create_task(self._publish_forever(client), name="mqtt-publish")
-            except* aiomqtt.MqttError as group:
-                self.connected = False
-                self.last_error = str(group.exceptions[0])
+                    await until_first_ends(_until_disconnected(client), self._publish_forever(client))
+            except aiomqtt.MqttError as exc:
+                self.last_error = str(exc)
             finally:
                 self.connected = False
+            # Cancelled while disconnecting, aiomqtt raises MqttError instead: without this
+            # check the service would reconnect forever instead of stopping (a test hung on it).
+            raise_if_cancelled()
             delay = self._backoff.next_delay()
             self.reconnects += 1
             log.warning("MQTT broker unavailable (%s); %d payloads kept, retrying in %.1fs",
@@ -214,7 +215,9 @@ class Publisher:
                     oldest = min(sent for _, _, _, sent in self._inflight.values())
                     timeout = max(0.0, oldest + PUBACK_TIMEOUT_S - time.monotonic())
                 try:
-                    await asyncio.wait_for(self._wakeup.wait(), timeout)
+                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
+                    async with asyncio.timeout(timeout):
+                        await self._wakeup.wait()
                 except TimeoutError:
                     raise aiomqtt.MqttError(f"no PUBACK within {PUBACK_TIMEOUT_S:.0f}s") from None
         finally:

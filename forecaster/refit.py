@@ -30,6 +30,7 @@ from forecaster.model_store import ModelRecord, ModelStore, current_model, promo
 from forecaster.predictor import ModelPredictor, Predictor, baseline_predictor, load_predictor
 from forecaster.scoring import score
 from forecaster.training import TrainedModel, train_model
+from volcast.aio import raise_if_cancelled
 from volcast.backoff import Backoff
 from volcast.bar import Bar
 from volcast.connections import redis_client
@@ -171,6 +172,7 @@ async def run(settings: Settings, *, once: bool = False) -> RefitOutcome | None:
             return await refit_once(settings, redis)
         backoff = Backoff(1.0, 60.0)
         while True:
+            raise_if_cancelled()  # redis-py can swallow a cancellation (forecaster/worker.py)
             try:
                 # Resume the schedule across restarts instead of retraining at every start.
                 due: Any = await redis.hget(keys.refit(), "next_run_ms")

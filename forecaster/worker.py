@@ -35,6 +35,7 @@ from forecaster.model_store import ModelStore, current_version
 from forecaster.payload import Prediction
 from forecaster.predictor import Forecast, Predictor, baseline_predictor, load_predictor
 from forecaster.publisher import Publisher, Ticket
+from volcast.aio import raise_if_cancelled
 from volcast.backoff import Backoff
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys, forecast_topic
@@ -144,6 +145,7 @@ class Worker:
         backoff = Backoff(0.1, 5.0)
         pending_own = True  # after a restart under a fixed consumer name, our own PEL comes first
         while True:
+            raise_if_cancelled()
             try:
                 await self.ensure_group()
                 await self.poll_model()
@@ -152,6 +154,9 @@ class Worker:
                 start = "0" if pending_own else ">"
                 reply: Any = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: start},
                                                    count=READ_COUNT, block=None if pending_own else self._block_ms)
+                # redis-py can return a blocking read's reply to a task being cancelled (seen in
+                # tests: the worker then read on for ever). What it read stays in our pending list.
+                raise_if_cancelled()
                 entries = reply[0][1] if reply else []
                 if pending_own and not entries:
                     pending_own = False
@@ -208,6 +213,7 @@ class Worker:
             ticket, ids = await self._acks.get()
             await self.publisher.published(ticket)
             while True:
+                raise_if_cancelled()
                 try:
                     await self.redis.xack(self.stream, self.group, *ids)
                     backoff.reset()
@@ -217,6 +223,7 @@ class Worker:
 
     async def heartbeat(self) -> None:
         while True:
+            raise_if_cancelled()
             try:
                 await self.redis.hset(self.keys.forecaster(), mapping=_enc(self.status()))
             except (RedisError, OSError) as exc:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,34 +17,16 @@ from worker_harness import (
     listening,
     settings_for,
     symbol_bars,
+    worker,
     write_bars,
 )
 
 from forecaster.payload import SCHEMA_VERSION, Prediction
-from forecaster.worker import run
 from volcast.connections import redis_client
 from volcast.keys import RedisKeys
 from volcast.settings import Settings
 
 HISTORY = 300
-
-
-@contextlib.asynccontextmanager
-async def worker(settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(run(settings, consumer="w1"))
-    keys = RedisKeys(settings.redis.key_prefix)
-    async with redis_client(settings.redis) as redis:
-        for _ in range(200):  # the group exists once the worker is reading
-            with contextlib.suppress(Exception):
-                if await redis.xinfo_groups(keys.bar_events(settings.bars.interval)):
-                    break
-            await asyncio.sleep(0.02)
-    try:
-        yield task
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import yaml
-from test_worker import worker
 from worker_harness import (
     MINUTE,
     clear_retained,
@@ -24,6 +23,7 @@ from worker_harness import (
     raw_settings_for,
     settings_for,
     symbol_bars,
+    worker,
     write_bars,
 )
 

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from test_worker import worker
 from worker_harness import (
     clear_retained,
     close_bars,
@@ -16,6 +15,7 @@ from worker_harness import (
     listening,
     settings_for,
     symbol_bars,
+    worker,
     write_bars,
 )
 

@@ -23,6 +23,7 @@ import aiomqtt
 import redis.asyncio as aioredis
 
 from forecaster.payload import Prediction
+from forecaster.worker import run as run_worker
 from volcast.bar import Bar, BarStatus
 from volcast.connections import mqtt_client, redis_client
 from volcast.keys import Feed, RedisKeys, forecast_topic_filter
@@ -155,9 +156,43 @@ async def listening(settings: Settings) -> AsyncIterator[Listener]:
         try:
             yield listener
         finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                await task
+            await stop(task, "the MQTT listener")
+
+
+async def stop(task: asyncio.Task[Any], what: str, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    """Cancel ``task`` and wait for it; a task that does not end fails the test with every stack."""
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=timeout)
+    if not done:
+        stacks = io.StringIO()
+        for other in asyncio.all_tasks():
+            other.print_stack(limit=8, file=stacks)
+            coro: Any = other.get_coro()
+            while coro is not None:  # the awaited chain, which print_stack does not show
+                frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None)
+                if frame is not None:
+                    stacks.write(f"    awaits {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}\n")
+                coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None)
+        raise AssertionError(f"{what} did not stop within {timeout:.0f}s of its cancellation:\n{stacks.getvalue()}")
+    if not task.cancelled() and not isinstance(task.exception(), aiomqtt.MqttError | asyncio.CancelledError):
+        task.result()
+
+
+@contextlib.asynccontextmanager
+async def worker(settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(run_worker(settings, consumer="w1"))
+    keys = RedisKeys(settings.redis.key_prefix)
+    async with redis_client(settings.redis) as redis:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # the group exists once the worker is reading
+            with contextlib.suppress(Exception):
+                if await redis.xinfo_groups(keys.bar_events(settings.bars.interval)):
+                    break
+            await asyncio.sleep(0.02)
+    try:
+        yield task
+    finally:
+        await stop(task, "the forecaster worker")
 
 
 async def clear_retained(settings: Settings) -> None:
