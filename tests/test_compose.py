@@ -10,9 +10,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
 import subprocess
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ from typing import Any
 import pytest
 import redis
 import yaml
+from servers import HAS_MOSQUITTO, HAS_REDIS, MOSQUITTO, free_port, start_server, stop_server
 
 from volcast.cli import build_parser
 from volcast.settings import load_settings
@@ -196,77 +195,42 @@ def test_docker_compose_validates_the_file(profile: list[str], tmp_path: Path) -
 
 # -- the server config files start the real servers ----------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            output = process.stdout.read().decode(errors="replace") if process.stdout else ""
-            pytest.fail(f"the server exited with {process.returncode}: {output}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    pytest.fail(f"nothing listens on port {port}")
-
-
-@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+@pytest.mark.skipif(not HAS_REDIS, reason="redis-server is not installed")
 def test_redis_conf_starts_redis_with_aof_everysec(tmp_path: Path) -> None:
-    port = _free_port()
-    process = subprocess.Popen(
-        ["redis-server", str(ROOT / "deploy" / "redis.conf"), "--port", str(port), "--bind", "127.0.0.1",
-         "--dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
+    port = free_port()
+    process = start_server(["redis-server", str(ROOT / "deploy" / "redis.conf"), "--port", str(port),
+                            "--bind", "127.0.0.1", "--dir", str(tmp_path)], port, merge_output=True)
     try:
-        _wait_for_port(port, process)
         client = redis.Redis(port=port)
         assert client.config_get("appendonly") == {"appendonly": "yes"}
         assert client.config_get("appendfsync") == {"appendfsync": "everysec"}
         assert client.config_get("maxmemory-policy") == {"maxmemory-policy": "noeviction"}
         client.close()
     finally:
-        process.terminate()
-        process.wait(timeout=10)
-        if process.stdout:
-            process.stdout.close()
+        stop_server(process)
 
 
-@pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
-                    reason="mosquitto is not installed")
+@pytest.mark.skipif(not HAS_MOSQUITTO, reason="mosquitto is not installed")
 def test_mosquitto_conf_starts_mosquitto_2(tmp_path: Path) -> None:
     text = (ROOT / "deploy" / "mosquitto.conf").read_text(encoding="utf-8")
     for line in ("listener 1883", "set_tcp_nodelay true", "max_queued_messages 100000", "persistence true"):
         assert line in text.splitlines(), line
-    port = _free_port()
+    port = free_port()
     local = text.replace("listener 1883", f"listener {port} 127.0.0.1").replace(
         "persistence_location /mosquitto/data/", f"persistence_location {tmp_path}/")
     if os.geteuid() == 0:
         local = "user root\n" + local  # else it drops to user mosquitto, who cannot read tmp_path
     config = tmp_path / "mosquitto.conf"
     config.write_text(local, encoding="utf-8")
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     # -v would not print unknown options: an unknown option makes mosquitto exit at once instead.
-    process = subprocess.Popen([mosquitto, "-c", str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        _wait_for_port(port, process)
-    finally:
-        process.terminate()
-        output = process.communicate(timeout=10)[0].decode(errors="replace")
+    output = stop_server(start_server([MOSQUITTO, "-c", str(config)], port, merge_output=True))
     assert "Error" not in output, output
     # The example password file has the mosquitto_passwd format: user:$7$...
     user, _, hashed = (ROOT / "deploy" / "mosquitto.passwd.example").read_text(encoding="utf-8").strip().partition(":")
     assert user == "volcast" and hashed.startswith("$7$")
 
 
-@pytest.mark.skipif(shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists(),
-                    reason="mosquitto is not installed")
+@pytest.mark.skipif(not HAS_MOSQUITTO, reason="mosquitto is not installed")
 def test_documented_password_file_setup_works(tmp_path: Path) -> None:
     """Uncommenting the two lines of deploy/mosquitto.conf, with the example file, requires its user."""
     import asyncio
@@ -279,7 +243,7 @@ def test_documented_password_file_setup_works(tmp_path: Path) -> None:
     text = (ROOT / "deploy" / "mosquitto.conf").read_text(encoding="utf-8")
     passwords = tmp_path / "passwords"
     shutil.copy(ROOT / "deploy" / "mosquitto.passwd.example", passwords)
-    port = _free_port()
+    port = free_port()
     enabled = text.replace("\nallow_anonymous true\n", "\n").replace("#allow_anonymous false", "allow_anonymous false")
     enabled = enabled.replace("#password_file /mosquitto/config/passwords", f"password_file {passwords}")
     assert "password_file" in enabled and "allow_anonymous true" not in enabled
@@ -289,14 +253,11 @@ def test_documented_password_file_setup_works(tmp_path: Path) -> None:
         enabled = "user root\n" + enabled
     config = tmp_path / "mosquitto.conf"
     config.write_text(enabled, encoding="utf-8")
-    process = subprocess.Popen([shutil.which("mosquitto") or "/usr/sbin/mosquitto", "-c", str(config)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = start_server([MOSQUITTO, "-c", str(config)], port, merge_output=True)
     try:
-        _wait_for_port(port, process)
         url = f"mqtt://127.0.0.1:{port}"
         asyncio.run(check_mqtt(MqttSettings(url=url, username="volcast", password=SecretStr("change-me"))))
         with pytest.raises(ConnectionProblem, match="requires a user name and password"):
             asyncio.run(check_mqtt(MqttSettings(url=url)))
     finally:
-        process.terminate()
-        process.communicate(timeout=10)
+        stop_server(process)

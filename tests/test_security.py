@@ -11,10 +11,8 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ import aiomqtt
 import orjson
 import pytest
 from pydantic import SecretStr
+from servers import MOSQUITTO, free_port, start_server, stop_server
 
 from volcast.commands import status
 from volcast.connections import (
@@ -37,7 +36,6 @@ from volcast.connections import (
 from volcast.settings import MqttSettings, RedisSettings, TlsSettings, load_settings
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
 OPENSSL = shutil.which("openssl")
 
@@ -53,48 +51,6 @@ MQTT_USER, MQTT_PASSWORD = "volcast", "s3cret-mqtt"
 
 def _secret(value: str | None) -> SecretStr | None:
     return None if value is None else SecretStr(value)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {process.stderr and process.stderr.read()!r}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after 10 s")
-
-
-def _start(command: list[str], port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _wait_for_port(port, process)
-    except BaseException:
-        process.kill()
-        process.wait()
-        raise
-    return process
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    if process.stderr:
-        process.stderr.close()
 
 
 def _mosquitto_config(tmp_path: Path, name: str, lines: list[str]) -> Path:
@@ -130,24 +86,24 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def redis_with_password() -> Iterator[int]:
     if not Path(REDIS_SERVER).exists():
         pytest.skip("redis-server is not installed")
-    port = _free_port()
-    process = _start([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", REDIS_PASSWORD,
+    port = free_port()
+    process = start_server([REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", REDIS_PASSWORD,
                       "--save", "", "--appendonly", "no"], port)
     yield port
-    _stop(process)
+    stop_server(process)
 
 
 @pytest.fixture(scope="module")
 def redis_with_tls(certs: dict[str, Path]) -> Iterator[int]:
     if not Path(REDIS_SERVER).exists():
         pytest.skip("redis-server is not installed")
-    port = _free_port()
-    process = _start([REDIS_SERVER, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
+    port = free_port()
+    process = start_server([REDIS_SERVER, "--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1",
                       "--tls-cert-file", str(certs["cert"]), "--tls-key-file", str(certs["key"]),
                       "--tls-ca-cert-file", str(certs["ca"]), "--tls-auth-clients", "no",
                       "--requirepass", REDIS_PASSWORD, "--save", "", "--appendonly", "no"], port)
     yield port
-    _stop(process)
+    stop_server(process)
 
 
 @pytest.fixture(scope="module")
@@ -158,25 +114,25 @@ def mosquitto_with_password(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     passwords = where / "passwords"
     subprocess.run([MOSQUITTO_PASSWD, "-b", "-c", str(passwords), MQTT_USER, MQTT_PASSWORD], check=True,
                    capture_output=True)
-    port = _free_port()
+    port = free_port()
     config = _mosquitto_config(where, "password", [
         f"listener {port} 127.0.0.1", "allow_anonymous false", f"password_file {passwords}"])
-    process = _start([MOSQUITTO, "-c", str(config)], port)
+    process = start_server([MOSQUITTO, "-c", str(config)], port)
     yield port
-    _stop(process)
+    stop_server(process)
 
 
 @pytest.fixture(scope="module")
 def mosquitto_with_tls(tmp_path_factory: pytest.TempPathFactory, certs: dict[str, Path]) -> Iterator[int]:
     if not Path(MOSQUITTO).exists():
         pytest.skip("mosquitto is not installed")
-    port = _free_port()
+    port = free_port()
     config = _mosquitto_config(tmp_path_factory.mktemp("mosquitto-tls"), "tls", [
         f"listener {port} 127.0.0.1", "allow_anonymous true", f"cafile {certs['ca']}",
         f"certfile {certs['cert']}", f"keyfile {certs['key']}"])
-    process = _start([MOSQUITTO, "-c", str(config)], port)
+    process = start_server([MOSQUITTO, "-c", str(config)], port)
     yield port
-    _stop(process)
+    stop_server(process)
 
 
 # -- redact_url -------------------------------------------------------------------------------
@@ -332,7 +288,7 @@ async def test_mqtt_missing_or_wrong_password_says_what_to_set(
 
 @needs_mosquitto
 async def test_mqtt_unreachable_says_what_to_check() -> None:
-    url = f"mqtt://u:hunter2@127.0.0.1:{_free_port()}"
+    url = f"mqtt://u:hunter2@127.0.0.1:{free_port()}"
     with pytest.raises(ConnectionProblem) as caught:
         await check_mqtt(MqttSettings(url=url))
     assert str(caught.value).startswith("cannot reach MQTT broker at mqtt://u:***@127.0.0.1:")
