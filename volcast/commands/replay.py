@@ -110,11 +110,12 @@ def main(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"volcast replay: {exc}", file=sys.stderr)
         return 2
-    try:
-        asyncio.run(_serve(server))
-    except KeyboardInterrupt:
+    from volcast.signals import until_signalled
+
+    code = asyncio.run(until_signalled(_serve(server), "replay"))
+    if not server.done.is_set():  # stopped by a signal before the last trade was sent
         print("\nstopped", file=sys.stderr)
-    return 0
+    return code
 
 
 async def _serve(server: object) -> None:
@@ -130,8 +131,10 @@ async def _serve(server: object) -> None:
             print("waiting for a subscriber to every symbol...", flush=True)
         last = 0
         while not server.done.is_set():
+            # asyncio.timeout, not wait_for, whose 3.11 version can swallow the Ctrl-C cancellation.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(server.done.wait(), PROGRESS_EVERY_S)
+                async with asyncio.timeout(PROGRESS_EVERY_S):
+                    await server.done.wait()
             sent = sum(server.published.values())
             if sent != last or server.done.is_set():
                 print(
