@@ -3,18 +3,52 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
-from typing import Any
+import asyncio.tasks
+import sys
+from collections.abc import Awaitable, Coroutine
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def _wait_for(awaitable: Awaitable[T], timeout: float | None) -> T:  # noqa: ASYNC109
+    """Python 3.12's ``asyncio.wait_for``: ``asyncio.timeout`` around the await."""
+    if timeout is not None and timeout <= 0:
+        future = asyncio.ensure_future(awaitable)
+        if future.done():
+            return future.result()
+        future.cancel()
+        await asyncio.wait([future])
+        try:
+            return future.result()
+        except asyncio.CancelledError as exc:
+            raise TimeoutError from exc
+    async with asyncio.timeout(timeout):
+        return await awaitable
+
+
+def backport_wait_for() -> None:
+    """Replace Python 3.11's ``asyncio.wait_for`` by 3.12's, for every library in the process.
+
+    3.11's returns the inner result when its task is cancelled just as the inner future completes,
+    so the cancellation is lost (CPython gh-86296, fixed in 3.12 by this rewrite). redis-py 8 wraps
+    every command it sends in ``wait_for(..., socket_timeout)`` (5 s by default), where the inner
+    write completes at once: measured here, 3 of 4 cancellations of a task looping over PING were
+    lost, and a cancelled forecaster worker read on for ever (a CI failure). aiomqtt waits for
+    its acknowledgements the same way. Libraries look ``asyncio.wait_for`` up at call time, so
+    replacing the module attribute reaches them; it is done on import of volcast.connections.
+    """
+    if sys.version_info < (3, 12) and asyncio.wait_for is not _wait_for:
+        asyncio.wait_for = _wait_for  # type: ignore[assignment]
+        asyncio.tasks.wait_for = _wait_for  # type: ignore[assignment]
 
 
 def raise_if_cancelled() -> None:
     """Re-raise a cancellation that a library swallowed.
 
     A retry loop must end when its task is cancelled, but some awaits can eat the CancelledError:
-    aiomqtt's ``__aexit__`` turns a cancelled disconnect into an ``MqttError``, Python 3.11's
-    ``asyncio.wait_for`` returns the result when cancellation races with completion, and redis-py
-    (8.1, hiredis) sometimes returns a blocking XREADGROUP's reply to a task being cancelled (the
-    forecaster's consume loop then read on for ever: half the runs of one test). The task
+    aiomqtt's ``__aexit__`` turns a cancelled disconnect into an ``MqttError``, and anything built
+    on Python 3.11's ``asyncio.wait_for`` (see ``backport_wait_for``) can return normally. The task
     still counts the request (``cancelling()``), so a loop that checks before each retry shuts
     down instead of reconnecting forever.
 

@@ -18,7 +18,10 @@ import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 from pydantic import SecretStr
 
+from volcast.aio import backport_wait_for
 from volcast.settings import MqttSettings, RedisSettings, TlsSettings
+
+backport_wait_for()  # before any client exists: redis-py and aiomqtt lose cancellations without it
 
 REDACTED = "***"
 
