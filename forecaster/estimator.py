@@ -1,7 +1,9 @@
 """The trainable models around the networks: fit on frames, predict log1p volume at positions.
 
 - ``LstmModel`` (the default, ``lstm``): HAR's forecast plus a correction that an LSTM learns
-  from the last ``look_back`` bars' features and HAR's own regressors. Quantiles by pinball loss;
+  from the last ``look_back`` bars' features (plus each bar's signed return and its volume
+  against the time-of-day profile) and static inputs at the target: HAR's own regressors, the
+  signed price moves over ``RETURN_WINDOWS`` and the target's minute of the hour. Quantiles by pinball loss;
   the point forecast is a separate head trained with MSE (the conditional mean of log volume,
   which is what minimises rmse_log; the median would not).
 - ``SeedModel`` (``seed``): the design note's model, faithfully (raw volume in and out, MSE).
@@ -24,10 +26,14 @@ from forecaster.baselines import Har, LogForecaster, fit_positions
 from forecaster.features import (
     HAR_HISTORY,
     HAR_NAMES,
+    RETURN_WINDOWS,
     Batch,
     feature_columns,
+    minute_of_hour,
     per_bar,
+    signed_return,
     slot_of_day,
+    trailing_returns,
     usable_features,
 )
 from forecaster.frame import BarFrame, FloatArray, IntArray
@@ -37,7 +43,11 @@ from volcast.settings import Feature, ModelSettings, TrainingSettings
 _CYCLICAL_SUFFIXES = ("_sin", "_cos")
 # The extra per-bar column: log volume minus HAR's time-of-day profile (see _columns_of).
 DESEASONALISED = "log_volume_vs_time_of_day"
+# The extra per-bar column next to abs_return: the same move with its sign.
+SIGNED_RETURN = "signed_return"
 _CHUNK = 4096
+_MINUTE_ONEHOT = np.eye(60)
+_NOT_PER_BAR = frozenset({"signed_return", "price_moves", "minute_of_hour"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,21 +94,35 @@ def _batches(n: int, size: int, generator: torch.Generator | None) -> list[torch
 
 class LstmModel(LogForecaster):
     name: ClassVar[str] = "lstm"
-
     def __init__(self, settings: ModelSettings, features: Sequence[Feature], interval_ms: int) -> None:
         self.settings = settings
         self.features: tuple[Feature, ...] = tuple(features)
-        self.columns = feature_columns(self.features)
+        # per_bar's columns; signed_return is an extra column, price_moves and minute_of_hour are
+        # static inputs at the target. An artifact records both lists, so a model trained on
+        # other inputs is refused on load rather than fed the wrong ones.
+        self.bar_features = tuple(f for f in self.features if f not in _NOT_PER_BAR)
+        self.columns = feature_columns(self.bar_features)
+        if "signed_return" in self.features:
+            self.columns = (*self.columns, SIGNED_RETURN)
         if "log_volume" in self.features:
             self.columns = (*self.columns, DESEASONALISED)
+        self.return_windows = RETURN_WINDOWS if "price_moves" in self.features else ()
+        self.minute_onehot = "minute_of_hour" in self.features
+        # Static inputs at the target: HAR's regressors, the signed price moves over
+        # return_windows, and the target's minute of the hour (one-hot).
+        self.static_names: tuple[str, ...] = (
+            *HAR_NAMES,
+            *(f"return_{w}" for w in self.return_windows),
+            *((f"minute_{m}" for m in range(60)) if self.minute_onehot else ()),
+        )
         self.interval_ms = interval_ms
         self.look_back = max(settings.look_back, HAR_HISTORY)
         self.har = Har(interval_ms=interval_ms)
         c = len(self.columns)
         self.col_mean = np.zeros(c)
         self.col_std = np.ones(c)
-        self.static_mean = np.zeros(len(HAR_NAMES))
-        self.static_std = np.ones(len(HAR_NAMES))
+        self.static_mean = np.zeros(len(self.static_names))
+        self.static_std = np.ones(len(self.static_names))
         self.symbol_means: dict[str, float] = {}
         self.global_mean = 0.0
         self.net = MemberAverage([self._new_member() for _ in range(settings.members)])
@@ -106,7 +130,7 @@ class LstmModel(LogForecaster):
     def _new_member(self) -> VolumeLSTM:
         return VolumeLSTM(
             n_features=len(self.columns),
-            n_static=len(HAR_NAMES),
+            n_static=len(self.static_names),
             hidden=self.settings.hidden,
             layers=self.settings.layers,
             dropout=self.settings.dropout,
@@ -135,19 +159,36 @@ class LstmModel(LogForecaster):
         that only slightly shrinks the inputs, unlike the target's own profile value, which is
         left out: see ``fitted``.)
         """
-        z = per_bar(batch, self.features)
-        if "log_volume" not in self.features:
+        z = per_bar(batch, self.bar_features)
+        extra: list[FloatArray] = []
+        if SIGNED_RETURN in self.columns:
+            extra.append(signed_return(batch))
+        if "log_volume" in self.features:
+            level = self._level(keys)
+            lv = z[:, :, self.features_columns_index] - level[:, None]
+            z[:, :, self.features_columns_index] = lv
+            slots = slot_of_day(batch.open_time_ms, batch.interval_ms)
+            profile = np.stack([self.har.profile_for(k)[slots[i]] for i, k in enumerate(keys)])
+            extra.append(lv - profile)
+        if not extra:
             return z
-        level = self._level(keys)
-        lv = z[:, :, self.features_columns_index] - level[:, None]
-        z[:, :, self.features_columns_index] = lv
-        slots = slot_of_day(batch.open_time_ms, batch.interval_ms)
-        profile = np.stack([self.har.profile_for(k)[slots[i]] for i, k in enumerate(keys)])
-        return np.concatenate([z, (lv - profile)[..., None]], axis=-1)
+        return np.concatenate([z, np.stack(extra, axis=-1)], axis=-1)
+
+    def _raw_static(self, batch: Batch, keys: Sequence[str], positions: IntArray, design: FloatArray) -> FloatArray:
+        """Static inputs before normalisation, ``(S, P, len(static_names))``, from HAR's design."""
+        static = design[..., 1:].copy()
+        static[..., :-1] -= self._level(keys)[:, None, None]  # trailing levels relative to the symbol's own
+        parts = [static]
+        if self.return_windows:
+            parts.append(trailing_returns(batch.close, positions, self.return_windows))
+        if self.minute_onehot:
+            minutes = minute_of_hour(batch.open_time_ms[:, positions - 1] + batch.interval_ms)
+            parts.append(_MINUTE_ONEHOT[minutes])
+        return np.concatenate(parts, axis=-1) if len(parts) > 1 else static
 
     @property
     def features_columns_index(self) -> int:
-        return feature_columns(self.features).index("log_volume")
+        return feature_columns(self.bar_features).index("log_volume")
 
     def _inputs(
         self, batch: Batch, keys: Sequence[str], positions: IntArray, fitted: BarFrame | None = None
@@ -158,7 +199,6 @@ class LstmModel(LogForecaster):
         profile values then leave each target out (``Har.fitted_design``), so that training sees
         HAR's regressors and forecast as they are on unseen bars.
         """
-        level = self._level(keys)
         lb = self.settings.look_back
         idx = positions[:, None] - lb + np.arange(lb)[None, :]
         if idx.min() < 0:
@@ -175,8 +215,7 @@ class LstmModel(LogForecaster):
         else:
             design = self.har.design(batch, keys, positions)
         har = design @ self.har.coef
-        static = design[..., 1:].copy()
-        static[..., :-1] -= level[:, None, None]  # trailing levels relative to the symbol's own
+        static = self._raw_static(batch, keys, positions, design)
         static = ((static - self.static_mean) / self.static_std).reshape(-1, static.shape[-1])
         return windows, static.astype(np.float32), har
 
@@ -188,9 +227,8 @@ class LstmModel(LogForecaster):
             batch = Batch.stack([frame])
             zs.append(self._columns_of(batch, [key])[0])
             pos = fit_positions(len(frame), HAR_HISTORY)
-            st = self.har.fitted_design(key, frame, pos)[:, 1:]
-            st[:, :-1] -= self.symbol_means[key]
-            ss.append(st)
+            design = self.har.fitted_design(key, frame, pos)[None]
+            ss.append(self._raw_static(batch, [key], pos, design)[0])
         z_all = np.concatenate(zs)
         self.col_mean = z_all.mean(axis=0)
         self.col_std = np.maximum(z_all.std(axis=0), 1e-6)
@@ -200,6 +238,9 @@ class LstmModel(LogForecaster):
         s_all = np.concatenate(ss)
         self.static_mean = s_all.mean(axis=0)
         self.static_std = np.maximum(s_all.std(axis=0), 1e-6)
+        for j, name in enumerate(self.static_names):
+            if name.startswith("minute_"):  # one-hot: left as 0/1
+                self.static_mean[j], self.static_std[j] = 0.0, 1.0
 
     def fit_model(
         self, frames: Sequence[tuple[str, BarFrame]], training: TrainingSettings, progress: Progress
@@ -358,6 +399,7 @@ class LstmModel(LogForecaster):
         return {
             "features": list(self.features),
             "columns": list(self.columns),
+            "static": list(self.static_names),
             "interval_ms": self.interval_ms,
             "normalisation": {
                 "column_mean": self.col_mean.tolist(),
@@ -377,12 +419,14 @@ class LstmModel(LogForecaster):
         model = cls(settings, meta["features"], int(meta["interval_ms"]))
         if list(meta.get("columns", [])) != list(model.columns):
             raise ValueError(f"per-bar columns {meta.get('columns')} are not this volcast's {list(model.columns)}")
+        if list(meta.get("static", [])) != list(model.static_names):
+            raise ValueError(f"static inputs {meta.get('static')} are not this volcast's {list(model.static_names)}")
         norm = meta["normalisation"]
         model.col_mean = np.asarray(norm["column_mean"], dtype=np.float64)
         model.col_std = np.asarray(norm["column_std"], dtype=np.float64)
         model.static_mean = np.asarray(norm["static_mean"], dtype=np.float64)
         model.static_std = np.asarray(norm["static_std"], dtype=np.float64)
-        if model.col_mean.shape != (len(model.columns),) or model.static_mean.shape != (len(HAR_NAMES),):
+        if model.col_mean.shape != (len(model.columns),) or model.static_mean.shape != (len(model.static_names),):
             raise ValueError("normalisation statistics do not match the features")
         model.symbol_means = {str(k): float(v) for k, v in norm["symbol_log_volume_mean"].items()}
         model.global_mean = float(norm["global_log_volume_mean"])

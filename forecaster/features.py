@@ -162,3 +162,40 @@ def trailing_means(log_volume: FloatArray, positions: IntArray) -> FloatArray:
         start = np.maximum(positions - w, 0)
         out[:, :, j] = (csum[:, positions] - csum[:, start]) / (positions - start)
     return out
+
+
+# Windows (in bars) of the signed price moves the lstm reads as context at the target: where
+# the price went over the last minutes says much about the next bar's volume (measured on the
+# validation part of the training spans in docs/accuracy.md), and the direction matters too.
+RETURN_WINDOWS: tuple[int, ...] = (5, 15, 60, 240)
+
+
+def _signed_log_bp(x: FloatArray) -> FloatArray:
+    """A log return as sign * log1p(|basis points|): spreads small moves, tames big ones."""
+    return np.sign(x) * np.log1p(_BP * np.abs(x))
+
+
+def signed_return(batch: Batch) -> FloatArray:
+    """``(symbols, bars)``: each bar's close-to-close log return (0 for the first bar), signed log bp."""
+    logc = np.log(np.maximum(batch.close, 1e-300))
+    ret = np.zeros_like(logc)
+    ret[:, 1:] = np.diff(logc, axis=1)
+    return _signed_log_bp(ret)
+
+
+def trailing_returns(close: FloatArray, positions: IntArray, windows: Sequence[int] = RETURN_WINDOWS) -> FloatArray:
+    """Log return from ``w`` bars before the last one to the last one before each target position.
+
+    ``close`` is ``(symbols, bars)``; with fewer than ``w`` earlier bars the move is from the first.
+    Returns ``(symbols, positions, len(windows))`` in signed log basis points.
+    """
+    # Only the closes that are read, in one gather: a live batch is HAR_HISTORY bars long.
+    back = np.asarray(windows, dtype=np.int64)
+    rows = np.concatenate([positions[:, None] - 1, np.maximum(positions[:, None] - 1 - back[None, :], 0)], axis=1)
+    logc = np.log(np.maximum(close[:, rows], 1e-300))  # (S, P, 1 + windows)
+    out = logc[..., :1] - logc[..., 1:]
+    return _signed_log_bp(out)
+
+
+def minute_of_hour(open_time_ms: IntArray) -> IntArray:
+    return ((open_time_ms % 3_600_000) // 60_000).astype(np.int64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 from decimal import Decimal
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from forecast_helpers import NEAR, near
 
 from forecaster.baselines import Ewma, Har, Naive, TimeOfDay
-from forecaster.features import HAR_WINDOWS, Batch, trailing_means
+from forecaster.features import HAR_WINDOWS, Batch, minute_of_hour, signed_return, trailing_means, trailing_returns
 from forecaster.frame import BarFrame, FrameError
 from volcast.bar import Bar, BarStatus
 
@@ -91,6 +92,22 @@ def test_trailing_means_by_hand() -> None:
     assert out[0, 0, 1] == pytest.approx(1.0)  # mean of 0, 1, 2: fewer bars than the window
     assert out[0, 1, 1] == pytest.approx(np.mean(lv[5:10]))
     assert HAR_WINDOWS[0] == 5
+
+
+def test_price_moves_by_hand() -> None:
+    close = np.array([[100.0, 101.0, 100.0, 100.0, 102.0, 99.0]])
+    batch = dataclasses.replace(_series([1.0] * 6), close=close)
+    # Per bar: the signed close-to-close move as sign * log1p(basis points); the first bar has none.
+    moves = np.diff(np.log(close[0]))
+    np.testing.assert_allclose(signed_return(batch)[0], [0.0, *(np.sign(moves) * np.log1p(1e4 * np.abs(moves)))])
+    # At target 6 (after the last bar): from the close 2 and 5 bars before the last one.
+    out = trailing_returns(close, np.array([6, 2]), windows=(2, 5))
+    for j, (p, w) in enumerate([(6, 2), (6, 5)]):
+        r = np.log(close[0, p - 1] / close[0, p - 1 - w])
+        assert out[0, 0, j] == pytest.approx(np.sign(r) * np.log1p(1e4 * abs(r)))
+    # Fewer bars than the window: the move from the first bar.
+    assert out[0, 1, 1] == pytest.approx(np.log1p(1e4 * np.log(101.0 / 100.0)))
+    assert list(minute_of_hour(np.array([0, 59 * 60_000, 3_600_000 + 61_000]))) == [0, 59, 1]
 
 
 def test_baselines_by_hand() -> None:

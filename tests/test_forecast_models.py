@@ -12,8 +12,8 @@ import torch
 from forecast_helpers import KEY, TINY_MODEL, TINY_TRAINING, near
 
 from forecaster.artifact import ArtifactError
-from forecaster.estimator import DESEASONALISED, LstmModel, quiet
-from forecaster.features import Batch, slot_of_day
+from forecaster.estimator import DESEASONALISED, SIGNED_RETURN, LstmModel, quiet
+from forecaster.features import RETURN_WINDOWS, Batch, per_bar, slot_of_day, trailing_returns
 from forecaster.networks import ReluLSTMCell, SeedNet, VolumeLSTM
 from forecaster.predictor import Forecast, ModelPredictor, baseline_predictor, load_predictor
 from forecaster.scoring import score
@@ -182,6 +182,54 @@ def test_artifact_with_other_per_bar_columns_is_refused(trained_dir: Path, tmp_p
     (old / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ArtifactError, match="per-bar columns"):
         load_predictor(old, TINY_MODEL)
+
+
+def test_artifact_with_other_static_inputs_is_refused(trained_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    # An artifact written before the price moves and the minute of the hour were inputs.
+    old = tmp_path / "old"
+    shutil.copytree(trained_dir, old)
+    meta = json.loads((old / "meta.json").read_text())
+    assert meta["static"][-1] == "minute_59"
+    del meta["static"]
+    (old / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match="static inputs"):
+        load_predictor(old, TINY_MODEL)
+
+
+def test_static_inputs_are_har_price_moves_and_the_targets_minute(trained_dir: Path) -> None:
+    model = load_predictor(trained_dir, TINY_MODEL).model
+    assert isinstance(model, LstmModel)
+    frame = near()
+    batch = Batch.stack([frame])
+    positions = np.array([1500, 1501, 2000])
+    design = model.har.design(batch, [KEY], positions)
+    static = model._raw_static(batch, [KEY], positions, design)[0]
+    names = model.static_names
+    assert static.shape == (3, len(names))
+    moves = [names.index(f"return_{w}") for w in RETURN_WINDOWS]
+    np.testing.assert_allclose(static[:, moves], trailing_returns(batch.close, positions)[0])
+    minutes = (frame.open_time_ms[positions] // 60_000) % 60
+    onehot = static[:, names.index("minute_0") :]
+    assert onehot.shape[1] == 60 and (onehot.sum(axis=1) == 1).all()
+    assert list(onehot.argmax(axis=1)) == list(minutes)
+    # The signed return column is abs_return's column with the move's sign.
+    cols = model._columns_of(batch, [KEY])[0]
+    signed = cols[:, model.columns.index(SIGNED_RETURN)]
+    raw = per_bar(batch, model.bar_features)[0]
+    np.testing.assert_allclose(np.abs(signed), raw[:, model.columns.index("abs_return")])
+    assert (np.sign(signed[1:]) == np.sign(np.diff(frame.close))).all()
+
+
+def test_the_new_inputs_are_features_chosen_in_config() -> None:
+    every = LstmModel(TINY_MODEL, TINY_MODEL.features, 60_000)
+    assert SIGNED_RETURN in every.columns and "minute_59" in every.static_names
+    assert all(f"return_{w}" in every.static_names for w in RETURN_WINDOWS)
+    fewer = LstmModel(TINY_MODEL, ("log_volume", "abs_return", "time_of_day"), 60_000)
+    assert fewer.columns == ("log_volume", "abs_return", "time_of_day_sin", "time_of_day_cos", DESEASONALISED)
+    assert fewer.static_names == every.static_names[: len(fewer.static_names)]
+    assert not any(n.startswith(("return_", "minute_")) for n in fewer.static_names)
 
 
 def test_deseasonalised_column_is_volume_against_the_profile(trained_dir: Path) -> None:

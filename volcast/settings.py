@@ -205,7 +205,8 @@ class MqttSettings(_Frozen):
 
 
 Feature = Literal[
-    "log_volume", "trades", "buy_share", "abs_return", "range", "time_of_day", "day_of_week"
+    "log_volume", "trades", "buy_share", "abs_return", "range", "time_of_day", "day_of_week",
+    "signed_return", "price_moves", "minute_of_hour",
 ]
 
 
@@ -218,7 +219,8 @@ class ModelSettings(_Frozen):
     name: Literal["seed", "lstm", "ensemble"] = "lstm"
     look_back: int = Field(default=60, ge=2, le=10_000)
     features: tuple[Feature, ...] = (
-        "log_volume", "trades", "buy_share", "abs_return", "range", "time_of_day", "day_of_week",
+        "log_volume", "trades", "buy_share", "abs_return", "signed_return", "range", "time_of_day",
+        "day_of_week", "price_moves", "minute_of_hour",
     )
     hidden: int = Field(default=50, gt=0)
     layers: int = Field(default=1, ge=1, le=4)
