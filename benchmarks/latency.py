@@ -3,13 +3,27 @@
 Runs everything real on this machine: Redis (``--redis``), a private Mosquitto on a free port
 (TCP_NODELAY, no QoS 1 queue limit), the forecaster as a subprocess (``volcast forecast``)
 serving an LSTM of the default shape (hidden 50, look_back 60, trained for one epoch on the real
-bars in tests/data: the weights do not matter for speed), and a subscriber in this process.
+bars in tests/data: the weights do not matter for speed), and a subscriber in its own process.
 
-For each boundary, the bars and bar-closed events of all N symbols are written in one pipeline,
-as the streamer does; latency is measured from the moment that pipeline returned (the events
-are written) to each prediction's arrival. ``from_write_start`` measures from just before the
-pipeline was sent. The baseline, measured in the same run on the same broker, is a bare burst of
-N QoS 1 publishes of the same size from one client to the subscriber.
+For each boundary the bars of all N symbols are closed the way the streamer closes them: its
+``BarStore`` writes each bar and its bar-closed event in MULTI/EXEC batches of 500 bars. Latency
+is measured from the moment that write returned (every event is in Redis) to each prediction's
+arrival at the subscriber; ``from_write_start`` measures from just before the write began.
+
+The subscriber is a minimal MQTT 3.1.1 client on a plain socket, in a process of its own: it
+reads whatever the socket holds, takes the clock once per read, splits the packets and answers
+each QoS 1 PUBLISH with its PUBACK. So an arrival time is when the bytes reached the subscriber,
+not when a client library got round to dispatching the message (aiomqtt's per-message machinery
+in the writer's process added up to a few hundred ms per 1000 messages). Both processes read
+CLOCK_MONOTONIC, which is one clock for the whole machine.
+
+The baseline, in the same run on the same broker and subscriber: a bare burst of N QoS 1
+publishes of the same payload from one paho client (what the worker's publisher hands its
+payloads to), measured from before the first publish to each arrival.
+
+``worker_ms`` is the median, over the measured boundaries, of the worker's own timings per
+batch (its debug log): ``read_ms`` events to histories, ``predict_ms`` the forward passes,
+``submit_ms`` payloads handed to MQTT, ``record_ms`` the Redis bookkeeping (after the hand-over).
 
     .venv/bin/python benchmarks/latency.py --json [--symbols 100 1000] [--boundaries 20]
 """
@@ -20,25 +34,126 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import gc
 import gzip
 import io
-import logging
+import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
-import numpy as np
 import orjson
-import yaml
+
+# -- the subscriber (its own process; standard library only, so it starts in a blink) ----------
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n % 128, n // 128
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _string(text: str) -> bytes:
+    raw = text.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def _packet(first_byte: int, body: bytes) -> bytes:
+    return bytes([first_byte]) + _varint(len(body)) + body
+
+
+def _packets(buf: bytearray) -> Iterator[tuple[int, bytes]]:
+    """Complete packets at the front of ``buf`` (consumed from it): (first byte, body)."""
+    pos = 0
+    while len(buf) - pos >= 2:
+        length, shift, i = 0, 0, pos + 1
+        while True:
+            if i >= len(buf):
+                del buf[:pos]
+                return
+            byte = buf[i]
+            length += (byte & 0x7F) << shift
+            shift += 7
+            i += 1
+            if not byte & 0x80:
+                break
+        if len(buf) - i < length:
+            break
+        yield buf[pos], bytes(buf[i:i + length])
+        pos = i + length
+    del buf[:pos]
+
+
+def run_subscriber(port: int, topic_filter: str) -> None:
+    """stdin ``expect N`` -> stdout ``armed``, then one JSON line of N arrival times and payloads."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    client_id = f"latency-sub-{uuid.uuid4().hex[:8]}"
+    # CONNECT: MQTT 3.1.1, clean session, no keep-alive (the run is short and the link is loopback).
+    sock.sendall(_packet(0x10, _string("MQTT") + bytes([4, 0x02, 0, 0]) + _string(client_id)))
+    sock.sendall(_packet(0x82, (1).to_bytes(2, "big") + _string(topic_filter) + bytes([1])))
+    buf = bytearray()
+    subscribed = False
+    while not subscribed:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError("broker closed the connection")
+        buf += data
+        subscribed = any(first >> 4 == 9 for first, _ in _packets(buf))  # SUBACK
+    print("ready", flush=True)
+    for line in sys.stdin:
+        expected = int(line.split()[1])
+        times: list[int] = []
+        walls: list[int] = []
+        payloads: list[str] = []
+        print("armed", flush=True)
+        while len(payloads) < expected:
+            data = sock.recv(1 << 20)
+            now = time.monotonic_ns()
+            wall = time.time_ns()
+            if not data:
+                raise ConnectionError("broker closed the connection")
+            buf += data
+            acks = []
+            for first, body in _packets(buf):
+                if first >> 4 != 3:  # PUBLISH only
+                    continue
+                qos = (first >> 1) & 3
+                at = 2 + int.from_bytes(body[:2], "big")
+                if qos:
+                    acks.append(_packet(0x40, body[at:at + 2]))
+                    at += 2
+                times.append(now)
+                walls.append(wall)
+                payloads.append(body[at:].decode())
+            if acks:
+                sock.sendall(b"".join(acks))
+        print(orjson.dumps({"t": times, "w": walls, "p": payloads}).decode(), flush=True)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--subscriber"]:
+    run_subscriber(int(sys.argv[2]), sys.argv[3])
+    sys.exit(0)
+
+# -- the benchmark --------------------------------------------------------------------------------
+
+import numpy as np  # noqa: E402
+import paho.mqtt.client as paho  # noqa: E402
+import yaml  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -47,14 +162,19 @@ from forecaster.estimator import quiet  # noqa: E402
 from forecaster.frame import BarFrame  # noqa: E402
 from forecaster.model_store import ModelRecord, ModelStore, promote  # noqa: E402
 from forecaster.training import train_model  # noqa: E402
+from streamer.store import BarStore  # noqa: E402
+from volcast.backoff import Backoff  # noqa: E402
 from volcast.bar import Bar, BarStatus  # noqa: E402
-from volcast.connections import mqtt_client, redis_client  # noqa: E402
+from volcast.connections import redis_client  # noqa: E402
 from volcast.keys import Feed, RedisKeys, forecast_topic_filter  # noqa: E402
 from volcast.settings import Settings, settings_from_mapping  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "binance-usdm_NEARUSDT_1m_2023-02-01_03.csv.gz"
 MINUTE = 60_000
 HISTORY = 1500  # the LSTM reads look_back bars plus HAR's day of 1-minute bars
+WARM_UP = 2  # boundaries not measured: model load, first history read, the first fallback fit
+_TIMINGS = re.compile(r": (\d+) predictions; read_ms ([\d.]+), predict_ms ([\d.]+), submit_ms ([\d.]+), "
+                      r"record_ms ([\d.]+)")
 
 
 def real_bars() -> list[Bar]:
@@ -112,47 +232,108 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 
 class Subscriber:
-    def __init__(self) -> None:
-        self.arrivals: list[tuple[float, bytes]] = []
-        self.changed = asyncio.Event()
+    """The subscriber process: ``arm(n)`` before a burst, ``arrivals()`` after it."""
 
-    async def run(self, client: aiomqtt.Client, topic: str) -> None:
-        await client.subscribe(topic, qos=1)
-        async for message in client.messages:
-            self.arrivals.append((time.perf_counter(), message.payload if isinstance(message.payload, bytes) else b""))
-            self.changed.set()
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
 
-    async def wait(self, count: int, timeout: float = 120.0) -> None:  # noqa: ASYNC109
-        deadline = time.monotonic() + timeout
-        while len(self.arrivals) < count:
-            self.changed.clear()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(self.arrivals)} of {count} messages")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.changed.wait(), 1.0)
+    @classmethod
+    @contextlib.asynccontextmanager
+    async def running(cls, port: int, topic_filter: str) -> Any:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, __file__, "--subscriber", str(port), topic_filter,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 28)
+        subscriber = cls(process)
+        try:
+            await subscriber._expect_line("ready")
+            yield subscriber
+        finally:
+            assert process.stdin is not None
+            process.stdin.close()
+            with contextlib.suppress(ProcessLookupError):
+                process.terminate()
+            await process.wait()
+
+    async def _line(self, timeout: float = 120.0) -> bytes:  # noqa: ASYNC109
+        assert self._process.stdout is not None
+        line = await asyncio.wait_for(self._process.stdout.readline(), timeout)
+        if not line:
+            raise RuntimeError("the subscriber process ended")
+        return line
+
+    async def _expect_line(self, word: str) -> None:
+        line = await self._line(30)
+        if line.strip() != word.encode():
+            raise RuntimeError(f"subscriber said {line!r}, expected {word}")
+
+    async def arm(self, n: int) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.write(f"expect {n}\n".encode())
+        await self._process.stdin.drain()
+        await self._expect_line("armed")
+
+    async def arrivals(self, timeout: float = 120.0) -> list[tuple[int, int, bytes]]:  # noqa: ASYNC109
+        """(CLOCK_MONOTONIC ns, wall clock ns, payload) of each message, in arrival order."""
+        got = orjson.loads(await self._line(timeout))
+        return [(t, w, p.encode()) for t, w, p in zip(got["t"], got["w"], got["p"], strict=True)]
+
+
+def paho_publisher(port: int) -> paho.Client:
+    client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"latency-pub-{uuid.uuid4().hex[:8]}",
+                         protocol=paho.MQTTv311)
+    client.max_inflight_messages_set(0)  # 0 = no limit, as the worker's publisher
+    client.max_queued_messages_set(0)
+    client.connect("127.0.0.1", port)
+    sock = client.socket()
+    assert isinstance(sock, socket.socket)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    while not client.is_connected():
+        client.loop(0.05)
+    return client
 
 
 async def baseline(settings: Settings, n: int, bursts: int, payload: bytes) -> dict[str, float]:
-    """A bare burst of n QoS 1 publishes -> subscriber arrival, on the same broker."""
-    sub = Subscriber()
+    """A bare burst of n QoS 1 publishes from one paho client -> arrival at the same subscriber."""
     topic = f"{settings.mqtt.topic_prefix}/baseline"
-    quiet_log = logging.getLogger("latency.mqtt")
-    quiet_log.setLevel(logging.ERROR)
-    async with (mqtt_client(settings.mqtt, logger=quiet_log) as listener,
-                mqtt_client(settings.mqtt, max_inflight_messages=0, logger=quiet_log) as pub):
-        task = asyncio.create_task(sub.run(listener, f"{topic}/#"))
-        await asyncio.sleep(0.2)
-        latencies: list[float] = []
-        for _ in range(bursts):
-            start = len(sub.arrivals)
-            sent = time.perf_counter()
-            await asyncio.gather(*(pub.publish(f"{topic}/{i}", payload, qos=1) for i in range(n)))
-            await sub.wait(start + n)
-            latencies += [(t - sent) * 1000 for t, _ in sub.arrivals[start:start + n]]
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-            await task
+    latencies: list[float] = []
+    async with Subscriber.running(settings.mqtt.port, f"{topic}/#") as sub:
+        client = paho_publisher(settings.mqtt.port)
+        acked: set[int] = set()
+        client.on_publish = lambda c, u, mid, rc, p: acked.add(mid)
+        try:
+            for burst in range(bursts + WARM_UP):  # warm-up bursts, as for the worker
+                await sub.arm(n)
+                acked.clear()
+                sent = time.monotonic_ns()
+                mids = [client.publish(f"{topic}/{i}", payload, qos=1).mid for i in range(n)]
+                while not acked.issuperset(mids):  # read the PUBACKs, as a publisher must
+                    client.loop(0.01)
+                got = await sub.arrivals()
+                if burst >= WARM_UP:
+                    latencies += [(t - sent) / 1e6 for t, _, _ in got]
+                await asyncio.sleep(0.2)
+        finally:
+            client.disconnect()
     return percentiles(latencies)
+
+
+def worker_timings(log: Path, boundaries: int, n: int) -> dict[str, Any]:
+    """Medians of the worker's per-batch timings over the measured boundaries (its debug log)."""
+    rows = [m.groups() for m in _TIMINGS.finditer(log.read_text(errors="replace"))]
+    parsed = [(int(size), *(float(v) for v in rest)) for size, *rest in rows]
+    # The last batches cover the measured boundaries; count back until they hold boundaries * n.
+    measured: list[tuple[float, ...]] = []
+    total = 0
+    for row in reversed(parsed):
+        if total >= boundaries * n:
+            break
+        measured.append(row)
+        total += int(row[0])
+    names = ("read_ms", "predict_ms", "submit_ms", "record_ms")
+    out: dict[str, Any] = {name: round(statistics.median(r[i + 1] for r in measured), 2) if measured else None
+                           for i, name in enumerate(names)}
+    out["batches"] = len(measured)
+    return out
 
 
 async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: str, model: Path,
@@ -167,13 +348,20 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
     bars = real_bars()
     series = [bars[(i * 37) % 1000:] for i in range(n)]  # a different real stretch per symbol
     times = [b.open_time_ms for b in bars]
-    log = (log_dir / f"worker-{n}.log").open("wb")
+    # This process holds millions of Decimals: keep the cycle collector from pausing the writes
+    # and the baseline's publisher for 100+ ms at a time (it did).
+    gc.collect()
+    gc.freeze()
+    log_path = log_dir / f"worker-{n}.log"
+    log = log_path.open("wb")
     worker = subprocess.Popen(  # noqa: ASYNC220 - started once, before measuring
         [sys.executable, "-m", "volcast.cli", "-v", "forecast", "--config", str(config)],
                               stdout=log, stderr=log, cwd=ROOT)
-    sub = Subscriber()
     latency: list[float] = []
     from_start: list[float] = []
+    to_payload: list[float] = []
+    transit: list[float] = []
+    per_boundary: list[float] = []
     try:
         async with redis_client(settings.redis) as redis:
             await promote(redis, keys, ModelRecord("lstm", "1", {}, 0))
@@ -181,48 +369,61 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
                 pipe = redis.pipeline(transaction=False)
                 for i, feed in enumerate(feeds):
                     for j in range(lo, min(lo + 250, HISTORY)):
-                        b = series[i][j]
+                        b = replace(series[i][j], open_time_ms=times[j])
                         pipe.xadd(keys.bars(feed), b.to_fields(), id=f"{times[j]}-0")  # type: ignore[arg-type]
                 await pipe.execute()
-            async with mqtt_client(settings.mqtt) as client:
-                task = asyncio.create_task(sub.run(client, forecast_topic_filter(settings.mqtt.topic_prefix)))
-                for step in range(boundaries + 2):  # two warm-up boundaries: model load, first history read
+            store = BarStore(redis, keys, retention_bars=settings.bars.retention_bars, buffer_bars=10 * n,
+                             backoff=Backoff(0.1, 1.0))
+            async with Subscriber.running(port, forecast_topic_filter(settings.mqtt.topic_prefix)) as sub:
+                for step in range(boundaries + WARM_UP):
                     j = HISTORY + step
-                    pipe = redis.pipeline(transaction=False)
+                    await sub.arm(n)
                     for i, feed in enumerate(feeds):
-                        b = series[i][j]
-                        pipe.xadd(keys.bars(feed), b.to_fields(), id=f"{times[j]}-0")  # type: ignore[arg-type]
-                        pipe.xadd(keys.bar_events(MINUTE), {"exchange": feed.exchange, "symbol": feed.symbol,
-                                                            "interval": "1m", "open_time_ms": str(times[j]),
-                                                            "status": "complete"})
-                    before = len(sub.arrivals)
-                    started = time.perf_counter()
-                    await pipe.execute()
-                    written = time.perf_counter()
-                    await sub.wait(before + n, timeout=600 if step < 2 else 120)
-                    got = sub.arrivals[before:before + n]
-                    if step >= 2:
-                        assert all(orjson.loads(p)["last_bar_ms"] == times[j] for _, p in got)
-                        assert all(orjson.loads(p)["model"]["version"] == "1" for _, p in got)
-                        latency += [(t - written) * 1000 for t, _ in got]
-                        from_start += [(t - started) * 1000 for t, _ in got]
+                        store.put(feed, replace(series[i][j], open_time_ms=times[j]))
+                    started = time.monotonic_ns()
+                    await store.write_pending()
+                    written = time.monotonic_ns()
+                    written_wall = time.time_ns()
+                    got = await sub.arrivals(timeout=600 if step < WARM_UP else 120)
+                    if step >= WARM_UP:
+                        parsed = [orjson.loads(p) for _, _, p in got]
+                        assert all(p["last_bar_ms"] == times[j] for p in parsed)
+                        assert all(p["model"]["version"] == "1" for p in parsed)
+                        assert len({p["symbol"] for p in parsed}) == n
+                        ms = [(t - written) / 1e6 for t, _, _ in got]
+                        latency += ms
+                        from_start += [(t - started) / 1e6 for t, _, _ in got]
+                        # created_ms: when the worker built the payload (wall clock, ms resolution).
+                        to_payload += [p["created_ms"] - written_wall / 1e6 for p in parsed]
+                        transit += [w / 1e6 - p["created_ms"] for (_, w, _), p in zip(got, parsed, strict=True)]
+                        per_boundary.append(round(max(ms), 1))
                     await asyncio.sleep(0.2)
-                payload = sub.arrivals[-1][1]
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                    await task
+                payload = got[-1][2]
             base = await baseline(settings, n, boundaries, payload)
+            stop_worker(worker)  # first: a worker reading the events stream would create it again
             prefix_keys = [k async for k in redis.scan_iter(match=f"{settings.redis.key_prefix}:*", count=1000)]
             for lo in range(0, len(prefix_keys), 500):
                 await redis.delete(*prefix_keys[lo:lo + 500])
     finally:
-        worker.terminate()
-        worker.wait(10)
-    result = percentiles(latency)
+        stop_worker(worker)
+        log.close()
+    result: dict[str, Any] = percentiles(latency)
     result["from_write_start"] = percentiles(from_start)
+    # Where the time goes, split at the payload's created_ms (+-1 ms): bars written -> payload
+    # built in the worker, and payload built -> arrival (hand-over to paho, broker, subscriber).
+    result["written_to_payload"] = percentiles(to_payload)
+    result["payload_to_arrival"] = percentiles(transit)
+    result["boundary_max_ms"] = per_boundary
     result["baseline_mqtt_burst"] = base
     result["ratio_p99"] = round(result["p99_ms"] / base["p99_ms"], 2) if base["p99_ms"] else None
+    result["worker_ms"] = worker_timings(log_path, boundaries, n)
     return result
+
+
+def stop_worker(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.terminate()
+        worker.wait(10)
 
 
 def train_artifact(workdir: Path) -> Path:

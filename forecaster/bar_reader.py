@@ -1,173 +1,228 @@
-"""The last ``look_back`` bars of every feed, kept in memory and topped up from Redis.
+"""The bars a boundary's predictions are made from: held in memory, topped up from Redis.
 
-Reading and parsing 1000 x 60 bars from Redis at every boundary costs more than the whole
-latency budget, so each feed's recent bars stay here as numpy columns and a boundary reads only
-the bars this process has not seen yet (usually one per feed), all feeds in one pipeline.
-Several workers share the events of one consumer group, so a feed may have moved on by more than
-one bar since this process last saw it: the read covers every missing bar, up to ``look_back``.
+Each feed's recent bars stay in a ``BarMatrix``. A worker sees every bar of its feeds in order,
+so a boundary usually needs one new bar per feed: those are read with ONE ``XREAD`` over every
+feed's bar stream from the last bar held (``COUNT 1``). Anything else is read in the same round
+trip: a feed this process has not seen yet, or has not seen for more than ``look_back`` bars
+(a restart, another worker of the group had it), reads its last ``look_back`` bars afresh; a
+feed that missed a few bars (events claimed from a dead worker, or handled by another worker)
+reads the bars since its last one; and an old event (replayed after a restart: the feed has
+moved on) whose window the matrix no longer holds is read into a one-off matrix, so that its
+prediction is made from the bars it names without disturbing the held ones.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
 
-from forecaster.frame import OPTIONAL_COLUMNS, BarFrame
+from forecaster.bar_matrix import COLUMNS, BarMatrix, StoredBatch
+from forecaster.frame import BarFrame, FloatArray
+from forecaster.heap import collector_paused
 from volcast.keys import Feed, RedisKeys
 
-# Row order of the value matrix; BarFrame's float columns.
-_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume", "trades", "buy_volume")
-_FIELDS: tuple[bytes, ...] = tuple(name.encode() for name in _COLUMNS)
-_CLOSE = _COLUMNS.index("close")
+log = logging.getLogger(__name__)
+
+_FIELDS: tuple[bytes, ...] = tuple(name.encode() for name in COLUMNS)
+FULL_READ_CHUNK = 100
+"""Feeds read afresh per round trip: their replies (look_back entries each) are parsed and dropped
+before the next chunk is read, so a start does not hold every feed's reply at once."""
+_Entry = tuple[bytes, Mapping[bytes, bytes]]
 
 
-@dataclass(slots=True)
-class _Window:
-    """One feed's newest bars: ``times`` (n,) and ``values`` (len(_COLUMNS), n), oldest first."""
+class Histories:
+    """What ``BarHistories.at`` read for one boundary: bar ``open_ms`` and the bars before it.
 
-    times: npt.NDArray[np.int64]
-    values: npt.NDArray[np.float64]
+    ``one_off`` holds the feeds of old events read just for this boundary.
+    """
+
+    def __init__(self, open_ms: int, asked: Sequence[Feed], main: BarMatrix,
+                 one_off: BarMatrix | None = None) -> None:
+        self.open_ms = open_ms
+        self.main = main
+        self.one_off = one_off
+        # Once per boundary: a Feed's hash is a tuple hash, and 1000 feeds are looked up often.
+        self.lengths: dict[Feed, int] = {}
+        for feed in asked:
+            n = self._matrix(feed).available(feed, open_ms)
+            if n > 0:
+                self.lengths[feed] = n
 
     @property
-    def last_ms(self) -> int:
-        return int(self.times[-1])
+    def ready(self) -> list[Feed]:
+        """Feeds whose bar open_ms is known, in the order asked."""
+        return list(self.lengths)
 
+    def _matrix(self, feed: Feed) -> BarMatrix:
+        return self.one_off if self.one_off is not None and self.one_off.last_ms(feed) is not None else self.main
 
-@dataclass(frozen=True, slots=True)
-class History:
-    """The bars a prediction is made from. ``latest`` is False for a replayed old event: the feed
-    has already moved past ``frame``'s last bar, so its prediction must not replace a newer one."""
+    def length(self, feed: Feed) -> int:
+        """Bars of history (contiguous, ending with bar ``open_ms``)."""
+        return self.lengths.get(feed, 0)
 
-    frame: BarFrame
-    latest: bool
+    def latest(self, feed: Feed) -> bool:
+        """False for a replayed old event: the feed has moved on, its prediction must not replace
+        a newer one."""
+        return self._matrix(feed) is self.main and self.main.last_ms(feed) == self.open_ms
 
-    @property
-    def last_volume(self) -> float:
-        return float(self.frame.volume[-1])
+    def last_volumes(self, feeds: Sequence[Feed]) -> list[float]:
+        out: dict[Feed, float] = {}
+        for matrix, group in self._split(feeds):
+            out.update(zip(group, matrix.volumes(group, self.open_ms).tolist(), strict=True))
+        return [out[f] for f in feeds]
+
+    def batches(self, feeds: Sequence[Feed], length: int, chunk: int | None = None
+                ) -> list[tuple[list[Feed], StoredBatch]]:
+        """The last ``length`` bars of ``feeds`` as batches of at most ``chunk`` feeds (feeds
+        reordered: by matrix, then by row, so that each batch is a view when it can be)."""
+        out = []
+        for matrix, group in self._split(feeds):
+            ordered = matrix.in_row_order(group)
+            size = chunk or len(ordered)
+            out += [matrix.batch(ordered[lo:lo + size], self.open_ms, length) for lo in range(0, len(ordered), size)]
+        return out
+
+    def frame(self, feed: Feed, length: int | None = None) -> BarFrame:
+        return self._matrix(feed).frame(feed, self.open_ms, length)
+
+    def _split(self, feeds: Sequence[Feed]) -> list[tuple[BarMatrix, list[Feed]]]:
+        one_off = self.one_off
+        if one_off is None:
+            return [(self.main, list(feeds))] if feeds else []
+        held = [f for f in feeds if one_off.last_ms(f) is None]
+        read = [f for f in feeds if one_off.last_ms(f) is not None]
+        return [(m, g) for m, g in ((self.main, held), (one_off, read)) if g]
 
 
 class BarHistories:
-    """Per-feed windows of the last ``look_back`` closed bars."""
+    """Per-feed bars of one interval, ``look_back`` of them at least, read from Redis as needed."""
 
-    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, look_back: int) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, interval_ms: int, look_back: int) -> None:
         self._redis = redis
         self._keys = keys
-        self._look_back = look_back
-        self._windows: dict[Feed, _Window] = {}
+        self.interval_ms = interval_ms
+        self.matrix = BarMatrix(interval_ms, look_back)
         self.bars_read = 0
+        self.full_reads = 0  # feeds read afresh (look_back bars), for tests and the status
 
     @property
     def look_back(self) -> int:
-        return self._look_back
+        return self.matrix.look_back
 
     def set_look_back(self, look_back: int) -> None:
-        """A model with a longer look_back needs older bars than kept: start the windows afresh."""
-        if look_back > self._look_back:
-            self._windows.clear()
-        self._look_back = look_back
+        """A model with a longer look_back needs older bars than held: start afresh."""
+        if look_back > self.matrix.look_back:
+            self.matrix = BarMatrix(self.interval_ms, look_back)
 
     def forget(self, feed: Feed) -> None:
-        self._windows.pop(feed, None)
+        self.matrix.forget(feed)
 
-    async def at(self, wanted: Sequence[tuple[Feed, int]]) -> dict[Feed, History]:
-        """The history ending with bar ``open_time_ms`` of each feed, reading only what is missing.
+    def make_room(self, next_ms: int) -> None:
+        """Between boundaries: shift the matrix now if bar ``next_ms`` would need it."""
+        self.matrix.make_room(next_ms)
 
-        A feed whose bar is not in Redis (trimmed, or an event without its bar) is left out.
+    async def at(self, feeds: Sequence[Feed], open_ms: int) -> Histories:
+        """Each feed's history ending with its bar ``open_ms``, reading only what is not held.
+
+        A feed whose bar is not in Redis (trimmed, or an event without its bar) is not ready.
         """
-        reads: list[tuple[Feed, int, bool]] = []  # feed, bar time, keep the result as its window
-        pipe = self._redis.pipeline(transaction=False)
-        for feed, open_ms in wanted:
-            window = self._windows.get(feed)
-            if window is not None and window.last_ms == open_ms:
-                continue
-            if window is not None and window.last_ms < open_ms:
-                pipe.xrevrange(self._keys.bars(feed), max=str(open_ms), min=str(window.last_ms + 1),
-                               count=self._look_back)
-                reads.append((feed, open_ms, True))
-            elif window is None:
-                pipe.xrevrange(self._keys.bars(feed), max=str(open_ms), min="-", count=self._look_back)
-                reads.append((feed, open_ms, True))
-            else:
-                pipe.xrevrange(self._keys.bars(feed), max=str(open_ms), min="-", count=self._look_back)
-                reads.append((feed, open_ms, False))
-        replies: list[Any] = await pipe.execute() if reads else []
-        one_off: dict[Feed, _Window] = {}
-        for (feed, _open_ms, keep), entries in zip(reads, replies, strict=True):
-            self.bars_read += len(entries)
-            fresh = _parse(entries)
-            if fresh is None:
-                continue
-            if keep:
-                old = self._windows.get(feed)
-                self._windows[feed] = self._joined(old, fresh)
-            else:
-                one_off[feed] = fresh
-        out: dict[Feed, History] = {}
-        for feed, open_ms in wanted:
-            if feed in one_off:
-                window, latest = one_off[feed], False
-            elif feed in self._windows:
-                window, latest = self._windows[feed], True
-            else:
-                continue
-            if window.last_ms != open_ms:
-                continue
-            out[feed] = History(_frame(window, feed.interval_ms), latest)
-        return out
+        matrix = self.matrix
+        interval = self.interval_ms
+        look_back = matrix.look_back
+        nexts: dict[str, Feed] = {}  # bar stream -> feed, for the XREAD of each feed's next bar
+        since: list[Feed] = []  # a few bars missed
+        fresh: list[Feed] = []  # unknown, or too far behind: the last look_back bars
+        old: list[Feed] = []  # an old event whose window is not held
+        for feed in dict.fromkeys(feeds):
+            last = matrix.last_ms(feed)
+            if last is None or open_ms - last >= look_back * interval:
+                fresh.append(feed)
+            elif last == open_ms - interval:
+                nexts[self._keys.bars(feed)] = feed
+            elif last < open_ms:
+                since.append(feed)
+            elif matrix.available(feed, open_ms) < look_back:
+                old.append(feed)
+        one_off = BarMatrix(interval, look_back) if old else None
+        if nexts or since:
+            pipe = self._redis.pipeline(transaction=False)
+            if nexts:
+                pipe.xread({key: f"{matrix.last_ms(feed)}-0" for key, feed in nexts.items()}, count=1)
+            for feed in since:
+                pipe.xrange(self._keys.bars(feed), min=str(_held(matrix, feed) + 1), max=str(open_ms))
+            replies: list[Any] = await pipe.execute()
+            if nexts:
+                self._append_next(replies[0], nexts, open_ms)
+            for feed, entries in zip(since, replies[1:] if nexts else replies, strict=True):
+                self._write(matrix, feed, entries, continues=True)
+        whole = [(feed, matrix) for feed in fresh] + [(feed, one_off) for feed in old if one_off is not None]
+        if whole:
+            # Pausing the collector matters for a start (every feed read afresh), see heap.py.
+            with collector_paused() if len(whole) >= FULL_READ_CHUNK else contextlib.nullcontext():
+                for lo in range(0, len(whole), FULL_READ_CHUNK):
+                    chunk = whole[lo:lo + FULL_READ_CHUNK]
+                    pipe = self._redis.pipeline(transaction=False)
+                    for feed, _ in chunk:
+                        pipe.xrevrange(self._keys.bars(feed), max=str(open_ms), min="-", count=look_back)
+                    for (feed, into), entries in zip(chunk, await pipe.execute(), strict=True):
+                        self.full_reads += into is matrix
+                        self._write(into, feed, list(reversed(entries)), continues=False)
+        return Histories(open_ms, list(dict.fromkeys(feeds)), matrix, one_off)
 
-    def _joined(self, old: _Window | None, fresh: _Window) -> _Window:
-        if old is None or fresh.times[0] <= old.last_ms:
-            times, values = fresh.times, fresh.values
-        else:
-            times = np.concatenate([old.times, fresh.times])
-            values = np.concatenate([old.values, fresh.values], axis=1)
-        start = max(0, len(times) - self._look_back)
-        # Copies, so the window does not pin the larger concatenated arrays.
-        return _Window(times[start:].copy(), values[:, start:].copy())
+    def _append_next(self, reply: Any, nexts: Mapping[str, Feed], open_ms: int) -> None:
+        """The XREAD of each feed's next bar: the ones that are bar ``open_ms``, in one write."""
+        feeds: list[Feed] = []
+        flat: list[bytes] = []
+        stamp = f"{open_ms}-0".encode()
+        for key, entries in reply or []:
+            feed = nexts[key.decode() if isinstance(key, bytes) else key]
+            entry_id, fields = entries[0]
+            if entry_id != stamp:
+                continue  # bar open_ms is not in Redis (the next one is): not ready
+            try:
+                flat.extend(fields[name] for name in _FIELDS)
+            except KeyError:
+                log.warning("bar %s of %s has no %s", open_ms, feed, [n for n in _FIELDS if n not in fields])
+                continue
+            feeds.append(feed)
+        self.bars_read += len(feeds)
+        if feeds:
+            values = np.array(flat, dtype=np.float64).reshape(len(feeds), len(_FIELDS)).T
+            self.matrix.append(feeds, open_ms, values)
+
+    def _write(self, matrix: BarMatrix, feed: Feed, entries: Sequence[_Entry], *, continues: bool) -> None:
+        """XRANGE entries (oldest first) of one feed into ``matrix``."""
+        parsed = _parse(feed, entries)
+        if parsed is None:
+            return
+        times, values = parsed
+        self.bars_read += len(times)
+        matrix.write(feed, times, values, continues=continues)
 
 
-def _parse(entries: Sequence[tuple[bytes, Mapping[bytes, bytes]]]) -> _Window | None:
-    """XREVRANGE entries (newest first) to a window, oldest first."""
-    n = len(entries)
-    if n == 0:
+def _held(matrix: BarMatrix, feed: Feed) -> int:
+    last = matrix.last_ms(feed)
+    assert last is not None
+    return last
+
+
+def _parse(feed: Feed, entries: Sequence[_Entry]) -> tuple[npt.NDArray[np.int64], FloatArray] | None:
+    times: list[int] = []
+    flat: list[bytes] = []
+    for entry_id, fields in entries:
+        try:
+            row = [fields[name] for name in _FIELDS]
+        except KeyError:
+            log.warning("skipping bar %r of %s: fields missing", entry_id, feed)
+            continue
+        times.append(int(entry_id.split(b"-", 1)[0]))
+        flat.extend(row)
+    if not times:
         return None
-    times = np.empty(n, dtype=np.int64)
-    values = np.empty((len(_COLUMNS), n), dtype=np.float64)
-    for i, (entry_id, fields) in enumerate(reversed(entries)):
-        times[i] = int(entry_id.split(b"-", 1)[0])
-        for j, name in enumerate(_FIELDS):
-            values[j, i] = float(fields[name])
-    return _Window(times, values)
-
-
-def _frame(window: _Window, interval_ms: int) -> BarFrame:
-    times, values = window.times, window.values
-    steps = np.diff(times)
-    if len(times) > 1 and np.any(steps != interval_ms):
-        times, values = _fill(times, values, interval_ms)
-    cols = {name: values[j] for j, name in enumerate(_COLUMNS)}
-    return BarFrame(interval_ms=interval_ms, open_time_ms=times, known=frozenset(OPTIONAL_COLUMNS), **cols)
-
-
-def _fill(times: npt.NDArray[np.int64], values: npt.NDArray[np.float64],
-          interval_ms: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-    # The streamer writes zero-volume bars, so a hole means trimmed or hand-written data: fill it the
-    # way the streamer would (no volume, prices carried from the last close) rather than fail.
-    slots = (times - times[0]) // interval_ms
-    total = int(slots[-1]) + 1
-    full_times = times[0] + np.arange(total, dtype=np.int64) * interval_ms
-    present = np.zeros(total, dtype=bool)
-    present[slots] = True
-    last = np.maximum.accumulate(np.where(present, np.arange(total), 0))
-    carried = values[_CLOSE][np.searchsorted(slots, last)]
-    full = np.zeros((len(_COLUMNS), total))
-    for j in range(len(_COLUMNS)):
-        if j <= _CLOSE:
-            full[j] = carried
-        full[j][slots] = values[j]
-    return full_times, full
+    return np.array(times, dtype=np.int64), np.array(flat, dtype=np.float64).reshape(len(times), len(_FIELDS)).T

@@ -7,11 +7,13 @@ adding a field keeps the number, renaming or removing one bumps it.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import orjson
 
+from volcast.durations import format_duration_ms
 from volcast.keys import Feed
 
 SCHEMA_VERSION = 1
@@ -43,7 +45,7 @@ class Prediction:
                 "schema": SCHEMA_VERSION,
                 "exchange": self.feed.exchange,
                 "symbol": self.feed.symbol,
-                "interval": self.feed.interval,
+                "interval": _interval(self.feed.interval_ms),
                 "interval_ms": self.feed.interval_ms,
                 "open_time_ms": self.open_time_ms,
                 "last_bar_ms": self.last_bar_ms,
@@ -99,6 +101,13 @@ class Prediction:
             raise ValueError(f"malformed prediction payload: {exc!r}") from None
 
 
+@functools.cache
 def _quantile_key(q: float) -> str:
     # JSON keys are strings; "0.1" reads better than repr noise such as "0.09999999999999998".
     return format(q, "g")
+
+
+@functools.cache
+def _interval(interval_ms: int) -> str:
+    # Feed.interval formats the duration at every call; a worker writes 1000 payloads a boundary.
+    return format_duration_ms(interval_ms)

@@ -46,6 +46,14 @@ class Predictor(Protocol):
         """(feed_key, frame of the latest >= look_back bars) per symbol -> one forecast each."""
         ...
 
+    def history_length(self, available: int) -> int | None:
+        """Bars to give ``predict_batch`` for a history of ``available`` bars (None: too short)."""
+        ...
+
+    def predict_batch(self, batch: Batch, keys: Sequence[str]) -> list[Forecast]:
+        """The same as ``predict`` on histories already stacked (``history_length`` bars each)."""
+        ...
+
 
 class ModelPredictor:
     """A Predictor over any fitted ``LogForecaster`` (network or baseline)."""
@@ -58,6 +66,14 @@ class ModelPredictor:
         # Baselines without a fit (no model yet) fit once on the first histories they see.
         self._fit_on_predict = fit_on_predict
 
+    def history_length(self, available: int) -> int | None:
+        # Baselines use what there is, up to their look_back; a network needs exactly its look_back.
+        if available < 1:
+            return None
+        if self.name in BASELINE_NAMES:
+            return min(available, self.look_back)
+        return self.look_back if available >= self.look_back else None
+
     def predict(self, histories: Sequence[tuple[str, BarFrame]]) -> list[Forecast]:
         if not histories:
             return []
@@ -65,16 +81,19 @@ class ModelPredictor:
             self.model.fit(histories)
             self._fit_on_predict = False
         frames = [f for _, f in histories]
-        keys = [k for k, _ in histories]
         shortest = min(len(f) for f in frames)
-        if shortest < 1:
-            raise ValueError("a history has no bars")
-        length = min(shortest, self.look_back) if self.name in BASELINE_NAMES else self.look_back
-        if shortest < length:
-            short = [k for k, f in histories if len(f) < length]
-            raise ValueError(f"{self.name} needs {length} bars of history; too few for {short[:5]}")
-        batch = Batch.stack(frames, length)
-        positions = np.array([length], dtype=np.int64)
+        length = self.history_length(shortest)
+        if length is None:
+            short = [k for k, f in histories if self.history_length(len(f)) is None]
+            raise ValueError(f"{self.name} needs {self.look_back} bars of history; too few for {short[:5]}")
+        return self.predict_batch(Batch.stack(frames, length), [k for k, _ in histories])
+
+    def predict_batch(self, batch: Batch, keys: Sequence[str]) -> list[Forecast]:
+        if not keys:
+            return []
+        if self._fit_on_predict:
+            raise ValueError(f"{self.name} is not fitted: call predict with frames first")
+        positions = np.array([batch.volume.shape[1]], dtype=np.int64)
         point, quants = self.model.predict_log(batch, keys, positions)
         return forecasts_from_log(point[:, 0], None if quants is None else quants[:, 0], self.model.quantile_levels)
 

@@ -2,9 +2,17 @@
 
 The worker reads the bar-closed events of its interval with a Redis consumer group, so several
 workers share the feeds and a dead worker's events are claimed by another (XAUTOCLAIM after
-``forecaster.claim_idle``). Events of one boundary become one forward pass, run in a single
-thread beside the event loop. Predictions go to MQTT (retained, per feed) and to Redis; an event
-is acknowledged only once its prediction is confirmed by the broker, so no bar is skipped.
+``forecaster.claim_idle``). Events of one boundary become batched forward passes, run in a
+single thread beside the event loop (or on the loop's thread for a small boundary). Predictions
+go to MQTT (retained, per feed) and then to Redis; an event is acknowledged only once its
+predictions are confirmed by the broker and recorded, so no bar is skipped.
+
+The critical path of a boundary is: read the events (a blocking read, then whatever else has
+arrived, so a burst of closes is one batch), read one new bar per feed (``BarHistories``: the
+bars are held in memory), forward passes over views of the held bars in chunks, each chunk
+handed to MQTT as soon as it is computed. The Redis bookkeeping (``Recorder``: predictions,
+realised errors, live scores, status) runs in its own task after the hand-over, in boundary
+order, and waits while a boundary is being predicted. docs/forecaster.md has the figures.
 
 The serving model is the version named in ``keys.model()``; it is polled between batches and
 swapped in between two boundaries, never during one. Until a model exists, and for feeds too
@@ -15,6 +23,7 @@ ones), marked ``baseline`` in the payload with the baseline's name.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -25,16 +34,20 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from forecaster.bar_reader import BarHistories, History
+from forecaster import heap
+from forecaster.bar_reader import BarHistories, Histories
 from forecaster.fallback import FallbackBaseline
+from forecaster.features import Batch
 from forecaster.feeds import feed_key
-from forecaster.live_scores import LiveScores, Realised
 from forecaster.model_store import ModelStore, current_version
 from forecaster.payload import Prediction
 from forecaster.predictor import Forecast, Predictor, baseline_predictor, load_predictor
 from forecaster.publisher import Publisher, Ticket
+from forecaster.recorder import Recorder
 from volcast.aio import raise_if_cancelled
 from volcast.backoff import Backoff
 from volcast.connections import redis_client
@@ -47,6 +60,16 @@ MODEL_POLL_S = 1.0
 READ_COUNT = 10_000
 BLOCK_MS = 1_000
 HEARTBEAT_S = 5.0
+RECORD_DEFER_S = 1.0
+"""The longest the Redis bookkeeping of a published boundary waits for the worker to be idle."""
+RECORD_AFTER_PUBLISH_S = 0.25
+"""... and for the broker to confirm its predictions (it starts once both are done)."""
+PREDICT_CHUNK = 256
+"""Feeds per forward pass: the first chunk's predictions are published while the next computes
+(the forward costs the same per feed from about 100 feeds per batch up)."""
+INLINE_MAX = 128
+"""A boundary of at most this many feeds (one forward pass) is predicted on the event loop's
+thread: about 3 ms for 100 feeds, less than the round trip to the predictor thread."""
 
 
 def _enc(fields: Mapping[str, str]) -> dict[Any, Any]:
@@ -90,6 +113,20 @@ def parse_event(entry_id: bytes, fields: Mapping[bytes, bytes], interval_ms: int
 
 
 @dataclass(frozen=True, slots=True)
+class _Record:
+    """A published boundary waiting for its Redis bookkeeping; ``done`` releases its acks."""
+
+    open_ms: int
+    predictions: list[Prediction]
+    payloads: list[bytes]
+    latest: list[bool]
+    last_volumes: list[float]
+    timings: dict[str, float]
+    done: asyncio.Event
+    ticket: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
 class Serving:
     """A predictor and where it came from (``version`` None = a baseline)."""
 
@@ -118,14 +155,22 @@ class Worker:
         self.fallback = FallbackBaseline()
         self.model: Serving | None = None  # the model in keys.model(); None until there is one
         self.naive = baseline_predictor("naive")
-        self.bars = BarHistories(redis, self.keys, self.fallback.look_back)
-        self.scores = LiveScores(settings.forecaster.score_window)
-        self._predicted: dict[Feed, Prediction] = {}
-        self._acks: asyncio.Queue[tuple[Ticket, list[bytes]]] = asyncio.Queue()
+        self.bars = BarHistories(redis, self.keys, self.interval_ms, self.fallback.look_back)
+        self.recorder = Recorder(redis, self.keys, kept=settings.forecaster.predictions_kept,
+                                 score_window=settings.forecaster.score_window)
+        self._records: asyncio.Queue[_Record] = asyncio.Queue()
+        self._acks: asyncio.Queue[tuple[Ticket, list[bytes], asyncio.Event | None]] = asyncio.Queue()
+        self._topics: dict[Feed, str] = {}
+        self._stash: list[Event] = []  # events read ahead that belong to a later boundary
+        self._idle = asyncio.Event()  # set while no boundary is being processed
+        self._idle.set()
+        self._settle_due = True  # imports and the connections are lasting state too
+        self._feed_keys: dict[Feed, str] = {}
         # torch's thread count is per OS thread (OpenMP): set it inside the thread that predicts,
         # or that thread uses every core and fights Redis, Mosquitto and the event loop for them.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast",
                                             initializer=_torch_threads, initargs=(settings.forecaster.threads,))
+        _torch_threads(settings.forecaster.threads)  # and for small boundaries predicted inline
         self._failed_version: str | None = None
         self._last_poll = 0.0
         self._last_claim = 0.0
@@ -136,6 +181,7 @@ class Worker:
         self._block_ms = max(20, min(BLOCK_MS, claim_idle // 4))
         self.batches = 0
         self.predictions = 0
+        self.record_errors = 0
         self.timings: dict[str, float] = {}
 
     # -- the loop ---------------------------------------------------------------------------
@@ -149,6 +195,10 @@ class Worker:
             try:
                 await self.ensure_group()
                 await self.poll_model()
+                if self._stash:
+                    stashed, self._stash = self._stash, []
+                    await self.process(stashed)
+                    continue
                 if time.monotonic() - self._last_claim >= self._claim_every_s:
                     await self.claim()
                 start = "0" if pending_own else ">"
@@ -160,6 +210,8 @@ class Worker:
                 entries = reply[0][1] if reply else []
                 if pending_own and not entries:
                     pending_own = False
+                elif entries and not pending_own:
+                    entries += await self._drain(READ_COUNT - len(entries))
                 await self.process([parse_event(i, f, self.interval_ms) for i, f in entries if f])
                 backoff.reset()
             except ResponseError as exc:
@@ -168,6 +220,21 @@ class Worker:
                 await self._retry(backoff, exc)
             except (RedisError, OSError) as exc:
                 await self._retry(backoff, exc)
+
+    async def _drain(self, room: int) -> list[Any]:
+        """What else has arrived, without blocking: a blocked read returns as soon as the first
+        event of a burst is written (Redis serves it after that one command), and the rest of
+        the burst belongs in the same batch rather than in a second forward pass after it."""
+        out: list[Any] = []
+        while room > 0:
+            reply: Any = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=room)
+            raise_if_cancelled()
+            entries = reply[0][1] if reply else []
+            if not entries:
+                break
+            out += entries
+            room -= len(entries)
+        return out
 
     async def _retry(self, backoff: Backoff, exc: BaseException) -> None:
         delay = backoff.next_delay()
@@ -210,8 +277,10 @@ class Worker:
         """XACK each batch once its predictions are out, in order."""
         backoff = Backoff(0.1, 5.0)
         while True:
-            ticket, ids = await self._acks.get()
+            ticket, ids, recorded = await self._acks.get()
             await self.publisher.published(ticket)
+            if recorded is not None:
+                await recorded.wait()
             while True:
                 raise_if_cancelled()
                 try:
@@ -241,6 +310,7 @@ class Worker:
             "fallback_fits": str(self.fallback.fits),
             "mqtt_connected": "1" if self.publisher.connected else "0",
             "unpublished": str(self.publisher.unpublished),
+            "record_errors": str(self.record_errors),
             **{f"last_{k}": f"{v:.2f}" for k, v in self.timings.items()},
         }
 
@@ -271,6 +341,7 @@ class Worker:
             return
         self._failed_version = None
         self.model = Serving(predictor, version)
+        self._settle_due = True
         self.bars.set_look_back(max(predictor.look_back, self.fallback.look_back))
         log.info("serving model %s version %s", predictor.name, version)
 
@@ -279,38 +350,138 @@ class Worker:
     async def process(self, events: Sequence[Event]) -> None:
         if not events:
             return
+        self._idle.clear()
+        try:
+            await self._process(events)
+        finally:
+            self._idle.set()
+
+    async def _process(self, events: Sequence[Event]) -> None:
         invalid = [e.entry_id for e in events if e.feed is None]
         if invalid:
             log.warning("acknowledging %d malformed bar events", len(invalid))
-            self._acks.put_nowait(({}, invalid))
+            self._acks.put_nowait(({}, invalid, None))
         by_time: dict[int, list[Event]] = {}
         for event in events:
             if event.feed is not None:
                 by_time.setdefault(event.open_time_ms, []).append(event)
-        for open_ms in sorted(by_time):
-            await self.boundary(open_ms, by_time[open_ms])
+        times = sorted(by_time)
+        for n, open_ms in enumerate(times):
+            try:
+                await self.boundary(open_ms, by_time[open_ms])
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                # Raised by the boundary's first read, before anything was published: these
+                # events (and the later ones) are in this consumer's pending list, which is not
+                # read again; keep them for after the retry instead of leaving them there.
+                self._stash[:0] = [e for t in times[n:] for e in by_time[t]]
+                raise
 
     async def boundary(self, open_ms: int, events: Sequence[Event]) -> None:
-        """Every feed whose bar ``open_ms`` closed: one read, one forward pass, one publish."""
+        """Every feed whose bar ``open_ms`` closed: one read, forward passes, hand-overs to MQTT.
+
+        The forward passes run in chunks of PREDICT_CHUNK feeds, all queued at once on the
+        predictor thread: while it computes the next chunk, the loop hands the previous one's
+        predictions to MQTT, so the first predictions leave before the last are computed. While
+        chunks are still computing, the loop also looks for more events of the same bar (the
+        streamer writes 500 bars per transaction: 1000 feeds arrive as two batches) and queues
+        their chunks right behind, instead of starting a second boundary after this one.
+
+        The held bars are only written by this method (the consume task runs one boundary at a
+        time), so the batches given to the predictor thread are views that stay valid meanwhile:
+        a later batch of the same bar writes other feeds' rows of the same column.
+        """
         started = time.perf_counter()
+        events = list(events)
         feeds = list(dict.fromkeys(e.feed for e in events if e.feed is not None))
-        histories = await self.bars.at([(feed, open_ms) for feed in feeds])
+        full_reads = self.bars.full_reads
+        histories = await self.bars.at(feeds, open_ms)
+        if self.bars.full_reads != full_reads:
+            self._settle_due = True  # lasting state was built: freeze it, see heap.py
         read = time.perf_counter()
-        ready = [feed for feed in feeds if feed in histories]
+        ready = histories.ready
         if len(ready) < len(feeds):
             log.warning("%d of %d bars at %d are not in Redis; their events are acknowledged",
                         len(feeds) - len(ready), len(feeds), open_ms)
         if self.fallback.fits == 0 and self._fallback_serves(ready, histories):
             await self._refit_fallback(ready, histories)  # the very first fit serves at once
-        forecasts = await self._predict(ready, histories)
-        predicted = time.perf_counter()
+        jobs = [(*job, histories) for job in self._jobs(ready, histories)]
+        running = [self._start(serving, group, batch, inline=len(jobs) == 1 and len(group) <= INLINE_MAX)
+                   for serving, group, batch, _ in jobs]
+        seen = set(feeds)
+        record = _Record(open_ms, [], [], [], [], {}, asyncio.Event(), {})
+        ticket = record.ticket
+        submit_s = 0.0
+        i = 0
+        while i < len(jobs):
+            serving, group, batch, held = jobs[i]
+            results = await self._results(running[i], serving, group, batch)
+            handed = time.perf_counter()
+            ticket.update(self._hand_over(open_ms, group, results, held, record))
+            submit_s += time.perf_counter() - handed
+            i += 1
+            if i < len(jobs):
+                more = await self._more_of(open_ms, seen, events)
+                if more is not None:
+                    jobs += [(*job, more) for job in self._jobs(more.ready, more)]
+                    running += [self._start(sv, g, b, inline=False) for sv, g, b, _ in jobs[len(running):]]
+        done = time.perf_counter()
+        record.timings.update(read_ms=(read - started) * 1000, predict_ms=(done - read - submit_s) * 1000,
+                              submit_ms=submit_s * 1000)
+        self.timings.update(record.timings)
+        self._records.put_nowait(record)
+        self._acks.put_nowait((ticket, [e.entry_id for e in events], record.done))
+        self.batches += 1
+        self.predictions += len(record.predictions)
+        # After the hand-over, off the boundary's latency:
+        if self.fallback.refit_due and self._fallback_serves(ready, histories):
+            await self._refit_fallback(ready, histories)
+        self.bars.make_room(open_ms + self.interval_ms)
+
+    async def _more_of(self, open_ms: int, seen: set[Feed], events: list[Event]) -> Histories | None:
+        """Events of bar ``open_ms`` that arrived meanwhile (added to ``events``), and their bars.
+
+        Events of other bars wait in ``_stash`` for the consume loop. A Redis error only ends the
+        look-ahead: this boundary is already being published, and what was read is processed by
+        the consume loop (from the stash) after it.
+        """
+        try:
+            reply: Any = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"},
+                                                     count=READ_COUNT)
+        except (RedisError, OSError) as exc:
+            log.debug("no look-ahead for bar %d: %s", open_ms, exc)
+            return None
+        raise_if_cancelled()
+        same: list[Event] = []
+        for event in (parse_event(i, f, self.interval_ms) for i, f in (reply[0][1] if reply else []) if f):
+            (same if event.feed is not None and event.open_time_ms == open_ms else self._stash).append(event)
+        if not same:
+            return None
+        fresh = [f for f in dict.fromkeys(e.feed for e in same if e.feed is not None) if f not in seen]
+        try:
+            more = await self.bars.at(fresh, open_ms)
+        except (RedisError, OSError) as exc:
+            log.debug("look-ahead bars of bar %d not read: %s", open_ms, exc)
+            self._stash += same
+            return None
+        events += same  # acknowledged with this boundary (a repeated event of a feed: not predicted twice)
+        seen.update(fresh)
+        if len(more.ready) < len(fresh):
+            log.warning("%d of %d bars at %d are not in Redis; their events are acknowledged",
+                        len(fresh) - len(more.ready), len(fresh), open_ms)
+        return more
+
+    def _hand_over(self, open_ms: int, feeds: Sequence[Feed], results: Sequence[tuple[Forecast, Serving]],
+                   histories: Histories, record: _Record) -> Ticket:
+        """Predictions of one chunk to MQTT; kept in ``record`` for the Redis bookkeeping."""
         created = now_ms()
+        last_volumes = histories.last_volumes(feeds)
+        latest = [histories.latest(feed) for feed in feeds]
         predictions = [
             Prediction(
                 feed=feed,
                 open_time_ms=open_ms + feed.interval_ms,
                 last_bar_ms=open_ms,
-                last_volume=histories[feed].last_volume,
+                last_volume=last_volume,
                 volume=forecast.volume,
                 quantiles=forecast.quantiles,
                 model_name=serving.predictor.name,
@@ -318,61 +489,94 @@ class Worker:
                 baseline=serving.baseline,
                 created_ms=created,
             )
-            for feed, (forecast, serving) in zip(ready, forecasts, strict=True)
+            for feed, last_volume, (forecast, serving) in zip(feeds, last_volumes, results, strict=True)
         ]
-        prefix = self.settings.mqtt.topic_prefix
         payloads = [p.to_json() for p in predictions]  # once: MQTT and both Redis records use it
-        ticket = self.publisher.submit([(forecast_topic(prefix, p.feed), payload)
-                                        for p, payload in zip(predictions, payloads, strict=True)
-                                        if histories[p.feed].latest])
-        submitted = time.perf_counter()
-        await self._record(predictions, payloads, histories)
-        self.timings = {"read_ms": (read - started) * 1000, "predict_ms": (predicted - read) * 1000,
-                        "submit_ms": (submitted - predicted) * 1000,
-                        "record_ms": (time.perf_counter() - submitted) * 1000}
-        log.debug("bar %d: %d predictions; %s", open_ms, len(predictions),
-                  ", ".join(f"{k} {v:.1f}" for k, v in self.timings.items()))
-        self.batches += 1
-        self.predictions += len(predictions)
-        self._acks.put_nowait((ticket, [e.entry_id for e in events]))
-        if self.fallback.refit_due and self._fallback_serves(ready, histories):
-            await self._refit_fallback(ready, histories)  # after the boundary: off its latency
+        ticket = self.publisher.submit([(self._topic(p.feed), payload)
+                                        for p, payload, newest in zip(predictions, payloads, latest, strict=True)
+                                        if newest])
+        record.predictions.extend(predictions)
+        record.payloads.extend(payloads)
+        record.latest.extend(latest)
+        record.last_volumes.extend(last_volumes)
+        return ticket
 
-    def _fallback_serves(self, feeds: Sequence[Feed], histories: Mapping[Feed, History]) -> bool:
+    def _topic(self, feed: Feed) -> str:
+        topic = self._topics.get(feed)
+        if topic is None:
+            topic = self._topics[feed] = forecast_topic(self.settings.mqtt.topic_prefix, feed)
+        return topic
+
+    def _feed_key(self, feed: Feed) -> str:
+        key = self._feed_keys.get(feed)
+        if key is None:
+            key = self._feed_keys[feed] = feed_key(feed)
+        return key
+
+    def _fallback_serves(self, feeds: Sequence[Feed], histories: Histories) -> bool:
         model = self.model
-        return bool(feeds) and (model is None or any(
-            len(histories[f].frame) < model.predictor.look_back for f in feeds))
-
-    async def _predict(self, feeds: Sequence[Feed], histories: Mapping[Feed, History]
-                       ) -> list[tuple[Forecast, Serving]]:
-        """One forward pass of the model; feeds it cannot serve (or all, before a model) go to the
-        fallback baselines, one batched call per baseline and history length."""
         if not feeds:
-            return []
+            return False
+        if model is None:
+            return True
+        history_length = model.predictor.history_length
+        return any(history_length(n) is None for n in {histories.length(f) for f in feeds})
+
+    def _jobs(self, feeds: Sequence[Feed], histories: Histories) -> list[tuple[Serving, list[Feed], Batch]]:
+        """The forward passes of a boundary: the model for the feeds it can serve (all of them,
+        usually), the fallback baselines for the rest (or all, before a model), grouped by
+        predictor and history length, in chunks of at most PREDICT_CHUNK feeds."""
         model = self.model
-        loop = asyncio.get_running_loop()
-        out: dict[Feed, tuple[Forecast, Serving]] = {}
         groups: dict[tuple[int, int], tuple[Serving, list[Feed]]] = {}
         for feed in feeds:
-            length = len(histories[feed].frame)
-            if model is not None and length >= model.predictor.look_back:
-                serving = model
-            else:
-                predictor = self.fallback.choose(length)
+            available = histories.length(feed)
+            length = model.predictor.history_length(available) if model is not None else None
+            serving = model
+            if serving is None or length is None:
+                predictor = self.fallback.choose(available)
                 serving = Serving(predictor, None)
-                # Baselines stack equal-length tails: group by the length they will use.
-                length = min(length, predictor.look_back)
+                length = predictor.history_length(available)
+                assert length is not None  # every ready feed holds at least its bar open_ms
             groups.setdefault((id(serving.predictor), length), (serving, []))[1].append(feed)
-        for serving, group in groups.values():
-            for feed, result in zip(group, await self._run_group(serving, group, histories, loop), strict=True):
-                out[feed] = result
         if any(serving.baseline for serving, _ in groups.values()):
             self.fallback.served()
-        return [out[feed] for feed in feeds]
+        return [(serving, group_feeds, batch)
+                for (_, length), (serving, group) in groups.items()
+                for group_feeds, batch in histories.batches(group, length, PREDICT_CHUNK)]
 
-    async def _refit_fallback(self, feeds: Sequence[Feed], histories: Mapping[Feed, History]) -> None:
+    def _start(self, serving: Serving, feeds: Sequence[Feed], batch: Batch, *, inline: bool
+               ) -> asyncio.Future[list[Forecast]]:
+        """Queue a forward pass on the predictor thread, or run it now (a small boundary: handing
+        it to the thread and back costs two thread wake-ups, which took 2-10 ms each on a busy
+        2-core machine, more than the 100-feed forward pass itself)."""
+        loop = asyncio.get_running_loop()
+        keys = [self._feed_key(f) for f in feeds]
+        if not inline:
+            return loop.run_in_executor(self._executor, serving.predictor.predict_batch, batch, keys)
+        done: asyncio.Future[list[Forecast]] = loop.create_future()
+        try:
+            done.set_result(serving.predictor.predict_batch(batch, keys))
+        except Exception as exc:  # _results serves the naive baseline instead
+            done.set_exception(exc)
+        return done
+
+    async def _results(self, running: asyncio.Future[list[Forecast]], serving: Serving, feeds: Sequence[Feed],
+                       batch: Batch) -> list[tuple[Forecast, Serving]]:
+        try:
+            return [(fc, serving) for fc in await running]
+        except Exception as exc:  # a model that cannot serve these histories must not stop the others
+            log.error("%s (version %s) failed on %d histories, serving the naive baseline: %s",
+                      serving.predictor.name, serving.version or "baseline", len(feeds), exc)
+            naive = Serving(self.naive, None)
+            forecasts = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self.naive.predict_batch, batch, [self._feed_key(f) for f in feeds])
+            return [(fc, naive) for fc in forecasts]
+
+    async def _refit_fallback(self, feeds: Sequence[Feed], histories: Histories) -> None:
         """Refit the fallback baselines on the histories at hand, beside the loop, between boundaries."""
-        frames = [(feed_key(f), histories[f].frame) for f in feeds]
+        # The refit uses the longest max_fit_feeds histories: copy only those out of the matrix.
+        longest = sorted(feeds, key=histories.length, reverse=True)[: self.fallback.max_fit_feeds]
+        frames = [(self._feed_key(f), histories.frame(f, self.bars.look_back)) for f in longest]
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self.fallback.refit, frames)
         except Exception as exc:  # a failed refit keeps the previous fit, which still serves
@@ -381,85 +585,69 @@ class Worker:
         log.info("fallback baselines refitted on %d feeds (HAR %s)", len(frames),
                  "fitted" if self.fallback.har is not None else "not yet: histories too short")
 
-    async def _run_group(self, serving: Serving, feeds: Sequence[Feed], histories: Mapping[Feed, History],
-                         loop: asyncio.AbstractEventLoop) -> list[tuple[Forecast, Serving]]:
-        batch = [(feed_key(f), histories[f].frame) for f in feeds]
-        try:
-            forecasts = await loop.run_in_executor(self._executor, serving.predictor.predict, batch)
-            return [(fc, serving) for fc in forecasts]
-        except Exception as exc:  # a model that cannot serve these histories must not stop the others
-            log.error("%s (version %s) failed on %d histories, serving the naive baseline: %s",
-                      serving.predictor.name, serving.version or "baseline", len(feeds), exc)
-            naive = Serving(self.naive, None)
-            forecasts = await loop.run_in_executor(self._executor, self.naive.predict, batch)
-            return [(fc, naive) for fc in forecasts]
+    # -- the Redis bookkeeping, after the hand-over ---------------------------------------------
 
-    async def _record(self, predictions: Sequence[Prediction], payloads: Sequence[bytes],
-                      histories: Mapping[Feed, History]) -> None:
-        """Predictions, realised errors and live scores into Redis, in two pipelined round trips."""
-        keys = self.keys
-        kept = self.settings.forecaster.predictions_kept
-        # What the realised errors need and this process may not hold: the prediction of the bar
-        # that just closed, and the feed's score window (another worker had the previous bar).
-        lookups: list[tuple[str, Feed]] = []
-        reads = self.redis.pipeline(transaction=False)
-        for p in predictions:
-            closed = p.last_bar_ms
-            mine = self._predicted.get(p.feed)
-            if mine is None or mine.open_time_ms != closed:
-                reads.xrange(keys.predictions(p.feed), min=f"{closed}-0", max=f"{closed}-0")
-                lookups.append(("prediction", p.feed))
-            if not self.scores.follows(p.feed, closed):
-                reads.xrevrange(keys.realised(p.feed), max=f"{closed - 1}", count=self.scores.window - 1)
-                lookups.append(("scores", p.feed))
-        earlier: dict[Feed, tuple[float, float, str]] = {}
-        for p in predictions:
-            mine = self._predicted.get(p.feed)
-            if mine is not None and mine.open_time_ms == p.last_bar_ms:
-                earlier[p.feed] = (mine.volume, mine.last_volume, mine.model_version)
-        if lookups:
-            replies: list[Any] = await reads.execute()
-            for (kind, feed), reply in zip(lookups, replies, strict=True):
-                if kind == "prediction" and reply:
-                    fields = reply[0][1]
-                    try:
-                        earlier[feed] = (float(fields[b"volume"]), float(fields[b"last_volume"]),
-                                         fields.get(b"model_version", b"").decode())
-                    except (KeyError, ValueError):
-                        log.warning("unreadable prediction entry for %s at %s", feed, reply[0][0])
-                elif kind == "scores":
-                    records = []
-                    for _, fields in reversed(reply):
-                        try:
-                            records.append(Realised.from_fields(fields))
-                        except ValueError:
-                            continue
-                    self.scores.load(feed, records)
-        writes = self.redis.pipeline(transaction=False)
-        for p, payload in zip(predictions, payloads, strict=True):
-            fields = p.to_fields(payload)
-            writes.xadd(keys.predictions(p.feed), _enc(fields), id=f"{p.open_time_ms}-0", maxlen=kept, approximate=True)
-            if histories[p.feed].latest:
-                writes.hset(keys.prediction(p.feed), mapping=_enc(fields))
-                self._predicted[p.feed] = p
-            before = earlier.get(p.feed)
-            if before is not None:
-                realised = Realised(p.last_bar_ms, before[0], histories[p.feed].last_volume, before[1], before[2])
-                writes.xadd(keys.realised(p.feed), _enc(realised.to_fields()), id=f"{p.last_bar_ms}-0",
-                            maxlen=kept, approximate=True)
-                writes.hset(keys.scores(p.feed), mapping=_enc({**self.scores.add(p.feed, realised),
-                                                               "updated_ms": str(now_ms())}))
+    async def record(self) -> None:
+        """Write each published boundary's predictions, realised errors and scores, in order.
+
+        Redis unavailable: retried with backoff (the boundary's events stay unacknowledged).
+        A write Redis refuses (say, a key of the wrong type) is logged and counted, and the
+        events are acknowledged anyway: retrying would hold every later boundary back.
+        """
+        backoff = Backoff(0.1, 5.0)
+        while True:
+            job = await self._records.get()
+            with contextlib.suppress(TimeoutError):
+                # The broker is forwarding the predictions to subscribers: do not take the CPU
+                # from it now, unless it cannot be reached (the records are due anyway).
+                async with asyncio.timeout(RECORD_AFTER_PUBLISH_S):
+                    await self.publisher.published(job.ticket)
+            await self._until_idle()
+            started = time.perf_counter()
+            writes: list[list[str]] | None = None
+            while True:
+                raise_if_cancelled()
+                try:
+                    if writes is None:
+                        writes = await self.recorder.writes(job.predictions, job.payloads, job.latest,
+                                                            job.last_volumes, self._until_idle)
+                        writes += self._status_writes(job)
+                    await self.recorder.apply(writes)
+                    backoff.reset()
+                    break
+                except ResponseError as exc:
+                    self.record_errors += 1
+                    log.error("predictions of bar %d not recorded: %s", job.open_ms, exc)
+                    break
+                except (RedisError, OSError) as exc:
+                    await self._retry(backoff, exc)
+            job.done.set()
+            self.timings["record_ms"] = (time.perf_counter() - started) * 1000
+            if self._settle_due and self._records.empty():
+                await self._until_idle()
+                self._settle_due = False
+                heap.settle()
+            log.debug("bar %d: %d predictions; %s, record_ms %.1f", job.open_ms, len(job.predictions),
+                      ", ".join(f"{k} {v:.1f}" for k, v in job.timings.items()), self.timings["record_ms"])
+
+    async def _until_idle(self) -> None:
+        """Let a boundary being predicted go first (the next batch of a burst of closes often
+        arrives while the previous one is recorded), but not for longer than RECORD_DEFER_S."""
+        await asyncio.sleep(0)
+        if not self._idle.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RECORD_DEFER_S):
+                    await self._idle.wait()
+
+    def _status_writes(self, job: _Record) -> list[list[str]]:
+        key = self.keys.forecaster()
         status = self.status()
-        status["last_bar_ms"] = str(predictions[0].last_bar_ms) if predictions else ""
-        status["last_batch_size"] = str(len(predictions))
-        writes.hset(keys.forecaster(), mapping=_enc(status))
-        writes.hincrby(keys.forecaster(), "predictions", len(predictions))
-        writes.hincrby(keys.forecaster(), "batches", 1)
-        for result in await writes.execute(raise_on_error=False):
-            if isinstance(result, ResponseError) and "equal or smaller" in str(result):
-                continue  # a replayed event: this prediction or realised error is already written
-            if isinstance(result, Exception):
-                raise result
+        status["last_bar_ms"] = str(job.open_ms) if job.predictions else ""
+        status["last_batch_size"] = str(len(job.predictions))
+        flat = ["h", key]
+        for name, value in status.items():
+            flat += [name, value]
+        return [flat, ["i", key, "predictions", str(len(job.predictions))], ["i", key, "batches", "1"]]
 
 
 async def run(settings: Settings, *, consumer: str | None = None) -> None:
@@ -471,5 +659,6 @@ async def run(settings: Settings, *, consumer: str | None = None) -> None:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(publisher.run(), name="publisher")
             tasks.create_task(worker.consume(), name="consume")
+            tasks.create_task(worker.record(), name="record")
             tasks.create_task(worker.acknowledge(), name="acknowledge")
             tasks.create_task(worker.heartbeat(), name="heartbeat")

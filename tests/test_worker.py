@@ -60,6 +60,12 @@ async def test_one_prediction_per_symbol_per_bar_with_baseline_and_retained(sett
                     assert p.baseline and p.model_name == "har" and p.model_version == "baseline"
                     assert p.volume > 0 and p.feed.exchange == "binance" and p.feed.interval_ms == MINUTE
                     assert p.last_volume == float(series[p.feed][HISTORY + step].volume)
+            for _ in range(100):  # acknowledged once published and recorded
+                pending = await redis.xpending(keys.bar_events(MINUTE), settings.forecaster.group)
+                if pending["pending"] == 0:
+                    break
+                await asyncio.sleep(0.05)
+            assert pending["pending"] == 0
             # Redis: latest prediction, the predictions stream, realised errors and live scores.
             feed = feeds[0]
             latest = await redis.hgetall(keys.prediction(feed))
@@ -73,12 +79,6 @@ async def test_one_prediction_per_symbol_per_bar_with_baseline_and_retained(sett
             assert actual == float(series[feed][HISTORY + 2].volume)
             scores = await redis.hgetall(keys.scores(feed))
             assert int(scores[b"n"]) == 2 and float(scores[b"rmse_log"]) >= 0 and b"mase" in scores
-            for _ in range(100):  # acknowledged once published
-                pending = await redis.xpending(keys.bar_events(MINUTE), settings.forecaster.group)
-                if pending["pending"] == 0:
-                    break
-                await asyncio.sleep(0.05)
-            assert pending["pending"] == 0
             status = await redis.hgetall(keys.forecaster())
             assert status[b"baseline"] == b"1" and int(status[b"predictions"]) == 9
         # A subscriber arriving after the fact gets the retained latest prediction of each feed.

@@ -1,0 +1,189 @@
+"""Predictions, realised errors and live scores into Redis, after the predictions are published.
+
+Per feed and boundary that is four writes (the predictions stream, the latest-prediction hash,
+the realised stream and the scores hash) of about ten fields each. Queued through a redis-py
+pipeline, 1000 feeds cost 100-300 ms of the worker's CPU, mostly redis-py packing 4000
+commands argument by argument. Here the writes of a boundary go to Redis as a few JSON documents
+(orjson, a few ms) that one Lua script (``WRITE_SCRIPT``) unpacks and applies: the same keys,
+ids and fields as before, written by Redis itself.
+
+The script writes keys it is not given as KEYS, so it needs a single Redis node, not a Cluster
+(volcast's deployment: one Redis).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from forecaster.live_scores import LiveScores, Realised
+from forecaster.payload import Prediction
+from volcast.keys import Feed, RedisKeys
+
+log = logging.getLogger(__name__)
+
+WRITE_SCRIPT = """
+-- ARGV[1]: MAXLEN (approximate) of the streams; ARGV[2]: a JSON array of writes, each one of
+--   ["x", key, id, field, value, ...]   XADD key MAXLEN ~ ARGV[1] id field value ...
+--   ["h", key, field, value, ...]       HSET key field value ...
+--   ["i", key, field, n]                HINCRBY key field n
+-- Returns how many XADDs were refused as not newer than the stream's last entry (a replayed
+-- event: that entry is already written); any other error ends the script with that error.
+local maxlen = ARGV[1]
+local replayed = 0
+for _, w in ipairs(cjson.decode(ARGV[2])) do
+  local reply
+  if w[1] == 'x' then
+    reply = redis.pcall('XADD', w[2], 'MAXLEN', '~', maxlen, unpack(w, 3))
+  elseif w[1] == 'h' then
+    reply = redis.pcall('HSET', unpack(w, 2))
+  else
+    reply = redis.pcall('HINCRBY', w[2], w[3], w[4])
+  end
+  if type(reply) == 'table' and reply.err then
+    if string.find(reply.err, 'equal or smaller', 1, true) then
+      replayed = replayed + 1
+    else
+      return redis.error_reply(reply.err)
+    end
+  end
+end
+return replayed
+"""
+
+CHUNK = 1000
+"""Writes per script call: Redis serves other clients between two calls."""
+SLICE = 100
+"""Predictions turned into writes between two pauses (about 1-2 ms of CPU)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What one boundary's record wrote."""
+
+    writes: int
+    replayed: int
+
+
+def _flat(kind: str, key: str, fields: Mapping[str, str], *head: str) -> list[str]:
+    out = [kind, key, *head]
+    for name, value in fields.items():
+        out.append(name)
+        out.append(value)
+    return out
+
+
+class Recorder:
+    """Turns each boundary's predictions into Redis writes; holds what the next boundary needs."""
+
+    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, *, kept: int, score_window: int) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.kept = kept
+        self.scores = LiveScores(score_window)
+        self._predicted: dict[Feed, Prediction] = {}
+        self._sha: str | None = None
+
+    def forget(self, feed: Feed) -> None:
+        self._predicted.pop(feed, None)
+
+    async def writes(self, predictions: Sequence[Prediction], payloads: Sequence[bytes],
+                     latest: Sequence[bool], last_volumes: Sequence[float],
+                     pause: Callable[[], Awaitable[None]] | None = None) -> list[list[str]]:
+        """The writes of one boundary's predictions (reads what this process does not hold).
+
+        ``pause`` is awaited every SLICE predictions: the worker lets a boundary that is being
+        predicted go first.
+        """
+        keys = self.keys
+        earlier = await self._earlier(predictions)
+        out: list[list[str]] = []
+        for i, (p, payload, newest, actual) in enumerate(zip(predictions, payloads, latest, last_volumes, strict=True)):
+            if pause is not None and i and not i % SLICE:
+                await pause()
+            fields = p.to_fields(payload)
+            out.append(_flat("x", keys.predictions(p.feed), fields, f"{p.open_time_ms}-0"))
+            if newest:
+                out.append(_flat("h", keys.prediction(p.feed), fields))
+                self._predicted[p.feed] = p
+            before = earlier.get(p.feed)
+            if before is not None:
+                realised = Realised(p.last_bar_ms, before[0], actual, before[1], before[2])
+                out.append(_flat("x", keys.realised(p.feed), realised.to_fields(), f"{p.last_bar_ms}-0"))
+                scores = self.scores.add(p.feed, realised)
+                scores["updated_ms"] = str(p.created_ms)
+                out.append(_flat("h", keys.scores(p.feed), scores))
+        return out
+
+    async def _earlier(self, predictions: Sequence[Prediction]) -> dict[Feed, tuple[float, float, str]]:
+        """(volume, last_volume, version) of each feed's prediction of the bar that just closed.
+
+        Read back from Redis when this process did not make it (another worker of the group did,
+        or this one restarted), together with the feed's window of realised errors.
+        """
+        earlier: dict[Feed, tuple[float, float, str]] = {}
+        lookups: list[tuple[str, Feed]] = []
+        reads = self.redis.pipeline(transaction=False)
+        for p in predictions:
+            closed = p.last_bar_ms
+            mine = self._predicted.get(p.feed)
+            if mine is not None and mine.open_time_ms == closed:
+                earlier[p.feed] = (mine.volume, mine.last_volume, mine.model_version)
+            else:
+                reads.xrange(self.keys.predictions(p.feed), min=f"{closed}-0", max=f"{closed}-0")
+                lookups.append(("prediction", p.feed))
+            if not self.scores.follows(p.feed, closed):
+                reads.xrevrange(self.keys.realised(p.feed), max=f"{closed - 1}", count=self.scores.window - 1)
+                lookups.append(("scores", p.feed))
+        if not lookups:
+            return earlier
+        replies: list[Any] = await reads.execute()
+        for (kind, feed), reply in zip(lookups, replies, strict=True):
+            if kind == "prediction" and reply:
+                fields = reply[0][1]
+                try:
+                    earlier[feed] = (float(fields[b"volume"]), float(fields[b"last_volume"]),
+                                     fields.get(b"model_version", b"").decode())
+                except (KeyError, ValueError):
+                    log.warning("unreadable prediction entry for %s at %s", feed, reply[0][0])
+            elif kind == "scores":
+                records = []
+                for _, entry in reversed(reply):
+                    try:
+                        records.append(Realised.from_fields(entry))
+                    except ValueError:
+                        continue
+                self.scores.load(feed, records)
+        return earlier
+
+    async def apply(self, writes: Sequence[list[str]]) -> Recorded:
+        """Run the writes in Redis: one pipeline of script calls, CHUNK writes each."""
+        if not writes:
+            return Recorded(0, 0)
+        chunks = [orjson.dumps(writes[lo:lo + CHUNK]) for lo in range(0, len(writes), CHUNK)]
+        for attempt in (1, 2):
+            sha = self._sha or await self._load()
+            pipe = self.redis.pipeline(transaction=False)
+            for chunk in chunks:
+                pipe.evalsha(sha, 0, str(self.kept), chunk)
+            try:
+                replies: list[Any] = await pipe.execute()
+            except NoScriptError:
+                # Redis restarted (or SCRIPT FLUSH) since the script was loaded: load it again.
+                if attempt == 2:
+                    raise
+                self._sha = None
+                continue
+            return Recorded(len(writes), sum(int(r) for r in replies))
+        raise AssertionError("unreachable")
+
+    async def _load(self) -> str:
+        sha: Any = await self.redis.script_load(WRITE_SCRIPT)
+        self._sha = sha.decode() if isinstance(sha, bytes) else str(sha)
+        return self._sha
