@@ -3,12 +3,24 @@
     .venv/bin/python benchmarks/ingest.py --json [--quick]
 
 1. Bare ccxt: ``watch_trades`` (ring buffer raised to hold the whole flood) on a flood of
-   ``--trades`` synthetic trades from ``volcast replay --flood`` (its own process).
+   ``--trades`` synthetic trades from the simulator's flood server (what ``volcast replay --flood``
+   runs) in its own process.
 2. Pipeline: the same flood through ``streamer.service.run`` (hooked trades -> aggregator -> closed
    bars -> Redis). Both rates are first trade seen to last trade seen; the pipeline's is read from
-   its health hash, polled every 20 ms.
+   its health hash, polled every 20 ms. The flood server stays up (REST included) until the bars
+   are in Redis: a new feed backfills the trades published before its own (its first hour of
+   history, as from a live exchange) and its bars wait for that.
 3. Memory: ``volcast stream`` as its own process on 100 symbols of a looping real-trade replay (1h
-   bars), RSS sampled after a warm-up and at the end of the run (a few minutes; ``--quick``: ~1).
+   bars, about 43 trades/s per symbol), RSS sampled after a warm-up and at the end of the run (a
+   few minutes; ``--quick``: ~1). ``rss_mb_100_symbols`` is the peak VmRSS of that process alone:
+   not the replay server's (another process) nor this one's. What it is made of: docs/streamer.md
+   ("Memory"). It grows when the streamer falls behind (websocket buffers), so a loaded machine
+   reads higher.
+4. One 1h bar: the replay's loop moves a day per pass, so in step 3 each 1h bar holds one pass
+   (46 s) of trades, and memory that grows with the trades in a bar cannot show. Here the
+   aggregator alone takes an hour of the tape's trades (its rate, consecutive ids) into one bar,
+   and tracemalloc says what it keeps: ``aggregator_mb_per_symbol_1h_bar`` (x 100 symbols, and a
+   bar's ids are remembered for two more bars after it closes).
 
 Needs Redis at 127.0.0.1:6379; every key is under a random prefix, deleted afterwards.
 """
@@ -19,12 +31,18 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
+import multiprocessing
 import os
 import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 import uuid
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +52,15 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from streamer.aggregator import BarAggregator  # noqa: E402
 from streamer.service import run  # noqa: E402
+from streamer.simulator import ReplayServer, synthetic_tape  # noqa: E402
+from streamer.trades_csv import read_trades  # noqa: E402
 from volcast.keys import Feed, RedisKeys  # noqa: E402
 from volcast.settings import settings_from_mapping  # noqa: E402
 
 TAPE = ROOT / "tests" / "data" / "binance_BTCUSDT_trades_2021-01-08_000000-000046.csv.gz"
+HOUR_MS = 3_600_000
 
 
 def _free_port() -> int:
@@ -72,10 +94,46 @@ async def _replay(*args: str) -> Any:
         await process.wait()
 
 
+def _serve_flood(count: int, conn: Connection) -> None:
+    """The flood server's process: ``volcast replay --flood``'s server, up until told to stop."""
+
+    async def serve() -> None:
+        tape = synthetic_tape("BTC/USDT", count)
+        async with ReplayServer([tape], speed=math.inf, start_on_subscribe=True) as server:
+            conn.send(server.port)
+            await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+
+    asyncio.run(serve())
+
+
+@contextlib.asynccontextmanager
+async def _flood(count: int) -> AsyncIterator[int]:
+    context = multiprocessing.get_context("spawn")  # not fork: this process runs an event loop
+    ours, theirs = context.Pipe()
+    process = context.Process(target=_serve_flood, args=(count, theirs), daemon=True)
+    process.start()
+    loop = asyncio.get_running_loop()
+    try:
+        yield await loop.run_in_executor(None, ours.recv)
+    finally:
+        with contextlib.suppress(OSError):
+            ours.send("stop")
+        await loop.run_in_executor(None, process.join, 30)
+        if process.is_alive():
+            process.kill()
+
+
+async def _bars_in_redis(redis: aioredis.Redis, keys: RedisKeys, feed: Feed) -> int:
+    """Trades in the feed's closed bars and in its forming bar."""
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(keys.bars(feed))  # type: ignore[assignment]
+    closed = sum(int(fields[b"trades"]) for _id, fields in entries)
+    return closed + int(await redis.hget(keys.open_bar(feed), "trades") or 0)
+
+
 async def bare_ccxt(count: int) -> float:
     import ccxt.pro
 
-    async with _replay("--flood", str(count), "--symbol", "BTC/USDT") as port:
+    async with _flood(count) as port:
         ex = ccxt.pro.binance({
             "enableRateLimit": False, "urls": _urls(port),
             "options": {"fetchMarkets": {"types": ["spot"]}, "tradesLimit": count + 1},
@@ -95,7 +153,7 @@ async def bare_ccxt(count: int) -> float:
 
 async def pipeline(count: int, prefix: str) -> tuple[float, int, int]:
     """(trades/s, trades aggregated, trades in the bars written to Redis)."""
-    async with _replay("--flood", str(count), "--symbol", "BTC/USDT") as port:
+    async with _flood(count) as port:
         settings = settings_from_mapping({
             "exchanges": [{"id": "binance", "symbols": ["BTC/USDT"], "urls": _urls(port),
                            "options": {"fetchMarkets": {"types": ["spot"]}}}],
@@ -118,13 +176,16 @@ async def pipeline(count: int, prefix: str) -> tuple[float, int, int]:
             if trades and not first:
                 first = time.perf_counter()
             last = time.perf_counter()
-        await asyncio.sleep(3.5)  # the last bars close (clock - watchdog) and are written
+        # The bars close once the feed's backfill is done and its clock - watchdog has passed them.
+        settle = time.monotonic() + 60
+        while time.monotonic() < settle:
+            if await _bars_in_redis(redis, keys, feed) >= trades:
+                break
+            await asyncio.sleep(0.2)
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        in_redis = sum(int(f[b"trades"]) for _id, f in await redis.xrange(keys.bars(feed)))
-        open_bar = await redis.hget(keys.open_bar(feed), "trades")
-        in_redis += int(open_bar or 0)
+        in_redis = await _bars_in_redis(redis, keys, feed)
         await redis.aclose()
         return trades / max(last - first, 1e-9), trades, in_redis
 
@@ -172,6 +233,29 @@ async def memory(prefix: str, symbols: int, warmup_s: float, run_s: float, tmp: 
         return peak, 100.0 * (final - warm) / warm
 
 
+def hour_bar_memory() -> tuple[int, float]:
+    """(trades, MB the aggregator keeps) for one 1h bar at the tape's trade rate."""
+    tape = list(read_trades(TAPE))
+    first, last = tape[0], tape[-1]
+    per_hour = len(tape) * HOUR_MS // (last.timestamp_ms - first.timestamp_ms + 1)
+    start = first.timestamp_ms - first.timestamp_ms % HOUR_MS
+    id_span = last.trade_id - first.trade_id + 1
+    tracemalloc.start()
+    try:
+        aggregator = BarAggregator(HOUR_MS, 1_000, lambda bar: None)
+        for i in range(per_hour):
+            loop, k = divmod(i, len(tape))
+            trade = tape[k]
+            # New objects per trade, as parsed from the feed: only what the aggregator keeps stays.
+            aggregator.add(
+                replace(trade, timestamp_ms=start + i * HOUR_MS // per_hour, trade_id=trade.trade_id + loop * id_span)
+            )
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    return per_hour, held / 2**20
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     prefix = f"bench-ingest-{uuid.uuid4().hex[:8]}"
     try:
@@ -179,6 +263,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         pipeline_tps, aggregated, in_redis = await pipeline(args.trades, prefix)
         warm, run_s = (30.0, 30.0) if args.quick else (60.0, 180.0)
         rss, growth = await memory(prefix + "-mem", 100, warm, run_s, Path("/tmp"))
+        bar_trades, bar_mb = hour_bar_memory()
     finally:
         redis = aioredis.Redis()
         async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
@@ -194,6 +279,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "rss_mb_100_symbols": round(rss, 1),
         "rss_growth_pct": round(growth, 2),
         "memory_run_s": run_s,
+        "trades_per_symbol_1h_bar": bar_trades,
+        "aggregator_mb_per_symbol_1h_bar": round(bar_mb, 2),
     }
 
 

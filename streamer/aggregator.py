@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
 
+from streamer.trade_ids import TradeIdSet
 from volcast.bar import Bar, BarStatus, Trade
 
 # Ids of this many closed bars are remembered, so a duplicate that arrives just after its bar
@@ -56,7 +57,7 @@ class _Accumulator:
     first_trade_id: int = 0
     last_trade_id: int = 0
     backfilled: bool = False
-    ids: set[int] = field(default_factory=set)
+    ids: TradeIdSet = field(default_factory=TradeIdSet)  # runs of ids: a busy 1h bar must not hold a set
 
     @classmethod
     def starting_with(cls, trade: Trade) -> _Accumulator:
@@ -72,7 +73,10 @@ class _Accumulator:
             last_trade_id=trade.trade_id,
         )
 
-    def add(self, trade: Trade, backfilled: bool) -> None:
+    def add(self, trade: Trade, backfilled: bool) -> bool:
+        """Add the trade to the sums; False (and nothing added) if its id is already in this bar."""
+        if not self.ids.add(trade.trade_id):
+            return False
         key = (trade.timestamp_ms, trade.trade_id)
         price, amount = trade.price, trade.amount
         if key < self.first_key:
@@ -93,7 +97,7 @@ class _Accumulator:
         self.first_trade_id = min(self.first_trade_id, trade.trade_id)
         self.last_trade_id = max(self.last_trade_id, trade.trade_id)
         self.backfilled |= backfilled
-        self.ids.add(trade.trade_id)
+        return True
 
     def to_bar(self, open_time_ms: int, status: BarStatus) -> Bar:
         return Bar(
@@ -147,7 +151,7 @@ class BarAggregator:
         self._start_fixed = start_ms is not None
         self._last_close = last_close
         self._open: dict[int, _Accumulator] = {}
-        self._closed_ids: deque[set[int]] = deque(maxlen=_CLOSED_ID_MEMORY)
+        self._closed_ids: deque[TradeIdSet] = deque(maxlen=_CLOSED_ID_MEMORY)
         self._gaps: list[tuple[int, int]] = []
         self._watermark_ms = -1
         self.trades = 0
@@ -172,13 +176,10 @@ class BarAggregator:
             return Outcome.LATE
         accumulator = self._open.get(open_ms)
         if accumulator is None:
-            self._open[open_ms] = _Accumulator.starting_with(trade)
-            self._open[open_ms].add(trade, backfilled)
-        elif trade.trade_id in accumulator.ids:
+            accumulator = self._open[open_ms] = _Accumulator.starting_with(trade)
+        if not accumulator.add(trade, backfilled):
             self.duplicates += 1
             return Outcome.DUPLICATE
-        else:
-            accumulator.add(trade, backfilled)
         self.trades += 1
         return Outcome.ADDED
 
@@ -238,7 +239,7 @@ class BarAggregator:
             if self._last_close is None:  # only possible before the first trade of a fresh start
                 raise AssertionError("an empty bar before any price is known")
             bar = empty_bar(open_ms, self._last_close, self._status(open_ms, False))
-            self._closed_ids.append(set())
+            self._closed_ids.append(TradeIdSet())
         self._last_close = bar.close
         end_ms = open_ms + self.interval_ms
         self._gaps = [(start, stop) for start, stop in self._gaps if stop > end_ms]

@@ -25,6 +25,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import ccxt.pro
@@ -37,6 +38,7 @@ from streamer.source import (
     drop_connection,
     guard_frames,
     install_hook,
+    subscription_sent,
     trade_from_ccxt,
 )
 from streamer.store import ResumePoint
@@ -57,6 +59,18 @@ _TICK_S = 0.05
 
 class WatchdogTimeout(ccxt.NetworkError):  # type: ignore[misc]
     """The feed was connected but sent nothing for ``streamer.watchdog``."""
+
+
+@dataclass(slots=True)
+class _History:
+    """A history backfill under way (consecutive ids): the REST trades from ``low`` to ``high`` are
+    taken (none yet while they are None), those from ``since`` up to ``low`` are still to fetch.
+    Kept across reconnects: an interrupted backfill goes on where it stopped, instead of the first
+    live trade's id becoming the frontier and the history behind it never being fetched."""
+
+    since: int
+    low: Trade | None = None
+    high: Trade | None = None
 
 
 def now_ms() -> int:
@@ -131,6 +145,12 @@ class FeedRunner:
         # already backfilled (the overlap of a reconnect), not a duplicate the exchange sent.
         self._live_high = -1
         self._first_since: int | None = None
+        self._history: _History | None = None
+        # Trades from this time on may be lost and no trade after the loss has come yet: the gap
+        # ends at the next trade, and until then the feed's bars wait (see _give_up).
+        self._gap_from: int | None = None
+        self._first_live_ms: int | None = None  # exchange time of this session's first websocket trade
+        self._subscribed_at: float | None = None
         self._rest_failures = 0
         self._backfill_high = -1
         self._offset_ms = 0
@@ -158,17 +178,22 @@ class FeedRunner:
             log.warning("%s: malformed trade %r: %r", self.feed.symbol, raw.get("info"), exc)
             return
         tid = trade.trade_id
-        if self.consecutive and self._live_high < tid <= self._backfill_high:
-            self._live_high = tid
+        if self.consecutive and self._live_high < tid and (tid <= self._backfill_high or self._in_history(tid)):
+            self._live_high = tid  # REST had it first (the overlap of a reconnect or of the history)
             return
         self._live_high = max(self._live_high, tid)
+        if self._first_live_ms is None:
+            self._first_live_ms = trade.timestamp_ms
         self._take(trade, backfilled=False)
-        if self._live and not self._ahead:
+        if self._may_close():
             self.aggregator.advance(self.health.last_trade_ms)
 
     def _take(self, trade: Trade, *, backfilled: bool) -> None:
         if self.start_ms is not None and trade.timestamp_ms < self.start_ms:
             return  # already in a bar closed before this process started
+        if self._gap_from is not None and self._history is None and trade.timestamp_ms >= self._gap_from:
+            self.aggregator.mark_gap(self._gap_from, trade.timestamp_ms)  # the loss ends before this trade
+            self._gap_from = None
         if self.consecutive:
             if backfilled and (
                 (self.frontier is not None and trade.trade_id <= self.frontier) or trade.trade_id in self._ahead
@@ -185,35 +210,95 @@ class FeedRunner:
     def _track_id(self, trade: Trade) -> None:
         tid = trade.trade_id
         if self.frontier is None:
-            self.frontier, self.frontier_ms = tid, trade.timestamp_ms
+            if self._history is None:
+                self._set_frontier(tid, trade.timestamp_ms)
+                return
         elif tid == self.frontier + 1:
-            self.frontier, self.frontier_ms = tid, trade.timestamp_ms
-            while self.frontier + 1 in self._ahead:
-                self.frontier += 1
-                self.frontier_ms = self._ahead.pop(self.frontier)
-        elif tid > self.frontier + 1 and tid not in self._ahead:
+            self._advance_frontier(tid, trade.timestamp_ms)
+            return
+        if (self.frontier is None or tid > self.frontier + 1) and tid not in self._ahead:
+            # Beyond a hole; or, while the history is fetched, anywhere: where the known trades
+            # start is decided by that backfill, not by the first live trade.
             self._ahead[tid] = trade.timestamp_ms
             if self._hole_since is None:
                 self._hole_since = time.monotonic()
-        if not self._ahead:
+
+    def _set_frontier(self, tid: int, timestamp_ms: int) -> None:
+        """Every trade up to ``tid`` is known (a jump: ids seen ahead up to it are known too)."""
+        ahead = self._ahead
+        for known in [i for i in ahead if i <= tid]:
+            del ahead[known]
+        self._advance_frontier(tid, timestamp_ms)
+
+    def _advance_frontier(self, tid: int, timestamp_ms: int) -> None:
+        """The frontier moves to ``tid`` (the next id), then over the ids seen ahead that follow it.
+
+        Per trade: no scan of ``_ahead``, whose ids are all beyond the old frontier + 1.
+        """
+        ahead = self._ahead
+        while tid + 1 in ahead:
+            tid += 1
+            timestamp_ms = ahead.pop(tid)
+        self.frontier, self.frontier_ms = tid, timestamp_ms
+        if not ahead:
             self._hole_since = None
 
-    def _give_up_hole(self, end_ms: int) -> None:
-        """Trades after the frontier up to ``end_ms`` cannot be had: their bars close as gaps."""
-        start = self.frontier_ms if self.frontier is not None else self.health.last_trade_ms
-        self.aggregator.mark_gap(start, end_ms + 1)
+    def _give_up(self, start_ms: int, end_ms: int | None) -> None:
+        """Trades from ``start_ms`` up to ``end_ms`` cannot be had: their bars close as gaps.
+
+        ``end_ms`` is the time of the first trade the websocket delivered after the loss. Without
+        one the gap stays open and the bars wait, until a trade comes or ``_close_open_gap`` reads
+        the exchange's clock.
+        """
         self.health.gaps += 1
-        log.warning("%s: trades from %d to %d lost (backfill impossible)", self.symbol, start, end_ms)
+        if self._gap_from is not None:  # an earlier loss still open: one gap from its start
+            start_ms = min(start_ms, self._gap_from)
+        if end_ms is None:
+            self._gap_from = start_ms
+            log.warning("%s: trades from %d on lost (backfill impossible), until a trade comes", self.symbol, start_ms)
+        else:
+            self._gap_from = None
+            self.aggregator.mark_gap(start_ms, end_ms + 1)
+            log.warning("%s: trades from %d to %d lost (backfill impossible)", self.symbol, start_ms, end_ms)
+
+    async def _close_open_gap(self) -> None:
+        """End an open gap at the exchange's clock, read once this feed's subscription has gone out.
+
+        Not the clock estimate of the watermark: after a reconnect the new subscription may not be
+        effective yet, and against a replay faster than real time the estimate lags; either would
+        end the gap before trades that were never received. Called by the ticker until it works
+        (a trade that comes first closes the gap itself, in ``_take``).
+        """
+        if not subscription_sent(self.link.exchange, self.symbol):
+            self._subscribed_at = None
+            return
+        if self._subscribed_at is None or time.monotonic() - self._subscribed_at < _TICK_S:
+            self._subscribed_at = self._subscribed_at or time.monotonic()
+            return  # seen sent on two ticks: ccxt's send task had time to queue and send
+        try:
+            server_ms = await self.link.exchange.fetch_time()
+        except ccxt.BaseError as exc:
+            log.warning("%s: exchange time unknown (%r); the gap stays open", self.symbol, exc)
+            return
+        if self._gap_from is not None and server_ms is not None:
+            end = min(int(server_ms), min(self._ahead.values(), default=int(server_ms)))
+            self.aggregator.mark_gap(self._gap_from, end + 1)
+            log.warning("%s: the gap from %d ends at %d (exchange time)", self.symbol, self._gap_from, end)
+            self._gap_from = None
+
+    def _give_up_hole(self, end_ms: int | None) -> None:
+        """The hole after the frontier cannot be filled (consecutive ids)."""
+        self._give_up(self.frontier_ms if self.frontier is not None else self.health.last_trade_ms, end_ms)
         if self._ahead:
             next_id = min(self._ahead)
-            self.frontier, self.frontier_ms = next_id, self._ahead.pop(next_id)
-            while self.frontier + 1 in self._ahead:
-                self.frontier += 1
-                self.frontier_ms = self._ahead.pop(self.frontier)
+            self._set_frontier(next_id, self._ahead.pop(next_id))
         else:
             self.frontier = None
-        if not self._ahead:
             self._hole_since = None
+
+    def _may_close(self) -> bool:
+        """Bars may close: live, no hole in the ids, no loss whose end is still unknown."""
+        return self._live and not self._ahead and self._gap_from is None
 
     # -- the watermark --------------------------------------------------------------------------
 
@@ -225,7 +310,7 @@ class FeedRunner:
 
     def tick(self) -> None:
         """Advance the bars by the clock; called often by the feed's own ticker."""
-        if self._live and not self._ahead:
+        if self._may_close():
             self.aggregator.advance(self.watermark_ms())
         self.sync_health()
 
@@ -244,6 +329,7 @@ class FeedRunner:
     # -- the connection loop --------------------------------------------------------------------
 
     async def run(self) -> None:
+        task = asyncio.current_task()
         try:
             while True:
                 delay = 0.0
@@ -255,6 +341,11 @@ class FeedRunner:
                     self.health.reconnects += 1
                     delay = self._backoff.next_delay()
                     log.warning("%s: %r; reconnect in %.2fs", self.symbol, group.exceptions[0], delay)
+                # A TaskGroup (3.11) whose child fails while the group is being cancelled raises the
+                # failure and drops the CancelledError: without this check a stop request that meets
+                # a dropped connection is lost, and the feed reconnects and runs on.
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError
                 await asyncio.sleep(delay)
         finally:
             self._live = False
@@ -268,12 +359,17 @@ class FeedRunner:
         self._offset_ms = await self.link.clock_offset_ms()
         check_hook(ex, self.symbol, self._hook)
         self._last_message = time.monotonic()
+        self._first_live_ms = None
         async with asyncio.TaskGroup() as group:
             group.create_task(self._watch(), name=f"watch {self.symbol}")
             group.create_task(self._watchdog(), name=f"watchdog {self.symbol}")
             await self._catch_up()
             self._backoff.reset()
-            group.create_task(self._ticker(), name=f"ticker {self.symbol}")
+            # In the body, not a task: the body then lasts as long as the session, so a failing
+            # child always interrupts one of its awaits, the one case in which TaskGroup (3.11)
+            # gives back the cancellation it used; ``run`` counts on that to tell a stop request
+            # from a dropped connection.
+            await self._ticker()
 
     async def _watch(self) -> None:
         ex = self.link.exchange
@@ -291,9 +387,12 @@ class FeedRunner:
                 raise error
 
     async def _ticker(self) -> None:
+        self._subscribed_at = None
         while True:
             if self._hole_since is not None and time.monotonic() - self._hole_since > _HOLE_PATIENCE_S:
                 await self._fill_holes()
+            if self._gap_from is not None:
+                await self._close_open_gap()
             self.tick()
             await asyncio.sleep(_TICK_S)
 
@@ -303,7 +402,9 @@ class FeedRunner:
         """After (re)connecting: fetch what the websocket missed, then go live."""
         self.health.state = FeedState.BACKFILLING
         exchange_now = self.exchange_now_ms()
-        if self.health.last_trade_ms == 0 and self.frontier is None and self.start_ms is None:
+        if self._history is not None:
+            await self._backfill_recent_by_id(self._history.since)  # interrupted by a disconnect
+        elif self.health.last_trade_ms == 0 and self.frontier is None and self.start_ms is None:
             # A feed without a bar in Redis starts with max_backfill of history, so a feed whose
             # first process died before closing a bar loses nothing, and a new one starts with
             # bars to forecast from. Its first bar is complete from the bar's start; the point is
@@ -381,7 +482,7 @@ class FeedRunner:
             wanted = self.frontier + 1
             trades = await self._fetch(None, {"fromId": wanted})
             if trades is None or empty_rounds >= _BACKFILL_ATTEMPTS:
-                self._give_up_hole(min(self._ahead.values()) if self._ahead else self.exchange_now_ms())
+                self._give_up_hole(min(self._ahead.values(), default=None))
                 empty_rounds = 0
                 continue
             trades = [t for t in trades if t.trade_id >= wanted]
@@ -403,40 +504,88 @@ class FeedRunner:
         if self.consecutive:
             await self._backfill_recent_by_id(since)
             return
+        start = since
         while True:
             trades = await self._fetch(since, {})
             if trades is None:
-                self._give_up_hole(self.exchange_now_ms())
+                # The websocket has had every trade since its first one: the loss ends there.
+                first_live = self._first_live_ms
+                if first_live is None or first_live > since:
+                    self._give_up(since, first_live)
                 return
             for trade in trades:
                 self._take(trade, backfilled=True)
             if len(trades) < page:
+                if self._gap_from is not None:  # a loss left open before: REST has had everything since
+                    self.aggregator.mark_gap(self._gap_from, start)
+                    self._gap_from = None
                 return
             newest = max(t.timestamp_ms for t in trades)
             since = newest if newest > since else since + 1
 
     async def _backfill_recent_by_id(self, since: int) -> None:
-        """Consecutive ids: page back from the newest trades to ``since``, then forward by id."""
-        page = self.settings.streamer.backfill_page
-        trades = await self._fetch(None, {})
-        if trades is None:
-            self.aggregator.mark_gap(since, self.exchange_now_ms())
-            self.health.gaps += 1
-            return
-        collected = trades
-        while collected and collected[0].timestamp_ms >= since and collected[0].trade_id > 0:
-            start_id = max(0, collected[0].trade_id - page)
-            fetched = await self._fetch(None, {"fromId": start_id})
-            if fetched is None:
-                self.aggregator.mark_gap(since, collected[0].timestamp_ms)
-                self.health.gaps += 1
-                break
-            older = [t for t in fetched if t.trade_id < collected[0].trade_id]
-            if not older:
-                break
-            collected = older + collected
-        wanted = [t for t in collected if t.timestamp_ms >= since]
-        for trade in wanted:
-            self._take(trade, backfilled=True)
+        """Consecutive ids: page back from the newest trades to ``since``, then forward by id.
+
+        Each page goes into the bars as it comes (the aggregator takes any order while its bars
+        are open), so memory holds one page, not an hour of trades. Trades the websocket delivers
+        meanwhile wait in ``_ahead``, and a REST trade among them is not taken twice.
+        """
+        if self._history is None:
+            self._history = _History(since)
+        history = self._history
+        await self._page_back(history)
+        # Done (an exception leaves the history pending for the next session).
+        self._history = None
+        if history.high is not None:
+            if self._gap_from is not None:  # a loss left open before: REST has had everything since
+                self.aggregator.mark_gap(self._gap_from, history.since)
+                self._gap_from = None
+            self._backfill_high = max(self._backfill_high, history.high.trade_id)
+            self._set_frontier(history.high.trade_id, history.high.timestamp_ms)
+        elif self.frontier is None and self._ahead:  # REST refused, or had nothing: from the websocket on
+            first = min(self._ahead)
+            self._set_frontier(first, self._ahead.pop(first))
         if self.frontier is not None:
             await self._backfill_ids(hole_only=False)
+
+    async def _page_back(self, history: _History) -> None:
+        since, page = history.since, self.settings.streamer.backfill_page
+        if history.high is None or history.low is None:
+            newest = await self._fetch(None, {})
+            if newest is None:
+                self._give_up(since, min(self._ahead.values(), default=None))
+                return
+            if not newest:
+                return
+            self._take_history(newest, since)
+            history.low, history.high = newest[0], newest[-1]
+        low = history.low
+        while low.timestamp_ms >= since and low.trade_id > 0:
+            fetched = await self._fetch(None, {"fromId": max(0, low.trade_id - page)})
+            if fetched is None:
+                self.aggregator.mark_gap(since, low.timestamp_ms)
+                self.health.gaps += 1
+                return
+            older = [t for t in fetched if t.trade_id < low.trade_id]
+            if not older:
+                return
+            self._take_history(older, since)
+            low = history.low = older[0]
+
+    def _in_history(self, tid: int) -> bool:
+        """``tid`` lies in the REST pages of the history taken so far (ids ``low..high``, no gap)."""
+        history = self._history
+        return history is not None and history.low is not None and history.high is not None and (
+            history.low.trade_id <= tid <= history.high.trade_id
+        )
+
+    def _take_history(self, trades: list[Trade], since: int) -> None:
+        """One REST page of the history: every trade from ``since`` on, unless the websocket had it."""
+        floor = max(since, self.start_ms or since)
+        for trade in trades:
+            tid = trade.trade_id
+            if trade.timestamp_ms < floor or tid in self._ahead or (self.frontier is not None and tid <= self.frontier):
+                continue
+            if self.aggregator.add(trade, backfilled=True) is Outcome.ADDED:
+                self.health.backfilled_trades += 1
+                self.health.last_trade_ms = max(self.health.last_trade_ms, trade.timestamp_ms)

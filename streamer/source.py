@@ -163,6 +163,22 @@ def client_symbols(client: Any) -> list[str]:
     return [h.split("::", 1)[1] for h in hashes if isinstance(h, str) and "::" in h]
 
 
+def subscription_sent(exchange: Any, symbol: str) -> bool:
+    """A connected websocket of ``exchange`` carries ``symbol`` and has no message left to send.
+
+    ccxt sends subscriptions through a per-connection throttle (Binance: one every 250 ms, so
+    resubscribing 50 symbols takes 12 s): registered is not sent. An empty throttle queue (seen
+    again a tick later by the caller, once ccxt's send task has queued) means it went out.
+    """
+    for client in list((exchange.clients or {}).values()):
+        connected = getattr(client, "connected", None)
+        if connected is None or not connected.done() or symbol not in client_symbols(client):
+            continue
+        if not getattr(getattr(client, "throttle", None), "queue", None):
+            return True
+    return False
+
+
 def guard_frames(exchange: Any, on_bad_frame: Callable[[Any, Exception], None]) -> None:
     """Make one bad frame cost one frame, not the connection.
 

@@ -31,6 +31,10 @@ TRADE_FILES = (
     DATA / "binance_XRPETH_trades_2019-10-11_2019-10-13.csv.gz",
 )
 MINUTE_MS = 60_000
+# How long a test waits for something that must happen (a bar closing, the replay ending). The
+# waits are for conditions, so a healthy run never waits this long; it is generous because a
+# shared 2-core machine under load runs these tests several times slower than a quiet one.
+PATIENCE_S = 180.0
 
 
 def write_windows(out_dir: Path, seconds: float, files: Sequence[Path] = TRADE_FILES) -> list[Path]:
@@ -98,7 +102,9 @@ async def redis_bars(redis: aioredis.Redis, keys: RedisKeys, feed: Feed) -> list
     return [Bar.from_fields(fields) for _id, fields in entries]
 
 
-async def wait_for_bar(redis: aioredis.Redis, keys: RedisKeys, feed: Feed, open_time_ms: int, timeout_s: float) -> None:
+async def wait_for_bar(
+    redis: aioredis.Redis, keys: RedisKeys, feed: Feed, open_time_ms: int, timeout_s: float = PATIENCE_S
+) -> None:
     """Until the feed's stream holds a bar opening at or after ``open_time_ms``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

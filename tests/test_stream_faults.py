@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
 from stream_harness import (
+    PATIENCE_S,
+    TRADE_FILES,
     delete_prefix,
     offline_bars,
     redis_bars,
@@ -36,9 +39,9 @@ def _api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def _stream_with_faults(
-    tmp_path: Path, faults: str, *, watchdog: str = "5s", speed: float = 10
+    tmp_path: Path, faults: str, *, speed: float = 10, sources: Sequence[Path] = TRADE_FILES, **streamer: str
 ) -> tuple[dict[Feed, list[Bar]], dict[Feed, list[Bar]], dict[Feed, dict[str, int]], ReplayServer]:
-    files = write_windows(tmp_path, 60)
+    files = write_windows(tmp_path, 60, sources)
     tapes = [load_tape(f) for f in files]
     prefix = unique_prefix()
     redis = aioredis.Redis()
@@ -49,13 +52,13 @@ async def _stream_with_faults(
     try:
         server = ReplayServer(tapes, speed=speed, faults=parse_faults(faults), seed=7, start_on_subscribe=True)
         async with server:
-            settings = stream_settings(server, [t.symbol for t in tapes], prefix, streamer={"watchdog": watchdog})
+            settings = stream_settings(server, [t.symbol for t in tapes], prefix, streamer=streamer)
             streamer = asyncio.create_task(run(settings))
-            await asyncio.wait_for(server.done.wait(), 90)
+            await asyncio.wait_for(server.done.wait(), PATIENCE_S)
             for index, (tape, path) in enumerate(zip(tapes, files, strict=True)):
                 feed = Feed("binance", tape.symbol, 1000)
                 expected[feed] = offline_bars(path, 1000, server.timeline.shifts_ms[index])
-                await wait_for_bar(redis, keys, feed, expected[feed][-1].open_time_ms, 60)
+                await wait_for_bar(redis, keys, feed, expected[feed][-1].open_time_ms)
             streamer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await streamer
@@ -140,7 +143,12 @@ async def test_rest_errors_are_retried(tmp_path: Path) -> None:
 
 async def test_refused_backfill_closes_bars_as_gaps(tmp_path: Path) -> None:
     expected, streamed, health, _server = await _stream_with_faults(
-        tmp_path, "drop_every_trades=500,rest_error_rate=1.0,rest_error_status=503"
+        tmp_path,
+        "drop_every_trades=500,rest_error_rate=1.0,rest_error_status=503",
+        # 12 refused attempts per hole before it is given up: with short waits between them, seconds
+        # instead of most of a minute of backoff.
+        backoff_initial="20ms",
+        backoff_max="200ms",
     )
     btc = Feed("binance", "BTC/USDT", 1000)
     assert health[btc]["gaps"] >= 1
@@ -148,6 +156,29 @@ async def test_refused_backfill_closes_bars_as_gaps(tmp_path: Path) -> None:
     assert gap_bars and health[btc]["gap_bars"] >= len(gap_bars)
     # Bars without a gap are still exact.
     want = {b.open_time_ms: b for b in expected[btc]}
+    for bar in streamed[btc]:
+        if bar.status is not BarStatus.GAP and bar.open_time_ms in want:
+            assert bar == want[bar.open_time_ms]
+
+
+async def test_a_loss_of_unknown_end_keeps_its_bars_waiting(tmp_path: Path) -> None:
+    """REST refuses while the feed is silent: the hole is given up before any trade after it has
+    come, so the gap must run to the first trade after the silence, not to a clock reading (which,
+    against this replay at 10x, lags the exchange's time)."""
+    expected, streamed, health, _server = await _stream_with_faults(
+        tmp_path,
+        "silent_after_s=2,silent_for_s=5,rest_error_rate=1.0,rest_error_status=503",
+        sources=TRADE_FILES[:1],  # BTC/USDT: a trade every few ms, so the next one ends the loss
+        speed=5,  # sessions of about a watchdog: the old clock estimate lagged by seconds of replay
+        watchdog="2s",
+        backoff_initial="20ms",
+        backoff_max="100ms",
+    )
+    btc = Feed("binance", "BTC/USDT", 1000)
+    assert health[btc]["gaps"] >= 1
+    want = {b.open_time_ms: b for b in expected[btc]}
+    silent = [b for b in streamed[btc] if b.status is BarStatus.GAP and b.open_time_ms in want]
+    assert len(silent) >= 20  # 25 s of the replay went by unheard
     for bar in streamed[btc]:
         if bar.status is not BarStatus.GAP and bar.open_time_ms in want:
             assert bar == want[bar.open_time_ms]

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from stream_harness import (
+    PATIENCE_S,
     delete_prefix,
     offline_bars,
     redis_bars,
@@ -42,12 +43,12 @@ async def test_three_symbols_equal_offline_bars(tmp_path: Path) -> None:
         async with ReplayServer(tapes, speed=10, start_on_subscribe=True) as server:
             settings = stream_settings(server, [t.symbol for t in tapes], prefix)
             streamer = asyncio.create_task(run(settings))
-            await asyncio.wait_for(server.done.wait(), 60)
+            await asyncio.wait_for(server.done.wait(), PATIENCE_S)
             expected = {}
             for index, (tape, path) in enumerate(zip(tapes, files, strict=True)):
                 feed = Feed("binance", tape.symbol, 1000)
                 expected[feed] = offline_bars(path, 1000, server.timeline.shifts_ms[index])
-                await wait_for_bar(redis, keys, feed, expected[feed][-1].open_time_ms, 30)
+                await wait_for_bar(redis, keys, feed, expected[feed][-1].open_time_ms)
             streamer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await streamer
@@ -62,6 +63,44 @@ async def test_three_symbols_equal_offline_bars(tmp_path: Path) -> None:
             assert health[b"gaps"] == b"0" and health[b"duplicates"] == b"0"
             events = await redis.xrange(keys.bar_events(1000))
             assert len([e for e in events if e[1][b"symbol"] == feed.symbol.encode()]) == len(streamed)
+    finally:
+        await delete_prefix(redis, prefix)
+        await redis.aclose()
+
+
+async def test_fresh_start_backfills_the_history_while_trades_stream(tmp_path: Path) -> None:
+    """A new feed on a running exchange: REST history and websocket trades meet without a hole."""
+    files = write_windows(tmp_path, 60)
+    tapes = [load_tape(f) for f in files]
+    prefix = unique_prefix()
+    redis = aioredis.Redis()
+    keys = RedisKeys(prefix)
+    try:
+        async with ReplayServer(tapes, speed=10) as server:  # publishing before anyone listens
+            btc = tapes[0].symbol
+            deadline = asyncio.get_running_loop().time() + PATIENCE_S
+            while server.published[btc] < len(tapes[0].trades) // 3:
+                assert asyncio.get_running_loop().time() < deadline, "the replay did not start"
+                await asyncio.sleep(0.05)
+            # Pages of 100: the history is several pages, so live trades arrive while it is fetched.
+            settings = stream_settings(server, [t.symbol for t in tapes], prefix, streamer={"backfill_page": 100})
+            streamer = asyncio.create_task(run(settings))
+            await asyncio.wait_for(server.done.wait(), PATIENCE_S)
+            expected = {}
+            for index, (tape, path) in enumerate(zip(tapes, files, strict=True)):
+                feed = Feed("binance", tape.symbol, 1000)
+                expected[feed] = offline_bars(path, 1000, server.timeline.shifts_ms[index])
+                await wait_for_bar(redis, keys, feed, expected[feed][-1].open_time_ms)
+            streamer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await streamer
+        for feed, bars in expected.items():
+            streamed = await redis_bars(redis, keys, feed)
+            assert streamed[0].open_time_ms == bars[0].open_time_ms, feed
+            same_bars(streamed, bars, statuses=False)
+            health = await redis.hgetall(keys.health(feed))
+            assert int(health[b"trades"]) == sum(b.trades for b in bars), feed
+            assert health[b"gaps"] == b"0" and health[b"duplicates"] == b"0", feed
     finally:
         await delete_prefix(redis, prefix)
         await redis.aclose()

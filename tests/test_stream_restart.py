@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 import yaml
 from stream_harness import (
+    PATIENCE_S,
     delete_prefix,
     offline_bars,
     redis_bars,
@@ -69,7 +71,8 @@ class OwnRedis:
         )
         client = aioredis.Redis(port=self.port)
         try:
-            for _ in range(100):
+            deadline = time.monotonic() + PATIENCE_S
+            while time.monotonic() < deadline:
                 with contextlib.suppress(Exception):
                     if await client.ping():
                         return
@@ -81,7 +84,7 @@ class OwnRedis:
     async def stop(self) -> None:
         if self.process is not None:
             self.process.terminate()
-            await asyncio.wait_for(self.process.wait(), 10)
+            await asyncio.wait_for(self.process.wait(), PATIENCE_S)
             self.process = None
 
 
@@ -107,16 +110,16 @@ async def test_redis_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
                 settings = stream_settings(server, [t.symbol for t in tapes], prefix, redis_url=own.url)
                 streamer = asyncio.create_task(run(settings))
                 btc = Feed("binance", "BTC/USDT", 1000)
-                await wait_for_bar(redis, keys, btc, server.timeline.first_ms + 5000, 30)
+                await wait_for_bar(redis, keys, btc, server.timeline.first_ms + 5000)
                 await own.stop()  # Redis goes away while bars keep closing
                 await asyncio.sleep(1.5)
                 await own.start()
-                await asyncio.wait_for(server.done.wait(), 60)
+                await asyncio.wait_for(server.done.wait(), PATIENCE_S)
                 expected = {}
                 for index, (tape, path) in enumerate(zip(tapes, files, strict=True)):
                     feed = Feed("binance", tape.symbol, 1000)
                     expected[feed] = offline_bars(path, 1000, server.timeline.shifts_ms[index])
-                    await wait_for_bar(redis, keys, feed, expected[feed][-1].open_time_ms, 60)
+                    await wait_for_bar(redis, keys, feed, expected[feed][-1].open_time_ms)
                 streamer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await streamer
@@ -149,22 +152,22 @@ async def test_kill_9_and_restart_of_the_command_loses_nothing(tmp_path: Path) -
             first = await start()
             btc = Feed("binance", "BTC/USDT", 1000)
             try:
-                await wait_for_bar(redis, keys, btc, server.timeline.first_ms + 8000, 60)
+                await wait_for_bar(redis, keys, btc, server.timeline.first_ms + 8000)
             finally:
                 first.kill()  # SIGKILL: no flush, the open bar and any queued bars are lost
-                await asyncio.wait_for(first.wait(), 10)
+                await asyncio.wait_for(first.wait(), PATIENCE_S)
             await asyncio.sleep(1.0)  # trades go by with nobody listening
             second = await start()
             try:
-                await asyncio.wait_for(server.done.wait(), 90)
+                await asyncio.wait_for(server.done.wait(), PATIENCE_S)
                 expected = {}
                 for index, (tape, path) in enumerate(zip(tapes, files, strict=True)):
                     feed = Feed("binance", tape.symbol, 1000)
                     expected[feed] = offline_bars(path, 1000, server.timeline.shifts_ms[index])
-                    await wait_for_bar(redis, keys, feed, expected[feed][-1].open_time_ms, 60)
+                    await wait_for_bar(redis, keys, feed, expected[feed][-1].open_time_ms)
             finally:
                 second.send_signal(signal.SIGTERM)
-                code = await asyncio.wait_for(second.wait(), 30)
+                code = await asyncio.wait_for(second.wait(), PATIENCE_S)
         assert code == 0
         for feed, bars in expected.items():
             streamed = await redis_bars(redis, keys, feed)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from streamer.source import HookedTradeCache, client_symbols, trade_from_ccxt
+from streamer.source import HookedTradeCache, client_symbols, subscription_sent, trade_from_ccxt
 from volcast.bar import Trade
 
 
@@ -56,3 +56,33 @@ def test_client_symbols_from_subscription_hashes() -> None:
             self.futures = {"trade::ETH/USDT": None}
 
     assert client_symbols(Client()) == ["BTC/USDT", "ETH/USDT"]
+
+
+def test_subscription_sent_needs_a_connected_socket_and_an_empty_throttle() -> None:
+    class Done:
+        def __init__(self, done: bool) -> None:
+            self._done = done
+
+        def done(self) -> bool:
+            return self._done
+
+    class Throttle:
+        def __init__(self, queued: int) -> None:
+            self.queue = [object()] * queued
+
+    class Client:
+        def __init__(self, connected: bool, queued: int, symbol: str = "BTC/USDT") -> None:
+            self.connected = Done(connected)
+            self.throttle = Throttle(queued)
+            self.subscriptions = {f"trade::{symbol}": True}
+            self.futures: dict[str, object] = {}
+
+    class Exchange:
+        def __init__(self, *clients: Client) -> None:
+            self.clients = {str(i): c for i, c in enumerate(clients)}
+
+    assert subscription_sent(Exchange(Client(True, 0)), "BTC/USDT")
+    assert not subscription_sent(Exchange(Client(False, 0)), "BTC/USDT")  # still connecting
+    assert not subscription_sent(Exchange(Client(True, 3)), "BTC/USDT")  # queued behind the throttle
+    assert not subscription_sent(Exchange(Client(True, 0, "ETH/USDT")), "BTC/USDT")
+    assert not subscription_sent(Exchange(), "BTC/USDT")
