@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from streamer.offline import aggregate_trades
 from streamer.simulator.client_options import binance_client_options
 from streamer.simulator.server import ReplayServer
-from streamer.simulator.tape import load_tape
+from streamer.simulator.tape import Tape, load_tape
 from streamer.trades_csv import read_trades
 from volcast.bar import Bar
 from volcast.keys import Feed, RedisKeys
@@ -100,6 +100,22 @@ def unique_prefix() -> str:
 async def redis_bars(redis: aioredis.Redis, keys: RedisKeys, feed: Feed) -> list[Bar]:
     entries = await redis.xrange(keys.bars(feed))
     return [Bar.from_fields(fields) for _id, fields in entries]
+
+
+async def streamed_to_the_end(
+    redis: aioredis.Redis, keys: RedisKeys, server: ReplayServer, tapes: Sequence[Tape], files: Sequence[Path]
+) -> dict[Feed, list[Bar]]:
+    """Wait for the replay to end and every feed's last offline bar to be in Redis.
+
+    Returns the offline bars of each feed: what the streamed ones must equal.
+    """
+    await asyncio.wait_for(server.done.wait(), PATIENCE_S)
+    expected: dict[Feed, list[Bar]] = {}
+    for index, (tape, path) in enumerate(zip(tapes, files, strict=True)):
+        feed = Feed("binance", tape.symbol, 1000)
+        expected[feed] = offline_bars(path, 1000, server.timeline.shifts_ms[index])
+        await wait_for_bar(redis, keys, feed, expected[feed][-1].open_time_ms)
+    return expected
 
 
 async def wait_for_bar(

@@ -11,15 +11,13 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 from stream_harness import (
-    PATIENCE_S,
     TRADE_FILES,
     delete_prefix,
-    offline_bars,
     redis_bars,
     same_bars,
     stream_settings,
+    streamed_to_the_end,
     unique_prefix,
-    wait_for_bar,
     write_windows,
 )
 
@@ -54,11 +52,7 @@ async def _stream_with_faults(
         async with server:
             settings = stream_settings(server, [t.symbol for t in tapes], prefix, streamer=streamer)
             streamer = asyncio.create_task(run(settings))
-            await asyncio.wait_for(server.done.wait(), PATIENCE_S)
-            for index, (tape, path) in enumerate(zip(tapes, files, strict=True)):
-                feed = Feed("binance", tape.symbol, 1000)
-                expected[feed] = offline_bars(path, 1000, server.timeline.shifts_ms[index])
-                await wait_for_bar(redis, keys, feed, expected[feed][-1].open_time_ms)
+            expected = await streamed_to_the_end(redis, keys, server, tapes, files)
             streamer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await streamer

@@ -11,12 +11,11 @@ import redis.asyncio as aioredis
 from stream_harness import (
     PATIENCE_S,
     delete_prefix,
-    offline_bars,
     redis_bars,
     same_bars,
     stream_settings,
+    streamed_to_the_end,
     unique_prefix,
-    wait_for_bar,
     write_windows,
 )
 
@@ -24,7 +23,7 @@ from streamer.service import run
 from streamer.simulator.server import ReplayServer
 from streamer.simulator.tape import load_tape
 from volcast.bar import BarStatus
-from volcast.keys import Feed, RedisKeys
+from volcast.keys import RedisKeys
 
 
 @pytest.fixture(autouse=True)
@@ -43,12 +42,7 @@ async def test_three_symbols_equal_offline_bars(tmp_path: Path) -> None:
         async with ReplayServer(tapes, speed=10, start_on_subscribe=True) as server:
             settings = stream_settings(server, [t.symbol for t in tapes], prefix)
             streamer = asyncio.create_task(run(settings))
-            await asyncio.wait_for(server.done.wait(), PATIENCE_S)
-            expected = {}
-            for index, (tape, path) in enumerate(zip(tapes, files, strict=True)):
-                feed = Feed("binance", tape.symbol, 1000)
-                expected[feed] = offline_bars(path, 1000, server.timeline.shifts_ms[index])
-                await wait_for_bar(redis, keys, feed, expected[feed][-1].open_time_ms)
+            expected = await streamed_to_the_end(redis, keys, server, tapes, files)
             streamer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await streamer
@@ -85,12 +79,7 @@ async def test_fresh_start_backfills_the_history_while_trades_stream(tmp_path: P
             # Pages of 100: the history is several pages, so live trades arrive while it is fetched.
             settings = stream_settings(server, [t.symbol for t in tapes], prefix, streamer={"backfill_page": 100})
             streamer = asyncio.create_task(run(settings))
-            await asyncio.wait_for(server.done.wait(), PATIENCE_S)
-            expected = {}
-            for index, (tape, path) in enumerate(zip(tapes, files, strict=True)):
-                feed = Feed("binance", tape.symbol, 1000)
-                expected[feed] = offline_bars(path, 1000, server.timeline.shifts_ms[index])
-                await wait_for_bar(redis, keys, feed, expected[feed][-1].open_time_ms)
+            expected = await streamed_to_the_end(redis, keys, server, tapes, files)
             streamer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await streamer

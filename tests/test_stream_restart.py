@@ -20,10 +20,10 @@ import yaml
 from stream_harness import (
     PATIENCE_S,
     delete_prefix,
-    offline_bars,
     redis_bars,
     same_bars,
     stream_settings,
+    streamed_to_the_end,
     unique_prefix,
     wait_for_bar,
     write_windows,
@@ -114,12 +114,7 @@ async def test_redis_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
                 await own.stop()  # Redis goes away while bars keep closing
                 await asyncio.sleep(1.5)
                 await own.start()
-                await asyncio.wait_for(server.done.wait(), PATIENCE_S)
-                expected = {}
-                for index, (tape, path) in enumerate(zip(tapes, files, strict=True)):
-                    feed = Feed("binance", tape.symbol, 1000)
-                    expected[feed] = offline_bars(path, 1000, server.timeline.shifts_ms[index])
-                    await wait_for_bar(redis, keys, feed, expected[feed][-1].open_time_ms)
+                expected = await streamed_to_the_end(redis, keys, server, tapes, files)
                 streamer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await streamer
@@ -159,12 +154,7 @@ async def test_kill_9_and_restart_of_the_command_loses_nothing(tmp_path: Path) -
             await asyncio.sleep(1.0)  # trades go by with nobody listening
             second = await start()
             try:
-                await asyncio.wait_for(server.done.wait(), PATIENCE_S)
-                expected = {}
-                for index, (tape, path) in enumerate(zip(tapes, files, strict=True)):
-                    feed = Feed("binance", tape.symbol, 1000)
-                    expected[feed] = offline_bars(path, 1000, server.timeline.shifts_ms[index])
-                    await wait_for_bar(redis, keys, feed, expected[feed][-1].open_time_ms)
+                expected = await streamed_to_the_end(redis, keys, server, tapes, files)
             finally:
                 second.send_signal(signal.SIGTERM)
                 code = await asyncio.wait_for(second.wait(), PATIENCE_S)
