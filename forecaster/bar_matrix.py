@@ -87,6 +87,10 @@ class BarMatrix:
             return 0
         return (end_ms - self._first[feed]) // self.interval_ms + 1
 
+    def ending_at(self, end_ms: int) -> list[Feed]:
+        """The feeds whose newest bar is ``end_ms``."""
+        return [feed for feed, last in self._last.items() if last == end_ms]
+
     def forget(self, feed: Feed) -> None:
         self._first.pop(feed, None)
         self._last.pop(feed, None)

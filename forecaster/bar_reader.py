@@ -110,6 +110,7 @@ class BarHistories:
         self.matrix = BarMatrix(interval_ms, look_back)
         self.bars_read = 0
         self.full_reads = 0  # feeds read afresh (look_back bars), for tests and the status
+        self._stream_keys: dict[Feed, str] = {}  # built once per feed: every boundary reads them
 
     @property
     def look_back(self) -> int:
@@ -139,12 +140,13 @@ class BarHistories:
         since: list[Feed] = []  # a few bars missed
         fresh: list[Feed] = []  # unknown, or too far behind: the last look_back bars
         old: list[Feed] = []  # an old event whose window is not held
+        previous = open_ms - interval
         for feed in dict.fromkeys(feeds):
             last = matrix.last_ms(feed)
             if last is None or open_ms - last >= look_back * interval:
                 fresh.append(feed)
-            elif last == open_ms - interval:
-                nexts[self._keys.bars(feed)] = feed
+            elif last == previous:
+                nexts[self._stream_key(feed)] = feed
             elif last < open_ms:
                 since.append(feed)
             elif matrix.available(feed, open_ms) < look_back:
@@ -153,7 +155,8 @@ class BarHistories:
         if nexts or since:
             pipe = self._redis.pipeline(transaction=False)
             if nexts:
-                pipe.xread({key: f"{matrix.last_ms(feed)}-0" for key, feed in nexts.items()}, count=1)
+                after = f"{previous}-0"
+                pipe.xread(dict.fromkeys(nexts, after), count=1)
             for feed in since:
                 pipe.xrange(self._keys.bars(feed), min=str(_held(matrix, feed) + 1), max=str(open_ms))
             replies: list[Any] = await pipe.execute()
@@ -174,6 +177,12 @@ class BarHistories:
                         self.full_reads += into is matrix
                         self._write(into, feed, list(reversed(entries)), continues=False)
         return Histories(open_ms, list(dict.fromkeys(feeds)), matrix, one_off)
+
+    def _stream_key(self, feed: Feed) -> str:
+        key = self._stream_keys.get(feed)
+        if key is None:
+            key = self._stream_keys[feed] = self._keys.bars(feed)
+        return key
 
     def _append_next(self, reply: Any, nexts: Mapping[str, Feed], open_ms: int) -> None:
         """The XREAD of each feed's next bar: the ones that are bar ``open_ms``, in one write."""

@@ -37,6 +37,7 @@ from forecaster.features import (
     usable_features,
 )
 from forecaster.frame import BarFrame, FloatArray, IntArray
+from forecaster.lstm_prefix import Prefix, window_values
 from forecaster.networks import MemberAverage, SeedNet, VolumeLSTM
 from volcast.settings import Feature, ModelSettings, TrainingSettings
 
@@ -126,6 +127,11 @@ class LstmModel(LogForecaster):
         self.symbol_means: dict[str, float] = {}
         self.global_mean = 0.0
         self.net = MemberAverage([self._new_member() for _ in range(settings.members)])
+        # Set by prepare_next (replaced whole, never changed in place: the worker may read it
+        # from its event loop's thread while its predictor thread prepares the next one).
+        self.prefix: Prefix | None = None
+        self.prefix_hits = 0
+        self.prefix_misses = 0
 
     def _new_member(self) -> VolumeLSTM:
         return VolumeLSTM(
@@ -168,8 +174,7 @@ class LstmModel(LogForecaster):
             lv = z[:, :, self.features_columns_index] - level[:, None]
             z[:, :, self.features_columns_index] = lv
             slots = slot_of_day(batch.open_time_ms, batch.interval_ms)
-            profile = np.stack([self.har.profile_for(k)[slots[i]] for i, k in enumerate(keys)])
-            extra.append(lv - profile)
+            extra.append(lv - self.har.profile_at(keys, slots))
         if not extra:
             return z
         return np.concatenate([z, np.stack(extra, axis=-1)], axis=-1)
@@ -190,6 +195,10 @@ class LstmModel(LogForecaster):
     def features_columns_index(self) -> int:
         return feature_columns(self.bar_features).index("log_volume")
 
+    def _normalised(self, batch: Batch, keys: Sequence[str]) -> FloatArray:
+        """Per-bar columns of every bar, normalised: ``(S, bars, len(self.columns))``."""
+        return (self._columns_of(batch, keys) - self.col_mean) / self.col_std
+
     def _inputs(
         self, batch: Batch, keys: Sequence[str], positions: IntArray, fitted: BarFrame | None = None
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], FloatArray]:
@@ -199,6 +208,11 @@ class LstmModel(LogForecaster):
         profile values then leave each target out (``Har.fitted_design``), so that training sees
         HAR's regressors and forecast as they are on unseen bars.
         """
+        static, har = self._statics(batch, keys, positions, fitted)
+        return self._windows(batch, keys, positions), static, har
+
+    def _windows(self, batch: Batch, keys: Sequence[str], positions: IntArray) -> npt.NDArray[np.float32]:
+        """The normalised per-bar columns of the look_back bars before each position: (S*P, L, C)."""
         lb = self.settings.look_back
         idx = positions[:, None] - lb + np.arange(lb)[None, :]
         if idx.min() < 0:
@@ -208,8 +222,13 @@ class LstmModel(LogForecaster):
         # network sees the last look_back bars. Every column is per bar, so the values are the same.
         start = max(0, int(idx.min()) - 1)
         idx = idx - start
-        z = (self._columns_of(batch.bars_from(start), keys) - self.col_mean) / self.col_std
-        windows = z[:, idx].reshape(-1, lb, z.shape[-1]).astype(np.float32)
+        z = self._normalised(batch.bars_from(start), keys)
+        return z[:, idx].reshape(-1, lb, z.shape[-1]).astype(np.float32)
+
+    def _statics(
+        self, batch: Batch, keys: Sequence[str], positions: IntArray, fitted: BarFrame | None = None
+    ) -> tuple[npt.NDArray[np.float32], FloatArray]:
+        """Normalised static regressors (S*P, H) and HAR's forecast (S, P); ``fitted`` as in ``_inputs``."""
         if fitted is not None:
             design = self.har.fitted_design(keys[0], fitted, positions)[None]
         else:
@@ -217,7 +236,7 @@ class LstmModel(LogForecaster):
         har = design @ self.har.coef
         static = self._raw_static(batch, keys, positions, design)
         static = ((static - self.static_mean) / self.static_std).reshape(-1, static.shape[-1])
-        return windows, static.astype(np.float32), har
+        return static.astype(np.float32), har
 
     def _fit_normalisation(self, frames: Sequence[tuple[str, BarFrame]]) -> None:
         self.symbol_means = {k: float(np.log1p(np.maximum(f.volume, 0.0)).mean()) for k, f in frames}
@@ -372,6 +391,9 @@ class LstmModel(LogForecaster):
     def predict_log(
         self, batch: Batch, keys: Sequence[str], positions: IntArray
     ) -> tuple[FloatArray, FloatArray | None]:
+        prefix = self.prefix  # read once: prepare_next may replace it from another thread
+        if prefix is not None and len(positions) == 1 and int(positions[0]) == batch.volume.shape[1]:
+            return self._predict_next(batch, keys, positions, prefix)
         s_count, p_count = batch.volume.shape[0], len(positions)
         points = np.empty((s_count, p_count))
         quants = np.empty((s_count, p_count, len(self.settings.quantiles)))
@@ -382,9 +404,61 @@ class LstmModel(LogForecaster):
             x, s, har = self._inputs(batch, keys, pos)
             with torch.inference_mode():
                 out = self.net(torch.from_numpy(x), torch.from_numpy(s)).numpy().astype(np.float64)
-            out = out.reshape(s_count, len(pos), -1) + har[..., None]
-            points[:, lo : lo + step] = out[..., 0]
-            quants[:, lo : lo + step] = np.sort(out[..., 1:], axis=-1)
+            points[:, lo : lo + step], quants[:, lo : lo + step] = self._outputs(out, har)
+        return points, quants if len(self.settings.quantiles) else None
+
+    def _outputs(self, out: FloatArray, har: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """The network's rows (S*P, 1 + Q), residuals on HAR's (S, P) -> points (S, P), sorted quantiles (S, P, Q)."""
+        full = out.reshape(*har.shape, -1) + har[..., None]
+        return full[..., 0], np.sort(full[..., 1:], axis=-1)
+
+    @property
+    def prepare_bars(self) -> int:
+        return self.settings.look_back
+
+    def prepare_next(self, batch: Batch, keys: Sequence[str]) -> None:
+        """Run the LSTM over the bars that each history's next window shares with it: its last
+        look_back - 1 bars (forecaster/lstm_prefix.py). ``predict_log`` of the bar after the
+        batch's last then takes one LSTM step for every history these bars still match."""
+        lb = self.settings.look_back
+        n = batch.volume.shape[1]
+        if n < lb:
+            raise ValueError(f"preparing the next window needs {lb} bars, got {n}")
+        recent = batch.bars_from(n - lb)
+        # The first of these bars gives only its close, to the second bar's return.
+        z = self._normalised(recent, keys)[:, 1:].astype(np.float32)
+        self.net.eval()
+        with torch.inference_mode():
+            states = self.net.begin(torch.from_numpy(z))
+        self.prefix = Prefix.of(keys, window_values(recent, 0, lb), states)
+
+    def _predict_next(
+        self, batch: Batch, keys: Sequence[str], positions: IntArray, prefix: Prefix
+    ) -> tuple[FloatArray, FloatArray | None]:
+        """``predict_log`` at the bar after the batch: one LSTM step where ``prefix`` matches."""
+        lb = self.settings.look_back
+        n = batch.volume.shape[1]
+        rows, hit = prefix.match(keys, window_values(batch, n - lb - 1, n - 1))
+        static, har = self._statics(batch, keys, positions)
+        out = np.empty((len(keys), 1 + len(self.settings.quantiles)), dtype=np.float32)
+        reuse = np.flatnonzero(hit)
+        fresh = np.flatnonzero(~hit)
+        self.net.eval()
+        with torch.inference_mode():
+            if len(reuse):
+                # The newest bar's columns need the bar before it too (its return).
+                last = self._normalised(batch.bars_from(n - 2).rows(reuse), [keys[i] for i in reuse.tolist()])[:, -1:]
+                states = [state.rows(torch.from_numpy(rows[reuse])) for state in prefix.states]
+                out[reuse] = self.net.resume(states, torch.from_numpy(last.astype(np.float32)),
+                                             torch.from_numpy(static[reuse])).numpy()
+            if len(fresh):
+                # Only the bars the windows read (and the one before, for the first return).
+                recent = batch.bars_from(n - lb - 1).rows(fresh)
+                windows = self._windows(recent, [keys[i] for i in fresh.tolist()], np.array([lb + 1]))
+                out[fresh] = self.net(torch.from_numpy(windows), torch.from_numpy(static[fresh])).numpy()
+        self.prefix_hits += len(reuse)
+        self.prefix_misses += len(fresh)
+        points, quants = self._outputs(out.astype(np.float64), har)
         return points, quants if len(self.settings.quantiles) else None
 
     # -- artifact parts --
@@ -565,6 +639,13 @@ class EnsembleModel(LogForecaster):
     def fit(self, frames: Sequence[tuple[str, BarFrame]]) -> None:
         self.lstm.fit(frames)
         self.fit_weight(frames, TrainingSettings().validation_fraction)
+
+    @property
+    def prepare_bars(self) -> int:
+        return self.lstm.prepare_bars
+
+    def prepare_next(self, batch: Batch, keys: Sequence[str]) -> None:
+        self.lstm.prepare_next(batch, keys)
 
     def predict_log(
         self, batch: Batch, keys: Sequence[str], positions: IntArray

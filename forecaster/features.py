@@ -62,6 +62,20 @@ class Batch:
             known=self.known,
         )
 
+    def rows(self, index: IntArray) -> Batch:
+        """The histories at ``index`` (fancy indexing: a copy)."""
+        return Batch(
+            interval_ms=self.interval_ms,
+            open_time_ms=self.open_time_ms[index],
+            high=self.high[index],
+            low=self.low[index],
+            close=self.close[index],
+            volume=self.volume[index],
+            trades=self.trades[index],
+            buy_volume=self.buy_volume[index],
+            known=self.known,
+        )
+
     @classmethod
     def stack(cls, frames: Sequence[BarFrame], length: int | None = None) -> Batch:
         """The last ``length`` bars (default: the shortest frame's length) of every frame."""
@@ -154,14 +168,27 @@ def trailing_means(log_volume: FloatArray, positions: IntArray) -> FloatArray:
     Returns ``(symbols, positions, 1 + len(HAR_WINDOWS))``.
     """
     s, n = log_volume.shape
-    csum = np.zeros((s, n + 1))
-    np.cumsum(log_volume, axis=1, out=csum[:, 1:])
     out = np.empty((s, len(positions), 1 + len(HAR_WINDOWS)))
     out[:, :, 0] = log_volume[:, positions - 1]
+    if len(positions) <= DIRECT_SUM_POSITIONS:
+        # A live forecast has one position: a sum per window reads its bars in vectorised passes,
+        # where a cumulative sum over the whole history is one sequential pass (1000 feeds x 1440
+        # bars: 0.4 vs 4.5 ms). Equal up to float rounding; tests compare the two.
+        for i, p in enumerate(positions.tolist()):
+            for j, w in enumerate(HAR_WINDOWS, start=1):
+                lo = max(p - w, 0)
+                out[:, i, j] = log_volume[:, lo:p].sum(axis=1) / (p - lo)
+        return out
+    csum = np.zeros((s, n + 1))
+    np.cumsum(log_volume, axis=1, out=csum[:, 1:])
     for j, w in enumerate(HAR_WINDOWS, start=1):
         start = np.maximum(positions - w, 0)
         out[:, :, j] = (csum[:, positions] - csum[:, start]) / (positions - start)
     return out
+
+
+DIRECT_SUM_POSITIONS = 4
+"""Up to this many target positions, ``trailing_means`` sums each window directly."""
 
 
 # Windows (in bars) of the signed price moves the lstm reads as context at the target: where

@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import cast
+
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True, slots=True)
+class LstmState:
+    """``VolumeLSTM``'s recurrent state after the first steps of a batch of windows.
+
+    ``h`` and ``c``: (layers, batch, hidden); ``outputs``: (batch, steps, hidden) when the
+    network attends over every step, else None.
+    """
+
+    h: torch.Tensor
+    c: torch.Tensor
+    outputs: torch.Tensor | None
+
+    def rows(self, index: torch.Tensor) -> LstmState:
+        """The states of the windows at ``index`` (a 1-D tensor of batch positions)."""
+        outputs = None if self.outputs is None else self.outputs[index]
+        return LstmState(self.h[:, index], self.c[:, index], outputs)
 
 
 class ReluLSTMCell(nn.Module):
@@ -99,6 +120,22 @@ class VolumeLSTM(nn.Module):
     def forward(self, seq: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
         """seq: (batch, look_back, n_features), static: (batch, n_static) -> (batch, 1 + n_quantiles)."""
         outputs, _ = self.lstm(seq)  # (batch, look_back, hidden)
+        return self._head_of(outputs, static)
+
+    def begin(self, seq: torch.Tensor) -> LstmState:
+        """seq: (batch, steps, n_features), the first steps of windows -> the state after them."""
+        outputs, (h, c) = self.lstm(seq)
+        return LstmState(h, c, outputs if self.attention is not None else None)
+
+    def resume(self, state: LstmState, last: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+        """The rest of ``forward``: ``last`` (batch, 1, n_features) is each window's final step,
+        ``state`` what ``begin`` returned for the steps before it -> (batch, 1 + n_quantiles)."""
+        out, _ = self.lstm(last, (state.h, state.c))
+        outputs = out if state.outputs is None else torch.cat([state.outputs, out], dim=1)
+        return self._head_of(outputs, static)
+
+    def _head_of(self, outputs: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+        """outputs: (batch, steps, hidden) of the LSTM over whole windows -> (batch, 1 + n_quantiles)."""
         parts = [outputs[:, -1]]
         if self.attention is not None:
             weights = torch.softmax(self.attention(outputs).squeeze(-1), dim=1)
@@ -125,3 +162,17 @@ class MemberAverage(nn.Module):
         """seq: (batch, look_back, n_features), static: (batch, n_static) -> (batch, 1 + n_quantiles)."""
         out: torch.Tensor = torch.stack([m(seq, static) for m in self.members]).mean(dim=0)
         return out
+
+    def begin(self, seq: torch.Tensor) -> list[LstmState]:
+        """``VolumeLSTM.begin`` of every member."""
+        return [m.begin(seq) for m in self._members()]
+
+    def resume(self, states: list[LstmState], last: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
+        """``VolumeLSTM.resume`` of every member from its own state, averaged."""
+        outs = [m.resume(s, last, static) for m, s in zip(self._members(), states, strict=True)]
+        out: torch.Tensor = torch.stack(outs).mean(dim=0)
+        return out
+
+    def _members(self) -> list[VolumeLSTM]:
+        # nn.ModuleList hands out nn.Modules to the type checker; __init__ takes VolumeLSTMs only.
+        return cast("list[VolumeLSTM]", list(self.members))

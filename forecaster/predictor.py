@@ -54,6 +54,16 @@ class Predictor(Protocol):
         """The same as ``predict`` on histories already stacked (``history_length`` bars each)."""
         ...
 
+    @property
+    def prepare_bars(self) -> int:
+        """Bars per history that ``prepare`` reads; 0: nothing to prepare."""
+        ...
+
+    def prepare(self, batch: Batch, keys: Sequence[str]) -> None:
+        """Between boundaries: compute ahead what ``predict_batch`` of each history's next bar can
+        reuse (``batch``: ``prepare_bars`` bars or more each). It changes no forecast, only its speed."""
+        ...
+
 
 class ModelPredictor:
     """A Predictor over any fitted ``LogForecaster`` (network or baseline)."""
@@ -97,6 +107,14 @@ class ModelPredictor:
         point, quants = self.model.predict_log(batch, keys, positions)
         return forecasts_from_log(point[:, 0], None if quants is None else quants[:, 0], self.model.quantile_levels)
 
+    @property
+    def prepare_bars(self) -> int:
+        return self.model.prepare_bars
+
+    def prepare(self, batch: Batch, keys: Sequence[str]) -> None:
+        if keys:
+            self.model.prepare_next(batch, keys)
+
     def forecast_positions(
         self, key: str, frame: BarFrame, positions: IntArray
     ) -> tuple[FloatArray, FloatArray | None]:
@@ -108,14 +126,13 @@ class ModelPredictor:
 def forecasts_from_log(
     point: FloatArray, quants: FloatArray | None, levels: Sequence[float]
 ) -> list[Forecast]:
-    volumes = np.maximum(np.expm1(point), 0.0)
+    volumes = np.maximum(np.expm1(point), 0.0).tolist()
     if quants is None:
-        return [Forecast(float(v), {}) for v in volumes]
-    qv = np.maximum(np.expm1(quants), 0.0)
-    return [
-        Forecast(float(volumes[i]), {float(q): float(qv[i, j]) for j, q in enumerate(levels)})
-        for i in range(len(volumes))
-    ]
+        return [Forecast(v, {}) for v in volumes]
+    # Python floats from tolist: element by element from numpy took 2 ms per 1000 forecasts.
+    qs = [float(q) for q in levels]
+    rows = np.maximum(np.expm1(quants), 0.0).tolist()
+    return [Forecast(v, dict(zip(qs, row, strict=True))) for v, row in zip(volumes, rows, strict=True)]
 
 
 def load_predictor(artifact_dir: Path, model: ModelSettings) -> ModelPredictor:
