@@ -12,7 +12,10 @@ arrived, so a burst of closes is one batch), read one new bar per feed (``BarHis
 bars are held in memory), forward passes over views of the held bars in chunks, each chunk
 handed to MQTT as soon as it is computed. The Redis bookkeeping (``Recorder``: predictions,
 realised errors, live scores, status) runs in its own task after the hand-over, in boundary
-order, and waits while a boundary is being predicted. docs/forecaster.md has the figures.
+order, and waits while a boundary is being predicted. So does ``prepare``: once a boundary is
+out, the model computes ahead what the next boundary's forward pass can reuse (the LSTM's state
+over the bars the next windows share with these, forecaster/lstm_prefix.py), so that pass takes
+one LSTM step per feed. docs/forecaster.md has the figures.
 
 The serving model is the version named in ``keys.model()``; it is polled between batches and
 swapped in between two boundaries, never during one. Until a model exists, and for feeds too
@@ -33,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
 
+import numpy as np
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
@@ -104,9 +108,16 @@ class Event:
     open_time_ms: int
 
 
-def parse_event(entry_id: bytes, fields: Mapping[bytes, bytes], interval_ms: int) -> Event:
+def parse_event(entry_id: bytes, fields: Mapping[bytes, bytes], interval_ms: int,
+                feeds: dict[tuple[bytes, bytes], Feed] | None = None) -> Event:
+    """``feeds``: the Feed of each (exchange, symbol) seen before, reused (see ``Worker._event``)."""
     try:
-        feed = Feed(fields[b"exchange"].decode(), fields[b"symbol"].decode(), interval_ms)
+        exchange, symbol = fields[b"exchange"], fields[b"symbol"]
+        feed = feeds.get((exchange, symbol)) if feeds is not None else None
+        if feed is None:
+            feed = Feed(exchange.decode(), symbol.decode(), interval_ms)
+            if feeds is not None:
+                feeds[(exchange, symbol)] = feed
         return Event(entry_id, feed, int(fields[b"open_time_ms"]))
     except (KeyError, ValueError, UnicodeDecodeError):
         return Event(entry_id, None, 0)
@@ -159,13 +170,19 @@ class Worker:
         self.recorder = Recorder(redis, self.keys, kept=settings.forecaster.predictions_kept,
                                  score_window=settings.forecaster.score_window)
         self._records: asyncio.Queue[_Record] = asyncio.Queue()
+        # Boundaries published (bar open time, their MQTT ticket) whose next one can be prepared.
+        self._prepares: asyncio.Queue[tuple[int, Ticket]] = asyncio.Queue()
+        self._newest_ms: int | None = None  # the newest boundary predicted
+        self._prepared: tuple[Serving, int] | None = None  # the model and boundary last prepared
         self._acks: asyncio.Queue[tuple[Ticket, list[bytes], asyncio.Event | None]] = asyncio.Queue()
         self._topics: dict[Feed, str] = {}
         self._stash: list[Event] = []  # events read ahead that belong to a later boundary
         self._idle = asyncio.Event()  # set while no boundary is being processed
         self._idle.set()
+        self._boundary_done = asyncio.Event()  # replaced by a fresh one as each batch ends
         self._settle_due = True  # imports and the connections are lasting state too
         self._feed_keys: dict[Feed, str] = {}
+        self._feed_objects: dict[tuple[bytes, bytes], Feed] = {}
         # torch's thread count is per OS thread (OpenMP): set it inside the thread that predicts,
         # or that thread uses every core and fights Redis, Mosquitto and the event loop for them.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast",
@@ -190,10 +207,13 @@ class Worker:
         """Read, forecast, publish; Redis failures are retried with backoff, never fatal."""
         backoff = Backoff(0.1, 5.0)
         pending_own = True  # after a restart under a fixed consumer name, our own PEL comes first
+        group_ready = False  # created once, and again when Redis says it lost it (NOGROUP)
         while True:
             raise_if_cancelled()
             try:
-                await self.ensure_group()
+                if not group_ready:
+                    await self.ensure_group()
+                    group_ready = True
                 await self.poll_model()
                 if self._stash:
                     stashed, self._stash = self._stash, []
@@ -212,13 +232,15 @@ class Worker:
                     pending_own = False
                 elif entries and not pending_own:
                     entries += await self._drain(READ_COUNT - len(entries))
-                await self.process([parse_event(i, f, self.interval_ms) for i, f in entries if f])
+                await self.process([self._event(i, f) for i, f in entries if f])
                 backoff.reset()
             except ResponseError as exc:
+                group_ready = False
                 if "NOGROUP" in str(exc):
                     continue  # Redis lost the group (restart without persistence): create it again
                 await self._retry(backoff, exc)
             except (RedisError, OSError) as exc:
+                group_ready = False  # a Redis that restarted may have lost it
                 await self._retry(backoff, exc)
 
     async def _drain(self, room: int) -> list[Any]:
@@ -235,6 +257,12 @@ class Worker:
             out += entries
             room -= len(entries)
         return out
+
+    def _event(self, entry_id: bytes, fields: Mapping[bytes, bytes]) -> Event:
+        # One Feed object per feed for the life of the process: the held bars and every
+        # per-feed table are keyed by Feed, and a lookup with the very object that is the key
+        # skips the dataclass __eq__ (7000 calls, about 2 ms per boundary at 1000 feeds).
+        return parse_event(entry_id, fields, self.interval_ms, self._feed_objects)
 
     async def _retry(self, backoff: Backoff, exc: BaseException) -> None:
         delay = backoff.next_delay()
@@ -268,7 +296,7 @@ class Worker:
         gone = [i for i in theirs if i not in claimed]
         if gone:  # trimmed from the stream before anyone processed them
             await self.redis.xack(self.stream, self.group, *gone)
-        events = [parse_event(i, f, self.interval_ms) for i, f in entries if f]
+        events = [self._event(i, f) for i, f in entries if f]
         if events:
             log.info("claimed %d pending events of other consumers", len(events))
             await self.process(events)
@@ -344,6 +372,8 @@ class Worker:
         self._settle_due = True
         self.bars.set_look_back(max(predictor.look_back, self.fallback.look_back))
         log.info("serving model %s version %s", predictor.name, version)
+        if self._newest_ms is not None:  # the new model's head start on the next boundary
+            self._prepares.put_nowait((self._newest_ms, {}))
 
     # -- one batch ----------------------------------------------------------------------------
 
@@ -355,6 +385,8 @@ class Worker:
             await self._process(events)
         finally:
             self._idle.set()
+            done, self._boundary_done = self._boundary_done, asyncio.Event()
+            done.set()
 
     async def _process(self, events: Sequence[Event]) -> None:
         invalid = [e.entry_id for e in events if e.feed is None]
@@ -405,8 +437,10 @@ class Worker:
         if self.fallback.fits == 0 and self._fallback_serves(ready, histories):
             await self._refit_fallback(ready, histories)  # the very first fit serves at once
         jobs = [(*job, histories) for job in self._jobs(ready, histories)]
-        running = [self._start(serving, group, batch, inline=len(jobs) == 1 and len(group) <= INLINE_MAX)
-                   for serving, group, batch, _ in jobs]
+        # Prepared (one LSTM step per feed) or small, the forward passes run on this thread one
+        # chunk at a time; otherwise they are all queued on the predictor thread at once.
+        inline = self._was_prepared(open_ms) or (len(jobs) == 1 and len(jobs[0][1]) <= INLINE_MAX)
+        running = [] if inline else [self._start(sv, g, b, inline=False) for sv, g, b, _ in jobs]
         seen = set(feeds)
         record = _Record(open_ms, [], [], [], [], {}, asyncio.Event(), {})
         ticket = record.ticket
@@ -414,22 +448,31 @@ class Worker:
         i = 0
         while i < len(jobs):
             serving, group, batch, held = jobs[i]
+            if inline:
+                running.append(self._start(serving, group, batch, inline=True))
             results = await self._results(running[i], serving, group, batch)
             handed = time.perf_counter()
             ticket.update(self._hand_over(open_ms, group, results, held, record))
             submit_s += time.perf_counter() - handed
             i += 1
-            if i < len(jobs):
+            # Inline, the next chunk follows at once (the hand-over has written this one to the
+            # broker); the rest of the bar's events, if any, are the consume loop's next read.
+            # A look-ahead read here cost a Redis round trip per chunk (up to 30 ms when busy).
+            if i < len(jobs) and not inline:
                 more = await self._more_of(open_ms, seen, events)
                 if more is not None:
                     jobs += [(*job, more) for job in self._jobs(more.ready, more)]
-                    running += [self._start(sv, g, b, inline=False) for sv, g, b, _ in jobs[len(running):]]
+                    if not inline:
+                        running += [self._start(sv, g, b, inline=False) for sv, g, b, _ in jobs[len(running):]]
         done = time.perf_counter()
         record.timings.update(read_ms=(read - started) * 1000, predict_ms=(done - read - submit_s) * 1000,
                               submit_ms=submit_s * 1000)
         self.timings.update(record.timings)
         self._records.put_nowait(record)
         self._acks.put_nowait((ticket, [e.entry_id for e in events], record.done))
+        if self._newest_ms is None or open_ms >= self._newest_ms:
+            self._newest_ms = open_ms
+            self._prepares.put_nowait((open_ms, ticket))
         self.batches += 1
         self.predictions += len(record.predictions)
         # After the hand-over, off the boundary's latency:
@@ -452,7 +495,7 @@ class Worker:
             return None
         raise_if_cancelled()
         same: list[Event] = []
-        for event in (parse_event(i, f, self.interval_ms) for i, f in (reply[0][1] if reply else []) if f):
+        for event in (self._event(i, f) for i, f in (reply[0][1] if reply else []) if f):
             (same if event.feed is not None and event.open_time_ms == open_ms else self._stash).append(event)
         if not same:
             return None
@@ -585,6 +628,61 @@ class Worker:
         log.info("fallback baselines refitted on %d feeds (HAR %s)", len(frames),
                  "fitted" if self.fallback.har is not None else "not yet: histories too short")
 
+    # -- the next boundary's head start, after the hand-over ------------------------------------
+
+    async def prepare(self) -> None:
+        """Let the serving model compute ahead for the feeds' next bars (``Predictor.prepare``).
+
+        Like the bookkeeping, it waits for the broker to confirm the boundary (at most
+        RECORD_AFTER_PUBLISH_S) and for no boundary to be in progress. A boundary with a newer one
+        queued behind it is skipped: only the newest bars can be the next windows' older bars.
+        """
+        while True:
+            open_ms, ticket = await self._prepares.get()
+            if not self._prepares.empty():
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RECORD_AFTER_PUBLISH_S):
+                    await self.publisher.published(ticket)
+            await self._until_complete(open_ms)
+            serving = self.model
+            if serving is None or not self._prepares.empty():
+                continue
+            copied = self._prepare_batch(serving.predictor, open_ms)
+            if copied is None:
+                continue
+            feeds, batch = copied
+            started = time.perf_counter()
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    self._executor, serving.predictor.prepare, batch, [self._feed_key(f) for f in feeds])
+            except Exception as exc:  # the next boundary then reads whole windows: slower, not wrong
+                log.error("preparing bar %d for %s failed: %s", open_ms + self.interval_ms, serving.predictor.name, exc)
+                continue
+            self.timings["prepare_ms"] = (time.perf_counter() - started) * 1000
+            self._prepared = (serving, open_ms)
+
+    def _was_prepared(self, open_ms: int) -> bool:
+        """Whether the serving model prepared the boundary before ``open_ms`` (its feeds then
+        take one LSTM step each)."""
+        prepared = self._prepared
+        return (prepared is not None and prepared[0] is self.model
+                and prepared[1] == open_ms - self.interval_ms)
+
+    def _prepare_batch(self, predictor: Predictor, open_ms: int) -> tuple[list[Feed], Batch] | None:
+        """A copy of the bars ``predictor.prepare`` reads, of every feed the model serves whose newest
+        bar is ``open_ms`` (a copy: a boundary may write and shift the held bars meanwhile)."""
+        length = predictor.prepare_bars
+        matrix = self.bars.matrix
+        if length <= 0:
+            return None
+        feeds = [f for f in matrix.ending_at(open_ms)
+                 if predictor.history_length(matrix.available(f, open_ms)) is not None]
+        if not feeds:
+            return None
+        ordered, view = matrix.batch(feeds, open_ms, length)
+        return ordered, view.rows(np.arange(len(ordered)))
+
     # -- the Redis bookkeeping, after the hand-over ---------------------------------------------
 
     async def record(self) -> None:
@@ -602,7 +700,7 @@ class Worker:
                 # from it now, unless it cannot be reached (the records are due anyway).
                 async with asyncio.timeout(RECORD_AFTER_PUBLISH_S):
                     await self.publisher.published(job.ticket)
-            await self._until_idle()
+            await self._until_complete(job.open_ms)
             started = time.perf_counter()
             writes: list[list[str]] | None = None
             while True:
@@ -639,6 +737,21 @@ class Worker:
                 async with asyncio.timeout(RECORD_DEFER_S):
                     await self._idle.wait()
 
+    async def _until_complete(self, open_ms: int) -> None:
+        """``_until_idle``, and until the rest of boundary ``open_ms`` is predicted too: the
+        streamer writes 500 bars per transaction, so 1000 feeds' events come as two batches, and
+        the first one's bookkeeping started in the gap between them delayed the second one's
+        predictions by 10-20 ms. Complete means: no feed this worker held at the bar before is
+        still waiting for bar ``open_ms`` (a feed another worker of the group serves now also
+        waits, so never longer than RECORD_DEFER_S)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RECORD_DEFER_S):
+                while True:
+                    await self._until_idle()
+                    if self._newest_ms != open_ms or not self.bars.matrix.ending_at(open_ms - self.interval_ms):
+                        return
+                    await self._boundary_done.wait()
+
     def _status_writes(self, job: _Record) -> list[list[str]]:
         key = self.keys.forecaster()
         status = self.status()
@@ -660,5 +773,6 @@ async def run(settings: Settings, *, consumer: str | None = None) -> None:
             tasks.create_task(publisher.run(), name="publisher")
             tasks.create_task(worker.consume(), name="consume")
             tasks.create_task(worker.record(), name="record")
+            tasks.create_task(worker.prepare(), name="prepare")
             tasks.create_task(worker.acknowledge(), name="acknowledge")
             tasks.create_task(worker.heartbeat(), name="heartbeat")

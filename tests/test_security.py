@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shutil
 import subprocess
@@ -23,6 +24,8 @@ import pytest
 from pydantic import SecretStr
 from servers import MOSQUITTO, free_port, start_server, stop_server
 
+from forecaster.mqtt_wire import Connection, ConnectRefusedError
+from forecaster.publisher import Publisher
 from volcast.commands import status
 from volcast.connections import (
     ConnectionProblem,
@@ -286,6 +289,41 @@ async def test_mqtt_missing_or_wrong_password_says_what_to_set(
     assert "wrong" not in str(caught.value)
 
 
+async def _published_through_forecaster(settings: MqttSettings, payload: bytes) -> bytes:
+    """One payload through the forecaster's own publishing connection, as a subscriber gets it."""
+    topic = f"volcast-test-{uuid.uuid4().hex[:8]}/publisher"
+    publisher = Publisher(settings, backoff_initial_s=0.05, backoff_max_s=0.2)
+    running = asyncio.create_task(publisher.run())
+    try:
+        async with mqtt_client(settings) as client:
+            await client.subscribe(topic, qos=1)
+            await asyncio.wait_for(publisher.published(publisher.submit([(topic, payload)])), 10)
+            message: aiomqtt.Message = await asyncio.wait_for(anext(aiter(client.messages)), 10)
+            assert isinstance(message.payload, bytes)
+            return message.payload
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+@needs_mosquitto
+async def test_forecaster_publishes_with_a_password(mosquitto_with_password: int) -> None:
+    settings = MqttSettings(url=f"mqtt://127.0.0.1:{mosquitto_with_password}", username=MQTT_USER,
+                            password=_secret(MQTT_PASSWORD))
+    assert await _published_through_forecaster(settings, b"with a password") == b"with a password"
+
+
+@needs_mosquitto
+async def test_forecaster_connection_refused_names_the_reason(mosquitto_with_password: int) -> None:
+    settings = MqttSettings(url=f"mqtt://127.0.0.1:{mosquitto_with_password}", username=MQTT_USER,
+                            password=_secret("wrong"))
+    with pytest.raises(ConnectRefusedError) as caught:
+        await Connection.open(settings, client_id=None, on_confirmed=lambda mid: None, timeout_s=5)
+    assert caught.value.code in (4, 5)  # mosquitto 2 answers 5 (not authorised) to a wrong password
+    assert "wrong" not in str(caught.value)
+
+
 @needs_mosquitto
 async def test_mqtt_unreachable_says_what_to_check() -> None:
     url = f"mqtt://u:hunter2@127.0.0.1:{free_port()}"
@@ -333,6 +371,14 @@ async def test_mqtt_tls_with_ca_file(mosquitto_with_tls: int, certs: dict[str, P
         await client.publish(topic, b"over tls", qos=1)
         message: aiomqtt.Message = await asyncio.wait_for(anext(aiter(client.messages)), 10)
         assert message.payload == b"over tls"
+
+
+@needs_mosquitto
+@needs_openssl
+async def test_forecaster_publishes_over_tls(mosquitto_with_tls: int, certs: dict[str, Path]) -> None:
+    settings = MqttSettings(url=f"mqtts://127.0.0.1:{mosquitto_with_tls}", tls=TlsSettings(enabled=True,
+                                                                                           ca_file=certs["ca"]))
+    assert await _published_through_forecaster(settings, b"over tls") == b"over tls"
 
 
 @needs_mosquitto

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import socket
 import ssl
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
@@ -119,25 +120,42 @@ def mqtt_credentials(settings: MqttSettings) -> tuple[str | None, str | None]:
     return username, password
 
 
+@dataclass(frozen=True, slots=True)
+class MqttConnectionOptions:
+    """Where and how to connect to the broker: what aiomqtt's client and the forecaster's own
+    publishing connection (forecaster/mqtt_wire.py) both take from the settings."""
+
+    host: str
+    port: int
+    username: str | None
+    password: str | None
+    tls: ssl.SSLContext | None  # None: plain TCP
+
+
+def mqtt_connection_options(settings: MqttSettings) -> MqttConnectionOptions:
+    uses_tls = settings.tls.enabled or settings.url.startswith("mqtts://")
+    username, password = mqtt_credentials(settings)
+    return MqttConnectionOptions(settings.host, settings.port, username, password,
+                                 _ssl_context(settings.tls) if uses_tls else None)
+
+
 def mqtt_client(settings: MqttSettings, *, client_id: str | None = None, **overrides: Any) -> aiomqtt.Client:
     """An aiomqtt client; use as ``async with``.
 
     TCP_NODELAY matters: without it on both sides the first message after a subscribe took
     about 42 ms instead of 0.3 ms (findings.md).
     """
-    uses_tls = settings.tls.enabled or settings.url.startswith("mqtts://")
-    tls_context = _ssl_context(settings.tls) if uses_tls else None
-    username, password = mqtt_credentials(settings)
+    connection = mqtt_connection_options(settings)
     options: dict[str, Any] = {
-        "hostname": settings.host,
-        "port": settings.port,
-        "username": username,
-        "password": password,
+        "hostname": connection.host,
+        "port": connection.port,
+        "username": connection.username,
+        "password": connection.password,
         "identifier": client_id or settings.client_id,
-        "tls_context": tls_context,
+        "tls_context": connection.tls,
         "socket_options": [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
     }
-    if tls_context is not None and settings.tls.insecure:
+    if connection.tls is not None and settings.tls.insecure:
         options["tls_insecure"] = True
     options.update(overrides)
     return aiomqtt.Client(**options)
