@@ -18,8 +18,9 @@ in the writer's process added up to a few hundred ms per 1000 messages). Both pr
 CLOCK_MONOTONIC, which is one clock for the whole machine.
 
 The baseline, in the same run on the same broker and subscriber: a bare burst of N QoS 1
-publishes of the same payload from one paho client (what the worker's publisher hands its
-payloads to), measured from before the first publish to each arrival.
+publishes of the same payload from one paho client (the engine of aiomqtt, the usual Python MQTT
+client; the worker publishes on its own connection, forecaster/mqtt_wire.py), measured from
+before the first publish to each arrival.
 
 ``worker_ms`` is the median, over the measured boundaries, of the worker's own timings per
 batch (its debug log): ``read_ms`` events to histories, ``predict_ms`` the forward passes,
@@ -410,7 +411,7 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
     result: dict[str, Any] = percentiles(latency)
     result["from_write_start"] = percentiles(from_start)
     # Where the time goes, split at the payload's created_ms (+-1 ms): bars written -> payload
-    # built in the worker, and payload built -> arrival (hand-over to paho, broker, subscriber).
+    # built in the worker, and payload built -> arrival (written to the broker, broker, subscriber).
     result["written_to_payload"] = percentiles(to_payload)
     result["payload_to_arrival"] = percentiles(transit)
     result["boundary_max_ms"] = per_boundary

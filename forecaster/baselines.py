@@ -73,6 +73,10 @@ class LogForecaster:
         the bars at hand (the lstm's state over the next window's older bars); nothing here."""
         return None
 
+    def prepared_counts(self) -> tuple[int, int]:
+        """Live forecasts so far (forecasts from a prepared state, forecasts of whole windows)."""
+        return (0, 0)
+
     @property
     def quantile_levels(self) -> tuple[float, ...]:
         return ()

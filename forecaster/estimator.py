@@ -392,9 +392,12 @@ class LstmModel(LogForecaster):
         self, batch: Batch, keys: Sequence[str], positions: IntArray
     ) -> tuple[FloatArray, FloatArray | None]:
         prefix = self.prefix  # read once: prepare_next may replace it from another thread
-        if prefix is not None and len(positions) == 1 and int(positions[0]) == batch.volume.shape[1]:
+        live = len(positions) == 1 and int(positions[0]) == batch.volume.shape[1]  # the bar after the batch
+        if live and prefix is not None:
             return self._predict_next(batch, keys, positions, prefix)
         s_count, p_count = batch.volume.shape[0], len(positions)
+        if live:
+            self.prefix_misses += s_count
         points = np.empty((s_count, p_count))
         quants = np.empty((s_count, p_count, len(self.settings.quantiles)))
         self.net.eval()
@@ -415,6 +418,9 @@ class LstmModel(LogForecaster):
     @property
     def prepare_bars(self) -> int:
         return self.settings.look_back
+
+    def prepared_counts(self) -> tuple[int, int]:
+        return (self.prefix_hits, self.prefix_misses)
 
     def prepare_next(self, batch: Batch, keys: Sequence[str]) -> None:
         """Run the LSTM over the bars that each history's next window shares with it: its last
@@ -643,6 +649,9 @@ class EnsembleModel(LogForecaster):
     @property
     def prepare_bars(self) -> int:
         return self.lstm.prepare_bars
+
+    def prepared_counts(self) -> tuple[int, int]:
+        return self.lstm.prepared_counts()
 
     def prepare_next(self, batch: Batch, keys: Sequence[str]) -> None:
         self.lstm.prepare_next(batch, keys)

@@ -50,20 +50,13 @@ class Batch:
 
     def bars_from(self, start: int) -> Batch:
         """The same histories from bar ``start`` on (views, no copy)."""
-        return Batch(
-            interval_ms=self.interval_ms,
-            open_time_ms=self.open_time_ms[:, start:],
-            high=self.high[:, start:],
-            low=self.low[:, start:],
-            close=self.close[:, start:],
-            volume=self.volume[:, start:],
-            trades=self.trades[:, start:],
-            buy_volume=self.buy_volume[:, start:],
-            known=self.known,
-        )
+        return self._select((slice(None), slice(start, None)))
 
     def rows(self, index: IntArray) -> Batch:
         """The histories at ``index`` (fancy indexing: a copy)."""
+        return self._select(index)
+
+    def _select(self, index: IntArray | tuple[slice, slice]) -> Batch:
         return Batch(
             interval_ms=self.interval_ms,
             open_time_ms=self.open_time_ms[index],

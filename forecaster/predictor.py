@@ -64,6 +64,10 @@ class Predictor(Protocol):
         reuse (``batch``: ``prepare_bars`` bars or more each). It changes no forecast, only its speed."""
         ...
 
+    def prepared_counts(self) -> tuple[int, int]:
+        """(forecasts that reused what ``prepare`` computed, forecasts that read whole windows)."""
+        ...
+
 
 class ModelPredictor:
     """A Predictor over any fitted ``LogForecaster`` (network or baseline)."""
@@ -114,6 +118,9 @@ class ModelPredictor:
     def prepare(self, batch: Batch, keys: Sequence[str]) -> None:
         if keys:
             self.model.prepare_next(batch, keys)
+
+    def prepared_counts(self) -> tuple[int, int]:
+        return self.model.prepared_counts()
 
     def forecast_positions(
         self, key: str, frame: BarFrame, positions: IntArray

@@ -112,6 +112,8 @@ class Publisher:
                 self.connected = False
                 if connection is not None:
                     await connection.close()
+            # A cancellation that met a failing connection surfaces as MqttError: without this
+            # check the service would reconnect forever instead of stopping.
             raise_if_cancelled()
             delay = self._backoff.next_delay()
             self.reconnects += 1

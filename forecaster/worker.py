@@ -329,6 +329,9 @@ class Worker:
 
     def status(self) -> dict[str, str]:
         model = self.model
+        # The serving model's forecasts since it was loaded: one LSTM step from a prepared state,
+        # or a whole window (a feed that was not prepared, or whose bars changed since).
+        prepared, whole = model.predictor.prepared_counts() if model else (0, 0)
         return {
             "updated_ms": str(now_ms()),
             "consumer": self.consumer,
@@ -339,6 +342,8 @@ class Worker:
             "mqtt_connected": "1" if self.publisher.connected else "0",
             "unpublished": str(self.publisher.unpublished),
             "record_errors": str(self.record_errors),
+            "prepared_forecasts": str(prepared),
+            "window_forecasts": str(whole),
             **{f"last_{k}": f"{v:.2f}" for k, v in self.timings.items()},
         }
 
@@ -462,8 +467,7 @@ class Worker:
                 more = await self._more_of(open_ms, seen, events)
                 if more is not None:
                     jobs += [(*job, more) for job in self._jobs(more.ready, more)]
-                    if not inline:
-                        running += [self._start(sv, g, b, inline=False) for sv, g, b, _ in jobs[len(running):]]
+                    running += [self._start(sv, g, b, inline=False) for sv, g, b, _ in jobs[len(running):]]
         done = time.perf_counter()
         record.timings.update(read_ms=(read - started) * 1000, predict_ms=(done - read - submit_s) * 1000,
                               submit_ms=submit_s * 1000)
@@ -634,8 +638,9 @@ class Worker:
         """Let the serving model compute ahead for the feeds' next bars (``Predictor.prepare``).
 
         Like the bookkeeping, it waits for the broker to confirm the boundary (at most
-        RECORD_AFTER_PUBLISH_S) and for no boundary to be in progress. A boundary with a newer one
-        queued behind it is skipped: only the newest bars can be the next windows' older bars.
+        RECORD_AFTER_PUBLISH_S) and for the whole boundary to be predicted (``_until_complete``).
+        A boundary with a newer one queued behind it is skipped: only the newest bars can be the
+        next windows' older bars.
         """
         while True:
             open_ms, ticket = await self._prepares.get()

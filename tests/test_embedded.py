@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import aiomqtt
 
+from forecaster.publisher import Publisher
 from volcast.connections import mqtt_client, redis_client
 from volcast.embedded import free_port, mqtt_available, redis_available
 from volcast.settings import MqttSettings, RedisSettings
@@ -38,3 +42,23 @@ async def test_embedded_mqtt_when_nothing_answers() -> None:
             await subscriber.subscribe("volcast-test/#", qos=1)
             message: aiomqtt.Message = await anext(aiter(subscriber.messages))
             assert message.payload == b"retained" and message.retain
+
+
+async def test_forecaster_publishes_through_the_embedded_broker() -> None:
+    # The demo's forecaster publishes on its own MQTT connection (forecaster/mqtt_wire.py): amqtt
+    # must take it as Mosquitto does, retained and confirmed.
+    settings = MqttSettings(url=f"mqtt://127.0.0.1:{free_port()}")
+    async with mqtt_available(settings) as used:
+        publisher = Publisher(used, client_id="embedded-forecaster")
+        running = asyncio.create_task(publisher.run())
+        try:
+            ticket = publisher.submit([("volcast-test/forecaster", b"from the worker")])
+            await asyncio.wait_for(publisher.published(ticket), 10)
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        async with mqtt_client(used, client_id="embedded-late") as subscriber:
+            await subscriber.subscribe("volcast-test/forecaster", qos=1)
+            message: aiomqtt.Message = await asyncio.wait_for(anext(aiter(subscriber.messages)), 10)
+            assert message.payload == b"from the worker" and message.retain

@@ -15,6 +15,24 @@ from volcast.settings import MqttSettings
 BROKER = MqttSettings(url="mqtt://127.0.0.1:1883")
 
 
+class Confirmed(list[int]):
+    """The mids ``on_confirmed`` was called with; ``until(n)`` waits for n of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._more = asyncio.Event()
+
+    def __call__(self, mid: int) -> None:
+        self.append(mid)
+        self._more.set()
+
+    async def until(self, n: int) -> None:
+        async with asyncio.timeout(10):
+            while len(self) < n:
+                self._more.clear()
+                await self._more.wait()
+
+
 def test_publish_packet_layout() -> None:
     topic = b"\x00\x03a/b"
     assert publish_packet(topic, b"xy", 1, True, 0x0102) == b"\x33\x09\x00\x03a/b\x01\x02xy"
@@ -52,13 +70,13 @@ def test_split_packets_refuses_a_runaway_length() -> None:
 @pytest.mark.parametrize("qos", [0, 1, 2])
 async def test_publishes_reach_a_subscriber_and_are_confirmed(qos: int) -> None:
     prefix = f"volcast-test-{uuid.uuid4().hex[:8]}"
-    confirmed: list[int] = []
+    confirmed = Confirmed()
     # QoS 2: 15 messages. Past Mosquitto's 20 in flight per client an aiomqtt subscriber stalls
     # on QoS 2 publishes, aiomqtt's own publisher's just as ours (all PUBCOMPs come back).
     messages = [(f"{prefix}/{i}", f"payload {i}".encode()) for i in range(300 if qos < 2 else 15)]
     async with mqtt_client(BROKER) as subscriber:
         await subscriber.subscribe(f"{prefix}/#", qos=2)
-        connection = await Connection.open(BROKER, client_id=None, on_confirmed=confirmed.append, timeout_s=5)
+        connection = await Connection.open(BROKER, client_id=None, on_confirmed=confirmed, timeout_s=5)
         reading = asyncio.create_task(connection.run())
         try:
             mids = connection.publish(messages, qos, retain=False)
@@ -72,9 +90,7 @@ async def test_publishes_reach_a_subscriber_and_are_confirmed(qos: int) -> None:
             assert {m.qos for m in got} == {qos}
             if qos:
                 assert len(set(mids)) == len(messages)
-                async with asyncio.timeout(10):
-                    while len(confirmed) < len(mids):
-                        await asyncio.sleep(0.01)
+                await confirmed.until(len(mids))
                 assert sorted(confirmed) == sorted(mids)  # each once
                 assert connection.unconfirmed == 0
             else:
@@ -86,14 +102,12 @@ async def test_publishes_reach_a_subscriber_and_are_confirmed(qos: int) -> None:
 
 async def test_retained_publish_reaches_a_late_subscriber() -> None:
     topic = f"volcast-test-{uuid.uuid4().hex[:8]}/retained"
-    confirmed: list[int] = []
-    connection = await Connection.open(BROKER, client_id=None, on_confirmed=confirmed.append, timeout_s=5)
+    confirmed = Confirmed()
+    connection = await Connection.open(BROKER, client_id=None, on_confirmed=confirmed, timeout_s=5)
     reading = asyncio.create_task(connection.run())
     try:
         connection.publish([(topic, b"last")], 1, retain=True)
-        async with asyncio.timeout(10):
-            while not confirmed:
-                await asyncio.sleep(0.01)
+        await confirmed.until(1)
         async with mqtt_client(BROKER) as late:
             await late.subscribe(topic, qos=1)
             message = await asyncio.wait_for(anext(aiter(late.messages)), 10)

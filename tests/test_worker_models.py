@@ -25,6 +25,7 @@ from forecaster.feeds import feed_key
 from forecaster.frame import BarFrame
 from forecaster.model_commands import list_models, rollback
 from forecaster.model_store import ModelRecord, ModelStore, promote
+from forecaster.predictor import load_predictor
 from forecaster.training import TrainedModel, train_model
 from volcast.connections import redis_client
 from volcast.keys import RedisKeys
@@ -111,3 +112,36 @@ async def test_hot_swap_rollback_and_corrupt_model_without_a_missed_bar(settings
             opens = sorted({p.last_bar_ms for p in listener.received})
             assert opens == [series[feeds[0]][HISTORY + i].open_time_ms for i in range(step)]
             assert len(listener.received) == step * len(feeds)
+
+
+async def test_prepared_boundaries_forecast_what_whole_windows_do(settings: Settings) -> None:
+    """After each boundary the worker prepares the next one (one LSTM step per feed then): the
+    forecasts are the ones the same artifact gives on whole windows, and the status counts them."""
+    keys = RedisKeys(settings.redis.key_prefix)
+    feeds = feeds_of(settings)
+    series = {feed: symbol_bars(i) for i, feed in enumerate(feeds)}
+    trained = await asyncio.to_thread(tiny_model, settings, series)
+    store = ModelStore(settings.refit.model_dir)
+    store.write("1", lambda d: trained.save(d, "1"), {"name": "lstm"})
+    reference = load_predictor(store.path("1"), settings.model)
+    steps = 4
+    async with redis_client(settings.redis) as redis:
+        for feed in feeds:
+            await write_bars(redis, keys, feed, series[feed][:HISTORY])
+        await promote(redis, keys, ModelRecord("lstm", "1", {}, 1))
+        async with worker(settings), listening(settings) as listener:
+            for step in range(steps):
+                await close_bars(redis, keys, [(feed, series[feed][HISTORY + step]) for feed in feeds])
+                await listener.wait_for(len(feeds) * (step + 1))
+                await asyncio.sleep(0.5)  # the preparation runs once the boundary is out
+            status = await redis.hgetall(keys.forecaster())
+    assert {p.model_version for p in listener.received} == {"1"}
+    # The first boundary read whole windows; every later one was prepared by the one before it.
+    assert int(status[b"prepared_forecasts"]) == (steps - 1) * len(feeds)
+    assert int(status[b"window_forecasts"]) == len(feeds)
+    for p in listener.received:
+        closed = next(i for i, b in enumerate(series[p.feed]) if b.open_time_ms == p.last_bar_ms)
+        frame = BarFrame.from_bars(series[p.feed][: closed + 1], 60_000)
+        [want] = reference.predict([(feed_key(p.feed), frame)])
+        assert p.volume == pytest.approx(want.volume, rel=1e-5)
+        assert p.quantiles == pytest.approx(want.quantiles, rel=1e-5)
