@@ -393,7 +393,7 @@ class LstmModel(LogForecaster):
     ) -> tuple[FloatArray, FloatArray | None]:
         prefix = self.prefix  # read once: prepare_next may replace it from another thread
         live = len(positions) == 1 and int(positions[0]) == batch.volume.shape[1]  # the bar after the batch
-        if live and prefix is not None:
+        if live and prefix is not None and batch.volume.shape[1] > self.settings.look_back:
             return self._predict_next(batch, keys, positions, prefix)
         s_count, p_count = batch.volume.shape[0], len(positions)
         if live:
@@ -417,7 +417,10 @@ class LstmModel(LogForecaster):
 
     @property
     def prepare_bars(self) -> int:
-        return self.settings.look_back
+        # A prepared window's first bar has its return from the bar before it: the live history
+        # (HAR's day of bars) holds that bar only when the window is shorter than the history.
+        # A look_back of a day or more gets whole windows, whose first return is 0.
+        return self.settings.look_back if self.look_back > self.settings.look_back else 0
 
     def prepared_counts(self) -> tuple[int, int]:
         return (self.prefix_hits, self.prefix_misses)

@@ -149,6 +149,7 @@ class Connection:
                    timeout_s: float, keepalive_s: int = KEEPALIVE_S) -> Connection:
         """Connect and wait for CONNACK (ConnectRefusedError if it refuses, MqttError if it fails)."""
         options = mqtt_connection_options(settings)
+        writer: asyncio.StreamWriter | None = None
         try:
             async with asyncio.timeout(timeout_s):
                 reader, writer = await asyncio.open_connection(
@@ -162,10 +163,14 @@ class Connection:
                 writer.write(connect_packet(client_id or f"volcast-{uuid.uuid4().hex[:12]}",
                                             options.username, options.password, keepalive_s))
                 await connection._connack()
-        except TimeoutError:
-            raise MqttError(f"no CONNACK within {timeout_s:.0f}s") from None
-        except OSError as exc:
-            raise MqttError(f"cannot connect: {exc}") from exc
+        except BaseException as exc:
+            if writer is not None:  # refused, timed out or cancelled: no socket left behind
+                writer.close()
+            if isinstance(exc, TimeoutError):
+                raise MqttError(f"no CONNACK within {timeout_s:.0f}s") from None
+            if isinstance(exc, OSError):
+                raise MqttError(f"cannot connect: {exc}") from exc
+            raise
         return connection
 
     async def _connack(self) -> None:

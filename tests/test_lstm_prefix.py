@@ -112,6 +112,14 @@ def test_a_nan_bar_is_never_matched(predictor: ModelPredictor) -> None:
     assert lstm.prefix_misses - misses == 1
 
 
+def test_a_window_as_long_as_the_history_is_never_prepared() -> None:
+    # Its first bar has no bar before it in the live history (its return is 0 there): a state
+    # prepared from the bars of the boundary before would not be that window's.
+    day = LstmModel(TINY_MODEL.model_copy(update={"look_back": 1440}), TINY_MODEL.features, 60_000)
+    assert day.prepare_bars == 0
+    assert LstmModel(TINY_MODEL, TINY_MODEL.features, 60_000).prepare_bars == TINY_MODEL.look_back
+
+
 def test_trailing_means_direct_sums_agree_with_the_cumulative_sum() -> None:
     rng = np.random.default_rng(3)
     lv = rng.gamma(2.0, 2.0, size=(3, 3000))

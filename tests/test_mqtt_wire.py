@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 
 import aiomqtt
@@ -123,3 +124,32 @@ async def test_a_closed_connection_refuses_to_publish() -> None:
     await connection.close()
     with pytest.raises(MqttError, match="closed"):
         connection.publish([("volcast-test/x", b"1")], 1, retain=False)
+
+
+async def test_nothing_listening_is_an_mqtt_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(MqttError, match="cannot connect"):
+        await Connection.open(MqttSettings(url=f"mqtt://127.0.0.1:{port}"), client_id=None,
+                              on_confirmed=lambda mid: None, timeout_s=2)
+
+
+async def test_a_silent_server_times_out_and_the_socket_is_closed() -> None:
+    closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # returns at EOF: the client closed its socket
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server:
+        with pytest.raises(MqttError, match="no CONNACK within") as caught:
+            await Connection.open(MqttSettings(url=f"mqtt://127.0.0.1:{port}"), client_id=None,
+                                  on_confirmed=lambda mid: None, timeout_s=0.3)
+        # Closed by open() itself: ``caught`` keeps the failed call's frame, and its socket, alive,
+        # so garbage collection cannot be what closed it.
+        await asyncio.wait_for(closed.wait(), 5)
+        assert caught.value.__traceback__ is not None
