@@ -110,7 +110,6 @@ class BarHistories:
         self.matrix = BarMatrix(interval_ms, look_back)
         self.bars_read = 0
         self.full_reads = 0  # feeds read afresh (look_back bars), for tests and the status
-        self._stream_keys: dict[Feed, str] = {}  # built once per feed: every boundary reads them
 
     @property
     def look_back(self) -> int:
@@ -146,7 +145,7 @@ class BarHistories:
             if last is None or open_ms - last >= look_back * interval:
                 fresh.append(feed)
             elif last == previous:
-                nexts[self._stream_key(feed)] = feed
+                nexts[self._keys.bars(feed)] = feed
             elif last < open_ms:
                 since.append(feed)
             elif matrix.available(feed, open_ms) < look_back:
@@ -177,12 +176,6 @@ class BarHistories:
                         self.full_reads += into is matrix
                         self._write(into, feed, list(reversed(entries)), continues=False)
         return Histories(open_ms, list(dict.fromkeys(feeds)), matrix, one_off)
-
-    def _stream_key(self, feed: Feed) -> str:
-        key = self._stream_keys.get(feed)
-        if key is None:
-            key = self._stream_keys[feed] = self._keys.bars(feed)
-        return key
 
     def _append_next(self, reply: Any, nexts: Mapping[str, Feed], open_ms: int) -> None:
         """The XREAD of each feed's next bar: the ones that are bar ``open_ms``, in one write."""
