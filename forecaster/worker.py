@@ -637,8 +637,8 @@ class Worker:
     async def prepare(self) -> None:
         """Let the serving model compute ahead for the feeds' next bars (``Predictor.prepare``).
 
-        Like the bookkeeping, it waits for the broker to confirm the boundary (at most
-        RECORD_AFTER_PUBLISH_S) and for the whole boundary to be predicted (``_until_complete``).
+        Like the bookkeeping, it waits for the broker to confirm the boundary and for the whole
+        boundary to be predicted (``_until_out``).
         A boundary with a newer one queued behind it is skipped: only the newest bars can be the
         next windows' older bars.
         """
@@ -646,10 +646,7 @@ class Worker:
             open_ms, ticket = await self._prepares.get()
             if not self._prepares.empty():
                 continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(RECORD_AFTER_PUBLISH_S):
-                    await self.publisher.published(ticket)
-            await self._until_complete(open_ms)
+            await self._until_out(open_ms, ticket)
             serving = self.model
             if serving is None or not self._prepares.empty():
                 continue
@@ -700,12 +697,7 @@ class Worker:
         backoff = Backoff(0.1, 5.0)
         while True:
             job = await self._records.get()
-            with contextlib.suppress(TimeoutError):
-                # The broker is forwarding the predictions to subscribers: do not take the CPU
-                # from it now, unless it cannot be reached (the records are due anyway).
-                async with asyncio.timeout(RECORD_AFTER_PUBLISH_S):
-                    await self.publisher.published(job.ticket)
-            await self._until_complete(job.open_ms)
+            await self._until_out(job.open_ms, job.ticket)
             started = time.perf_counter()
             writes: list[list[str]] | None = None
             while True:
@@ -741,6 +733,15 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(RECORD_DEFER_S):
                     await self._idle.wait()
+
+    async def _until_out(self, open_ms: int, ticket: Ticket) -> None:
+        """Until the broker confirmed boundary ``open_ms`` (at most RECORD_AFTER_PUBLISH_S: it
+        forwards the predictions to subscribers meanwhile, and work after a boundary should not
+        take the CPU from it, unless it cannot be reached) and the whole boundary is predicted."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(RECORD_AFTER_PUBLISH_S):
+                await self.publisher.published(ticket)
+        await self._until_complete(open_ms)
 
     async def _until_complete(self, open_ms: int) -> None:
         """``_until_idle``, and until the rest of boundary ``open_ms`` is predicted too: the
