@@ -87,6 +87,14 @@ class BarMatrix:
             return 0
         return (end_ms - self._first[feed]) // self.interval_ms + 1
 
+    def fits(self, end_ms: int, length: int | None = None) -> bool:
+        """Whether ``length`` bars (default ``look_back``) ending with bar ``end_ms`` lie at or after
+        column 0. Columns are shared by every feed, so a feed far behind the others (a replay of
+        another day, a feed whose first hundreds of bars close at once) cannot be held with them."""
+        if self._base_ms is None:
+            return True
+        return end_ms - ((length or self.look_back) - 1) * self.interval_ms >= self._base_ms
+
     def ending_at(self, end_ms: int) -> list[Feed]:
         """The feeds whose newest bar is ``end_ms``."""
         return [feed for feed, last in self._last.items() if last == end_ms]
@@ -140,6 +148,8 @@ class BarMatrix:
         else:
             continues = False
             start_ms = first_ms = int(times[0])
+        if not continues and not self.fits(int(times[-1]), 1):
+            return  # all older than column 0: the caller reads such a feed apart (``fits``)
         self._column_for(int(times[-1]))  # may shift the columns, and so drop old bars
         base = self._base_ms
         assert base is not None

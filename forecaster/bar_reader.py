@@ -8,7 +8,11 @@ trip: a feed this process has not seen yet, or has not seen for more than ``look
 feed that missed a few bars (events claimed from a dead worker, or handled by another worker)
 reads the bars since its last one; and an old event (replayed after a restart: the feed has
 moved on) whose window the matrix no longer holds is read into a one-off matrix, so that its
-prediction is made from the bars it names without disturbing the held ones.
+prediction is made from the bars it names without disturbing the held ones. So is a feed far
+behind the others (its window starts before the matrix's first column, which every feed
+shares): a replay of another day, or a feed whose first hundreds of bars close at once.
+Whether a prediction is the feed's newest (published) or a replayed older one (recorded only)
+is decided by the newest bar each feed was ready at, not by which matrix held it.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ class Histories:
     """
 
     def __init__(self, open_ms: int, asked: Sequence[Feed], main: BarMatrix,
-                 one_off: BarMatrix | None = None) -> None:
+                 one_off: BarMatrix | None = None, newest: dict[Feed, int] | None = None) -> None:
         self.open_ms = open_ms
         self.main = main
         self.one_off = one_off
@@ -53,6 +57,15 @@ class Histories:
             n = self._matrix(feed).available(feed, open_ms)
             if n > 0:
                 self.lengths[feed] = n
+        self._tracked = newest is not None
+        self._older: set[Feed] = set()  # ready feeds for which a newer bar was ready before
+        if newest is not None:
+            for feed in self.lengths:
+                seen = newest.get(feed)
+                if seen is not None and seen > open_ms:
+                    self._older.add(feed)
+                else:
+                    newest[feed] = open_ms
 
     @property
     def ready(self) -> list[Feed]:
@@ -69,6 +82,8 @@ class Histories:
     def latest(self, feed: Feed) -> bool:
         """False for a replayed old event: the feed has moved on, its prediction must not replace
         a newer one."""
+        if self._tracked:
+            return feed not in self._older
         return self._matrix(feed) is self.main and self.main.last_ms(feed) == self.open_ms
 
     def last_volumes(self, feeds: Sequence[Feed]) -> list[float]:
@@ -110,6 +125,9 @@ class BarHistories:
         self.matrix = BarMatrix(interval_ms, look_back)
         self.bars_read = 0
         self.full_reads = 0  # feeds read afresh (look_back bars), for tests and the status
+        # The newest bar each feed was ready at: a one-off read (a feed far behind the others)
+        # can still be the feed's newest bar, and an older one must not replace its forecast.
+        self._newest: dict[Feed, int] = {}
 
     @property
     def look_back(self) -> int:
@@ -143,7 +161,7 @@ class BarHistories:
         for feed in dict.fromkeys(feeds):
             last = matrix.last_ms(feed)
             if last is None or open_ms - last >= look_back * interval:
-                fresh.append(feed)
+                (fresh if matrix.fits(open_ms) else old).append(feed)
             elif last == previous:
                 nexts[self._keys.bars(feed)] = feed
             elif last < open_ms:
@@ -175,7 +193,7 @@ class BarHistories:
                     for (feed, into), entries in zip(chunk, await pipe.execute(), strict=True):
                         self.full_reads += into is matrix
                         self._write(into, feed, list(reversed(entries)), continues=False)
-        return Histories(open_ms, list(dict.fromkeys(feeds)), matrix, one_off)
+        return Histories(open_ms, list(dict.fromkeys(feeds)), matrix, one_off, self._newest)
 
     def _append_next(self, reply: Any, nexts: Mapping[str, Feed], open_ms: int) -> None:
         """The XREAD of each feed's next bar: the ones that are bar ``open_ms``, in one write."""

@@ -207,3 +207,48 @@ async def test_a_bar_missing_from_redis_is_not_ready_and_a_hole_is_filled(settin
         assert frame.volume[-4] == 0 and frame.close[-4] == float(series[99].close)
         np.testing.assert_array_equal(frame.volume[-3:], [float(b.volume) for b in series[101:104]])
         np.testing.assert_array_equal(frame.volume[:-4], [float(b.volume) for b in series[100 - len(frame) + 4:100]])
+
+
+def test_bars_older_than_the_matrix_are_not_held_and_do_not_fail() -> None:
+    near = BarFrame.from_csv(NEAR)
+    matrix = BarMatrix(MINUTE, LOOK_BACK, spare=8)
+    times, values = columns_of(near[1000:1100])
+    matrix.write(FEED, times, values, continues=False)
+    old_times, old_values = columns_of(near[:100])  # all before column 0 of the matrix
+    matrix.write(OTHER, old_times, old_values, continues=False)
+    assert matrix.last_ms(OTHER) is None and matrix.available(OTHER, int(old_times[-1])) == 0
+    assert not matrix.fits(int(old_times[-1])) and matrix.fits(int(times[-1]))
+    assert matrix.last_ms(FEED) == int(times[-1])
+
+
+async def test_feeds_days_apart_are_each_served_from_their_own_bars(settings: Settings) -> None:
+    """A feed far behind the others (its first bars closing in a burst, or a replay of another
+    day) must not be written into the shared columns of the others: the forecaster crashed there
+    with ``IndexError: index 0 is out of bounds`` (bar_matrix.write) in a three-feed soak."""
+    keys = RedisKeys(settings.redis.key_prefix)
+    ahead, behind = feeds_of(settings)[:2]
+    near = symbol_bars(0)
+    late = [replace(b, open_time_ms=b.open_time_ms + 2 * 86_400_000) for b in near[:2000]]
+    early = near[:400]
+    async with redis_client(settings.redis) as redis:
+        await write_bars(redis, keys, ahead, late)
+        await write_bars(redis, keys, behind, early)
+        bars = BarHistories(redis, keys, MINUTE, LOOK_BACK)
+        for at in (300, 301, 302, 340):
+            histories = await bars.at([ahead], late[at].open_time_ms)
+            assert_history(histories, ahead, late, at)
+            assert histories.latest(ahead)
+            behind_at = at - 200
+            histories = await bars.at([behind], early[behind_at].open_time_ms)
+            assert histories.ready == [behind]
+            assert_history(histories, behind, early, behind_at)
+            # Its newest bar: the forecast must be published, not treated as a replayed old event.
+            assert histories.latest(behind)
+        # Then the feed behind catches up to the others: held with them again.
+        caught_up = [replace(b, open_time_ms=late[0].open_time_ms + i * MINUTE) for i, b in enumerate(early)]
+        await redis.delete(keys.bars(behind))
+        await write_bars(redis, keys, behind, caught_up[:342])
+        histories = await bars.at([ahead, behind], late[341].open_time_ms)
+        assert set(histories.ready) == {ahead, behind}
+        assert_history(histories, behind, caught_up, 341)
+        assert histories.latest(behind) and histories.one_off is None
