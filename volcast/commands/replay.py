@@ -66,13 +66,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _config_snippet(rest_url: str, ws_url: str, symbols: list[str]) -> str:
+    """A config.yml that streams this replay as printed (the other sections keep their defaults)."""
     return (
         "exchanges:\n"
         "  - id: binance\n"
         f"    symbols: [{', '.join(symbols)}]\n"
-        "    options: {tradesLimit: 1000000}\n"
+        "    # a large trade buffer keeps every trade of a fast replay's bursts; spot markets only,\n"
+        "    # else ccxt also asks the real futures host, which is not reachable offline\n"
+        "    options: {tradesLimit: 1000000, fetchMarkets: {types: [spot]}}\n"
         "    urls:\n"
         f'      api: {{public: "{rest_url}", ws: {{spot: "{ws_url}"}}}}\n'
+    )
+
+
+def _environment_snippet() -> str:
+    """Backfill reads Binance's historicalTrades, which ccxt sends only with an API key; without
+    one every reconnect's missed trades become gap bars. The replay accepts any key."""
+    from streamer.source import api_key_variable
+
+    return (
+        "environment (backfill needs an API key; the replay accepts any):\n"
+        f"  export {api_key_variable('binance')}=replay\n"
     )
 
 
@@ -126,7 +140,9 @@ async def _serve(server: object) -> None:
         symbols = [t.symbol for t in server.tapes]
         print(f"REST      {server.rest_url}")
         print(f"websocket {server.ws_url}")
-        print("config.yml:\n" + _config_snippet(server.rest_url, server.ws_url, symbols), flush=True)
+        print("config.yml (then: volcast stream --config config.yml):\n"
+              + _config_snippet(server.rest_url, server.ws_url, symbols), flush=True)
+        print(_environment_snippet(), flush=True)
         if server.start_on_subscribe:
             print("waiting for a subscriber to every symbol...", flush=True)
         last = 0
