@@ -24,6 +24,10 @@ import redis.asyncio as aioredis
 from volcast.keys import RedisKeys
 
 STORE_FILE = "store.json"
+LEFTOVER_AGE_S = 900.0
+"""A hidden ``.tmp-*``/``.del-*`` directory older than this is a leftover of a process that was
+killed while writing or pruning (no write takes minutes), and is removed."""
+_HIDDEN_PREFIXES = (".tmp-", ".del-")
 
 
 class StoreError(Exception):
@@ -103,6 +107,7 @@ class ModelStore:
         if final.exists():
             raise StoreError(f"model version {version} already exists in {self.root}")
         self.root.mkdir(parents=True, exist_ok=True)
+        self.sweep()
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=self.root))
         try:
             tmp.chmod(0o755)  # mkdtemp makes it private; forecasters may run as another user
@@ -116,6 +121,22 @@ class ModelStore:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         return final
+
+    def sweep(self, older_than_s: float = LEFTOVER_AGE_S) -> list[str]:
+        """Remove what a killed writer left (its temporary directories); returns their names."""
+        if not self.root.is_dir():
+            return []
+        cutoff = time.time() - older_than_s
+        gone = []
+        for path in self.root.iterdir():
+            try:
+                stale = path.name.startswith(_HIDDEN_PREFIXES) and path.is_dir() and path.stat().st_mtime < cutoff
+            except OSError:
+                continue  # removed meanwhile
+            if stale:
+                shutil.rmtree(path, ignore_errors=True)
+                gone.append(path.name)
+        return gone
 
     def prune(self, keep: int, protect: Collection[str] = ()) -> list[str]:
         """Delete all but the newest ``keep`` versions, never one in ``protect``; returns the deleted."""

@@ -38,12 +38,12 @@ from typing import Any, cast
 
 import numpy as np
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from forecaster import heap
 from forecaster.bar_reader import BarHistories, Histories
+from forecaster.dead_letters import DeadLetters
+from forecaster.events import Event, EventParser
 from forecaster.fallback import FallbackBaseline
 from forecaster.features import Batch
 from forecaster.feeds import feed_key
@@ -56,6 +56,7 @@ from volcast.aio import raise_if_cancelled
 from volcast.backoff import Backoff
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys, forecast_topic
+from volcast.redis_problems import TRANSIENT, RedisDataProblem, first_of, key_problem, wrong_type
 from volcast.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -97,30 +98,6 @@ def now_ms() -> int:
 
 def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-@dataclass(frozen=True, slots=True)
-class Event:
-    """One bar-closed event; ``feed`` is None for an entry that is not a valid event."""
-
-    entry_id: bytes
-    feed: Feed | None
-    open_time_ms: int
-
-
-def parse_event(entry_id: bytes, fields: Mapping[bytes, bytes], interval_ms: int,
-                feeds: dict[tuple[bytes, bytes], Feed] | None = None) -> Event:
-    """``feeds``: the Feed of each (exchange, symbol) seen before, reused (see ``Worker._event``)."""
-    try:
-        exchange, symbol = fields[b"exchange"], fields[b"symbol"]
-        feed = feeds.get((exchange, symbol)) if feeds is not None else None
-        if feed is None:
-            feed = Feed(exchange.decode(), symbol.decode(), interval_ms)
-            if feeds is not None:
-                feeds[(exchange, symbol)] = feed
-        return Event(entry_id, feed, int(fields[b"open_time_ms"]))
-    except (KeyError, ValueError, UnicodeDecodeError):
-        return Event(entry_id, None, 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +159,17 @@ class Worker:
         self._boundary_done = asyncio.Event()  # replaced by a fresh one as each batch ends
         self._settle_due = True  # imports and the connections are lasting state too
         self._feed_keys: dict[Feed, str] = {}
-        self._feed_objects: dict[tuple[bytes, bytes], Feed] = {}
+        self.events = EventParser(self.interval_ms, frozenset(settings.feeds()))
+        self.dead = DeadLetters(redis, self.keys, self.interval_ms, self.group, self.consumer)
+        self._dead_after = settings.forecaster.dead_letter_after
+        # Feeds whose event failed recently: handled apart, so one bad feed does not send every
+        # boundary through the split-and-retry of a failure.
+        self._suspects: set[Feed] = set()
+        self._predicted: dict[Feed, int] = {}  # the bar each feed was last predicted from
+        self.invalid_events = 0
+        self.duplicate_events = 0
+        self.handling_errors = 0
+        self._model_error_logged = False
         # torch's thread count is per OS thread (OpenMP): set it inside the thread that predicts,
         # or that thread uses every core and fights Redis, Mosquitto and the event loop for them.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forecast",
@@ -204,9 +191,18 @@ class Worker:
     # -- the loop ---------------------------------------------------------------------------
 
     async def consume(self) -> None:
-        """Read, forecast, publish; Redis failures are retried with backoff, never fatal."""
+        """Read, forecast, publish; Redis outages are retried with backoff, never fatal.
+
+        A Redis answer that retrying cannot cure on the events stream itself (a key of the wrong
+        type) ends the service with one message naming the key (``RedisDataProblem``). A failure
+        in handling events never reaches this loop: ``process`` retries them apart and
+        dead-letters those that keep failing.
+        """
         backoff = Backoff(0.1, 5.0)
-        pending_own = True  # after a restart under a fixed consumer name, our own PEL comes first
+        # After a restart under a fixed consumer name, our own pending list comes first: read on
+        # from the last entry read (from "0" each time, a batch whose acks were still on their
+        # way was read and handled again, and new events were never reached).
+        pending_from: str | None = "0"
         group_ready = False  # created once, and again when Redis says it lost it (NOGROUP)
         while True:
             raise_if_cancelled()
@@ -221,27 +217,59 @@ class Worker:
                     continue
                 if time.monotonic() - self._last_claim >= self._claim_every_s:
                     await self.claim()
-                start = "0" if pending_own else ">"
-                reply: Any = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: start},
-                                                   count=READ_COUNT, block=None if pending_own else self._block_ms)
+                reply: Any = await self.redis.xreadgroup(
+                    self.group, self.consumer, {self.stream: pending_from or ">"}, count=READ_COUNT,
+                    block=None if pending_from is not None else self._block_ms)
                 # redis-py can return a blocking read's reply to a task being cancelled (seen in
                 # tests: the worker then read on for ever). What it read stays in our pending list.
                 raise_if_cancelled()
                 entries = reply[0][1] if reply else []
-                if pending_own and not entries:
-                    pending_own = False
-                elif entries and not pending_own:
+                if pending_from is not None:
+                    if not entries:
+                        pending_from = None
+                        continue
+                    pending_from = _text(entries[-1][0])
+                    entries = await self._redelivered(entries)
+                elif entries:
                     entries += await self._drain(READ_COUNT - len(entries))
-                await self.process([self._event(i, f) for i, f in entries if f])
+                await self.process(await self._events_of(entries))
                 backoff.reset()
             except ResponseError as exc:
                 group_ready = False
                 if "NOGROUP" in str(exc):
                     continue  # Redis lost the group (restart without persistence): create it again
-                await self._retry(backoff, exc)
-            except (RedisError, OSError) as exc:
+                raise key_problem(self.stream, exc, expected="stream of bar-closed events") from None
+            except TRANSIENT as exc:
                 group_ready = False  # a Redis that restarted may have lost it
                 await self._retry(backoff, exc)
+
+    async def _events_of(self, entries: Sequence[Any]) -> list[Event]:
+        """Entries as events; an entry without fields (deleted from the stream while pending)
+        is acknowledged, or it would stay in the pending list for ever."""
+        gone = [entry_id for entry_id, fields in entries if not fields]
+        if gone:
+            await self.redis.xack(self.stream, self.group, *gone)
+        return [self._event(i, f) for i, f in entries if f]
+
+    async def _redelivered(self, entries: list[Any]) -> list[Any]:
+        """Our own pending entries, read again after a restart: those delivered more than
+        ``dead_letter_after`` times are dead-lettered (every worker that took them stopped before
+        acknowledging: a crash loop must not go on for ever), the rest handled again."""
+        rows: Any = await self.redis.xpending_range(self.stream, self.group, min=entries[0][0], max=entries[-1][0],
+                                                    count=len(entries), consumername=self.consumer)
+        tired = {row["message_id"]: row["times_delivered"] for row in rows
+                 if row["times_delivered"] > self._dead_after}
+        if not tired:
+            return entries
+        await self._bury_redelivered([(i, f) for i, f in entries if i in tired], tired)
+        return [(i, f) for i, f in entries if i not in tired]
+
+    async def _bury_redelivered(self, entries: Sequence[Any], delivered: Mapping[bytes, int]) -> None:
+        events = await self._events_of(entries)
+        await self.dead.bury([
+            (e, e.problem or f"delivered {delivered[e.entry_id]} times without being acknowledged: "
+                             "each worker that took it stopped before it was done", delivered[e.entry_id])
+            for e in events])
 
     async def _drain(self, room: int) -> list[Any]:
         """What else has arrived, without blocking: a blocked read returns as soon as the first
@@ -259,10 +287,7 @@ class Worker:
         return out
 
     def _event(self, entry_id: bytes, fields: Mapping[bytes, bytes]) -> Event:
-        # One Feed object per feed for the life of the process: the held bars and every
-        # per-feed table are keyed by Feed, and a lookup with the very object that is the key
-        # skips the dataclass __eq__ (7000 calls, about 2 ms per boundary at 1000 feeds).
-        return parse_event(entry_id, fields, self.interval_ms, self._feed_objects)
+        return self.events.parse(entry_id, fields)
 
     async def _retry(self, backoff: Backoff, exc: BaseException) -> None:
         delay = backoff.next_delay()
@@ -291,12 +316,18 @@ class Worker:
         theirs = [row["message_id"] for row in rows if _text(row["consumer"]) != self.consumer]
         if not theirs:
             return
+        # XCLAIM delivers them once more: past dead_letter_after deliveries they are set aside.
+        delivered = {row["message_id"]: row["times_delivered"] + 1 for row in rows
+                     if row["times_delivered"] + 1 > self._dead_after}
         entries: Any = await self.redis.xclaim(self.stream, self.group, self.consumer, idle, theirs)
         claimed = {entry_id for entry_id, _ in entries}
         gone = [i for i in theirs if i not in claimed]
         if gone:  # trimmed from the stream before anyone processed them
             await self.redis.xack(self.stream, self.group, *gone)
-        events = [self._event(i, f) for i, f in entries if f]
+        if delivered:
+            await self._bury_redelivered([(i, f) for i, f in entries if i in delivered], delivered)
+            entries = [(i, f) for i, f in entries if i not in delivered]
+        events = await self._events_of(entries)
         if events:
             log.info("claimed %d pending events of other consumers", len(events))
             await self.process(events)
@@ -342,6 +373,10 @@ class Worker:
             "mqtt_connected": "1" if self.publisher.connected else "0",
             "unpublished": str(self.publisher.unpublished),
             "record_errors": str(self.record_errors),
+            "dead_letters": str(self.dead.buried),
+            "invalid_events": str(self.invalid_events),
+            "duplicate_events": str(self.duplicate_events),
+            "handling_errors": str(self.handling_errors),
             "prepared_forecasts": str(prepared),
             "window_forecasts": str(whole),
             **{f"last_{k}": f"{v:.2f}" for k, v in self.timings.items()},
@@ -354,7 +389,15 @@ class Worker:
         if not force and time.monotonic() - self._last_poll < MODEL_POLL_S:
             return
         self._last_poll = time.monotonic()
-        version = await current_version(self.redis, self.keys)
+        try:
+            version = await current_version(self.redis, self.keys)
+        except ResponseError as exc:  # not an outage: say so once, and serve on what is loaded
+            if not self._model_error_logged:
+                log.error("%s; serving %s meanwhile", key_problem(self.keys.model(), exc, expected="hash"),
+                          self.model.version if self.model else "the baseline")
+                self._model_error_logged = True
+            return
+        self._model_error_logged = False
         serving = self.model.version if self.model else None
         if version is None or version == serving or version == self._failed_version:
             return
@@ -394,24 +437,90 @@ class Worker:
             done.set()
 
     async def _process(self, events: Sequence[Event]) -> None:
-        invalid = [e.entry_id for e in events if e.feed is None]
-        if invalid:
-            log.warning("acknowledging %d malformed bar events", len(invalid))
-            self._acks.put_nowait(({}, invalid, None))
         by_time: dict[int, list[Event]] = {}
+        invalid: list[tuple[Event, str, int]] = []
+        repeated: list[bytes] = []
+        predicted = self._predicted
         for event in events:
-            if event.feed is not None:
+            feed = event.feed
+            if feed is None:
+                invalid.append((event, event.problem or "not a bar-closed event", 1))
+            elif predicted.get(feed) == event.open_time_ms:
+                repeated.append(event.entry_id)  # the same bar's event again: one forecast per bar
+            else:
                 by_time.setdefault(event.open_time_ms, []).append(event)
+        if repeated:
+            self.duplicate_events += len(repeated)
+            self._acks.put_nowait(({}, repeated, None))
+        if invalid:
+            self.invalid_events += len(invalid)
+            try:
+                await self.dead.bury(invalid)
+            except TRANSIENT:
+                # They and the rest are in this consumer's pending list, which is not read again:
+                # keep them for after the retry instead of leaving them there.
+                later = [e for t in sorted(by_time) for e in by_time[t]]
+                self._stash[:0] = [e for e, _, _ in invalid] + later
+                raise
         times = sorted(by_time)
         for n, open_ms in enumerate(times):
             try:
-                await self.boundary(open_ms, by_time[open_ms])
-            except (RedisConnectionError, RedisTimeoutError, OSError):
-                # Raised by the boundary's first read, before anything was published: these
-                # events (and the later ones) are in this consumer's pending list, which is not
-                # read again; keep them for after the retry instead of leaving them there.
+                await self._handle(open_ms, by_time[open_ms])
+            except TRANSIENT:
+                # Raised by the boundary's first read, before anything was published: as above.
                 self._stash[:0] = [e for t in times[n:] for e in by_time[t]]
                 raise
+
+    async def _handle(self, open_ms: int, events: list[Event]) -> None:
+        """One boundary's events; the suspects (feeds that failed recently) each on their own."""
+        suspects = self._suspects
+        if not suspects:
+            await self._attempt(open_ms, events)
+            return
+        rest = [e for e in events if e.feed not in suspects]
+        if rest:
+            await self._attempt(open_ms, rest)
+        for event in events:
+            if event.feed in suspects:
+                await self._attempt(open_ms, [event])
+
+    async def _attempt(self, open_ms: int, events: list[Event], failures: int = 0) -> None:
+        """``boundary``, and when it fails for any reason but an outage: the events again in two
+        halves, down to the single event that fails, which is tried ``dead_letter_after`` times
+        and then dead-lettered. One bad event never holds back the good ones read with it, and
+        a failure that is not an outage is never retried as if Redis were down."""
+        try:
+            await self.boundary(open_ms, events)
+        except TRANSIENT:
+            raise
+        except Exception as exc:
+            self.handling_errors += 1
+            for event in events:  # a failed read may have left their held bars half written
+                if event.feed is not None:
+                    self.bars.forget(event.feed)
+            if len(events) > 1:
+                log.error("bar %d: handling %d events failed (%s); retrying them apart", open_ms, len(events),
+                          self._reason(exc, None))
+                half = len(events) // 2
+                await self._attempt(open_ms, events[:half])
+                await self._attempt(open_ms, events[half:])
+                return
+            event = events[0]
+            if event.feed is not None:
+                self._suspects.add(event.feed)
+            failures += 1
+            if failures < self._dead_after:
+                await self._attempt(open_ms, events, failures)
+            else:
+                await self.dead.bury([(event, self._reason(exc, event.feed), failures)])
+            return
+        if len(events) == 1 and events[0].feed in self._suspects:
+            self._suspects.discard(events[0].feed)
+
+    def _reason(self, exc: BaseException, feed: Feed | None) -> str:
+        if feed is not None and wrong_type(exc):
+            return str(key_problem(self.keys.bars(feed), exc, expected="stream of bars"))
+        return f"{type(exc).__name__}: {exc}"
 
     async def boundary(self, open_ms: int, events: Sequence[Event]) -> None:
         """Every feed whose bar ``open_ms`` closed: one read, forward passes, hand-overs to MQTT.
@@ -478,7 +587,11 @@ class Worker:
             self._newest_ms = open_ms
             self._prepares.put_nowait((open_ms, ticket))
         self.batches += 1
+        self.duplicate_events += len(events) - len(seen)  # a feed's event twice in one read
         self.predictions += len(record.predictions)
+        predicted = self._predicted
+        for prediction in record.predictions:
+            predicted[prediction.feed] = open_ms
         # After the hand-over, off the boundary's latency:
         if self.fallback.refit_due and self._fallback_serves(ready, histories):
             await self._refit_fallback(ready, histories)
@@ -775,10 +888,18 @@ async def run(settings: Settings, *, consumer: str | None = None) -> None:
     async with redis_client(settings.redis) as redis:
         worker = Worker(settings, redis, publisher, consumer)
         log.info("forecaster %s reading %s as group %s", worker.consumer, worker.stream, worker.group)
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(publisher.run(), name="publisher")
-            tasks.create_task(worker.consume(), name="consume")
-            tasks.create_task(worker.record(), name="record")
-            tasks.create_task(worker.prepare(), name="prepare")
-            tasks.create_task(worker.acknowledge(), name="acknowledge")
-            tasks.create_task(worker.heartbeat(), name="heartbeat")
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(publisher.run(), name="publisher")
+                tasks.create_task(worker.consume(), name="consume")
+                tasks.create_task(worker.record(), name="record")
+                tasks.create_task(worker.prepare(), name="prepare")
+                tasks.create_task(worker.acknowledge(), name="acknowledge")
+                tasks.create_task(worker.heartbeat(), name="heartbeat")
+        except BaseExceptionGroup as group:
+            # A key Redis refuses ends the service with its one message (the CLI prints it), not
+            # with the traceback of a task group.
+            problem = first_of(group, RedisDataProblem)
+            if problem is None:
+                raise
+            raise problem from None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 from forecaster.live_scores import LiveScores, Realised
-from forecaster.model_store import ModelRecord, ModelStore, StoreError
+from forecaster.model_store import LEFTOVER_AGE_S, ModelRecord, ModelStore, StoreError
 from forecaster.payload import Prediction
 from volcast.keys import Feed
 
@@ -79,3 +81,20 @@ def test_live_scores_roll_over_the_window() -> None:
     # The first record has left the window: MAE 2, naive MAE (0 + 2) / 2 = 1.
     assert out["n"] == "2" and float(out["mae"]) == pytest.approx(2.0) and float(out["mase"]) == pytest.approx(2.0)
     assert out["from_ms"] == "60000" and scores.follows(feed, 180_000) and not scores.follows(feed, 240_000)
+
+
+def test_a_killed_writers_temporary_directories_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path)
+    left = tmp_path / ".tmp-3-abcd"  # what a refit killed in the middle of save() leaves
+    left.mkdir()
+    (left / "weights.safetensors").write_bytes(b"\0" * 99_672)
+    trash = tmp_path / ".del-1-efgh"
+    (trash / "1").mkdir(parents=True)
+    fresh = tmp_path / ".tmp-4-ijkl"  # another writer, still at work
+    fresh.mkdir()
+    old = time.time() - 2 * LEFTOVER_AGE_S
+    for path in (left, trash):
+        os.utime(path, (old, old))
+    store.write("1", lambda d: (d / "x").write_text("1"), {})
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-4-ijkl", "1"]
+    assert store.versions() == ["1"]

@@ -51,6 +51,15 @@ def test_defaults_from_minimal_file(tmp_path: Path) -> None:
         ("exchanges:\n  - id: binance\n    symbols: [BTCUSDT]\n", "not a ccxt unified symbol"),
         ("bars: {interval: 1m}\n", "exchanges: required key is missing"),
         (MINIMAL + "redis:\n  url: http://x\n", "redis.url: expected a redis://"),
+        # A boolean is not a number, a quoted number is not a number (YAML would not say so).
+        (MINIMAL + "training:\n  epochs: true\n", "training.epochs: Input should be a valid integer"),
+        (MINIMAL + "streamer:\n  buffer_bars: '100'\n", "streamer.buffer_bars: Input should be a valid integer"),
+        (MINIMAL + "training:\n  learning_rate: '0.01'\n", "training.learning_rate"),
+        (MINIMAL + "model:\n  attention: 'yes'\n", "model.attention"),
+        (MINIMAL + "model:\n  quantiles: [0.1, '0.5']\n", "model.quantiles.1"),
+        (MINIMAL + "forecaster:\n  dead_letter_after: 0\n", "forecaster.dead_letter_after"),
+        (MINIMAL + "bars:\n  interval: 1m\n  grace: 1s\n  retention: 30s\n", "shorter than one bar"),
+        (MINIMAL + "bars:\n  retention: 30m\n", "fewer than model.look_back (60)"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path: Path, text: str, fragment: str) -> None:

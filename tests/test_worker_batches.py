@@ -25,7 +25,7 @@ from worker_harness import (
 
 from forecaster.publisher import Publisher
 from forecaster.recorder import Recorder
-from forecaster.worker import INLINE_MAX, PREDICT_CHUNK, Worker, parse_event
+from forecaster.worker import INLINE_MAX, PREDICT_CHUNK, Worker
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
 from volcast.settings import Settings
@@ -121,7 +121,7 @@ async def test_events_of_the_same_bar_arriving_meanwhile_join_the_boundary(setti
             # While a and b are predicted (lengths 31 and 11: two passes), c's bar t0 and a's
             # bar t1 close.
             await close_bars(redis, keys, [(c, series[c][30]), (a, series[a][31])])
-            await w.process([parse_event(i, f, MINUTE) for i, f in first[0][1]])
+            await w.process([w.events.parse(i, f) for i, f in first[0][1]])
             got = await listener.wait_for(3)
             assert sorted((p.feed.symbol, p.last_bar_ms) for p in got) == sorted(
                 (f.symbol, t0) for f in (a, b, c))

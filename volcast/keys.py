@@ -13,6 +13,8 @@ Layout (``P`` is ``redis.key_prefix``, ``T`` the feed's hash tag):
 - ``P:T:realised``     Stream of realised errors (entry id = the predicted bar's open time).
 - ``P:T:scores``       Hash: rolling live scores (rmse_log, MASE against naive).
 - ``P:events:bars:I``  Stream of bar-closed events for interval ``I``, read by a consumer group.
+- ``P:events:bars:I:dead``  Stream of the events the forecaster could not handle (dead letters):
+                       the event's fields, the error, how often it failed.
 - ``P:model``          Hash: the promoted model's name, version and scores.
 - ``P:refit``          Hash: the refit worker's last run, result and next run.
 - ``P:forecaster``     Hash: the forecaster's heartbeat and last batch.
@@ -83,6 +85,9 @@ class RedisKeys:
 
     def bar_events(self, interval_ms: int) -> str:
         return f"{self.prefix}:events:bars:{format_duration_ms(interval_ms)}"
+
+    def dead_events(self, interval_ms: int) -> str:
+        return f"{self.bar_events(interval_ms)}:dead"
 
     def model(self) -> str:
         return f"{self.prefix}:model"

@@ -23,6 +23,9 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -71,7 +74,7 @@ class ExchangeSettings(_Frozen):
     # Deep-merged into the ccxt client's ``urls``: how to point the real client at `volcast replay`.
     urls: dict[str, Any] = Field(default_factory=dict)
     # Binance numbers its trades consecutively per symbol, so a jump in ids proves a lost trade.
-    consecutive_trade_ids: bool = True
+    consecutive_trade_ids: StrictBool = True
 
     @field_validator("id")
     @classmethod
@@ -121,6 +124,9 @@ class BarSettings(_Frozen):
     def _grace_shorter_than_interval(self) -> BarSettings:
         if self.grace >= self.interval:
             raise ValueError("grace must be shorter than interval")
+        if self.retention < self.interval:
+            raise ValueError(f"retention ({format_duration_ms(self.retention)}) is shorter than one bar "
+                             f"({format_duration_ms(self.interval)}): Redis would keep no closed bar")
         return self
 
     @property
@@ -138,18 +144,18 @@ class StreamerSettings(_Frozen):
     # On start, backfill at most this far back from the last closed bar; older holes become gaps.
     max_backfill: PositiveDurationMs = 3_600_000
     # Closed bars held in memory while Redis is down; past this the oldest are dropped and counted.
-    buffer_bars: int = Field(default=100_000, gt=0)
+    buffer_bars: StrictInt = Field(default=100_000, gt=0)
     # Page size of REST trade requests during backfill.
-    backfill_page: int = Field(default=1_000, gt=0, le=1_000)
+    backfill_page: StrictInt = Field(default=1_000, gt=0, le=1_000)
 
 
 class TlsSettings(_Frozen):
-    enabled: bool = False
+    enabled: StrictBool = False
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
     # Only for self-signed test setups: skips hostname and certificate verification.
-    insecure: bool = False
+    insecure: StrictBool = False
 
 
 class RedisSettings(_Frozen):
@@ -176,7 +182,7 @@ class MqttSettings(_Frozen):
     tls: TlsSettings = TlsSettings()
     topic_prefix: str = "volcast"
     qos: Literal[0, 1, 2] = 1
-    retain: bool = True
+    retain: StrictBool = True
     client_id: str | None = None
 
     @field_validator("url")
@@ -217,19 +223,19 @@ class ModelSettings(_Frozen):
     # lstm: LSTM on log volume with features and quantiles (the default).
     # ensemble: lstm blended with HAR, weights fitted on validation.
     name: Literal["seed", "lstm", "ensemble"] = "lstm"
-    look_back: int = Field(default=60, ge=2, le=10_000)
+    look_back: StrictInt = Field(default=60, ge=2, le=10_000)
     features: tuple[Feature, ...] = (
         "log_volume", "trades", "buy_share", "abs_return", "signed_return", "range", "time_of_day",
         "day_of_week", "price_moves", "minute_of_hour",
     )
-    hidden: int = Field(default=50, gt=0)
-    layers: int = Field(default=1, ge=1, le=4)
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
-    attention: bool = False
+    hidden: StrictInt = Field(default=50, gt=0)
+    layers: StrictInt = Field(default=1, ge=1, le=4)
+    dropout: StrictFloat = Field(default=0.0, ge=0.0, lt=1.0)
+    attention: StrictBool = False
     # Independently seeded copies of the lstm (seeds training.seed + k), their outputs averaged:
     # averaging cuts the seed-to-seed variance of the correction (docs/accuracy.md).
-    members: int = Field(default=1, ge=1, le=16)
-    quantiles: tuple[float, ...] = (0.1, 0.5, 0.9)
+    members: StrictInt = Field(default=1, ge=1, le=16)
+    quantiles: tuple[StrictFloat, ...] = (0.1, 0.5, 0.9)
 
     @field_validator("quantiles")
     @classmethod
@@ -240,41 +246,45 @@ class ModelSettings(_Frozen):
 
 
 class TrainingSettings(_Frozen):
-    epochs: int = Field(default=8, gt=0)
-    batch_size: int = Field(default=256, gt=0)
-    learning_rate: float = Field(default=2e-3, gt=0.0)
+    epochs: StrictInt = Field(default=8, gt=0)
+    batch_size: StrictInt = Field(default=256, gt=0)
+    learning_rate: StrictFloat = Field(default=2e-3, gt=0.0)
     # The last part of the training span, in time order, used for early stopping.
-    validation_fraction: float = Field(default=0.15, gt=0.0, lt=0.5)
+    validation_fraction: StrictFloat = Field(default=0.15, gt=0.0, lt=0.5)
     # Stop after this many epochs without a better validation loss (0: never stop early).
-    patience: int = Field(default=3, ge=0)
-    seed: int = 0
-    threads: int = Field(default=1, gt=0)
+    patience: StrictInt = Field(default=3, ge=0)
+    seed: StrictInt = 0
+    threads: StrictInt = Field(default=1, gt=0)
     # Train on at most this many of the most recent bars per symbol (0: all).
-    max_bars: int = Field(default=0, ge=0)
+    max_bars: StrictInt = Field(default=0, ge=0)
 
 
 class RefitSettings(_Frozen):
     every: PositiveDurationMs = 6 * 3_600_000
     model_dir: Path = Path("models")
     # Model versions kept in the store; older ones are deleted after a promotion.
-    keep: int = Field(default=5, gt=0)
+    keep: StrictInt = Field(default=5, gt=0)
     # The most recent bars per symbol, held out to score challenger against champion.
-    holdout_bars: int = Field(default=1_440, gt=0)
+    holdout_bars: StrictInt = Field(default=1_440, gt=0)
     # Fewer bars than this per symbol: do not train yet.
-    min_bars: int = Field(default=2_000, gt=0)
-    threads: int = Field(default=1, gt=0)
+    min_bars: StrictInt = Field(default=2_000, gt=0)
+    threads: StrictInt = Field(default=1, gt=0)
 
 
 class ForecasterSettings(_Frozen):
     group: str = "forecasters"
     consumer: str | None = None  # default: host name and process id
-    threads: int = Field(default=1, gt=0)
+    threads: StrictInt = Field(default=1, gt=0)
     # Rolling live scores are computed over this many realised predictions per symbol.
-    score_window: int = Field(default=1_440, gt=0)
+    score_window: StrictInt = Field(default=1_440, gt=0)
     # Events pending this long on a silent consumer are claimed by another worker.
     claim_idle: PositiveDurationMs = 30_000
     # How many predictions the per-symbol stream keeps.
-    predictions_kept: int = Field(default=10_000, gt=0)
+    predictions_kept: StrictInt = Field(default=10_000, gt=0)
+    # An event whose handling failed this many times in a row, or that was delivered this many
+    # times without being acknowledged (the workers that took it stopped), goes to the
+    # dead-letter stream instead of being retried for ever.
+    dead_letter_after: StrictInt = Field(default=3, gt=0)
 
 
 class Settings(_Frozen):
@@ -293,6 +303,14 @@ class Settings(_Frozen):
         ids = [exchange.id for exchange in self.exchanges]
         if len(set(ids)) != len(ids):
             raise ValueError("an exchange is listed twice: put all its symbols under one entry")
+        return self
+
+    @model_validator(mode="after")
+    def _retention_holds_a_window(self) -> Settings:
+        if self.bars.retention_bars < self.model.look_back:
+            raise ValueError(
+                f"bars.retention keeps {self.bars.retention_bars} bars, fewer than model.look_back "
+                f"({self.model.look_back}): no forecast could ever read its window; raise bars.retention")
         return self
 
     def feeds(self) -> list[tuple[str, str]]:
