@@ -7,6 +7,7 @@ file (defaults) and read ``--config`` when it is given or when ./config.yml exis
 from __future__ import annotations
 
 import argparse
+import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -39,12 +40,38 @@ def frame_key(path: Path) -> str:
     return "_".join(parts[:2]) if len(parts) >= 2 else path.name.split(".")[0]
 
 
+class BarsFileError(Exception):
+    """A bars file that cannot be read; the message names the file and says what was expected."""
+
+
+BARS_FORMAT = ("a bars CSV (gzip or plain text) with a header timestamp_ms,open,high,low,close,volume, "
+               "e.g. from `volcast bars`")
+
+
+def read_frame(path: Path) -> BarFrame:
+    """``BarFrame.from_csv`` with every way a file can be wrong as one BarsFileError."""
+    from forecaster.frame import BarFrame, FrameError
+
+    try:
+        return BarFrame.from_csv(path)
+    except UnicodeDecodeError as exc:
+        raise BarsFileError(
+            f"{path}: not a bars CSV: binary content (byte 0x{exc.object[exc.start]:02x} at offset {exc.start}); "
+            f"give {BARS_FORMAT}") from None
+    except (EOFError, zlib.error) as exc:
+        raise BarsFileError(f"{path}: not a bars CSV: a damaged gzip file ({exc}); give {BARS_FORMAT}") from None
+    except FrameError as exc:
+        raise BarsFileError(f"{exc} (expected {BARS_FORMAT})") from None
+    except OSError as exc:
+        raise BarsFileError(f"{path}: cannot read it as a bars CSV: {exc.strerror or exc}") from None
+
+
 def read_frames(paths: list[Path]) -> list[tuple[str, BarFrame]]:
     from forecaster.frame import BarFrame
 
     frames: dict[str, list[BarFrame]] = {}
     for path in paths:
-        frames.setdefault(frame_key(path), []).append(BarFrame.from_csv(path))
+        frames.setdefault(frame_key(path), []).append(read_frame(path))
     out = []
     for key, parts in frames.items():
         parts.sort(key=lambda f: int(f.open_time_ms[0]))

@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from volcast.commands._model_config import add_model_config_argument, frame_key, model_settings
+from volcast.commands._model_config import (
+    BarsFileError,
+    add_model_config_argument,
+    frame_key,
+    model_settings,
+    read_frame,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -30,7 +36,6 @@ def main(args: argparse.Namespace) -> int:
     from forecaster.artifact import ArtifactError
     from forecaster.baselines import BASELINE_NAMES, make_baseline
     from forecaster.estimator import print_progress
-    from forecaster.frame import BarFrame, FrameError
     from forecaster.predictor import ModelPredictor, load_predictor
     from forecaster.scoring import forecast_range, positions_for, score
     from forecaster.training import train_model
@@ -44,8 +49,8 @@ def main(args: argparse.Namespace) -> int:
     if args.epochs:
         training = training.model_copy(update={"epochs": args.epochs})
     try:
-        frame = BarFrame.from_csv(args.bars)
-    except (OSError, FrameError) as exc:
+        frame = read_frame(args.bars)
+    except BarsFileError as exc:
         print(f"volcast backtest: {exc}", file=sys.stderr)
         return 1
     key = frame_key(args.bars)
@@ -53,25 +58,32 @@ def main(args: argparse.Namespace) -> int:
     split = int(n * args.train_frac)
     train = [(key, frame[:split])]
     test = (split, n)
+
+    def too_few(reason: object) -> int:
+        print(f"volcast backtest: {args.bars}: {n} bars are too few to backtest ({split} to train on, "
+              f"{n - split} to test; {reason}): give a longer bars file", file=sys.stderr)
+        return 1
+
+    if split < 2 or n - split < 1:
+        return too_few("every baseline needs at least 2 bars to fit on")
     scores: dict[str, dict[str, float]] = {}
-    for name in BASELINE_NAMES:
-        baseline = make_baseline(name, frame.interval_ms)
-        baseline.fit(train)
-        scores[name] = score(ModelPredictor(baseline, name, "baseline"), [(key, frame)], test)
     predictor: ModelPredictor
     try:
+        for name in BASELINE_NAMES:
+            baseline = make_baseline(name, frame.interval_ms)
+            baseline.fit(train)
+            scores[name] = score(ModelPredictor(baseline, name, "baseline"), [(key, frame)], test)
         if args.artifact:
             predictor = load_predictor(args.artifact, model)
         else:
             trained = train_model(train, model, training, progress=print_progress)
             predictor = ModelPredictor(trained.model, model.name, "backtest")
+        scores[predictor.name] = score(predictor, [(key, frame)], test)
     except ArtifactError as exc:
         print(f"volcast backtest: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:
-        print(f"volcast backtest: {exc}", file=sys.stderr)
-        return 1
-    scores[predictor.name] = score(predictor, [(key, frame)], test)
+        return too_few(exc)
     result: dict[str, Any] = {"bars": n, "test_bars": n - split, "models": scores}
     if args.plot:
         day = max(1, 86_400_000 // frame.interval_ms)

@@ -10,11 +10,13 @@ from pathlib import Path
 from volcast.settings import Settings, load_settings
 
 
-def add_config_argument(parser: argparse.ArgumentParser) -> None:
+def add_config_argument(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
+    """``--config FILE``. ``inherited`` is for the actions of a verb (``model list``): the option
+    is also accepted after the action and, when given there, overrides the verb's."""
     parser.add_argument(
         "--config",
         type=Path,
-        default=Path("config.yml"),
+        default=argparse.SUPPRESS if inherited else Path("config.yml"),
         metavar="FILE",
         help="settings file (default: config.yml)",
     )
@@ -25,11 +27,14 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
 
 
-def check_services(settings: Settings, *, redis: bool = True, mqtt: bool = False) -> None:
+def check_services(
+    settings: Settings, *, redis: bool = True, mqtt: bool = False, keep_retrying: bool = True
+) -> None:
     """Connect once before a service starts, so refused credentials or a TLS mismatch end it at
     once with one message saying what to set (ConnectionProblem: exit code 1). A server that does
-    not answer yet is only logged: the services reconnect with backoff, so an outage that passes
-    (or a stack still starting) is ridden out rather than fatal."""
+    not answer yet is only logged when ``keep_retrying`` (a service: it reconnects with backoff,
+    so an outage that passes, or a stack still starting, is ridden out); a one-shot job
+    (``refit --once``, ``model``) passes False and ends with that one message instead."""
     import asyncio
 
     from volcast.connections import ServerUnreachable, check_mqtt, check_redis
@@ -44,6 +49,9 @@ def check_services(settings: Settings, *, redis: bool = True, mqtt: bool = False
             try:
                 await probe()
             except ServerUnreachable as exc:
-                logging.getLogger("volcast").warning("%s; will keep retrying", exc)
+                if not keep_retrying:
+                    raise
+                logging.getLogger("volcast").warning(
+                    "%s; will keep retrying with backoff until it answers (Ctrl-C or SIGTERM stops)", exc)
 
     asyncio.run(check())

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from volcast.commands.common import add_config_argument, settings_from_args
+from volcast.commands.common import add_config_argument, check_services, settings_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     sub = parser.add_subparsers(dest="action", metavar="<action>", required=True)
-    sub.add_parser("list", help="versions in the model store; * marks the serving one")
+    listing = sub.add_parser("list", help="versions in the model store; * marks the serving one")
     rollback = sub.add_parser("rollback", help="serve an earlier version (forecasters swap at the next bar)")
     rollback.add_argument("version", help="a version listed by `volcast model list`")
+    for action in (listing, rollback):  # `volcast model list --config X` as well as `model --config X list`
+        add_config_argument(action, inherited=True)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -21,6 +23,8 @@ def main(args: argparse.Namespace) -> int:
     from forecaster.model_commands import list_models, rollback
 
     settings = settings_from_args(args)
+    # One message for a Redis that is down or refuses the credentials, before any work.
+    check_services(settings, redis=True, keep_retrying=False)
     if args.action == "list":
         print(asyncio.run(list_models(settings)))
         return 0

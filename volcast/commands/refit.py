@@ -22,7 +22,7 @@ def main(args: argparse.Namespace) -> int:
     from volcast.signals import until_signalled
 
     settings = settings_from_args(args)
-    check_services(settings, redis=True)
+    check_services(settings, redis=True, keep_retrying=not args.once)
     # Its own process and thread count, so training never competes with inference threads.
     torch.set_num_threads(settings.refit.threads)
     if args.once:

@@ -7,7 +7,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from volcast.commands._model_config import add_model_config_argument, model_settings, read_frames
+from volcast.commands._model_config import BarsFileError, add_model_config_argument, model_settings, read_frames
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from forecaster.frame import FrameError
     from forecaster.training import train_model
 
     model, training = model_settings(args)
@@ -32,7 +31,7 @@ def main(args: argparse.Namespace) -> int:
         training = training.model_copy(update={"epochs": args.epochs})
     try:
         frames = read_frames(args.bars)
-    except (OSError, FrameError) as exc:
+    except BarsFileError as exc:
         print(f"volcast train: {exc}", file=sys.stderr)
         return 1
     bars = sum(len(f) for _, f in frames)

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from volcast.commands._model_config import add_model_config_argument, model_settings, read_frames
+from volcast.commands._model_config import BarsFileError, add_model_config_argument, model_settings, read_frames
 
 SPACE: dict[str, tuple[Any, ...]] = {
     "hidden": (16, 32, 50, 64),
@@ -33,7 +33,6 @@ def main(args: argparse.Namespace) -> int:
     import numpy as np
 
     from forecaster.estimator import quiet
-    from forecaster.frame import FrameError
     from forecaster.predictor import ModelPredictor
     from forecaster.scoring import score
     from forecaster.training import train_model
@@ -45,7 +44,7 @@ def main(args: argparse.Namespace) -> int:
         training = training.model_copy(update={"epochs": args.epochs})
     try:
         frames = read_frames(args.bars)
-    except (OSError, FrameError) as exc:
+    except BarsFileError as exc:
         print(f"volcast tune: {exc}", file=sys.stderr)
         return 1
     n = min(len(f) for _, f in frames)
