@@ -183,6 +183,13 @@ class Publisher:
             inflight[mid] = (topic, seq, payload, sent)
         return None
 
+    def _puback_deadline(self) -> float | None:
+        """Seconds until the oldest message in flight is overdue (0: it is); None: none in flight."""
+        if not self._inflight:
+            return None
+        oldest = min(sent for _, _, _, sent in self._inflight.values())
+        return max(0.0, oldest + PUBACK_TIMEOUT_S - time.monotonic())
+
     async def _publish_forever(self, connection: Connection) -> None:
         self._connection = connection
         try:
@@ -194,16 +201,16 @@ class Publisher:
                 if self._pending:
                     continue
                 self._wakeup.clear()
-                timeout = None
-                if self._inflight:
-                    oldest = min(sent for _, _, _, sent in self._inflight.values())
-                    timeout = max(0.0, oldest + PUBACK_TIMEOUT_S - time.monotonic())
+                timeout = self._puback_deadline()
                 try:
                     # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
                     async with asyncio.timeout(timeout):
                         await self._wakeup.wait()
                 except TimeoutError:
-                    raise MqttError(f"no PUBACK within {PUBACK_TIMEOUT_S:.0f}s") from None
+                    # A PUBACK does not wake this wait: the deadline was the oldest message in
+                    # flight then, which may have been confirmed since (it usually has).
+                    if self._puback_deadline() == 0.0:
+                        raise MqttError(f"no PUBACK within {PUBACK_TIMEOUT_S:.0f}s") from None
         finally:
             self._connection = None
             self._requeue_inflight()

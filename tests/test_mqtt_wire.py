@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import uuid
 
@@ -153,3 +154,57 @@ async def test_a_silent_server_times_out_and_the_socket_is_closed() -> None:
         # so garbage collection cannot be what closed it.
         await asyncio.wait_for(closed.wait(), 5)
         assert caught.value.__traceback__ is not None
+
+
+async def test_a_confirmed_publish_is_not_taken_for_a_lost_puback_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The publisher waited for its next message with the in-flight deadline of the last one: once
+    that was confirmed, nothing woke it, and with boundaries further apart than PUBACK_TIMEOUT_S
+    (1-minute bars, 30 s) it logged "no PUBACK" and reconnected after every boundary."""
+    from forecaster import publisher as publisher_module
+    from forecaster.publisher import Publisher
+
+    monkeypatch.setattr(publisher_module, "PUBACK_TIMEOUT_S", 0.3)
+    publisher = Publisher(MqttSettings(), client_id=f"test-{uuid.uuid4().hex[:8]}")
+    task = asyncio.create_task(publisher.run())
+    try:
+        for _ in range(3):
+            ticket = publisher.submit([(f"test-puback/{uuid.uuid4().hex[:8]}", b"1")])
+            async with asyncio.timeout(10):
+                await publisher.published(ticket)
+            await asyncio.sleep(0.8)  # longer than the deadline, with nothing in flight
+        assert publisher.reconnects == 0 and publisher.connected, publisher.last_error
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, MqttError):
+            await task
+
+
+async def test_a_broker_that_never_confirms_is_still_left(monkeypatch: pytest.MonkeyPatch) -> None:
+    from forecaster import publisher as publisher_module
+    from forecaster.publisher import Publisher
+
+    async def accept_and_ignore(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1024)
+        writer.write(b"\x20\x02\x00\x00")  # CONNACK, accepted; then never a PUBACK
+        await writer.drain()
+        while await reader.read(1024):
+            pass
+
+    monkeypatch.setattr(publisher_module, "PUBACK_TIMEOUT_S", 0.3)
+    server = await asyncio.start_server(accept_and_ignore, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    publisher = Publisher(MqttSettings(url=f"mqtt://127.0.0.1:{port}"), client_id="silent",
+                          backoff_initial_s=0.05, backoff_max_s=0.1)
+    task = asyncio.create_task(publisher.run())
+    try:
+        publisher.submit([("test-puback/silent", b"1")])
+        for _ in range(200):
+            if publisher.reconnects:
+                break
+            await asyncio.sleep(0.05)
+        assert publisher.last_error == "no PUBACK within 0s" and publisher.unpublished == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, MqttError):
+            await task
+        server.close()
