@@ -4,6 +4,7 @@ crash loop). Every valid event gets exactly one forecast; every invalid one is d
 from __future__ import annotations
 
 import asyncio
+import random
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -246,3 +247,66 @@ async def test_a_wrong_type_events_key_ends_the_service_with_one_message_naming_
             capture_output=True, text=True, timeout=120, check=False)
         assert done.returncode == 1, done.stderr
         assert keys.bar_events(MINUTE) in done.stderr and "Traceback" not in done.stderr
+
+
+def _garbage(rng: random.Random, feed: Feed, open_ms: int) -> dict[str, str]:
+    kind = rng.randrange(6)
+    good = event(feed, open_ms)
+    if kind == 0:
+        good.pop(rng.choice(["exchange", "symbol", "open_time_ms"]))
+    elif kind == 1:
+        good["open_time_ms"] = rng.choice(["-60000", str(open_ms + 1), "1e12", "", "abc", str(10**17)])
+    elif kind == 2:
+        good["symbol"] = "FOO/BAR"
+    elif kind == 3:
+        good["interval"] = "5m"
+    elif kind == 4:
+        good["exchange"] = ""
+    else:
+        good = {"junk": "1"}
+    return good
+
+
+@pytest.mark.parametrize("seed", range(3))
+async def test_random_event_streams_one_forecast_per_valid_bar_every_invalid_dead(
+        settings: Settings, seed: int) -> None:
+    """Valid events, duplicates, garbage and unknown feeds, shuffled within each read: every bar
+    gets exactly one forecast, every invalid entry one dead letter, nothing stays pending."""
+    rng = random.Random(seed)
+    keys = RedisKeys(settings.redis.key_prefix)
+    feeds = feeds_of(settings)
+    series = {feed: symbol_bars(i) for i, feed in enumerate(feeds)}
+    stream = keys.bar_events(MINUTE)
+    garbage = 0
+    steps = 6
+    async with redis_client(settings.redis) as redis:
+        for feed in feeds:
+            await write_bars(redis, keys, feed, series[feed][:HISTORY])
+        async with worker(settings):
+            for step in range(steps):
+                bars = [(f, series[f][HISTORY + step]) for f in feeds]
+                pipe = redis.pipeline(transaction=False)
+                for feed, bar in bars:
+                    pipe.xadd(keys.bars(feed), bar.to_fields(), id=f"{bar.open_time_ms}-0")  # type: ignore[arg-type]
+                entries = [event(f, b.open_time_ms) for f, b in bars]
+                entries += [event(f, b.open_time_ms) for f, b in bars if rng.random() < 0.3]  # duplicates
+                for _ in range(rng.randrange(4)):
+                    feed, bar = rng.choice(bars)
+                    entries.append(_garbage(rng, feed, bar.open_time_ms))
+                    garbage += 1
+                rng.shuffle(entries)
+                for fields in entries:
+                    pipe.xadd(stream, fields)  # type: ignore[arg-type]
+                await pipe.execute()
+                if rng.random() < 0.5:
+                    await asyncio.sleep(0.2)  # sometimes one read per bar, sometimes several bars per read
+            await until(lambda: _count(redis, keys, steps * len(feeds)))
+            await until(lambda: _zero(pending(redis, keys)))
+            await asyncio.sleep(0.3)
+        for feed in feeds:
+            ids = [entry_id for entry_id, _ in await redis.xrange(keys.predictions(feed))]
+            want = [f"{series[feed][HISTORY + step + 1].open_time_ms}-0".encode() for step in range(steps)]
+            assert ids == want
+        assert len(await dead(redis, keys)) == garbage
+        status = await redis.hgetall(keys.forecaster())
+        assert int(status[b"predictions"]) == steps * len(feeds)
