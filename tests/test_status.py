@@ -78,6 +78,19 @@ def _bar(open_time_ms: int, volume: str, trades: int, status_: BarStatus = BarSt
     )
 
 
+# The scores and forecaster hashes as the worker writes them (text; copied from a running stack).
+SCORES = {"n": "1440", "rmse_log": "0.4125", "mae": "12.5", "naive_mae": "14.25", "mase": "0.875",
+          "from_ms": str(T0 - 1440 * MINUTE), "to_ms": str(T0), "guarded": "2", "last_guard_reason": "overflow",
+          "last_guard_ms": str(T0 - MINUTE)}
+FORECASTER = {
+    "consumer": "host-1", "model_name": "lstm", "model_version": "7", "baseline": "0", "fallback_fits": "1",
+    "mqtt_connected": "1", "unpublished": "0", "record_errors": "0", "prepared_forecasts": "12",
+    "window_forecasts": "3", "last_read_ms": "0.52", "last_predict_ms": "3.46", "last_submit_ms": "0.54",
+    "last_prepare_ms": "1.25", "last_record_ms": "0.75", "last_bar_ms": str(T0), "last_batch_size": "1",
+    "predictions": "41", "batches": "41", "guarded": "0", "last_guard_reason": "", "last_guard_ms": "",
+}
+
+
 def _populate(settings: Settings, now: int) -> Feed:
     """The keys a running stack writes, for BTC/USDT only (ETH/USDT stays as a starting feed)."""
     keys = RedisKeys(settings.redis.key_prefix)
@@ -101,11 +114,11 @@ def _populate(settings: Settings, now: int) -> Feed:
         created_ms=now - 5_000,
     )
     client.hset(keys.prediction(feed), mapping=prediction.to_fields())  # type: ignore[arg-type]
-    client.hset(keys.scores(feed), mapping={"rmse_log": "0.4125", "mase": "0.875", "n": "1440"})
+    client.hset(keys.scores(feed), mapping=SCORES)
     client.hset(keys.model(), mapping=ModelRecord("lstm", "7", {"rmse_log": 0.4}, now - 3_600_000).to_fields())  # type: ignore[arg-type]
     client.hset(keys.refit(), mapping={"last_run_ms": str(now - 3_600_000), "result": "promoted",
                                        "next_run_ms": str(now + 7_200_000), "message": "challenger 7 beat 6"})
-    client.hset(keys.forecaster(), mapping={"updated_ms": str(now - 2_000), "consumer": "host-1"})
+    client.hset(keys.forecaster(), mapping={**FORECASTER, "updated_ms": str(now - 2_000)})
     client.close()
     return feed
 
@@ -136,12 +149,19 @@ def test_json_shows_every_field_from_the_contract_keys(prefix: str, tmp_path: Pa
     assert btc["prediction"]["open_time_ms"] == T0 + 3 * MINUTE
     assert (btc["prediction"]["volume"], btc["prediction"]["model_name"], btc["prediction"]["model_version"]) == (
         0.75, "lstm", "7")
-    assert (btc["scores"]["rmse_log"], btc["scores"]["mase"], btc["scores"]["n"]) == (0.4125, 0.875, 1440.0)
+    assert (btc["scores"]["rmse_log"], btc["scores"]["mase"], btc["scores"]["n"]) == (0.4125, 0.875, 1440)
+    assert isinstance(btc["scores"]["n"], int) and btc["scores"]["from_ms"] == T0 - 1440 * MINUTE
     assert report["model"] == {"name": "lstm", "version": "7", "promoted_ms": now - 3_600_000,
                                "scores": {"rmse_log": 0.4}}
     assert report["refit"] == {"last_run_ms": now - 3_600_000, "result": "promoted",
                                "next_run_ms": now + 7_200_000, "message": "challenger 7 beat 6"}
-    assert report["forecaster"] == {"updated_ms": now - 2_000, "consumer": "host-1"}
+    forecaster = report["forecaster"]
+    assert forecaster["updated_ms"] == now - 2_000 and forecaster["consumer"] == "host-1"
+    # Timings are float milliseconds (they once read as null), counters integers, flags booleans.
+    assert (forecaster["last_read_ms"], forecaster["last_predict_ms"]) == (0.52, 3.46)
+    assert forecaster["predictions"] == 41 and isinstance(forecaster["predictions"], int)
+    assert forecaster["baseline"] is False and forecaster["mqtt_connected"] is True
+    assert forecaster["last_bar_ms"] == T0 and forecaster["last_guard_ms"] is None
     # The second feed has written nothing yet: nulls, not a crash.
     assert eth["state"] is None and eth["trades"] is None and eth["trades_per_s"] is None
     assert eth["bars"] == {"count": None, "first_open_ms": None, "last_open_ms": None, "last": None}
@@ -275,3 +295,89 @@ def test_check_reports_missing_heartbeats(prefix: str, tmp_path: Path, capsys: p
     assert status.main(_args("--config", config, "--check", "forecast")) == 0
     assert status.main(_args("--config", config, "--check", "stream")) == 3  # ETH/USDT still silent
     assert "ETH/USDT" in capsys.readouterr().out
+
+
+# -- the documented JSON schema (docs/operations.md) ------------------------------------------
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
+JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "integer": (int,), "float": (float,), "string": (str,), "boolean": (bool,), "object": (dict,), "list": (list,),
+}
+
+
+def documented_schema() -> list[tuple[str, str, bool]]:
+    """(path or pattern, type, nullable) from the schema table: ``feeds[].bars.count``,
+    ``forecaster.<other>_ms`` ..."""
+    text = DOCS.read_text(encoding="utf-8")
+    table = text[text.index("### JSON schema"):]
+    rows: list[tuple[str, str, bool]] = []
+    for line in table.splitlines()[1:]:
+        if line.startswith("#"):
+            break
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 2 or not cells[0].startswith("`"):
+            continue
+        names = [part.split("`")[1] for part in cells[0].split(",") if "`" in part]
+        first = names[0]
+        parent = first.rpartition(".")[0]
+        kind = cells[1].split()[0]
+        nullable = "or null" in cells[1]
+        for name in [first, *[f"{parent}.{n}" if parent else n for n in names[1:]]]:
+            if "(" in cells[0].split(",")[0] and name != first:
+                continue  # examples in parentheses, not fields of their own
+            rows.append((name, kind, nullable))
+    return rows
+
+
+def _matches(path: str, pattern: str) -> bool:
+    if "<other>" not in pattern:
+        return path == pattern
+    prefix, _, suffix = pattern.partition("<other>")
+    return path.startswith(prefix) and path.endswith(suffix) and "." not in path[len(prefix):]
+
+
+def _leaves(value: Any, path: str, schema: list[tuple[str, str, bool]]) -> Iterator[tuple[str, Any]]:
+    """Every (path, value) of the report down to the fields the schema lists; a list's items are
+    described by their fields (``feeds[].state``), an object the schema does not open is a leaf."""
+    if path and not path.endswith("[]"):
+        yield path, value
+    opened = not path or any(p.startswith((path + ".", path + "[]")) for p, _, _ in schema)
+    if isinstance(value, dict) and opened:
+        for key, inner in value.items():
+            yield from _leaves(inner, f"{path}.{key}" if path else key, schema)
+    elif isinstance(value, list) and opened:
+        for item in value:
+            yield from _leaves(item, f"{path}[]", schema)
+
+
+def test_every_json_field_has_its_documented_type(prefix: str, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    settings = _settings(prefix)
+    _populate(settings, status_now())
+    assert status.main(_args("--config", str(_config_file(tmp_path, settings)), "--json")) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    schema = documented_schema()
+    exact = {p: (k, n) for p, k, n in schema if "<other>" not in p}
+    patterns = [(p, k, n) for p, k, n in schema if "<other>" in p]
+    checked = 0
+    for path, value in _leaves(report, "", schema):
+        rule = exact.get(path) or next(((k, n) for p, k, n in patterns if _matches(path, p)), None)
+        assert rule is not None, f"{path} is not in the schema of docs/operations.md"
+        kind, nullable = rule
+        if value is None:
+            assert nullable, f"{path} is null but documented as {kind}"
+            continue
+        wanted = JSON_TYPES[kind]
+        assert isinstance(value, wanted) and not (kind in ("integer", "float") and isinstance(value, bool)), (
+            f"{path} = {value!r} is not {kind}")
+        checked += 1
+    assert checked > 80
+
+
+def test_check_redis_with_redis_down_exits_3(prefix: str, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    config = str(_config_file(tmp_path, _settings(prefix, f"redis://127.0.0.1:{_free_port()}/0")))
+    for part in ("redis", "stream", "forecast"):
+        assert status.main(_args("--config", config, "--check", part)) == 3
+        out = capsys.readouterr().out
+        assert f"{part}: unhealthy: cannot reach Redis" in out

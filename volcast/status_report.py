@@ -85,6 +85,7 @@ def _health(raw: dict[str, str] | None, now: int) -> dict[str, Any]:
         last_trade = None
     out: dict[str, Any] = {
         "state": health.get("state"),
+        "error": health.get("error") or None,  # why the feed is down or stopped, when it is
         "health_updated_ms": _int(health.get("updated_ms")),
         "last_trade_ms": last_trade,
         "last_trade_age_s": round((now - last_trade) / 1000, 3) if last_trade is not None else None,
@@ -142,14 +143,32 @@ def _prediction(raw: dict[str, str] | None) -> dict[str, Any] | None:
     }
 
 
+# The per-feed scores hash (forecaster/live_scores.py, forecaster/recorder.py): counts and times
+# are integers, the text fields text, every other field a float.
+SCORE_INTEGERS = frozenset({"n", "from_ms", "to_ms", "guarded", "last_guard_ms"})
+SCORE_TEXT = frozenset({"last_guard_reason"})
+
+
 def _scores(raw: dict[str, str] | None) -> dict[str, Any] | None:
     if raw is None:
         return None
     scores: dict[str, Any] = {"rmse_log": None, "mase": None}
     for name, value in raw.items():
-        number = _float(value)
-        scores[name] = number if number is not None else value
+        if name in SCORE_TEXT:
+            scores[name] = value or None
+        elif name in SCORE_INTEGERS:
+            scores[name] = _int(value)
+        else:
+            scores[name] = _number_or_text(value, _float(value))
     return scores
+
+
+def _number_or_text(value: str, number: int | float | None) -> Any:
+    """A field this version does not know as text: its number, else (a text field of a newer
+    writer) the text itself, so nothing it says is lost."""
+    if number is not None or value == "":
+        return number
+    return value
 
 
 def _model(raw: dict[str, str] | None) -> dict[str, Any] | None:
@@ -178,11 +197,31 @@ def _refit(raw: dict[str, str] | None) -> dict[str, Any] | None:
     }
 
 
+# The forecaster's heartbeat hash (forecaster/worker.py and the parts it calls write text): one
+# JSON type per field, by name, as docs/operations.md lists them.
+FORECASTER_TIMES = frozenset({"updated_ms", "last_bar_ms", "last_model_error_ms", "last_dead_letter_ms",
+                              "last_guard_ms"})
+FORECASTER_FLAGS = frozenset({"baseline", "mqtt_connected"})
+FORECASTER_TEXT = frozenset({"consumer", "model_name", "model_version", "last_model_error", "last_dead_letter",
+                             "last_guard_reason", "last_guard_feed"})
+
+
+def _forecaster_field(name: str, value: str) -> Any:
+    if name in FORECASTER_TEXT:
+        return value or None
+    if name in FORECASTER_FLAGS:
+        return {"1": True, "0": False}.get(value)
+    if name in FORECASTER_TIMES:
+        return _int(value)  # epoch milliseconds
+    if name.endswith("_ms"):
+        return _float(value)  # how long a step of the last batch took (last_read_ms, last_predict_ms, ...)
+    return _number_or_text(value, _int(value))  # counters
+
+
 def _forecaster(raw: dict[str, str] | None) -> dict[str, Any] | None:
     if raw is None:
         return None
-    # Its fields belong to the forecaster worker; times (``*_ms``) become numbers, the rest stays text.
-    return {name: (_int(value) if name.endswith("_ms") else value) for name, value in raw.items()}
+    return {name: _forecaster_field(name, value) for name, value in raw.items()}
 
 
 def _trade_rate(feed: dict[str, Any], previous: dict[str, Any] | None, interval_ms: int) -> None:
@@ -314,6 +353,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
+def _flag(value: Any) -> Any:
+    return ("yes" if value else "no") if isinstance(value, bool) else value
+
+
 def _ago(now: int, ms: int | None) -> str:
     return DASH if ms is None else f"{format_age(now - ms)} ago"
 
@@ -398,7 +441,7 @@ def render_table(report: Report) -> str:
     else:
         updated = forecaster.get("updated_ms")
         heartbeat = f"heartbeat {_ago(now, updated)}" if isinstance(updated, int) else ""
-        others = ", ".join(f"{k}={v}" for k, v in sorted(forecaster.items()) if k != "updated_ms")
+        others = ", ".join(f"{k}={_flag(v)}" for k, v in sorted(forecaster.items()) if k != "updated_ms")
         lines.append(f"forecaster  {heartbeat}{', ' if heartbeat and others else ''}{others}")
     refit = report["refit"]
     if refit is None:

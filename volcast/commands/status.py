@@ -1,7 +1,8 @@
 """``volcast status``: feeds, bars, forecasts, model and refit, from Redis keys alone.
 
-Exit codes: 0 shown; 1 Redis cannot be used (the message says what to check); 2 bad config;
-3 with ``--check``: the component named is not healthy (the reason is printed).
+Exit codes (volcast/commands/exit_codes.py): 0 shown; 1 Redis cannot be used (the message says
+what to check); 2 bad config; 3 with ``--check``: the part named is not healthy, or cannot be
+judged because Redis does not answer or refuses us (the reason is printed).
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ import asyncio
 import sys
 from typing import Any
 
+from volcast.commands import exit_codes
 from volcast.commands.common import add_config_argument, settings_from_args
 from volcast.settings import Settings
 
 CLEAR = "\x1b[H\x1b[2J"
-EXIT_REDIS = 1
-EXIT_UNHEALTHY = 3
+EXIT_REDIS = exit_codes.FAILED
+EXIT_UNHEALTHY = exit_codes.UNHEALTHY
 CHECKS = ("stream", "forecast", "redis")
 
 
@@ -37,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=CHECKS,
         default=None,
         help="exit 0 if this part is alive, 3 if not (for container healthchecks): stream = every "
-        "feed has a fresh heartbeat; forecast = the forecaster's heartbeat is fresh; redis = Redis answers",
+        "feed has a fresh heartbeat; forecast = the forecaster's heartbeat is fresh; redis = Redis answers. "
+        "Redis down or refusing the credentials is 3 for every part",
     )
 
 
@@ -65,6 +68,10 @@ async def _run(settings: Settings, *, json_out: bool, watch: float | None, check
     try:
         await check_redis(settings.redis)
     except ConnectionProblem as exc:
+        if check is not None:
+            # A healthcheck asks "is it healthy?": without Redis the answer is no, whatever the part.
+            print(f"{check}: unhealthy: {exc}")
+            return EXIT_UNHEALTHY
         print(f"volcast status: {exc}", file=sys.stderr)
         return EXIT_REDIS
     async with redis_client(settings.redis, socket_connect_timeout=5, socket_timeout=5) as redis:
