@@ -123,11 +123,21 @@ async def _demo(args: argparse.Namespace, base: Settings | None) -> dict[str, ob
             raw = demo_settings(server.rest_url, server.ws_url, tape.symbol, redis_settings, mqtt_settings,
                                 Path(folder) / "models")
             settings = _with_secrets(raw, redis_settings, mqtt_settings)
+            await _check_servers(settings)
             config = Path(folder) / "config.yml"
             config.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
             await _clear_demo_keys(settings)
             _print_banner(server.rest_url, redis_settings, mqtt_settings, tape.symbol, args.speed)
             return await _run_stack(settings, config, args.seconds, started)
+
+
+async def _check_servers(settings: Settings) -> None:
+    """Refused credentials (or TLS) end the demo at once with the one message the services give
+    (ConnectionProblem: exit code 1), instead of a view that reconnects every second for ever."""
+    from volcast.connections import check_mqtt, check_redis
+
+    await check_redis(settings.redis)
+    await check_mqtt(settings.mqtt)
 
 
 def _with_secrets(raw: dict[str, Any], redis: RedisSettings, mqtt: MqttSettings) -> Settings:
