@@ -28,6 +28,11 @@ class Realised:
     model_version: str
 
     @property
+    def finite(self) -> bool:
+        """Whether every number is finite (only such records are scored and written)."""
+        return math.isfinite(self.predicted) and math.isfinite(self.actual) and math.isfinite(self.naive)
+
+    @property
     def error_log(self) -> float:
         return math.log1p(max(self.predicted, 0.0)) - math.log1p(max(self.actual, 0.0))
 
@@ -68,16 +73,30 @@ class _Window:
     def __init__(self, window: int, records: list[Realised] | None = None) -> None:
         self.records: deque[_Row] = deque(maxlen=window)
         self.sq = self.abs_err = self.abs_naive = 0.0
+        self._pushed = 0
         for record in records or []:
             self.push(record)
 
     def push(self, record: Realised) -> None:
+        if not record.finite:
+            return  # a NaN in a running sum never leaves it
         row = (record.open_time_ms, record.error_log**2, abs(record.predicted - record.actual),
                abs(record.naive - record.actual))
         if len(self.records) == self.records.maxlen:
             self._account(self.records[0], -1.0)
         self.records.append(row)
         self._account(row, 1.0)
+        self._pushed += 1
+        if self._pushed >= len(self.records) and len(self.records) == self.records.maxlen:
+            self._resum()
+
+    def _resum(self) -> None:
+        """The sums again from the records, once per window of pushes (amortised O(1)): adding and
+        subtracting a huge error (a 1e12 bar) leaves rounding residue of its size in a running sum."""
+        self._pushed = 0
+        self.sq = math.fsum(row[1] for row in self.records)
+        self.abs_err = math.fsum(row[2] for row in self.records)
+        self.abs_naive = math.fsum(row[3] for row in self.records)
 
     def pop(self) -> None:
         self._account(self.records.pop(), -1.0)
@@ -99,7 +118,8 @@ class _Window:
             "mae": repr(mae),
             "naive_mae": repr(naive_mae),
             # MASE against naive on the same bars: below 1 beats "next bar = last bar".
-            "mase": repr(mae / naive_mae) if naive_mae > 0 else "nan",
+            # Empty when naive made no error at all (MASE undefined): never "nan" in Redis.
+            "mase": repr(mae / naive_mae) if naive_mae > 0 else "",
             "from_ms": str(self.records[0][0]),
             "to_ms": str(self.records[-1][0]),
         }

@@ -2,13 +2,18 @@
 
 The MQTT payload is JSON with a ``schema`` number, so that subscribers can refuse a layout they do
 not know instead of misreading it. Schema 1 is documented field by field in docs/forecaster.md;
-adding a field keeps the number, renaming or removing one bumps it.
+adding a field keeps the number, renaming or removing one bumps it (``guard`` was added so).
+
+No payload carries a number that is not finite: orjson writes NaN and infinities as ``null``, and
+``to_json`` refuses any payload with a null in it (``NonFiniteError``), the last line of defence
+behind the output guard (forecaster/guard.py).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -16,7 +21,23 @@ import orjson
 from volcast.durations import format_duration_ms
 from volcast.keys import Feed
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 1
+
+
+class NonFiniteError(ValueError):
+    """A prediction holds a number that is not finite: it must not be published or recorded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Guarded:
+    """Why the model's own forecast was not published (a ``forecaster.guard`` reason), and which
+    model made it; the prediction's values are then a baseline's on the same bars."""
+
+    reason: str
+    model_name: str
+    model_version: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,30 +59,45 @@ class Prediction:
     model_version: str
     baseline: bool
     created_ms: int
+    guard: Guarded | None = None
 
     def to_json(self) -> bytes:
-        return orjson.dumps(
-            {
-                "schema": SCHEMA_VERSION,
-                "exchange": self.feed.exchange,
-                "symbol": self.feed.symbol,
-                "interval": _interval(self.feed.interval_ms),
-                "interval_ms": self.feed.interval_ms,
-                "open_time_ms": self.open_time_ms,
-                "last_bar_ms": self.last_bar_ms,
-                "last_volume": self.last_volume,
-                "volume": self.volume,
-                "quantiles": {_quantile_key(q): v for q, v in self.quantiles.items()},
-                "model": {"name": self.model_name, "version": self.model_version, "baseline": self.baseline},
-                "created_ms": self.created_ms,
-            }
-        )
+        """The MQTT payload; NonFiniteError if any number in it is not finite."""
+        document: dict[str, object] = {
+            "schema": SCHEMA_VERSION,
+            "exchange": self.feed.exchange,
+            "symbol": self.feed.symbol,
+            "interval": _interval(self.feed.interval_ms),
+            "interval_ms": self.feed.interval_ms,
+            "open_time_ms": self.open_time_ms,
+            "last_bar_ms": self.last_bar_ms,
+            "last_volume": self.last_volume,
+            "volume": self.volume,
+            "quantiles": {_quantile_key(q): v for q, v in self.quantiles.items()},
+            "model": {"name": self.model_name, "version": self.model_version, "baseline": self.baseline},
+            "created_ms": self.created_ms,
+        }
+        if self.guard is not None:
+            document["guard"] = {"reason": self.guard.reason,
+                                 "replaced": {"name": self.guard.model_name, "version": self.guard.model_version}}
+        out = orjson.dumps(document)
+        # orjson writes NaN and +-inf as null, and no field here is ever null: one substring search
+        # (about 0.1 us) instead of a test of every number.
+        if b":null" in out:
+            raise NonFiniteError(f"prediction of {self.feed} at {self.open_time_ms} holds a value that is not finite: "
+                                 f"volume {self.volume!r}, last_volume {self.last_volume!r}, "
+                                 f"quantiles {dict(self.quantiles)!r}")
+        return out
 
     def to_fields(self, payload: bytes | None = None) -> dict[str, str]:
         """Flat string fields for the Redis hash and stream entry (the JSON included whole).
 
-        ``payload``: this prediction's ``to_json()`` when the caller already has it.
+        ``payload``: this prediction's ``to_json()`` when the caller already has it (which checked
+        the numbers). ``guard`` is always there (empty when the forecast passed): HSET leaves the
+        fields it is not given, so the hash would otherwise keep an earlier prediction's reason.
         """
+        if payload is None:
+            payload = self.to_json()
         return {
             "open_time_ms": str(self.open_time_ms),
             "last_bar_ms": str(self.last_bar_ms),
@@ -71,7 +107,8 @@ class Prediction:
             "model_version": self.model_version,
             "baseline": "1" if self.baseline else "0",
             "created_ms": str(self.created_ms),
-            "json": (payload if payload is not None else self.to_json()).decode(),
+            "guard": self.guard.reason if self.guard is not None else "",
+            "json": payload.decode(),
         }
 
     @classmethod
@@ -85,6 +122,7 @@ class Prediction:
             raise ValueError(f"unknown prediction schema {raw.get('schema') if isinstance(raw, dict) else raw!r}")
         try:
             model = raw["model"]
+            guard = raw.get("guard")
             return cls(
                 feed=Feed(str(raw["exchange"]), str(raw["symbol"]), int(raw["interval_ms"])),
                 open_time_ms=int(raw["open_time_ms"]),
@@ -96,9 +134,27 @@ class Prediction:
                 model_version=str(model["version"]),
                 baseline=bool(model["baseline"]),
                 created_ms=int(raw["created_ms"]),
+                guard=None if guard is None else Guarded(str(guard["reason"]), str(guard["replaced"]["name"]),
+                                                         str(guard["replaced"]["version"])),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed prediction payload: {exc!r}") from None
+
+
+def encode_all(predictions: Sequence[Prediction]) -> list[bytes | None]:
+    """Each prediction's payload, None (logged) for one that ``to_json`` refuses."""
+    try:
+        return [p.to_json() for p in predictions]
+    except NonFiniteError:
+        pass
+    out: list[bytes | None] = []
+    for p in predictions:
+        try:
+            out.append(p.to_json())
+        except NonFiniteError as exc:
+            log.error("not published: %s", exc)
+            out.append(None)
+    return out
 
 
 @functools.cache

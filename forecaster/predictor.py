@@ -18,6 +18,7 @@ from forecaster.artifact import ArtifactError
 from forecaster.baselines import BASELINE_NAMES, Har, LogForecaster, make_baseline
 from forecaster.features import Batch
 from forecaster.frame import BarFrame, FloatArray, IntArray
+from forecaster.guard import MAX_LOG, log_bounds, naive_volumes, passing_log, reason_log
 from volcast.settings import ModelSettings
 
 __all__ = [
@@ -34,6 +35,9 @@ __all__ = [
 class Forecast:
     volume: float  # point forecast of the next bar's volume (base asset)
     quantiles: dict[float, float]  # e.g. {0.1: v, 0.5: v, 0.9: v}; empty if the model has none
+    # Set when the model's own forecast failed the output guard (forecaster/guard.py): why, and
+    # the values are then the naive forecast on the same window, without quantiles.
+    guard: str | None = None
 
 
 @runtime_checkable
@@ -109,7 +113,8 @@ class ModelPredictor:
             raise ValueError(f"{self.name} is not fitted: call predict with frames first")
         positions = np.array([batch.volume.shape[1]], dtype=np.int64)
         point, quants = self.model.predict_log(batch, keys, positions)
-        return forecasts_from_log(point[:, 0], None if quants is None else quants[:, 0], self.model.quantile_levels)
+        return forecasts_from_log(point[:, 0], None if quants is None else quants[:, 0], self.model.quantile_levels,
+                                  batch.log_volume, batch.volume)
 
     @property
     def prepare_bars(self) -> int:
@@ -127,19 +132,41 @@ class ModelPredictor:
     ) -> tuple[FloatArray, FloatArray | None]:
         """Volumes (P,) and quantiles (P, Q) at target positions of a whole frame (backtests)."""
         point, quants = self.model.predict_log(Batch.stack([frame]), [key], positions)
-        return np.expm1(point[0]), None if quants is None else np.expm1(quants[0])
+        # Unguarded (the refit worker checks these against the guard's bound), but never an
+        # overflow: a log forecast past MAX_LOG is a huge finite volume, NaN stays NaN.
+        volume = np.expm1(np.minimum(point[0], MAX_LOG))
+        return volume, None if quants is None else np.expm1(np.minimum(quants[0], MAX_LOG))
 
 
 def forecasts_from_log(
-    point: FloatArray, quants: FloatArray | None, levels: Sequence[float]
+    point: FloatArray, quants: FloatArray | None, levels: Sequence[float], log_window: FloatArray,
+    window: FloatArray,
 ) -> list[Forecast]:
-    volumes = np.maximum(np.expm1(point), 0.0).tolist()
-    if quants is None:
-        return [Forecast(v, {}) for v in volumes]
-    # Python floats from tolist: element by element from numpy took 2 ms per 1000 forecasts.
+    """Forecasts of a batch from log1p values ``point`` (N,) and ``quants`` (N, Q), guarded against
+    the bound of each history's log1p volumes ``log_window`` (N, bars): a failing row is the naive
+    forecast on the same volumes ``window``, marked with the reason (forecaster/guard.py)."""
+    # Checked in log space, before expm1, where the models work (and the bars' log volumes are
+    # stored): NaN and inf fail the comparisons.
+    log_bound = log_bounds(log_window)
+    ok = passing_log(point, quants, log_bound)
+    # Clamped in log space: expm1 overflows past about 709.78 (a model fed inputs it never saw
+    # in training forecast 1.4e28 and inf); such a value is above the bound anyway.
+    volume = np.maximum(np.expm1(np.minimum(point, MAX_LOG)), 0.0)
+    quantile = None if quants is None else np.maximum(np.expm1(np.minimum(quants, MAX_LOG)), 0.0)
+    volumes = volume.tolist()
     qs = [float(q) for q in levels]
-    rows = np.maximum(np.expm1(quants), 0.0).tolist()
-    return [Forecast(v, dict(zip(qs, row, strict=True))) for v, row in zip(volumes, rows, strict=True)]
+    # Python floats from tolist: element by element from numpy took 2 ms per 1000 forecasts.
+    if quantile is None:
+        out = [Forecast(v, {}) for v in volumes]
+    else:
+        rows = quantile.tolist()
+        out = [Forecast(v, dict(zip(qs, row, strict=True))) for v, row in zip(volumes, rows, strict=True)]
+    if not ok.all():
+        naive = naive_volumes(window)
+        for i in np.flatnonzero(~ok).tolist():
+            why = reason_log(float(point[i]), [] if quants is None else quants[i].tolist(), float(log_bound[i]))
+            out[i] = Forecast(float(naive[i]), {}, why)
+    return out
 
 
 def load_predictor(artifact_dir: Path, model: ModelSettings) -> ModelPredictor:

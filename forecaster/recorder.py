@@ -112,9 +112,21 @@ class Recorder:
             if newest:
                 out.append(_flat("h", keys.prediction(p.feed), fields))
                 self._predicted[p.feed] = p
+            if p.guard is not None:
+                # Per feed, beside its live scores (``volcast status`` shows them): how many of its
+                # forecasts the output guard replaced, and the last reason.
+                out.append(["i", keys.scores(p.feed), "guarded", "1"])
+                out.append(["h", keys.scores(p.feed), "last_guard_reason", p.guard.reason,
+                            "last_guard_ms", str(p.created_ms)])
             before = earlier.get(p.feed)
             if before is not None:
                 realised = Realised(p.last_bar_ms, before[0], actual, before[1], before[2])
+                if not realised.finite:
+                    # An entry written before values were checked (NaN read back from Redis):
+                    # it would turn the feed's running scores into NaN for good.
+                    log.warning("%s: realised error of bar %d not recorded, a value is not finite: %r",
+                                p.feed, p.last_bar_ms, realised)
+                    continue
                 out.append(_flat("x", keys.realised(p.feed), realised.to_fields(), f"{p.last_bar_ms}-0"))
                 scores = self.scores.add(p.feed, realised)
                 scores["updated_ms"] = str(p.created_ms)

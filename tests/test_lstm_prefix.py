@@ -51,7 +51,9 @@ def histories(end: int, count: int = 5) -> tuple[list[str], list[BarFrame]]:
 def forecasts(predictor: ModelPredictor, frames: list[BarFrame], keys: list[str]) -> np.ndarray:
     length = predictor.look_back
     got = predictor.predict_batch(Batch.stack(frames, length), keys)
-    return np.array([[f.volume, *f.quantiles.values()] for f in got])
+    # A guarded forecast (a NaN bar) has no quantiles: NaN in their columns.
+    levels = predictor.model.quantile_levels
+    return np.array([[f.volume, *(f.quantiles.get(q, np.nan) for q in levels)] for f in got])
 
 
 def whole_windows(predictor: ModelPredictor, frames: list[BarFrame], keys: list[str]) -> np.ndarray:
