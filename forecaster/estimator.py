@@ -47,6 +47,15 @@ DESEASONALISED = "log_volume_vs_time_of_day"
 # The extra per-bar column next to abs_return: the same move with its sign.
 SIGNED_RETURN = "signed_return"
 _CHUNK = 4096
+MIN_SPREAD = 1e-3
+"""An input whose standard deviation over the training span is below this (all inputs are in log
+or unit scale) cannot be normalised: it is dropped (fed as 0, listed in meta.json). Dividing by a
+floor instead is what broke a model trained on 11 h of bars: its time-of-day inputs had no
+spread there (each minute of the day seen once), so normalised by 1e-6 they came in at about 1e6
+once the worker held a day of bars, and the forecast was 1.4e28."""
+INPUT_CLIP = 10.0
+"""Normalised inputs are clipped to +-this many standard deviations, in training and live: a bar
+unlike any in the training span moves the forecast, it cannot blow it up."""
 _MINUTE_ONEHOT = np.eye(60)
 _NOT_PER_BAR = frozenset({"signed_return", "price_moves", "minute_of_hour"})
 
@@ -124,6 +133,11 @@ class LstmModel(LogForecaster):
         self.col_std = np.ones(c)
         self.static_mean = np.zeros(len(self.static_names))
         self.static_std = np.ones(len(self.static_names))
+        # Inputs without spread in the training span (MIN_SPREAD), fed as 0; see _set_scales.
+        self.dropped_columns: tuple[str, ...] = ()
+        self.dropped_static: tuple[str, ...] = ()
+        self._col_scale = np.ones(c)
+        self._static_scale = np.ones(len(self.static_names))
         self.symbol_means: dict[str, float] = {}
         self.global_mean = 0.0
         self.net = MemberAverage([self._new_member() for _ in range(settings.members)])
@@ -196,8 +210,29 @@ class LstmModel(LogForecaster):
         return feature_columns(self.bar_features).index("log_volume")
 
     def _normalised(self, batch: Batch, keys: Sequence[str]) -> FloatArray:
-        """Per-bar columns of every bar, normalised: ``(S, bars, len(self.columns))``."""
-        return (self._columns_of(batch, keys) - self.col_mean) / self.col_std
+        """Per-bar columns of every bar, normalised and clipped: ``(S, bars, len(self.columns))``."""
+        z = (self._columns_of(batch, keys) - self.col_mean) * self._col_scale
+        return np.clip(z, -INPUT_CLIP, INPUT_CLIP, out=z)
+
+    def _set_scales(self, dropped_columns: Sequence[str] | None = None,
+                    dropped_static: Sequence[str] | None = None) -> None:
+        """What each input is multiplied by after its mean is taken off: 1/std, 0 for a dropped
+        one. The dropped inputs are those given (an artifact's record) or, by default, those
+        whose std is below MIN_SPREAD (artifacts written before inputs were dropped, whose
+        constant inputs were divided by a 1e-6 floor)."""
+        if dropped_columns is None:
+            dropped_columns = [c for c, sd in zip(self.columns, self.col_std, strict=True) if not sd >= MIN_SPREAD]
+        if dropped_static is None:
+            dropped_static = [c for c, sd in zip(self.static_names, self.static_std, strict=True)
+                              if not sd >= MIN_SPREAD]
+        unknown = (set(dropped_columns) - set(self.columns)) | (set(dropped_static) - set(self.static_names))
+        if unknown:
+            raise ValueError(f"dropped inputs {sorted(unknown)} are not inputs of this model")
+        self.dropped_columns, self.dropped_static = tuple(dropped_columns), tuple(dropped_static)
+        with np.errstate(divide="ignore"):
+            self._col_scale = np.where([c in self.dropped_columns for c in self.columns], 0.0, 1.0 / self.col_std)
+            self._static_scale = np.where([c in self.dropped_static for c in self.static_names], 0.0,
+                                          1.0 / self.static_std)
 
     def _inputs(
         self, batch: Batch, keys: Sequence[str], positions: IntArray, fitted: BarFrame | None = None
@@ -235,7 +270,8 @@ class LstmModel(LogForecaster):
             design = self.har.design(batch, keys, positions)
         har = design @ self.har.coef
         static = self._raw_static(batch, keys, positions, design)
-        static = ((static - self.static_mean) / self.static_std).reshape(-1, static.shape[-1])
+        static = ((static - self.static_mean) * self._static_scale).reshape(-1, static.shape[-1])
+        np.clip(static, -INPUT_CLIP, INPUT_CLIP, out=static)
         return static.astype(np.float32), har
 
     def _fit_normalisation(self, frames: Sequence[tuple[str, BarFrame]]) -> None:
@@ -250,16 +286,20 @@ class LstmModel(LogForecaster):
             ss.append(self._raw_static(batch, [key], pos, design)[0])
         z_all = np.concatenate(zs)
         self.col_mean = z_all.mean(axis=0)
-        self.col_std = np.maximum(z_all.std(axis=0), 1e-6)
+        self.col_std = z_all.std(axis=0)
         for j, name in enumerate(self.columns):
             if name.endswith(_CYCLICAL_SUFFIXES):
                 self.col_mean[j], self.col_std[j] = 0.0, 1.0
         s_all = np.concatenate(ss)
         self.static_mean = s_all.mean(axis=0)
-        self.static_std = np.maximum(s_all.std(axis=0), 1e-6)
+        self.static_std = s_all.std(axis=0)
         for j, name in enumerate(self.static_names):
             if name.startswith("minute_"):  # one-hot: left as 0/1
                 self.static_mean[j], self.static_std[j] = 0.0, 1.0
+        if not (np.isfinite(self.col_mean).all() and np.isfinite(self.static_mean).all()):
+            raise ValueError("an input is not finite in the training span (clean the bars first)")
+        # Recorded in meta.json as measured; a dropped input's std is never divided by.
+        self._set_scales()
 
     def fit_model(
         self, frames: Sequence[tuple[str, BarFrame]], training: TrainingSettings, progress: Progress
@@ -489,6 +529,10 @@ class LstmModel(LogForecaster):
                 "column_std": self.col_std.tolist(),
                 "static_mean": self.static_mean.tolist(),
                 "static_std": self.static_std.tolist(),
+                "dropped_columns": list(self.dropped_columns),
+                "dropped_static": list(self.dropped_static),
+                "min_spread": MIN_SPREAD,
+                "input_clip": INPUT_CLIP,
                 "symbol_log_volume_mean": self.symbol_means,
                 "global_log_volume_mean": self.global_mean,
             },
@@ -511,6 +555,7 @@ class LstmModel(LogForecaster):
         model.static_std = np.asarray(norm["static_std"], dtype=np.float64)
         if model.col_mean.shape != (len(model.columns),) or model.static_mean.shape != (len(model.static_names),):
             raise ValueError("normalisation statistics do not match the features")
+        model._set_scales(norm.get("dropped_columns"), norm.get("dropped_static"))
         model.symbol_means = {str(k): float(v) for k, v in norm["symbol_log_volume_mean"].items()}
         model.global_mean = float(norm["global_log_volume_mean"])
         model.har = Har.from_state(tensors, meta["har"])

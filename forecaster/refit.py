@@ -3,10 +3,11 @@
 Each run reads every configured feed's bars, holds back the most recent ``refit.holdout_bars``
 of each, trains on the rest, and scores challenger and champion (the serving version, or the
 HAR baseline fitted on the same training bars when there is none) on the held-back bars. The
-challenger is promoted only with a lower rmse_log: written to the model store under a new
-version, named in ``keys.model()`` (forecasters swap it in at their next boundary), and the store
-pruned to ``refit.keep`` versions. This runs in its own process (torch threads =
-``refit.threads``) so that training never slows inference.
+challenger is promoted only with a lower rmse_log, finite scores and no forecast on the
+held-back bars that the worker's output guard would replace (forecaster/guard.py): written to
+the model store under a new version, named in ``keys.model()`` (forecasters swap it in at their
+next boundary), and the store pruned to ``refit.keep`` versions. This runs in its own process
+(torch threads = ``refit.threads``) so that training never slows inference.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from forecaster.frame import BarFrame
 from forecaster.model_store import ModelRecord, ModelStore, current_model, promote
 from forecaster.predictor import ModelPredictor, Predictor, baseline_predictor, load_predictor
 from forecaster.scoring import score
-from forecaster.training import TrainedModel, train_model
+from forecaster.training import TrainedModel, clean_frame, min_training_bars, train_model
 from volcast.aio import raise_if_cancelled
 from volcast.backoff import Backoff
 from volcast.bar import Bar
@@ -74,15 +75,18 @@ def holdout_scores(predictor: Predictor, frames: Sequence[tuple[str, BarFrame]],
     """Scores on the last ``holdout`` bars of every frame, pooled (rmse_log weighted by bars)."""
     total = 0.0
     squares = 0.0
+    out_of_bound = 0.0
     mase: list[tuple[float, float]] = []
     for key, frame in frames:
         got = score(predictor, [(key, frame)], (len(frame) - holdout, len(frame)))
         n = got["bars"]
         total += n
         squares += got["rmse_log"] ** 2 * n
+        out_of_bound += got["out_of_bound"]
         if not math.isnan(got["mase"]):
             mase.append((got["mase"], n))
-    out = {"rmse_log": math.sqrt(squares / total) if total else math.nan, "bars": total}
+    out = {"rmse_log": math.sqrt(squares / total) if total else math.nan, "bars": total,
+           "out_of_bound": out_of_bound}
     if mase:
         out["mase"] = sum(m * n for m, n in mase) / sum(n for _, n in mase)
     return out
@@ -130,15 +134,34 @@ async def refit_once(settings: Settings, redis: aioredis.Redis) -> RefitOutcome:
     return outcome
 
 
+def refusal(scores: dict[str, float]) -> str | None:
+    """Why a challenger with these holdout scores must not serve, or None."""
+    odd = sorted(name for name, value in scores.items() if not math.isfinite(value))
+    if odd:
+        return f"its {', '.join(odd)} {'is' if len(odd) == 1 else 'are'} not finite"
+    if scores.get("out_of_bound", 0.0) > 0:
+        return (f"{scores['out_of_bound']:.0f} of its forecasts on the held-back bars are not finite or out of "
+                "the output guard's bound")
+    return None
+
+
 async def _refit(settings: Settings, redis: aioredis.Redis, keys: RedisKeys, store: ModelStore) -> RefitOutcome:
     refit = settings.refit
-    frames = await read_frames(redis, keys, configured_feeds(settings))
+    # Values that cannot be real (a NaN bar in Redis) would make every score NaN for as long as
+    # the bar is kept: training and scoring both read the cleaned bars.
+    frames = [(k, clean_frame(f)) for k, f in await read_frames(redis, keys, configured_feeds(settings))]
     eligible = [(k, f) for k, f in frames if len(f) >= refit.min_bars]
     if not eligible:
         most = max((len(f) for _, f in frames), default=0)
         return RefitOutcome("skipped", f"no feed has refit.min_bars={refit.min_bars} bars yet (most: {most})")
-    if any(len(f) - refit.holdout_bars < 2 for _, f in eligible):
-        return RefitOutcome("skipped", f"refit.holdout_bars={refit.holdout_bars} leaves nothing to train on")
+    least = min_training_bars(settings.model, eligible[0][1].interval_ms)
+    trainable = [(k, f) for k, f in eligible if len(f) - refit.holdout_bars >= least]
+    if not trainable:
+        most = max(len(f) for _, f in eligible)
+        return RefitOutcome("skipped", f"too little data to train: {settings.model.name} needs {least} bars of one "
+                            f"feed besides the refit.holdout_bars={refit.holdout_bars} held out, "
+                            f"{least + refit.holdout_bars} in all (most: {most})")
+    eligible = trainable
     record = await current_model(redis, keys)
     champion: Predictor | None = None
     if record is not None and store.has(record.version):
@@ -150,6 +173,10 @@ async def _refit(settings: Settings, redis: aioredis.Redis, keys: RedisKeys, sto
     trained, challenger, champ, champ_name = await asyncio.to_thread(_train_and_score, settings, eligible, champion)
     summary = (f"challenger rmse_log {challenger['rmse_log']:.4f} vs {champ_name} {champ['rmse_log']:.4f} "
                f"on the last {refit.holdout_bars} bars of {len(eligible)} feeds")
+    refused = refusal(challenger)
+    if refused is not None:
+        log.warning("challenger refused: %s", refused)
+        return RefitOutcome("kept", f"challenger refused, {refused}: {summary}", None, challenger, champ)
     if not challenger["rmse_log"] < champ["rmse_log"]:
         return RefitOutcome("kept", summary, None, challenger, champ)
     floor = int(record.version) + 1 if record is not None and record.version.isdigit() else 1

@@ -1,7 +1,9 @@
 """Forecast scores: rmse_log, mae, mape, mase, coverage_80, over one-step-ahead test ranges.
 
 Used by ``volcast backtest`` and by the refit worker to compare challenger and champion on the
-same bars. Every forecast at position ``p`` sees only bars ``< p``.
+same bars. Every forecast at position ``p`` sees only bars ``< p``. ``out_of_bound`` counts the
+forecasts that the live worker's output guard would have replaced (forecaster/guard.py): the
+refit worker never promotes a model with any.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from forecaster.frame import BarFrame, FloatArray, IntArray
+from forecaster.guard import passing, rolling_bounds
 from forecaster.predictor import ModelPredictor, Predictor
 
 
@@ -73,12 +76,16 @@ def score(
     ``mase`` divides by the naive forecast's MAE (last bar's volume) over the same bars.
     """
     actual, predicted, naive, qs = [], [], [], []
+    out_of_bound = 0
     for key, frame in frames:
         needed = predictor.model.min_history if isinstance(predictor, ModelPredictor) else predictor.look_back
         pos = positions_for(frame, test_range, needed)
         if len(pos) == 0:
             continue
         point, quants = forecast_range(predictor, key, frame, pos)
+        # As the worker checks them: volumes below 0 become 0 first (NaN stays NaN).
+        live = None if quants is None else np.maximum(quants, 0.0)
+        out_of_bound += int((~passing(np.maximum(point, 0.0), live, rolling_bounds(frame.volume, pos))).sum())
         actual.append(frame.volume[pos])
         predicted.append(point)
         naive.append(frame.volume[pos - 1])
@@ -98,4 +105,5 @@ def score(
             levels,
         ),
         "bars": float(sum(len(a) for a in actual)),
+        "out_of_bound": float(out_of_bound),
     }

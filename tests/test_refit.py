@@ -90,3 +90,27 @@ async def test_a_challenger_better_than_the_champion_is_promoted(tmp_path: Path)
             assert store.info("2")["scores"]["rmse_log"] == outcome.challenger["rmse_log"]
     finally:
         await delete_prefix(settings)
+
+
+def test_a_challenger_with_non_finite_scores_or_out_of_bound_forecasts_is_refused() -> None:
+    import math
+
+    from forecast_helpers import KEY, TINY_MODEL, TINY_TRAINING, near
+
+    from forecaster.estimator import LstmModel, quiet
+    from forecaster.predictor import ModelPredictor
+    from forecaster.refit import holdout_scores, refusal
+    from forecaster.training import train_model
+
+    frame = near()[:2000]
+    trained = train_model([(KEY, frame[:1880])], TINY_MODEL, TINY_TRAINING, progress=quiet)
+    model = trained.model
+    assert isinstance(model, LstmModel)
+    sane = holdout_scores(ModelPredictor(model, "lstm", "c"), [(KEY, frame)], 120)
+    assert sane["out_of_bound"] == 0 and refusal(sane) is None
+    model.har.coef[0] += 12.0  # e^12: far above ten times the largest bar of any day
+    wild = holdout_scores(ModelPredictor(model, "lstm", "c"), [(KEY, frame)], 120)
+    assert wild["out_of_bound"] == 120 and math.isfinite(wild["rmse_log"])
+    assert "120 of its forecasts" in (refusal(wild) or "")
+    assert "rmse_log is not finite" in (refusal({**sane, "rmse_log": math.inf}) or "")
+    assert "mase, rmse_log are not finite" in (refusal({**sane, "rmse_log": math.nan, "mase": math.nan}) or "")
