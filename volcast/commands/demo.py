@@ -176,8 +176,8 @@ def _print_banner(rest_url: str, redis: RedisSettings, mqtt: MqttSettings, symbo
 
 
 async def _run_stack(settings: Settings, config: Path, seconds: float | None, started: float) -> dict[str, object]:
-    from forecaster.single_machine import run as run_stack
     from volcast.demo_view import HEADER
+    from volcast.single_machine import run as run_stack
 
     tally = DemoTally()
     print(HEADER, flush=True)

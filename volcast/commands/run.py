@@ -16,8 +16,8 @@ def main(args: argparse.Namespace) -> int:
 
     import torch
 
-    from forecaster.single_machine import run
     from volcast.signals import until_signalled
+    from volcast.single_machine import run
 
     settings = settings_from_args(args)
     check_services(settings, redis=True, mqtt=True)

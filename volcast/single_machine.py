@@ -1,5 +1,8 @@
 """``volcast run``: streamer, forecaster and refit together on one machine.
 
+Wiring of both sides, so it lives in ``volcast/``: ``forecaster/`` and ``streamer/`` never import
+each other.
+
 The streamer and the forecaster share this process's event loop; the refit worker is a child
 process (``volcast refit``) so that its torch training threads never compete with inference
 threads. A refit process that dies is restarted with backoff.
