@@ -381,3 +381,61 @@ def test_check_redis_with_redis_down_exits_3(prefix: str, tmp_path: Path,
         assert status.main(_args("--config", config, "--check", part)) == 3
         out = capsys.readouterr().out
         assert f"{part}: unhealthy: cannot reach Redis" in out
+
+
+def test_each_feed_says_why_a_baseline_serves_it_after_a_promotion(
+    prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """lstm version 7 is promoted and loaded, yet BTC/USDT (3 bars) is forecast by HAR: say why."""
+    settings = _settings(prefix)
+    now = status_now()
+    feed = _populate(settings, now)
+    keys = RedisKeys(prefix)
+    client = redis.Redis.from_url(REDIS_URL)
+    baseline = Prediction(
+        feed=feed, open_time_ms=T0 + 3 * MINUTE, last_bar_ms=T0 + 2 * MINUTE, last_volume=0.125, volume=0.5,
+        quantiles={}, model_name="har", model_version="baseline", baseline=True, created_ms=now - 1_000,
+    )
+    client.hset(keys.prediction(feed), mapping=baseline.to_fields())  # type: ignore[arg-type]
+    client.close()
+    config = str(_config_file(tmp_path, settings))
+    assert status.main(_args("--config", config, "--json")) == 0
+    btc, eth = orjson.loads(capsys.readouterr().out)["feeds"]
+    assert btc["baseline_reason"] == ("history too short: 3 bars in Redis, lstm version 7 needs 1440 (the bars "
+                                      "its HAR part reads, a day of 1-minute bars; its look_back is 60)")
+    assert eth["baseline_reason"] is None
+    assert status.main(_args("--config", config)) == 0
+    table = capsys.readouterr().out
+    assert "binance BTC/USDT: baseline because history too short: 3 bars in Redis" in table
+
+
+def test_no_reason_when_the_model_made_the_forecast(prefix: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    settings = _settings(prefix)
+    _populate(settings, status_now())
+    assert status.main(_args("--config", str(_config_file(tmp_path, settings)), "--json")) == 0
+    btc, _ = orjson.loads(capsys.readouterr().out)["feeds"]
+    assert btc["prediction"]["baseline"] is False and btc["baseline_reason"] is None
+
+
+def test_refit_line_says_the_result_once(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    settings = _settings(prefix)
+    now = status_now()
+    _populate(settings, now)
+    client = redis.Redis.from_url(REDIS_URL)
+    client.hset(RedisKeys(prefix).refit(), mapping={
+        "result": "promoted", "message": "version 8 promoted: challenger rmse_log 0.41 vs lstm version 7 0.45"})
+    client.close()
+    assert status.main(_args("--config", str(_config_file(tmp_path, settings)))) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("refit"))
+    assert line.count("promoted") == 1 and "version 8 promoted: challenger" in line, line
+
+
+def test_refit_outcome_phrases() -> None:
+    from volcast.status_report import refit_outcome
+
+    assert refit_outcome("promoted", "version 1 promoted: challenger 0.4 vs har baseline 0.5") == (
+        "version 1 promoted: challenger 0.4 vs har baseline 0.5")
+    assert refit_outcome("kept", "challenger 0.6 vs lstm version 2 0.5") == "kept: challenger 0.6 vs lstm version 2 0.5"
+    assert refit_outcome("skipped", "") == "skipped"
+    assert refit_outcome(None, None) == ""

@@ -140,6 +140,7 @@ def _prediction(raw: dict[str, str] | None) -> dict[str, Any] | None:
         "model_version": raw.get("model_version"),
         "baseline": raw.get("baseline") == "1" if "baseline" in raw else None,
         "created_ms": _int(raw.get("created_ms")),
+        "guard": raw.get("guard") or None,  # why the output guard replaced the model's forecast
     }
 
 
@@ -291,6 +292,10 @@ async def collect_status(
         _trade_rate(report, previous_feeds.get((feed.exchange, feed.symbol)), interval_ms)
         feed_reports.append(report)
     model, refit, forecaster = replies[len(feeds) * per_feed :]
+    model_report = _model(_text(model))
+    forecaster_report = _forecaster(_text(forecaster))
+    for report in feed_reports:
+        report["baseline_reason"] = baseline_reason(report, model_report, forecaster_report, settings)
     return {
         "schema": SCHEMA_VERSION,
         "now_ms": now,
@@ -298,10 +303,47 @@ async def collect_status(
         "interval": feeds[0].interval if feeds else None,
         "interval_ms": interval_ms,
         "feeds": feed_reports,
-        "model": _model(_text(model)),
-        "forecaster": _forecaster(_text(forecaster)),
+        "model": model_report,
+        "forecaster": forecaster_report,
         "refit": _refit(_text(refit)),
     }
+
+
+def model_history(name: str | None, settings: Settings) -> tuple[int, str]:
+    """Bars of history a promoted model needs before it forecasts a feed, and why so many."""
+    if name == "seed":
+        return settings.model.look_back, "its look_back"
+    from forecaster.features import HAR_HISTORY
+
+    if settings.model.look_back >= HAR_HISTORY:
+        return settings.model.look_back, "its look_back"
+    look_back = settings.model.look_back
+    return HAR_HISTORY, f"the bars its HAR part reads, a day of 1-minute bars; its look_back is {look_back}"
+
+
+def baseline_reason(feed: Report, model: Report | None, forecaster: Report | None, settings: Settings) -> str | None:
+    """Why the feed's latest forecast came from a baseline, or None when a model made it. After a
+    promotion, payloads keep saying "baseline" for feeds whose history is still too short."""
+    prediction = feed["prediction"]
+    if prediction is None or not prediction["baseline"]:
+        return None
+    if prediction.get("guard"):
+        return f"the output guard replaced the model's forecast: {prediction['guard']}"
+    if model is None or not model["version"]:
+        return "no model promoted yet: a baseline serves until the refit worker promotes one (see refit)"
+    promoted = f"{model['name']} version {model['version']}"
+    serving = forecaster.get("model_version") if forecaster else None
+    if forecaster is not None and forecaster.get("baseline") is not False and serving != model["version"]:
+        error = forecaster.get("last_model_error")
+        return f"the forecaster has not loaded {promoted} yet" + (f": {error}" if error else "")
+    created, at = prediction["created_ms"], model["promoted_ms"]
+    if isinstance(created, int) and isinstance(at, int) and created < at:
+        return f"made before {promoted} was promoted; the next bar's forecast uses it"
+    needed, why = model_history(model["name"], settings)
+    count = feed["bars"]["count"]
+    if count is None or count < needed:
+        return f"history too short: {count or 0} bars in Redis, {promoted} needs {needed} ({why})"
+    return None
 
 
 def render_json(report: Report) -> str:
@@ -359,6 +401,16 @@ def _flag(value: Any) -> Any:
 
 def _ago(now: int, ms: int | None) -> str:
     return DASH if ms is None else f"{format_age(now - ms)} ago"
+
+
+def refit_outcome(result: str | None, message: str | None) -> str:
+    """A refit's result and message in one phrase, the result said once: the refit worker's
+    messages often name it already ("version 3 promoted: ...")."""
+    if not message:
+        return result or ""
+    if not result or result in message.partition(":")[0].split():
+        return message
+    return f"{result}: {message}"
 
 
 def render_table(report: Report) -> str:
@@ -425,6 +477,9 @@ def render_table(report: Report) -> str:
             for name, f in zip(names, feeds, strict=True)
         ],
     )
+    reasons = [(name, f["baseline_reason"]) for name, f in zip(names, feeds, strict=True) if f.get("baseline_reason")]
+    for name, reason in reasons:
+        lines.append(f"{name}: baseline because {reason}")
     lines.append("")
     model = report["model"]
     if model is None:
@@ -452,7 +507,7 @@ def render_table(report: Report) -> str:
             f"in {format_age(next_run - now)}" if next_run >= now else f"due {format_age(now - next_run)} ago"
         )
         lines.append(
-            f"refit       last run {_ago(now, refit['last_run_ms'])}: {refit['result'] or DASH}; "
-            f"next run {next_text}" + (f"; {refit['message']}" if refit["message"] else "")
+            f"refit       last run {_ago(now, refit['last_run_ms'])}: "
+            f"{refit_outcome(refit['result'], refit['message']) or DASH}; next run {next_text}"
         )
     return "\n".join(lines) + "\n"

@@ -19,6 +19,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from forecaster.refit import run
+    from volcast.status_report import refit_outcome
     from volcast.signals import until_signalled
 
     settings = settings_from_args(args)
@@ -28,7 +29,7 @@ def main(args: argparse.Namespace) -> int:
     if args.once:
         outcome = asyncio.run(run(settings, once=True))
         if outcome is not None:
-            print(f"{outcome.result}: {outcome.message}")
+            print(refit_outcome(outcome.result, outcome.message))
         return 1 if outcome is None or outcome.result == "failed" else 0
 
     async def forever() -> None:
