@@ -9,6 +9,9 @@ ids and fields as before, written by Redis itself.
 
 The script writes keys it is not given as KEYS, so it needs a single Redis node, not a Cluster
 (volcast's deployment: one Redis).
+
+With a ``demoter`` (forecaster/demotion_store.py), every recorded prediction and realised error
+also feeds its ``DemotionWatch``, and a demotion it decides is written before the next writes.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
+from forecaster.demotion_store import Demoter
 from forecaster.live_scores import LiveScores, Realised
 from forecaster.payload import Prediction
 from volcast.keys import Feed, RedisKeys
@@ -89,6 +93,7 @@ class Recorder:
         self.scores = LiveScores(score_window)
         self._predicted: dict[Feed, Prediction] = {}
         self._sha: str | None = None
+        self.demoter: Demoter | None = None  # set by the worker when self-demotion is on
 
     def forget(self, feed: Feed) -> None:
         self._predicted.pop(feed, None)
@@ -103,6 +108,7 @@ class Recorder:
         """
         keys = self.keys
         earlier = await self._earlier(predictions)
+        watch = self.demoter.watch if self.demoter is not None else None
         out: list[list[str]] = []
         for i, (p, payload, newest, actual) in enumerate(zip(predictions, payloads, latest, last_volumes, strict=True)):
             if pause is not None and i and not i % SLICE:
@@ -118,6 +124,10 @@ class Recorder:
                 out.append(["i", keys.scores(p.feed), "guarded", "1"])
                 out.append(["h", keys.scores(p.feed), "last_guard_reason", p.guard.reason,
                             "last_guard_ms", str(p.created_ms)])
+            if watch is not None:
+                made_by = p.guard.model_version if p.guard is not None else p.model_version
+                if made_by != "baseline":
+                    watch.served(made_by, p.open_time_ms, guarded=p.guard is not None)
             before = earlier.get(p.feed)
             if before is not None:
                 realised = Realised(p.last_bar_ms, before[0], actual, before[1], before[2])
@@ -128,9 +138,14 @@ class Recorder:
                                 p.feed, p.last_bar_ms, realised)
                     continue
                 out.append(_flat("x", keys.realised(p.feed), realised.to_fields(), f"{p.last_bar_ms}-0"))
+                if watch is not None and realised.model_version != "baseline":
+                    watch.realised(realised.model_version, p.last_bar_ms, realised.predicted, realised.actual,
+                                   realised.naive)
                 scores = self.scores.add(p.feed, realised)
                 scores["updated_ms"] = str(p.created_ms)
                 out.append(_flat("h", keys.scores(p.feed), scores))
+        if self.demoter is not None:
+            self.demoter.decide()
         return out
 
     async def _earlier(self, predictions: Sequence[Prediction]) -> dict[Feed, tuple[float, float, str]]:
@@ -175,7 +190,18 @@ class Recorder:
         return earlier
 
     async def apply(self, writes: Sequence[list[str]]) -> Recorded:
-        """Run the writes in Redis: one pipeline of script calls, CHUNK writes each."""
+        """Run the writes in Redis: one pipeline of script calls, CHUNK writes each.
+
+        A pending demotion is written first: a Redis outage then retries both, and the writes
+        are not applied twice. A demotion Redis refuses (a key of the wrong type) is logged and
+        dropped rather than holding back the predictions' records.
+        """
+        if self.demoter is not None and self.demoter.pending is not None:
+            try:
+                await self.demoter.apply()
+            except ResponseError as exc:
+                log.error("demotion of model version %s not written: %s", self.demoter.pending.version, exc)
+                self.demoter.pending = None
         if not writes:
             return Recorded(0, 0)
         chunks = [orjson.dumps(writes[lo:lo + CHUNK]) for lo in range(0, len(writes), CHUNK)]
