@@ -15,6 +15,12 @@ Policies, each named because each one is a choice:
 - **Duplicates**: a trade id seen in an open bar or in the last closed bars is dropped and counted.
 - **Late**: a trade for a bar that has already closed is counted and dropped, never added to a
   wrong bar.
+- **Refused**: a trade whose id and time are known but whose values cannot be used
+  (streamer/trade_validation.py) adds nothing to its bar and makes it ``gap`` (a trade of the
+  interval is known to be missing from its sums); its id counts as seen, so a copy of it is a
+  duplicate, valid or not: the first copy of an id decides.
+- **Exact sums**: volume, quote volume and side volumes are summed in ``EXACT`` (volcast/bar.py),
+  never rounded; VWAP, a quotient, is rounded in the default context (28 digits).
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ from decimal import Decimal
 from enum import Enum
 
 from streamer.trade_ids import TradeIdSet
-from volcast.bar import Bar, BarStatus, Trade
+from volcast.bar import EXACT, Bar, BarStatus, Trade
+
+_add = EXACT.add
+_multiply = EXACT.multiply
 
 # Ids of this many closed bars are remembered, so a duplicate that arrives just after its bar
 # closed is reported as a duplicate rather than as a late trade.
@@ -87,12 +96,12 @@ class _Accumulator:
             self.high = price
         if price < self.low:
             self.low = price
-        self.volume += amount
-        self.quote_volume += price * amount
+        self.volume = _add(self.volume, amount)
+        self.quote_volume = _add(self.quote_volume, _multiply(price, amount))
         if trade.side == "buy":
-            self.buy_volume += amount
+            self.buy_volume = _add(self.buy_volume, amount)
         elif trade.side == "sell":
-            self.sell_volume += amount
+            self.sell_volume = _add(self.sell_volume, amount)
         self.trades += 1
         self.first_trade_id = min(self.first_trade_id, trade.trade_id)
         self.last_trade_id = max(self.last_trade_id, trade.trade_id)
@@ -151,12 +160,16 @@ class BarAggregator:
         self._start_fixed = start_ms is not None
         self._last_close = last_close
         self._open: dict[int, _Accumulator] = {}
-        self._closed_ids: deque[TradeIdSet] = deque(maxlen=_CLOSED_ID_MEMORY)
+        # Ids of refused trades, by the open time of their bar (a bar of only refused trades has no
+        # accumulator); a key marks the bar ``gap``.
+        self._refused: dict[int, TradeIdSet] = {}
+        self._closed_ids: deque[tuple[TradeIdSet, ...]] = deque(maxlen=_CLOSED_ID_MEMORY)
         self._gaps: list[tuple[int, int]] = []
         self._watermark_ms = -1
         self.trades = 0
         self.duplicates = 0
         self.late = 0
+        self.refused = 0
         self.bars_closed = 0
 
     def bar_open(self, timestamp_ms: int) -> int:
@@ -169,11 +182,11 @@ class BarAggregator:
             # Nothing has closed yet on a fresh start: the first bar is the earliest trade's bar.
             self.next_open_ms = open_ms
         if open_ms < self.next_open_ms:
-            if any(trade.trade_id in ids for ids in self._closed_ids):
-                self.duplicates += 1
-                return Outcome.DUPLICATE
-            self.late += 1
-            return Outcome.LATE
+            return self._closed_outcome(trade.trade_id)
+        refused = self._refused.get(open_ms)
+        if refused is not None and trade.trade_id in refused:
+            self.duplicates += 1
+            return Outcome.DUPLICATE
         accumulator = self._open.get(open_ms)
         if accumulator is None:
             accumulator = self._open[open_ms] = _Accumulator.starting_with(trade)
@@ -182,6 +195,38 @@ class BarAggregator:
             return Outcome.DUPLICATE
         self.trades += 1
         return Outcome.ADDED
+
+    def refuse(self, trade_id: int | None, timestamp_ms: int) -> Outcome:
+        """A trade that happened at ``timestamp_ms`` but cannot be summed: its bar becomes ``gap``.
+
+        ADDED means newly recorded. Unlike a trade, it never starts the bars of a fresh start (it
+        has no price for them): refused before the first trade's bar, it marks nothing unless a
+        trade of that bar or earlier comes while nothing has closed.
+        """
+        open_ms = self.bar_open(timestamp_ms)
+        if self.next_open_ms is not None and open_ms < self.next_open_ms and self._start_fixed:
+            return self._closed_outcome(trade_id)
+        accumulator = self._open.get(open_ms)
+        refused = self._refused.get(open_ms)
+        if trade_id is not None and (
+            (accumulator is not None and trade_id in accumulator.ids) or (refused is not None and trade_id in refused)
+        ):
+            self.duplicates += 1
+            return Outcome.DUPLICATE
+        if refused is None:
+            refused = self._refused[open_ms] = TradeIdSet()
+        if trade_id is not None:
+            refused.add(trade_id)
+        self.refused += 1
+        return Outcome.ADDED
+
+    def _closed_outcome(self, trade_id: int | None) -> Outcome:
+        """A trade for a bar already closed: a duplicate if one of the last closed bars held its id."""
+        if trade_id is not None and any(trade_id in ids for sets in self._closed_ids for ids in sets):
+            self.duplicates += 1
+            return Outcome.DUPLICATE
+        self.late += 1
+        return Outcome.LATE
 
     def advance(self, watermark_ms: int) -> int:
         """The feed has provably reached ``watermark_ms``: close every bar that is due, in order."""
@@ -205,7 +250,7 @@ class BarAggregator:
         """The bars not closed yet, oldest first, each with what it holds so far."""
         if self.next_open_ms is None:
             return []
-        last = max(self._open, default=self.next_open_ms)
+        last = max(max(self._open, default=self.next_open_ms), max(self._refused, default=self.next_open_ms))
         bars = []
         price = self._last_close
         for open_ms in range(self.next_open_ms, last + 1, self.interval_ms):
@@ -226,7 +271,7 @@ class BarAggregator:
 
     def _status(self, open_ms: int, backfilled: bool) -> BarStatus:
         end_ms = open_ms + self.interval_ms
-        if any(start < end_ms and open_ms < stop for start, stop in self._gaps):
+        if open_ms in self._refused or any(start < end_ms and open_ms < stop for start, stop in self._gaps):
             return BarStatus.GAP
         return BarStatus.BACKFILLED if backfilled else BarStatus.COMPLETE
 
@@ -234,12 +279,15 @@ class BarAggregator:
         accumulator = self._open.pop(open_ms, None)
         if accumulator is not None:
             bar = accumulator.to_bar(open_ms, self._status(open_ms, accumulator.backfilled))
-            self._closed_ids.append(accumulator.ids)
         else:
             if self._last_close is None:  # only possible before the first trade of a fresh start
                 raise AssertionError("an empty bar before any price is known")
             bar = empty_bar(open_ms, self._last_close, self._status(open_ms, False))
-            self._closed_ids.append(TradeIdSet())
+        ids = () if accumulator is None else (accumulator.ids,)
+        refused = self._refused.pop(open_ms, None)
+        self._closed_ids.append(ids if refused is None else (*ids, refused))
+        if self._refused and min(self._refused) < open_ms:  # marks before the first bar of a fresh start
+            self._refused = {k: v for k, v in self._refused.items() if k > open_ms}
         self._last_close = bar.close
         end_ms = open_ms + self.interval_ms
         self._gaps = [(start, stop) for start, stop in self._gaps if stop > end_ms]

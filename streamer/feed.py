@@ -22,6 +22,7 @@ trade seen and the aggregator drops the overlap as duplicates.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ from streamer.source import (
     trade_from_ccxt,
 )
 from streamer.store import ResumePoint
+from streamer.trade_validation import Refusal, RefusedTrade, ahead_of_clock, placed
 from volcast.backoff import Backoff
 from volcast.bar import Bar, Trade
 from volcast.keys import Feed
@@ -55,6 +57,15 @@ _HOLE_PATIENCE_S = 0.2
 # hole is given up as a gap: an exchange that keeps refusing cannot fill it.
 _BACKFILL_ATTEMPTS = 12
 _TICK_S = 0.05
+# A trade stamped past the exchange's clock (as last read) waits for a fresh reading, taken at
+# most this often: a replay faster than real time runs ahead of any reading.
+_CLOCK_READ_EVERY_S = 1.0
+# Refused trades logged one by one per feed; after that one line per this many.
+_REFUSALS_LOGGED = 10
+_REFUSALS_LOG_EVERY = 1000
+
+# A trade as the feed places it: a usable one, or one refused whose id and time are known.
+Placed = Trade | RefusedTrade
 
 
 class WatchdogTimeout(ccxt.NetworkError):  # type: ignore[misc]
@@ -69,8 +80,8 @@ class _History:
     live trade's id becoming the frontier and the history behind it never being fetched."""
 
     since: int
-    low: Trade | None = None
-    high: Trade | None = None
+    low: Placed | None = None
+    high: Placed | None = None
 
 
 def now_ms() -> int:
@@ -90,7 +101,7 @@ class ExchangeLink:
     def _bad_frame(self, client: Any, error: Exception) -> None:
         symbols = [s for s in client_symbols(client) if s in self.runners]
         for symbol in symbols:
-            self.runners[symbol].health.malformed += 1
+            self.runners[symbol].health.count_malformed("frame")
         log.warning("%s: bad frame for %s skipped: %r", self.exchange.id, symbols or client.url, error)
 
     async def ensure_markets(self) -> None:
@@ -154,6 +165,12 @@ class FeedRunner:
         self._rest_failures = 0
         self._backfill_high = -1
         self._offset_ms = 0
+        # The offset by which trades are judged "from the future" (ahead_of_clock): read again
+        # whenever a trade runs ahead of it, unlike _offset_ms, whose lag the watermark relies on.
+        self._check_offset_ms = 0
+        self._clock_read_at = float("-inf")
+        self._held: list[Placed] = []  # trades past the clock as last read, waiting for a new reading
+        self._unplaced_ids: set[int] = set()  # ids refused live without a usable time, already counted
         self._live = False
         self._last_message = time.monotonic()
         self._hook = install_hook(link.exchange, feed.symbol, self._on_raw)
@@ -171,12 +188,19 @@ class FeedRunner:
 
     def _on_raw(self, raw: dict[str, Any]) -> None:
         self._last_message = time.monotonic()
-        try:
-            trade = trade_from_ccxt(raw)
-        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
-            self.health.malformed += 1
-            log.warning("%s: malformed trade %r: %r", self.feed.symbol, raw.get("info"), exc)
+        checked = trade_from_ccxt(raw)
+        item: Placed | None = placed(checked) if isinstance(checked, Refusal) else checked
+        if item is None:
+            assert isinstance(checked, Refusal)
+            self._refused_unplaced(checked)
             return
+        if self._held or self._ahead_of_clock(item) is not None:
+            self._held.append(item)  # judged once the exchange's clock has been read again (ticker)
+            return
+        self._on_trade(item)
+
+    def _on_trade(self, trade: Placed) -> None:
+        """A websocket trade (usable or refused) of plausible time."""
         tid = trade.trade_id
         if self.consecutive and self._live_high < tid and (tid <= self._backfill_high or self._in_history(tid)):
             self._live_high = tid  # REST had it first (the overlap of a reconnect or of the history)
@@ -188,7 +212,7 @@ class FeedRunner:
         if self._may_close():
             self.aggregator.advance(self.health.last_trade_ms)
 
-    def _take(self, trade: Trade, *, backfilled: bool) -> None:
+    def _take(self, trade: Placed, *, backfilled: bool) -> None:
         if self.start_ms is not None and trade.timestamp_ms < self.start_ms:
             return  # already in a bar closed before this process started
         if self._gap_from is not None and self._history is None and trade.timestamp_ms >= self._gap_from:
@@ -200,14 +224,94 @@ class FeedRunner:
             ):
                 return  # the websocket already delivered it
             self._track_id(trade)
-        outcome = self.aggregator.add(trade, backfilled=backfilled)
+        outcome = self._add(trade, backfilled)
         if outcome is Outcome.ADDED:
             if backfilled:
-                self.health.backfilled_trades += 1
                 self._backfill_high = max(self._backfill_high, trade.trade_id)
             self.health.last_trade_ms = max(self.health.last_trade_ms, trade.timestamp_ms)
 
-    def _track_id(self, trade: Trade) -> None:
+    def _add(self, trade: Placed, backfilled: bool) -> Outcome:
+        """Into the aggregator: a trade into its bar's sums, a refused one as its bar's mark."""
+        if isinstance(trade, Trade):
+            outcome = self.aggregator.add(trade, backfilled=backfilled)
+            if backfilled and outcome is Outcome.ADDED:
+                self.health.backfilled_trades += 1
+            return outcome
+        outcome = self.aggregator.refuse(trade.trade_id, trade.timestamp_ms)
+        if outcome is not Outcome.DUPLICATE:
+            if trade.trade_id in self._unplaced_ids:  # counted when the websocket sent it without a time
+                self._unplaced_ids.discard(trade.trade_id)
+            else:
+                self._count_refused(trade.refusal)
+        return outcome
+
+    def _count_refused(self, refusal: Refusal) -> None:
+        health = self.health
+        health.count_malformed(refusal.reason)
+        if health.malformed <= _REFUSALS_LOGGED or health.malformed % _REFUSALS_LOG_EVERY == 0:
+            log.warning(
+                "%s: trade %s refused (%s); %d refused so far%s",
+                self.symbol,
+                refusal.trade_id if refusal.trade_id is not None else "without id",
+                refusal,
+                health.malformed,
+                "" if health.malformed < _REFUSALS_LOGGED else f" (logged every {_REFUSALS_LOG_EVERY} from now on)",
+            )
+
+    def _refused_unplaced(self, refusal: Refusal) -> None:
+        """A websocket record refused without a usable id and time: it can mark no bar by itself.
+
+        Where ids are consecutive, a real trade behind it shows as a hole in the ids: REST then
+        returns the exchange's record, which places it (or, refused again, marks its neighbours).
+        Elsewhere a record with a time marks its bar; one without may lie anywhere from the last
+        trade on, so the bars from there wait and close as gaps up to the next trade.
+        """
+        self._count_refused(refusal)
+        if self.consecutive:
+            if refusal.trade_id is not None and (self.frontier is None or refusal.trade_id > self.frontier):
+                if len(self._unplaced_ids) > 10_000:  # ids REST never returned: do not grow for ever
+                    self._unplaced_ids.clear()
+                self._unplaced_ids.add(refusal.trade_id)
+            return
+        if refusal.timestamp_ms is not None:
+            if ahead_of_clock(0, refusal.timestamp_ms, self._checked_now_ms()) is None:
+                self.aggregator.refuse(None, refusal.timestamp_ms)
+        elif self._gap_from is None:
+            self._gap_from = self.health.last_trade_ms or (self.start_ms or 0)
+
+    # -- trades stamped past the exchange's clock -------------------------------------------------
+
+    def _checked_now_ms(self) -> int:
+        return now_ms() + self._check_offset_ms
+
+    def _ahead_of_clock(self, trade: Placed) -> Refusal | None:
+        return ahead_of_clock(trade.trade_id, trade.timestamp_ms, self._checked_now_ms())
+
+    async def _read_clock(self) -> None:
+        """Read the exchange's clock again for ``ahead_of_clock`` (at most every _CLOCK_READ_EVERY_S)."""
+        if time.monotonic() - self._clock_read_at < _CLOCK_READ_EVERY_S:
+            return
+        self._clock_read_at = time.monotonic()
+        self._check_offset_ms = await self.link.clock_offset_ms()
+
+    async def _release_held(self) -> None:
+        """Judge the held trades against a fresh reading of the exchange's clock, in arrival order."""
+        try:
+            await self._read_clock()
+        except ccxt.OperationFailed as exc:  # a network error: hold on, read again next tick
+            log.debug("%s: exchange clock unreadable (%r)", self.symbol, exc)
+            return
+        except ccxt.BaseError as exc:  # the exchange has no clock to ask: judge by the last reading
+            log.debug("%s: exchange clock unavailable (%r)", self.symbol, exc)
+        held, self._held = self._held, []
+        for trade in held:
+            refusal = self._ahead_of_clock(trade)
+            if refusal is None:
+                self._on_trade(trade)
+            else:
+                self._refused_unplaced(refusal)
+
+    def _track_id(self, trade: Placed) -> None:
         tid = trade.trade_id
         if self.frontier is None:
             if self._history is None:
@@ -297,8 +401,9 @@ class FeedRunner:
             self._hole_since = None
 
     def _may_close(self) -> bool:
-        """Bars may close: live, no hole in the ids, no loss whose end is still unknown."""
-        return self._live and not self._ahead and self._gap_from is None
+        """Bars may close: live, no hole in the ids, no loss whose end is still unknown, no trade
+        waiting for the exchange's clock."""
+        return self._live and not self._ahead and self._gap_from is None and not self._held
 
     # -- the watermark --------------------------------------------------------------------------
 
@@ -356,7 +461,8 @@ class FeedRunner:
         self.health.state = FeedState.CONNECTING
         ex = self.link.exchange
         await self.link.ensure_markets()
-        self._offset_ms = await self.link.clock_offset_ms()
+        self._offset_ms = self._check_offset_ms = await self.link.clock_offset_ms()
+        self._clock_read_at = time.monotonic()
         check_hook(ex, self.symbol, self._hook)
         self._last_message = time.monotonic()
         self._first_live_ms = None
@@ -393,6 +499,8 @@ class FeedRunner:
                 await self._fill_holes()
             if self._gap_from is not None:
                 await self._close_open_gap()
+            if self._held:
+                await self._release_held()
             self.tick()
             await asyncio.sleep(_TICK_S)
 
@@ -440,8 +548,9 @@ class FeedRunner:
             self.health.state = FeedState.LIVE
             self._live = True
 
-    async def _fetch(self, since: int | None, params: dict[str, Any]) -> list[Trade] | None:
-        """One REST page; None if the exchange refuses (after retries for network errors)."""
+    async def _fetch(self, since: int | None, params: dict[str, Any]) -> list[Placed] | None:
+        """One REST page, checked and sorted by id; None if the exchange refuses (after retries
+        for network errors)."""
         ex = self.link.exchange
         # Failures count across reconnects: a connection that keeps dropping must not keep a
         # refused backfill alive forever.
@@ -461,16 +570,56 @@ class FeedRunner:
                 return None
             self._rest_failures = 0
             self._backoff.reset()
-            trades: list[Trade] = []
-            for item in raw:
-                try:
-                    trades.append(trade_from_ccxt(item))
-                except (KeyError, TypeError, ValueError, ArithmeticError):
-                    self.health.malformed += 1
-            trades.sort(key=lambda t: (t.trade_id, t.timestamp_ms))
-            return trades
+            return await self._checked_page(raw)
         self._rest_failures = 0  # given up: the next hole gets its own attempts
         return None
+
+    async def _checked_page(self, raw: list[dict[str, Any]]) -> list[Placed]:
+        """A REST page through the trade check: usable and placeable refused trades, by id.
+
+        A refused record without a usable time (or one stamped past the exchange's clock) is
+        placed between its neighbours by id: the bars from the one before to the one after are
+        marked gap, and its id counts as seen. Without consecutive ids the page's whole span is.
+        """
+        trades: list[Placed] = []
+        unplaced: list[Refusal] = []
+        for item in raw:
+            checked = trade_from_ccxt(item)
+            record = placed(checked) if isinstance(checked, Refusal) else checked
+            if record is not None:
+                trades.append(record)
+            else:
+                assert isinstance(checked, Refusal)
+                unplaced.append(checked)
+        if any(self._ahead_of_clock(t) is not None for t in trades):
+            try:
+                await self._read_clock()
+            except ccxt.BaseError as exc:
+                log.debug("%s: exchange clock unreadable (%r)", self.symbol, exc)
+            in_time = []
+            for trade in trades:
+                late = self._ahead_of_clock(trade)
+                if late is None:
+                    in_time.append(trade)
+                else:
+                    unplaced.append(late)
+            trades = in_time
+        trades.sort(key=lambda t: (t.trade_id, t.timestamp_ms))
+        for refusal in unplaced:
+            if refusal.trade_id is None or not self.consecutive or not trades:
+                self._count_refused(refusal)
+                if trades:
+                    self.aggregator.mark_gap(min(t.timestamp_ms for t in trades), trades[-1].timestamp_ms + 1)
+                continue
+            ids = [t.trade_id for t in trades]
+            at = bisect.bisect_left(ids, refusal.trade_id)
+            before = trades[at - 1] if at > 0 else None
+            after = trades[at] if at < len(trades) else None
+            low = (before or after or trades[0]).timestamp_ms
+            high = (after or before or trades[0]).timestamp_ms
+            self.aggregator.mark_gap(low, high + 1)
+            trades.insert(at, RefusedTrade(refusal.trade_id, low, refusal))
+        return trades
 
     async def _backfill_ids(self, *, hole_only: bool) -> None:
         """Fetch by id from the frontier until no hole is left (and, after a reconnect, REST is exhausted)."""
@@ -579,13 +728,12 @@ class FeedRunner:
             history.low.trade_id <= tid <= history.high.trade_id
         )
 
-    def _take_history(self, trades: list[Trade], since: int) -> None:
+    def _take_history(self, trades: list[Placed], since: int) -> None:
         """One REST page of the history: every trade from ``since`` on, unless the websocket had it."""
         floor = max(since, self.start_ms or since)
         for trade in trades:
             tid = trade.trade_id
             if trade.timestamp_ms < floor or tid in self._ahead or (self.frontier is not None and tid <= self.frontier):
                 continue
-            if self.aggregator.add(trade, backfilled=True) is Outcome.ADDED:
-                self.health.backfilled_trades += 1
+            if self._add(trade, True) is Outcome.ADDED:
                 self.health.last_trade_ms = max(self.health.last_trade_ms, trade.timestamp_ms)

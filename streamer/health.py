@@ -5,12 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from streamer.trade_validation import Reason
+
 
 class FeedState(StrEnum):
     CONNECTING = "connecting"
     LIVE = "live"
     BACKFILLING = "backfilling"
-    DOWN = "down"
+    DOWN = "down"  # disconnected, retrying with backoff; ``error`` says why
+    ERROR = "error"  # stopped for good (until a restart); ``error`` says why and what to do
     STOPPED = "stopped"
 
 
@@ -19,6 +22,7 @@ class FeedHealth:
     """Counters of one feed since the process started (the aggregator counts trades, duplicates, late)."""
 
     state: FeedState = FeedState.CONNECTING
+    error: str = ""  # why the feed is down or stopped in error; empty while it works
     last_trade_ms: int = 0  # exchange time of the newest trade seen
     last_message_ms: int = 0  # local time of the newest message
     trades: int = 0
@@ -29,12 +33,23 @@ class FeedHealth:
     watchdog_timeouts: int = 0
     backfilled_trades: int = 0
     lag_ms: int = 0  # local clock + exchange offset, minus the newest trade's time
-    malformed: int = 0
+    malformed: int = 0  # records refused (each also counted under malformed_<reason>)
+    malformed_frame: int = 0  # websocket frames that could not be parsed at all
+    malformed_id: int = 0
+    malformed_timestamp: int = 0
+    malformed_side: int = 0
+    malformed_price: int = 0
+    malformed_amount: int = 0
     bars_closed: int = 0
     gap_bars: int = 0
     redis_buffered: int = 0  # closed bars (of all feeds) waiting for Redis
     dropped_bars: int = 0  # closed bars (of all feeds) lost to a full buffer
     redis_reconnects: int = 0  # times the bar writer got Redis back after an outage
+
+    def count_malformed(self, reason: Reason) -> None:
+        self.malformed += 1
+        name = f"malformed_{reason}"
+        setattr(self, name, getattr(self, name) + 1)
 
     def to_fields(self, now_ms: int) -> dict[str, str]:
         fields = {name: str(getattr(self, name)) for name in self.__slots__ if name != "state"}

@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Mapping
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from ccxt.async_support.base.ws.cache import ArrayCache
 
-from volcast.bar import Side, Trade
+from streamer.trade_validation import Refusal, check_trade
+from volcast.bar import Trade
 from volcast.settings import ExchangeSettings
 
 log = logging.getLogger(__name__)
@@ -48,37 +48,31 @@ class HookedTradeCache(ArrayCache):  # type: ignore[misc]
         self._on_trade(item)
 
 
-def _exact(info: Mapping[str, Any], keys: tuple[str, ...], parsed: Any) -> Decimal:
+def _raw_number(info: Mapping[str, Any], keys: tuple[str, ...], parsed: Any) -> Any:
+    """The exchange's own text of a price or amount, else ccxt's parsed number (checked later)."""
     for key in keys:
         raw = info.get(key)
         if isinstance(raw, str) and raw:
-            try:
-                return Decimal(raw)
-            except InvalidOperation:
-                continue
-    if parsed is None:
-        raise ValueError("no price or amount in trade")
-    # repr of a float is the shortest string that reads back as the same float: the digits the
-    # exchange most likely sent, never the binary expansion.
-    return Decimal(repr(float(parsed)))
+            return raw
+    return parsed
 
 
-def trade_from_ccxt(raw: Mapping[str, Any]) -> Trade:
-    """A ccxt unified trade as an exact Trade; ValueError (or KeyError/TypeError) if malformed."""
+def trade_from_ccxt(raw: Mapping[str, Any]) -> Trade | Refusal:
+    """A ccxt unified trade (websocket or REST) as an exact Trade, or the Refusal saying why not.
+
+    Price and amount are read from the exchange's own message where it has them (exact decimal
+    text), else from ccxt's float; everything then goes through ``check_trade``, the check every
+    source of trades shares.
+    """
     info = raw.get("info")
     if not isinstance(info, Mapping):
         info = {}
-    side_text = raw.get("side")
-    side: Side | None = side_text if side_text in ("buy", "sell") else None
-    timestamp = raw["timestamp"]
-    if timestamp is None:
-        raise ValueError("trade without timestamp")
-    return Trade(
-        timestamp_ms=int(timestamp),
-        trade_id=int(raw["id"]),
-        price=_exact(info, _PRICE_KEYS, raw.get("price")),
-        amount=_exact(info, _AMOUNT_KEYS, raw.get("amount")),
-        side=side,
+    return check_trade(
+        raw.get("timestamp"),
+        raw.get("id"),
+        _raw_number(info, _PRICE_KEYS, raw.get("price")),
+        _raw_number(info, _AMOUNT_KEYS, raw.get("amount")),
+        raw.get("side"),
     )
 
 

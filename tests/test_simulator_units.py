@@ -126,8 +126,24 @@ def test_load_tape_plain_csv_and_explicit_symbol(tmp_path: Path) -> None:
         (8, "1.5", "3", True),
     ]
     path.write_text("timestamp_ms,trade_id,price,amount,side\n1000,7,1.50,2.000,short\n")
-    with pytest.raises(ValueError, match=r"recording.csv:2: bad row"):
+    with pytest.raises(ValueError, match=r"no trades"):
         load_tape(path, "SOL/USDT")
+
+
+def test_rows_the_replay_cannot_send_are_skipped_and_bad_numbers_kept(tmp_path: Path) -> None:
+    """A faulty exchange's numbers (NaN, Infinity, negative) are replayed as written: the streamer
+    must withstand them. What cannot be sent at all (no number, no integer id or time, no side)
+    is skipped at load and reported with its line."""
+    path = tmp_path / "edited.csv"
+    path.write_text(
+        "timestamp_ms,trade_id,price,amount,side\n"
+        "1000,1,1.5,2,buy\n1000,2,abc,2,buy\n1001,3,1.5,NaN,sell\n1002,4.5,1.5,2,buy\n"
+        "1003,5,1.5,-23,buy\nsoon,6,1.5,2,buy\n1004,7,1.5,Infinity,sell\n1005,8,1.5,2,up\n1006,9,,2,buy\n"
+    )
+    tape = load_tape(path, "SOL/USDT")
+    assert [(t.trade_id, t.amount) for t in tape.trades] == [(1, "2"), (3, "NaN"), (5, "-23"), (7, "Infinity")]
+    assert [s.split(": ", 1)[0] for s in tape.skipped] == [f"{path}:{n}" for n in (3, 5, 7, 9, 10)]
+    assert "price 'abc' is not a number" in tape.skipped[0]
 
 
 def test_load_tapes_checks_symbols() -> None:

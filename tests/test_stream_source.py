@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from streamer.source import HookedTradeCache, client_symbols, subscription_sent, trade_from_ccxt
+from streamer.trade_validation import Refusal
 from volcast.bar import Trade
 
 
@@ -34,10 +35,28 @@ def test_rest_field_names_and_float_fallback() -> None:
     assert (bare.price, bare.amount, bare.side) == (Decimal("0.1"), Decimal("3.3"), None)
 
 
-@pytest.mark.parametrize("broken", [{"id": None}, {"timestamp": None}, {"info": {}, "price": None}])
-def test_malformed_trades_raise(broken: dict[str, Any]) -> None:
-    with pytest.raises((ValueError, TypeError)):
-        trade_from_ccxt(_ccxt_trade(**broken))
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [
+        ({"id": None}, "id"),
+        ({"id": "12a"}, "id"),
+        ({"timestamp": None}, "timestamp"),
+        ({"timestamp": 1610064000}, "timestamp"),  # seconds
+        ({"info": {}, "price": None}, "price"),
+        ({"info": {"p": "NaN", "q": "1"}}, "price"),
+        ({"info": {"p": "1", "q": "-23"}}, "amount"),
+        ({"info": {"p": "1", "q": "Infinity"}}, "amount"),
+        ({"info": {}, "amount": float("inf")}, "amount"),
+        ({"info": {"p": "1", "q": "0"}}, "amount"),
+        ({"side": "short"}, "side"),
+    ],
+)
+def test_bad_values_are_refused_with_their_reason(broken: dict[str, Any], reason: str) -> None:
+    refusal = trade_from_ccxt(_ccxt_trade(**broken))
+    assert isinstance(refusal, Refusal) and refusal.reason == reason
+    # What identifies the trade is kept when usable: its bar can say it lacks a trade.
+    if reason not in ("id", "timestamp"):
+        assert (refusal.trade_id, refusal.timestamp_ms) == (553288000, 1610064000278)
 
 
 def test_hook_sees_every_trade_while_the_ring_stays_small() -> None:

@@ -2,18 +2,24 @@
 
 Amounts and prices are ``Decimal`` so that a bar's volume is the exact sum of its trades'
 amounts: summing binary floats would make the same trades give different volumes in different
-orders. Redis, CSV and JSON carry them as decimal strings.
+orders. Redis, CSV and JSON carry them as decimal strings. Sums are made in ``EXACT``: Python's
+default context keeps 28 digits and would round a sum of long amounts; the bounds that
+streamer/trade_validation.py puts on a trade (below 10**20, no digit below 10**-30) keep every
+bar sum within its precision.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from decimal import Decimal
+from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 from enum import StrEnum
 from typing import Literal
 
 Side = Literal["buy", "sell"]
+
+EXACT = Context(prec=150, Emax=999_999, Emin=-999_999, traps=[InvalidOperation, DivisionByZero, Overflow])
+"""Where bar sums are made: 150 digits hold any sum of trades within the validated bounds."""
 
 
 class BarStatus(StrEnum):
@@ -21,7 +27,11 @@ class BarStatus(StrEnum):
 
     COMPLETE = "complete"  # every trade of the interval came from the live feed
     BACKFILLED = "backfilled"  # complete, but some trades came from a REST backfill
-    GAP = "gap"  # trades of the interval are known to be missing
+    # Trades of the interval are known to be missing: lost in a hole no backfill could fill, or
+    # refused because the exchange's record of them holds a value that cannot be real (NaN,
+    # Infinity, a negative or zero amount or price, ...). Such a trade happened, so a bar without
+    # it is short; it is kept out of the sums and its bar says so.
+    GAP = "gap"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,5 +116,5 @@ def format_decimal(value: Decimal) -> str:
     """Plain notation without exponent, trailing zeros kept only as far as needed: 1482.0 -> '1482'."""
     if value == 0:
         return "0"
-    text = format(value.normalize(), "f")
-    return text
+    # normalize() rounds to its context's precision: the default 28 digits would cut a long sum.
+    return format(value.normalize(EXACT), "f")

@@ -60,11 +60,20 @@ def raw_trade_entry(trade: LiveTrade) -> dict[str, object]:
         "id": trade.trade_id,
         "price": trade.price,
         "qty": trade.amount,
-        "quoteQty": format_decimal(Decimal(trade.price) * Decimal(trade.amount)),
+        "quoteQty": _quote_quantity(trade.price, trade.amount),
         "time": trade.timestamp_ms,
         "isBuyerMaker": trade.buyer_maker,
         "isBestMatch": True,
     }
+
+
+def _quote_quantity(price: str, amount: str) -> str:
+    """price x amount as Binance's ``quoteQty``; "NaN" where a faulty row's values have no product
+    (the tape replays such rows as written: an error here answered 500 for the whole page)."""
+    try:
+        return format_decimal(Decimal(price) * Decimal(amount))
+    except ArithmeticError:
+        return "NaN"
 
 
 def malformed_frame(kind: MalformedKind, market_id: bytes, good_frame: bytes) -> bytes:

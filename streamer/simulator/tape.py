@@ -3,6 +3,15 @@
 A tape is read from the shared trades CSV format ``timestamp_ms,trade_id,price,amount,side``
 (gzip or plain), where ``side`` is the taker side. Price and amount stay the text of the file so
 that the frames the simulator sends carry exactly the recorded digits.
+
+Rows go through the streamer's own trade check (streamer/trade_validation.py). The simulator is an
+exchange, possibly a faulty one: a price or amount that is a number but cannot be real (negative,
+zero, NaN, Infinity, absurdly large) is replayed as written, because that is what a faulty
+exchange sends and what the streamer must withstand. A row it cannot replay at all (a timestamp
+or id that is not an integer in range: the replay orders and pages by them; a side that is not
+buy or sell; a price or amount that is not a number, such as ``abc``) is skipped at load,
+counted in ``Tape.skipped`` and reported in one warning. Without it, REST answered 500 for
+every range that held such a row.
 """
 
 from __future__ import annotations
@@ -10,10 +19,15 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import logging
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from streamer.trade_validation import Refusal, unreadable
+
+log = logging.getLogger(__name__)
 
 # Longest first, so that ...USDT is not read as ...USD + T.
 QUOTE_ASSETS: tuple[str, ...] = ("USDT", "USDC", "BUSD", "USD", "BTC", "ETH", "BNB", "EUR")
@@ -38,6 +52,8 @@ class Tape:
 
     symbol: str
     trades: tuple[TapeTrade, ...]
+    skipped: tuple[str, ...] = ()
+    """``file:line: why`` of each row that could not be replayed."""
 
     def __post_init__(self) -> None:
         if not self.trades:
@@ -102,33 +118,43 @@ def _open_text(path: Path) -> io.TextIOBase:
     return io.TextIOWrapper(path.open("rb"), encoding="utf-8", newline="")
 
 
-def _rows(path: Path) -> Iterator[TapeTrade]:
+def _rows(path: Path, skipped: list[str]) -> Iterator[TapeTrade]:
     with _open_text(path) as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
         if header != ["timestamp_ms", "trade_id", "price", "amount", "side"]:
             raise ValueError(f"{path}: expected header timestamp_ms,trade_id,price,amount,side, got {header}")
         for line_no, row in enumerate(reader, start=2):
-            try:
-                ts, trade_id, price, amount, side = row
-                if side not in ("buy", "sell"):
-                    raise ValueError(f"side {side!r}")
-                yield TapeTrade(int(ts), int(trade_id), price, amount, side == "sell")
-            except ValueError as exc:
-                raise ValueError(f"{path}:{line_no}: bad row {row}: {exc}") from None
+            if not row:
+                continue
+            ts, trade_id, price, amount, side = (row + [""] * 5)[:5]
+            # Integer ids and times outside the streamer's ranges are replayed too: tests replay
+            # synthetic times such as 1000 ms.
+            refusal = unreadable(ts, trade_id, price, amount, side)
+            if refusal is None and side not in ("buy", "sell"):  # the frame's "m" needs a taker side
+                refusal = Refusal("side", "missing", "is missing: the replay needs buy or sell")
+            if refusal is not None:
+                skipped.append(f"{path}:{line_no}: {refusal}")
+                continue
+            yield TapeTrade(int(ts), int(trade_id), price, amount, side == "sell")
 
 
 def load_tape(path: str | Path, symbol: str | None = None) -> Tape:
     """Read a trades file; the symbol comes from ``symbol`` or else the file name."""
     path = Path(path)
     unified = normalise_symbol(symbol) if symbol else symbol_from_filename(path)
-    trades = sorted(_rows(path), key=lambda t: (t.timestamp_ms, t.trade_id))
+    skipped: list[str] = []
+    trades = sorted(_rows(path, skipped), key=lambda t: (t.timestamp_ms, t.trade_id))
+    if skipped:
+        log.warning(
+            "%s: %d rows cannot be replayed and are skipped (first: %s)", path, len(skipped), "; ".join(skipped[:3])
+        )
     ids = [t.trade_id for t in trades]
     if len(set(ids)) != len(ids):
         raise ValueError(f"{path}: duplicate trade ids")
     if ids != sorted(ids):
         raise ValueError(f"{path}: trade ids do not increase with time")
-    return Tape(unified, tuple(trades))
+    return Tape(unified, tuple(trades), tuple(skipped))
 
 
 def load_tapes(paths: Sequence[str | Path], symbols: Sequence[str] = ()) -> list[Tape]:
