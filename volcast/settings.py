@@ -371,7 +371,11 @@ def settings_from_mapping(raw: Any, *, source: str = "config", env: Mapping[str,
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(error) for error in exc.errors()]
+        errors = exc.errors()
+        # A list whose item failed also reports "too short" (the bad item is left out): noise.
+        locs = [tuple(error["loc"]) for error in errors]
+        lines = [_describe(error) for error in errors if not (error["type"] == "too_short" and any(
+            len(loc) > len(error["loc"]) and loc[: len(error["loc"])] == tuple(error["loc"]) for loc in locs))]
         raise ConfigError(f"{source}: " + "; ".join(lines)) from None
 
 
