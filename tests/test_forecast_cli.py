@@ -44,6 +44,13 @@ def test_train_then_backtest_the_artifact(tmp_path: Path, config: Path) -> None:
     assert result["models"]["naive"]["mase"] == pytest.approx(1.0)
     assert "coverage_80" in result["models"]["lstm"]
     assert plot.stat().st_size > 10_000
+    from PIL import Image
+
+    with Image.open(plot) as image:  # the title, also stored as the PNG's Title
+        title = image.info["Title"]
+    lstm = result["models"]["lstm"]
+    assert f"lstm rmse_log {lstm['rmse_log']:.4f}, MASE {lstm['mase']:.3f}" in title
+    assert "har rmse_log" in title and "naive rmse_log" in title
     # The same artifact under other settings is refused with a clear message.
     refused = run("backtest", str(NEAR), "--artifact", str(out), "--config", str(config), "--json",
                   "--model", "seed", cwd=tmp_path)

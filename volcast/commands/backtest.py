@@ -90,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
         pos = positions_for(frame, (max(split, n - day), n), predictor.model.min_history)
         point, quants = forecast_range(predictor, key, frame, pos)
         _plot(args.plot, frame.open_time_ms[pos], frame.volume[pos], point, quants,
-              predictor.model.quantile_levels, f"{key}: {predictor.name}")
+              predictor.model.quantile_levels, plot_title(key, predictor.name, scores, n - split))
         result["plot"] = str(args.plot)
     if args.json:
         print(json.dumps(result))
@@ -101,6 +101,16 @@ def main(args: argparse.Namespace) -> int:
             cov = f"{s['coverage_80']:.3f}" if "coverage_80" in s else "-"
             print(f"{name:<10} {s['rmse_log']:>9.4f} {s['mae']:>12.4g} {s['mape']:>8.3f} {s['mase']:>7.4f} {cov:>6}")
     return 0
+
+
+def plot_title(key: str, name: str, scores: dict[str, dict[str, float]], test_bars: int) -> str:
+    """The plot's title carries the scores, so a saved picture says how good the forecast is."""
+    def one(model: str) -> str:
+        s = scores[model]
+        return f"{model} rmse_log {s['rmse_log']:.4f}, MASE {s['mase']:.3f}"
+
+    others = "; ".join(one(m) for m in ("har", "naive") if m in scores and m != name)
+    return f"{key}: {one(name)}\n{others} (one step ahead over {test_bars} test bars)"
 
 
 def _plot(path: Path, times: Any, actual: Any, point: Any, quants: Any, levels: tuple[float, ...], title: str) -> None:
@@ -123,5 +133,5 @@ def _plot(path: Path, times: Any, actual: Any, point: Any, quants: Any, levels: 
     ax.legend(loc="upper left")
     fig.autofmt_xdate()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, metadata={"Title": title})
     plt.close(fig)
