@@ -25,6 +25,8 @@ from collections import OrderedDict
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
+import numpy as np
+
 MARGIN = 0.02
 """Added to naive's rmse_log: on a feed whose volume never changes naive is exact, and a model a
 hair off it is not clearly worse."""
@@ -95,27 +97,34 @@ class DemotionWatch:
         self._versions: dict[str, _Version] = {}
         self._serving: str | None = None  # the version of the newest model forecast seen
 
-    def served(self, version: str, open_ms: int, *, guarded: bool) -> None:
-        """A forecast of bar ``open_ms`` by model ``version`` (``guarded``: the output guard
-        replaced it by a baseline's)."""
+    def served(self, version: str, open_ms: int, *, guarded: bool = False, count: int = 1) -> None:
+        """``count`` forecasts of bar ``open_ms`` by model ``version`` (``guarded``: the output
+        guard replaced them by a baseline's)."""
         state = self._versions.setdefault(version, _Version())
         bar = state.bar(open_ms, self.window)
-        bar.served += 1
-        bar.guarded += guarded
+        bar.served += count
+        if guarded:
+            bar.guarded += count
         self._serving = version
 
     def realised(self, version: str, open_ms: int, predicted: float, actual: float, naive: float) -> None:
         """Bar ``open_ms`` closed: ``version``'s own forecast of it against naive's."""
+        self.realised_many(version, open_ms, [predicted], [actual], [naive])
+
+    def realised_many(self, version: str, open_ms: int, predicted: Sequence[float], actual: Sequence[float],
+                      naive: Sequence[float]) -> None:
+        """``realised`` of several feeds' forecasts of the same bar (numpy: 1000 feeds one by one
+        cost about 2 ms of the bookkeeping per boundary)."""
         state = self._versions.get(version)
-        if state is None or open_ms not in state.bars:
+        bar = state.bars.get(open_ms) if state is not None else None
+        if bar is None:
             return  # made before this process watched it (or out of the window): not scored
-        if not (math.isfinite(predicted) and math.isfinite(actual) and math.isfinite(naive)):
-            return
-        target = math.log1p(max(actual, 0.0))
-        bar = state.bars[open_ms]
-        bar.sq_model += (math.log1p(max(predicted, 0.0)) - target) ** 2
-        bar.sq_naive += (math.log1p(max(naive, 0.0)) - target) ** 2
-        bar.realised += 1
+        values = np.array([predicted, actual, naive], dtype=np.float64)
+        values = values[:, np.isfinite(values).all(axis=0)]
+        logs = np.log1p(np.maximum(values, 0.0))
+        bar.sq_model += float(np.square(logs[0] - logs[1]).sum())
+        bar.sq_naive += float(np.square(logs[2] - logs[1]).sum())
+        bar.realised += values.shape[1]
 
     def figures(self, version: str | None = None) -> tuple[int, float, float, float]:
         """(bars in the window, rmse_log, naive rmse_log, guarded share) of ``version`` (default:

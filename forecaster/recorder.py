@@ -109,6 +109,9 @@ class Recorder:
         keys = self.keys
         earlier = await self._earlier(predictions)
         watch = self.demoter.watch if self.demoter is not None else None
+        # For the watch, grouped: (version, bar, guarded) -> forecasts; (version, bar) -> realised.
+        served: dict[tuple[str, int, bool], int] = {}
+        errors: dict[tuple[str, int], tuple[list[float], list[float], list[float]]] = {}
         out: list[list[str]] = []
         for i, (p, payload, newest, actual) in enumerate(zip(predictions, payloads, latest, last_volumes, strict=True)):
             if pause is not None and i and not i % SLICE:
@@ -127,7 +130,8 @@ class Recorder:
             if watch is not None:
                 made_by = p.guard.model_version if p.guard is not None else p.model_version
                 if made_by != "baseline":
-                    watch.served(made_by, p.open_time_ms, guarded=p.guard is not None)
+                    key = (made_by, p.open_time_ms, p.guard is not None)
+                    served[key] = served.get(key, 0) + 1
             before = earlier.get(p.feed)
             if before is not None:
                 realised = Realised(p.last_bar_ms, before[0], actual, before[1], before[2])
@@ -139,12 +143,20 @@ class Recorder:
                     continue
                 out.append(_flat("x", keys.realised(p.feed), realised.to_fields(), f"{p.last_bar_ms}-0"))
                 if watch is not None and realised.model_version != "baseline":
-                    watch.realised(realised.model_version, p.last_bar_ms, realised.predicted, realised.actual,
-                                   realised.naive)
+                    group = errors.get((realised.model_version, p.last_bar_ms))
+                    if group is None:
+                        group = errors[(realised.model_version, p.last_bar_ms)] = ([], [], [])
+                    group[0].append(realised.predicted)
+                    group[1].append(realised.actual)
+                    group[2].append(realised.naive)
                 scores = self.scores.add(p.feed, realised)
                 scores["updated_ms"] = str(p.created_ms)
                 out.append(_flat("h", keys.scores(p.feed), scores))
         if self.demoter is not None:
+            for (version, open_ms, guarded), count in served.items():
+                self.demoter.watch.served(version, open_ms, guarded=guarded, count=count)
+            for (version, open_ms), (forecasts, actuals, naives) in errors.items():
+                self.demoter.watch.realised_many(version, open_ms, forecasts, actuals, naives)
             self.demoter.decide()
         return out
 
