@@ -13,14 +13,20 @@ reported) and is started again, as compose's ``restart: unless-stopped`` would, 
 (a new one would send another timeline).
 
 Every ``--sample-s`` it records each process's RSS, Redis ``used_memory``, the events stream's
-pending list (XPENDING of the group: delivered, not yet acknowledged) and lag (not yet
-delivered), and checks every bar the streamer has written since the last sample against the
-reference (benchmarks/soak_reference.py: the trades the replay sent, looping included,
-aggregated offline with the aggregator ``volcast bars`` uses). ``complete`` and ``backfilled``
-bars must equal it field for field; ``gap`` bars are counted apart; bars must be contiguous.
+pending list (XPENDING of the group: delivered, not yet acknowledged; per consumer, and how long
+its oldest event has waited) and lag (not yet delivered), and checks every bar the streamer has
+written since the last sample against the reference (benchmarks/soak_reference.py: the trades
+the replay sent, looping included, aggregated offline with the aggregator ``volcast bars`` uses).
+``complete`` and ``backfilled`` bars must equal it field for field; ``gap`` bars are counted
+apart; bars must be contiguous. At the end it counts the events each forecaster claimed from the
+other (its log): with both alive, an event is claimed only after waiting
+``forecaster.claim_idle`` on a worker.
 
-RSS "start" is read after the warm-up (the first ``--warmup-s``: imports, the first model, the
-bar history filling up to ``bars.retention``), "end" just before the services are stopped.
+RSS "start" is read after the warm-up (the first ``--warmup-s``: imports, the bar history
+filling up to ``bars.retention``; the first model comes after 70 to 110 s, so in runs under 5
+minutes it is loaded after the warm-up: ``first_model_s``), "end" just before the services are
+stopped. Redis memory rises until its streams reach their caps (events 100,000, predictions
+10,000 per feed, bars ``bars.retention``): the events stream's takes about 18 minutes at 1800x.
 There is no baseline to take a ratio against: the figures are absolute (crashes, inexact bars,
 growth), and the load of the machine is printed beside them (``uptime``). Progress goes to
 stderr; with ``--json`` one JSON object goes to stdout.
@@ -114,8 +120,9 @@ def service_config(args: argparse.Namespace, *, replay_port: int, redis_port: in
                              "ws": {"spot": f"ws://127.0.0.1:{replay_port}/stream/ws"}}},
         }],
         "bars": {"interval": "1m", "grace": "2s", "retention": args.retention, "open_bar_update": "1s"},
-        # A stalled connection (a broken frame stops ccxt's reader) is found within 5 s.
-        "streamer": {"watchdog": "5s", "backoff_initial": "200ms", "backoff_max": "5s"},
+        # The first backfill reaches 6 h of replay time back (12 s at 1800x; the default 1 h is 2 s):
+        # the streamer starts after the replay and still gets BTC/USDT's 46 s tape of the first pass.
+        "streamer": {"max_backfill": "6h"},
         "redis": {"url": f"redis://127.0.0.1:{redis_port}/0", "key_prefix": prefix},
         "mqtt": {"url": f"mqtt://127.0.0.1:{mqtt_port}", "topic_prefix": prefix},
         "model": {"look_back": 30, "hidden": 8},
@@ -158,6 +165,8 @@ class Monitor:
         self.references: dict[Feed, ReferenceBars] = {}
         self._last_id: dict[Feed, str] = {}
         self.refits: dict[str, tuple[str, str]] = {}
+        self.first_model_s: float | None = None
+        self.by_consumer: dict[str, int] = {}
 
     def used_memory_mb(self) -> float:
         info: Any = self.redis.info("memory")
@@ -174,6 +183,7 @@ class Monitor:
             return 0, 0.0, 0
         idle_s = oldest[0]["time_since_delivered"] / 1000 if oldest else 0.0
         lag = next((g.get("lag") for g in groups if g["name"] in (GROUP, GROUP.encode())), 0)
+        self.by_consumer = {c["name"].decode(): int(c["pending"]) for c in summary.get("consumers") or []}
         return int(summary["pending"]), idle_s, int(lag or 0)
 
     def sample(self, at_s: float) -> None:
@@ -183,6 +193,8 @@ class Monitor:
         self.pending.append((at, pending))
         self.pending_idle.append((at, round(idle_s, 1)))
         self.lag.append((at, lag))
+        if self.first_model_s is None and self.redis.hget(self.keys.model(), "version"):
+            self.first_model_s = at
         refit: Any = self.redis.hgetall(self.keys.refit())
         if refit.get(b"last_run_ms") and refit.get(b"finished_ms"):
             self.refits[refit[b"last_run_ms"].decode()] = (refit[b"result"].decode(), refit[b"message"].decode())
@@ -256,6 +268,17 @@ def replay_loops(log_path: Path | None) -> int:
         return 0
     found = re.findall(r"\((\d+) loops\)", log_path.read_text(errors="replace"))
     return int(found[-1]) if found else 0
+
+
+def events_claimed(service: Service) -> int:
+    """Events this worker took over from the other one (its log, every start): an event is claimed
+    once it has been pending ``forecaster.claim_idle`` on a worker, the sign of a dead or stuck one."""
+    total = 0
+    for start in range(1, service.starts + 1):
+        path = service.log_dir / f"{service.name}.{start}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        total += sum(int(n) for n in re.findall(r"claimed (\d+) pending events of other consumers", text))
+    return total
 
 
 @contextlib.contextmanager
@@ -354,7 +377,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             monitor.check_bars(rest_url, tapes)
             subscriber = _read_json(stats_file)
             bars = monitor.bars_summary()
-            log(f"[{at_s:5.0f}s] pending {monitor.pending[-1][1]} (oldest {monitor.pending_idle[-1][1]:.0f}s) "
+            held = ",".join(f"{k}:{v}" for k, v in sorted(monitor.by_consumer.items()))
+            log(f"[{at_s:5.0f}s] pending {monitor.pending[-1][1]} ({held}; oldest {monitor.pending_idle[-1][1]:.0f}s) "
                 f"lag {monitor.lag[-1][1]} | redis "
                 f"{monitor.memory[-1][1]:.1f} MB | predictions {subscriber.get('messages', 0)} | bars "
                 f"{bars['checked']} checked, {bars['inexact']} inexact, {bars['gap']} gap | crashes {len(crashes)} | "
@@ -410,8 +434,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "pending_max": max(pending_values, default=0),
         "pending_max_after_warmup": max(after_warmup),
         "pending_end": pending_values[-1] if pending_values else 0,
+        "pending_end_by_consumer": monitor.by_consumer,
         "pending_oldest_s": monitor.pending_idle,
         "pending_oldest_max_s_after_warmup": max((i for t, i in monitor.pending_idle if t >= warmup_s), default=0.0),
+        "events_claimed": {s.name: events_claimed(s) for s in services if s.name.startswith("forecast")},
         "lag_max": max((lag for _, lag in monitor.lag), default=0),
         "lag_max_after_warmup": max((lag for t, lag in monitor.lag if t >= warmup_s), default=0),
         "lag_end": monitor.lag[-1][1] if monitor.lag else 0,
@@ -424,6 +450,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "predictions_repeated": subscriber.get("repeats", 0),
         "predictions_bad_payload": subscriber.get("bad_payloads", 0),
         "predictions_by_model": subscriber.get("by_model", {}),
+        "first_model_s": monitor.first_model_s,
         "model_served": {k.decode(): v.decode() for k, v in model.items() if k in (b"name", b"version")},
         "refits": results,
         "refit_messages": sorted({m for _r, m in monitor.refits.values()})[-3:],
