@@ -285,6 +285,12 @@ class ForecasterSettings(_Frozen):
     # times without being acknowledged (the workers that took it stopped), goes to the
     # dead-letter stream instead of being retried for ever.
     dead_letter_after: StrictInt = Field(default=3, gt=0)
+    # Self-demotion (forecaster/demotion.py): a model version whose live rmse_log over the last
+    # demotion_window bars it served (its feeds pooled) is above demotion_ratio x naive's on the
+    # same bars, or most of whose forecasts the output guard replaced, is demoted to the previous
+    # version (or the baseline). 0: never demote.
+    demotion_window: StrictInt = Field(default=240, ge=0)
+    demotion_ratio: float = Field(default=1.0, gt=0.0)
 
 
 class Settings(_Frozen):
