@@ -1,5 +1,5 @@
 # One image for every volcast service: docker-compose runs `volcast stream`, `volcast forecast`,
-# `volcast refit` and (profile offline) `volcast replay` from it.
+# `volcast refit` and (deploy/compose.offline.yml) `volcast replay` from it.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -31,6 +31,7 @@ RUN useradd --system --uid 10001 --home-dir /var/lib/volcast --shell /usr/sbin/n
     && mkdir -p /var/lib/volcast/models \
     && chown -R volcast:volcast /var/lib/volcast
 USER volcast
-ENV VOLCAST_MODEL_DIR=/var/lib/volcast/models
+ENV VOLCAST_MODEL_DIR=/var/lib/volcast/models \
+    VOLCAST_CONFIG=/etc/volcast/config.yml
 
 CMD ["volcast", "--help"]

@@ -1,6 +1,7 @@
-"""docker-compose.yml, the Dockerfile and deploy/: they parse, every file they name exists, every
-service runs a real ``volcast`` verb with valid options, the settings files they mount validate,
-and the Redis and Mosquitto config files start the real servers installed here.
+"""docker-compose.yml, deploy/compose.offline.yml laid over it, the Dockerfile and deploy/: they
+parse, every file they name exists, every service runs a real ``volcast`` verb with valid options,
+the settings files they mount validate, and the Redis and Mosquitto config files start the real
+servers installed here.
 
 Docker cannot run in CI; Debian's ``docker-compose`` (1.29) validates the file when installed.
 """
@@ -25,6 +26,7 @@ from volcast.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
+OFFLINE = ROOT / "deploy" / "compose.offline.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 VOLCAST_SERVICES = ("stream", "forecast", "refit")
 DEFAULT_CONFIG = "/etc/volcast/config.yml"
@@ -52,6 +54,21 @@ def _compose(env: Mapping[str, str] | None = None) -> dict[str, Any]:
     return interpolated
 
 
+def _merge(base: Any, over: Any) -> Any:
+    """Compose's merge of an override file: mappings (services, environment, depends_on) merge key
+    by key, anything else (command, healthcheck test) is replaced."""
+    if isinstance(base, dict) and isinstance(over, dict):
+        return {**base, **{k: _merge(base[k], v) if k in base else v for k, v in over.items()}}
+    return over
+
+
+def _offline(env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """docker-compose.yml with deploy/compose.offline.yml laid over it."""
+    over = _interpolate(yaml.safe_load(OFFLINE.read_text(encoding="utf-8")), env or {})
+    merged: dict[str, Any] = _merge(_compose(env), {k: v for k, v in over.items() if not k.startswith("x-")})
+    return merged
+
+
 def _mounts(service: dict[str, Any]) -> dict[str, str]:
     """container path -> host path (relative to the repo) of the service's bind mounts."""
     mounts: dict[str, str] = {}
@@ -62,11 +79,10 @@ def _mounts(service: dict[str, Any]) -> dict[str, str]:
     return mounts
 
 
-def test_services_profiles_and_ports() -> None:
+def test_services_and_ports() -> None:
     services = _compose()["services"]
-    assert set(services) == {"redis", "mosquitto", *VOLCAST_SERVICES, "replay"}
-    assert services["replay"]["profiles"] == ["offline"]
-    assert all("profiles" not in s for name, s in services.items() if name != "replay")
+    assert set(services) == {"redis", "mosquitto", *VOLCAST_SERVICES}
+    assert set(_offline()["services"]) == {"redis", "mosquitto", *VOLCAST_SERVICES, "replay"}
     published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
     assert published == {"mosquitto": ["1883:1883"]}
     for name, service in services.items():
@@ -91,8 +107,37 @@ def test_redis_and_mosquitto_services() -> None:
     assert any(v.endswith(":/mosquitto/data") for v in services["mosquitto"]["volumes"])
 
 
+def test_the_volcast_services_share_one_image_built_once() -> None:
+    for services in (_compose()["services"], _offline()["services"]):
+        volcast = {name: s for name, s in services.items() if name not in ("redis", "mosquitto")}
+        assert {s["image"] for s in volcast.values()} == {"volcast:latest"}
+        builders = [name for name, s in volcast.items() if "build" in s]
+        assert builders == ["stream"]
+        assert volcast["stream"]["pull_policy"] == "build"  # never a registry's volcast:latest
+        assert all(s["pull_policy"] == "never" for name, s in volcast.items() if name != "stream")
+
+
+def test_offline_stack_sets_its_config_and_the_api_key_backfill_needs() -> None:
+    online, offline = _compose()["services"], _offline()["services"]
+    for name in VOLCAST_SERVICES:
+        assert online[name]["environment"]["VOLCAST_CONFIG"] == DEFAULT_CONFIG
+        assert online[name]["environment"]["VOLCAST_BINANCE_API_KEY"] == ""  # the real exchange: yours or none
+        env = offline[name]["environment"]
+        assert env["VOLCAST_CONFIG"] == OFFLINE_CONFIG
+        assert env["VOLCAST_BINANCE_API_KEY"], f"{name}: backfill from the replay needs an API key"
+        assert env["VOLCAST_REDIS_URL"] == "redis://redis:6379/0"  # the base environment is kept
+    assert _compose({"VOLCAST_BINANCE_API_KEY": "k"})["services"]["stream"]["environment"][
+        "VOLCAST_BINANCE_API_KEY"] == "k"
+
+
+def test_offline_stream_waits_for_the_replay() -> None:
+    depends = _offline()["services"]["stream"]["depends_on"]
+    assert depends["replay"] == {"condition": "service_healthy"}
+    assert depends["redis"] == {"condition": "service_healthy"}
+
+
 def test_every_mounted_or_copied_file_exists() -> None:
-    for name, service in _compose()["services"].items():
+    for name, service in _offline()["services"].items():
         for target, source in _mounts(service).items():
             assert (ROOT / source).exists(), f"{name}: {source} (mounted at {target}) does not exist"
     copied: list[str] = []
@@ -124,10 +169,13 @@ def test_model_volume_is_shared_by_forecast_and_refit() -> None:
     assert "models" in _compose()["volumes"]
 
 
-@pytest.mark.parametrize("config", [DEFAULT_CONFIG, OFFLINE_CONFIG])
-def test_every_service_command_is_a_real_verb_with_valid_options(config: str) -> None:
+@pytest.mark.parametrize("stack", ["online", "offline"])
+def test_every_service_command_is_a_real_verb_with_valid_options(stack: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    services = (_compose if stack == "online" else _offline)()["services"]
+    config = DEFAULT_CONFIG if stack == "online" else OFFLINE_CONFIG
+    # Inside the container --config defaults to $VOLCAST_CONFIG, which the service's environment sets.
+    monkeypatch.setenv("VOLCAST_CONFIG", config)
     parser = build_parser()
-    services = _compose({"VOLCAST_CONFIG": config})["services"]
     for name, service in services.items():
         if name in ("redis", "mosquitto"):
             continue
@@ -142,6 +190,7 @@ def test_every_service_command_is_a_real_verb_with_valid_options(config: str) ->
         if check[:2] == ["CMD", "volcast"]:
             assert parser.parse_args(check[2:]).verb == "status"
         if name in VOLCAST_SERVICES:
+            assert service["environment"]["VOLCAST_CONFIG"] == config
             assert args.config == Path(config)
             assert str(args.config) in _mounts(service)
 
@@ -161,7 +210,7 @@ def test_mounted_settings_files_validate() -> None:
 
 def test_offline_config_points_the_streamer_at_the_replay_service() -> None:
     settings = load_settings(ROOT / "deploy" / "config.offline.yml", env={})
-    services = _compose()["services"]
+    services = _offline()["services"]
     replay = services["replay"]["command"]
     port = replay[replay.index("--port") + 1]
     assert replay[replay.index("--host") + 1] == "0.0.0.0"
@@ -180,17 +229,17 @@ def test_offline_config_points_the_streamer_at_the_replay_service() -> None:
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (Debian 1.29) is not installed")
-@pytest.mark.parametrize("profile", [[], ["--profile", "offline"]])
-def test_docker_compose_validates_the_file(profile: list[str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, OFFLINE]], ids=["online", "offline"])
+def test_docker_compose_validates_the_file(files: list[Path], tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VOLCAST_", "COMPOSE_"))}
     result = subprocess.run(
-        ["docker-compose", "-f", str(COMPOSE), *profile, "config"], capture_output=True, text=True, env=env,
-        cwd=tmp_path, timeout=60,
+        ["docker-compose", *[a for f in files for a in ("-f", str(f))], "config"], capture_output=True, text=True,
+        env=env, cwd=tmp_path, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     assert set(resolved["services"]) >= {"redis", "mosquitto", *VOLCAST_SERVICES}
-    assert resolved["services"]["replay"]["profiles"] == ["offline"]
+    assert ("replay" in resolved["services"]) == (OFFLINE in files)
 
 
 # -- the server config files start the real servers ----------------------------------------------

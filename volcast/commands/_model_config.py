@@ -7,10 +7,12 @@ file (defaults) and read ``--config`` when it is given or when ./config.yml exis
 from __future__ import annotations
 
 import argparse
+import os
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from volcast.commands.common import CONFIG_VARIABLE
 from volcast.settings import ModelSettings, TrainingSettings, load_settings
 
 if TYPE_CHECKING:
@@ -20,12 +22,15 @@ if TYPE_CHECKING:
 def add_model_config_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, default=None, metavar="FILE",
-        help="settings file for the model/training sections (default: ./config.yml if present)",
+        help="settings file for the model/training sections (default: $VOLCAST_CONFIG when set, else "
+        "./config.yml if present)",
     )
 
 
 def model_settings(args: argparse.Namespace) -> tuple[ModelSettings, TrainingSettings]:
     path: Path | None = args.config
+    if path is None and os.environ.get(CONFIG_VARIABLE):
+        path = Path(os.environ[CONFIG_VARIABLE])
     if path is None and Path("config.yml").exists():
         path = Path("config.yml")
     if path is None:

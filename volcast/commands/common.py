@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from volcast.settings import Settings, load_settings
+
+CONFIG_VARIABLE = "VOLCAST_CONFIG"
+
+
+def default_config() -> Path:
+    """``$VOLCAST_CONFIG`` when set (the image and docker-compose.yml set it), else ./config.yml."""
+    return Path(os.environ.get(CONFIG_VARIABLE) or "config.yml")
 
 
 def add_config_argument(parser: argparse.ArgumentParser, *, inherited: bool = False) -> None:
@@ -16,9 +24,9 @@ def add_config_argument(parser: argparse.ArgumentParser, *, inherited: bool = Fa
     parser.add_argument(
         "--config",
         type=Path,
-        default=argparse.SUPPRESS if inherited else Path("config.yml"),
+        default=argparse.SUPPRESS if inherited else default_config(),
         metavar="FILE",
-        help="settings file (default: config.yml)",
+        help=f"settings file (default: ${CONFIG_VARIABLE} when set, else config.yml)",
     )
 
 

@@ -19,8 +19,8 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from forecaster.refit import run
-    from volcast.status_report import refit_outcome
     from volcast.signals import until_signalled
+    from volcast.status_report import refit_outcome
 
     settings = settings_from_args(args)
     check_services(settings, redis=True, keep_retrying=not args.once)
