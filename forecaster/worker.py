@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
 import os
 import socket
 import time
@@ -43,12 +45,16 @@ from redis.exceptions import RedisError, ResponseError
 from forecaster import heap
 from forecaster.bar_reader import BarHistories, Histories
 from forecaster.dead_letters import DeadLetters
+from forecaster.demotion import DemotionWatch
+from forecaster.demotion_store import Demoter
 from forecaster.events import Event, EventParser
 from forecaster.fallback import FallbackBaseline
 from forecaster.features import Batch
 from forecaster.feeds import feed_key
+from forecaster.guard import GuardCounts, clean_volume
+from forecaster.guard_fallback import baseline_forecasts
 from forecaster.model_store import ModelStore, current_version
-from forecaster.payload import Prediction
+from forecaster.payload import Guarded, Prediction, encode_all
 from forecaster.predictor import Forecast, Predictor, baseline_predictor, load_predictor
 from forecaster.publisher import Publisher, Ticket
 from forecaster.recorder import Recorder
@@ -143,9 +149,13 @@ class Worker:
         self.fallback = FallbackBaseline()
         self.model: Serving | None = None  # the model in keys.model(); None until there is one
         self.naive = baseline_predictor("naive")
+        self.guards = GuardCounts()  # forecasts the output guard replaced (status: guarded, ...)
         self.bars = BarHistories(redis, self.keys, self.interval_ms, self.fallback.look_back)
         self.recorder = Recorder(redis, self.keys, kept=settings.forecaster.predictions_kept,
                                  score_window=settings.forecaster.score_window)
+        if settings.forecaster.demotion_window:  # self-demotion, fed and applied by the bookkeeping
+            self.recorder.demoter = Demoter(redis, self.keys, self.store, DemotionWatch(
+                settings.forecaster.demotion_window, settings.forecaster.demotion_ratio))
         self._records: asyncio.Queue[_Record] = asyncio.Queue()
         # Boundaries published (bar open time, their MQTT ticket) whose next one can be prepared.
         self._prepares: asyncio.Queue[tuple[int, Ticket]] = asyncio.Queue()
@@ -379,6 +389,8 @@ class Worker:
             "handling_errors": str(self.handling_errors),
             "prepared_forecasts": str(prepared),
             "window_forecasts": str(whole),
+            **self.guards.status(),
+            **(self.recorder.demoter.watch.status() if self.recorder.demoter is not None else {}),
             **{f"last_{k}": f"{v:.2f}" for k, v in self.timings.items()},
         }
 
@@ -399,6 +411,9 @@ class Worker:
             return
         self._model_error_logged = False
         serving = self.model.version if self.model else None
+        if version is None and serving is not None:
+            await self._unless_demoted_to_baseline(serving)
+            return
         if version is None or version == serving or version == self._failed_version:
             return
         try:
@@ -422,6 +437,18 @@ class Worker:
         log.info("serving model %s version %s", predictor.name, version)
         if self._newest_ms is not None:  # the new model's head start on the next boundary
             self._prepares.put_nowait((self._newest_ms, {}))
+
+    async def _unless_demoted_to_baseline(self, serving: str) -> None:
+        """The model hash names no version: a demotion to the baseline (forecaster/demotion.py)
+        when it says it demoted the serving version; otherwise (a Redis that lost the hash) the
+        loaded model goes on serving."""
+        demoted: Any = await self.redis.hget(self.keys.model(), "demoted_version")
+        if demoted is None or demoted.decode(errors="replace") != serving:
+            return
+        log.warning("model version %s was demoted to the baseline; the fallback baselines serve", serving)
+        self.model = None
+        self._prepared = None
+        self._settle_due = True
 
     # -- one batch ----------------------------------------------------------------------------
 
@@ -632,10 +659,21 @@ class Worker:
 
     def _hand_over(self, open_ms: int, feeds: Sequence[Feed], results: Sequence[tuple[Forecast, Serving]],
                    histories: Histories, record: _Record) -> Ticket:
-        """Predictions of one chunk to MQTT; kept in ``record`` for the Redis bookkeeping."""
+        """Predictions of one chunk to MQTT; kept in ``record`` for the Redis bookkeeping.
+
+        A forecast the output guard replaced (``Forecast.guard``: the model's own was not finite,
+        negative, out of bound or had quantiles out of order, forecaster/guard.py) is published as
+        the feed's fallback baseline on the same bars, or naive, with the reason in the payload.
+        """
         created = now_ms()
         last_volumes = histories.last_volumes(feeds)
+        if not all(0.0 <= v < math.inf for v in last_volumes):
+            # A bar volume that is not a volume (NaN, inf, negative: a bad bar in Redis) counts as none.
+            last_volumes = [clean_volume(v) for v in last_volumes]
         latest = [histories.latest(feed) for feed in feeds]
+        guards: dict[int, Guarded] = {}
+        if any(forecast.guard is not None for forecast, _ in results):
+            results, guards = self._replace_guarded(open_ms, feeds, results, histories, created)
         predictions = [
             Prediction(
                 feed=feed,
@@ -651,7 +689,16 @@ class Worker:
             )
             for feed, last_volume, (forecast, serving) in zip(feeds, last_volumes, results, strict=True)
         ]
-        payloads = [p.to_json() for p in predictions]  # once: MQTT and both Redis records use it
+        for i, guard in guards.items():
+            predictions[i] = dataclasses.replace(predictions[i], guard=guard)
+        # Once: MQTT and both Redis records use it. A payload holding a number that is not finite
+        # is refused (None, logged): the last line behind the guard, nothing of it is published.
+        encoded = encode_all(predictions)
+        if None in encoded:
+            kept = [i for i, payload in enumerate(encoded) if payload is not None]
+            predictions, latest = [predictions[i] for i in kept], [latest[i] for i in kept]
+            last_volumes = [last_volumes[i] for i in kept]
+        payloads = [payload for payload in encoded if payload is not None]
         ticket = self.publisher.submit([(self._topic(p.feed), payload)
                                         for p, payload, newest in zip(predictions, payloads, latest, strict=True)
                                         if newest])
@@ -660,6 +707,29 @@ class Worker:
         record.latest.extend(latest)
         record.last_volumes.extend(last_volumes)
         return ticket
+
+    def _replace_guarded(self, open_ms: int, feeds: Sequence[Feed], results: Sequence[tuple[Forecast, Serving]],
+                         histories: Histories, created: int
+                         ) -> tuple[list[tuple[Forecast, Serving]], dict[int, Guarded]]:
+        """The guarded forecasts (rare) replaced by the fallback baseline on the same bars, or
+        naive; each with what the payload says about it, keyed by its index in ``feeds``."""
+        out = list(results)
+        failed = [i for i, (forecast, _) in enumerate(results) if forecast.guard is not None]
+        retry = [i for i in failed if not results[i][1].baseline]
+        redone = dict(zip(retry, baseline_forecasts([feeds[i] for i in retry], histories, self.fallback.choose,
+                                                    self.naive, self._feed_key), strict=True))
+        guards: dict[int, Guarded] = {}
+        for i in failed:
+            forecast, serving = results[i]
+            guards[i] = Guarded(forecast.guard or "", serving.predictor.name,
+                                serving.predictor.version if serving.version else "baseline")
+            replacement, predictor = redone.get(i, (forecast, self.naive))
+            out[i] = (replacement, Serving(predictor, None))
+            if self.guards.add(self._feed_key(feeds[i]), guards[i].reason, created) == 1:
+                log.warning("%s: %s %s forecast of bar %d guarded (%s), %s serves it instead",
+                            self._feed_key(feeds[i]), guards[i].model_name, guards[i].model_version,
+                            open_ms + self.interval_ms, guards[i].reason, predictor.name)
+        return out, guards
 
     def _topic(self, feed: Feed) -> str:
         topic = self._topics.get(feed)
@@ -677,8 +747,8 @@ class Worker:
         model = self.model
         if not feeds:
             return False
-        if model is None:
-            return True
+        if model is None or (self.guards.total and self.fallback.fits == 0):
+            return True  # a guarded forecast is replaced by the fallback: it must be fitted
         history_length = model.predictor.history_length
         return any(history_length(n) is None for n in {histories.length(f) for f in feeds})
 

@@ -108,6 +108,13 @@ async def test_hot_swap_rollback_and_corrupt_model_without_a_missed_bar(settings
             assert status[b"model_errors"] == b"1"
             assert b"version 3" in status[b"last_model_error"]
             assert await next_bar() == {"1"}
+            # A Redis that lost the model hash: the loaded model goes on serving...
+            await redis.delete(keys.model())
+            await asyncio.sleep(1.2)  # the worker polls the hash once a second
+            assert await next_bar() == {"1"}
+            # ...but a demotion to the baseline (no older version to go back to) is followed.
+            await redis.hset(keys.model(), mapping={"version": "", "demoted_version": "1"})
+            await until_serving("baseline")
             # Every bar closed got exactly one prediction per feed: no bar missed across swaps.
             opens = sorted({p.last_bar_ms for p in listener.received})
             assert opens == [series[feeds[0]][HISTORY + i].open_time_ms for i in range(step)]
