@@ -290,7 +290,7 @@ class ForecasterSettings(_Frozen):
     # same bars, or most of whose forecasts the output guard replaced, is demoted to the previous
     # version (or the baseline). 0: never demote.
     demotion_window: StrictInt = Field(default=240, ge=0)
-    demotion_ratio: float = Field(default=1.0, gt=0.0)
+    demotion_ratio: StrictFloat = Field(default=1.0, gt=0.0)
 
 
 class Settings(_Frozen):
