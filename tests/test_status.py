@@ -98,7 +98,7 @@ def _populate(settings: Settings, now: int) -> Feed:
     client = redis.Redis.from_url(REDIS_URL)
     health = FeedHealth(
         state=FeedState.LIVE, last_trade_ms=now - 1_500, last_message_ms=now - 1_400, trades=1234,
-        duplicates=3, late=2, gaps=1, reconnects=4, backfilled_trades=56,
+        duplicates=3, late=2, gaps=1, reconnects=4, backfilled_trades=56, lag_ms=500,  # at its heartbeat, now - 1 s
     )
     client.hset(keys.health(feed), mapping=health.to_fields(now - 1_000))  # type: ignore[arg-type]
     client.pexpire(keys.health(feed), 90_000)
@@ -439,3 +439,21 @@ def test_refit_outcome_phrases() -> None:
     assert refit_outcome("kept", "challenger 0.6 vs lstm version 2 0.5") == "kept: challenger 0.6 vs lstm version 2 0.5"
     assert refit_outcome("skipped", "") == "skipped"
     assert refit_outcome(None, None) == ""
+
+
+def test_last_trade_age_is_on_the_exchange_clock(prefix: str, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A replay at 60x (the demo) stamps trades hours away from our clock; the streamer's lag says
+    how old the newest trade is on the replay's own clock."""
+    settings = _settings(prefix)
+    now = status_now()
+    feed = _populate(settings, now)
+    client = redis.Redis.from_url(REDIS_URL)
+    for shift in (-14 * 3_600_000, 6 * 86_400_000):  # trades 14 h in our past, or days in our future (--loop)
+        health = FeedHealth(state=FeedState.LIVE, last_trade_ms=now + shift, last_message_ms=now - 200, trades=9,
+                            lag_ms=1_500)
+        client.hset(RedisKeys(prefix).health(feed), mapping=health.to_fields(now - 1_000))  # type: ignore[arg-type]
+        assert status.main(_args("--config", str(_config_file(tmp_path, settings)), "--json")) == 0
+        age = orjson.loads(capsys.readouterr().out)["feeds"][0]["last_trade_age_s"]
+        assert 2.5 <= age < 60, age
+    client.close()

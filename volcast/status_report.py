@@ -83,16 +83,30 @@ def _health(raw: dict[str, str] | None, now: int) -> dict[str, Any]:
     last_trade = _int(health.get("last_trade_ms"))
     if last_trade == 0:  # the streamer writes 0 before the first trade
         last_trade = None
+    updated = _int(health.get("updated_ms"))
     out: dict[str, Any] = {
         "state": health.get("state"),
         "error": health.get("error") or None,  # why the feed is down or stopped, when it is
-        "health_updated_ms": _int(health.get("updated_ms")),
+        "health_updated_ms": updated,
         "last_trade_ms": last_trade,
-        "last_trade_age_s": round((now - last_trade) / 1000, 3) if last_trade is not None else None,
+        "last_trade_age_s": _trade_age_s(last_trade, _int(health.get("lag_ms")), updated, now),
     }
     for name in HEALTH_COUNTERS:
         out[name] = _int(health.get(name))
     return out
+
+
+def _trade_age_s(last_trade: int | None, lag: int | None, updated: int | None, now: int) -> float | None:
+    """Age of the newest trade on the exchange's clock: the streamer's lag (the exchange clock it
+    measured, minus the trade's time) at its last heartbeat, plus the time since. Our own clock
+    minus the trade's exchange time would be off by the machines' clock difference, and by hours
+    or days against a replay, whose timestamps run faster than real time and jump when it loops.
+    Without a heartbeat (the streamer is not running) only our clock is left."""
+    if last_trade is None:
+        return None
+    if lag is not None and updated is not None:
+        return round((lag + max(0, now - updated)) / 1000, 3)
+    return round((now - last_trade) / 1000, 3)
 
 
 def _bars(info: Any, interval_ms: int) -> dict[str, Any]:
