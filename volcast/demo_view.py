@@ -77,13 +77,20 @@ def _rmse_log(pairs: list[tuple[float, float]]) -> float | None:
 HEADER = f"{'feed':<22} {'bar (UTC)':<19} {'predicted':>12} {'80% band':>23} {'actual':>12} {'model':<16}"
 
 
+def volume_text(value: float) -> str:
+    """Every volume of the table with the same two decimals, so the columns read evenly
+    (``.6g`` printed 95, 148.2 and 1.482e+03 side by side)."""
+    return f"{value:.2f}"
+
+
 def format_row(
     prediction: Prediction, actual: float | None, clock: Callable[[int], str]
 ) -> str:
     """One line of the live table; ``actual`` is None while the bar is still forming."""
     low, high = prediction.quantiles.get(0.1), prediction.quantiles.get(0.9)
-    band = f"{low:>11.4g}-{high:<11.4g}" if low is not None and high is not None else f"{'-':^23}"
+    band = f"{volume_text(low)}-{volume_text(high)}" if low is not None and high is not None else "-"
     model = prediction.model_name + ("*" if prediction.baseline else f" v{prediction.model_version}")
-    shown = f"{actual:>12.6g}" if actual is not None else f"{'…':>12}"
+    shown = volume_text(actual) if actual is not None else "…"
     feed = f"{prediction.feed.exchange}:{prediction.feed.symbol}"
-    return f"{feed:<22} {clock(prediction.open_time_ms):<19} {prediction.volume:>12.6g} {band:>23} {shown} {model:<16}"
+    return (f"{feed:<22} {clock(prediction.open_time_ms):<19} {volume_text(prediction.volume):>12} {band:>23} "
+            f"{shown:>12} {model:<16}")
