@@ -262,6 +262,17 @@ class Monitor:
         return out
 
 
+def progress_line(at_s: float, monitor: Monitor, subscriber: dict[str, Any], crashes: int,
+                  rss: dict[str, float | None]) -> str:
+    bars = monitor.bars_summary()
+    held = ",".join(f"{k}:{v}" for k, v in sorted(monitor.by_consumer.items()))
+    memory = " ".join(f"{name} {'-' if v is None else f'{v:.0f}'}" for name, v in rss.items())
+    return (f"[{at_s:5.0f}s] pending {monitor.pending[-1][1]} ({held}; oldest {monitor.pending_idle[-1][1]:.0f}s) "
+            f"lag {monitor.lag[-1][1]} | redis {monitor.memory[-1][1]:.1f} MB | predictions "
+            f"{subscriber.get('messages', 0)} | bars {bars['checked']} checked, {bars['inexact']} inexact, "
+            f"{bars['gap']} gap | crashes {crashes} | RSS MB {memory}")
+
+
 def replay_loops(log_path: Path | None) -> int:
     """Loops the replay reports in its last progress line."""
     if log_path is None:
@@ -373,16 +384,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 warm = True
                 for service in services:
                     service.rss_start_mb = rss[service.name]
-            monitor.sample(at_s)
-            monitor.check_bars(rest_url, tapes)
-            subscriber = _read_json(stats_file)
-            bars = monitor.bars_summary()
-            held = ",".join(f"{k}:{v}" for k, v in sorted(monitor.by_consumer.items()))
-            log(f"[{at_s:5.0f}s] pending {monitor.pending[-1][1]} ({held}; oldest {monitor.pending_idle[-1][1]:.0f}s) "
-                f"lag {monitor.lag[-1][1]} | redis "
-                f"{monitor.memory[-1][1]:.1f} MB | predictions {subscriber.get('messages', 0)} | bars "
-                f"{bars['checked']} checked, {bars['inexact']} inexact, {bars['gap']} gap | crashes {len(crashes)} | "
-                + " ".join(f"{name} {'-' if v is None else f'{v:.0f}'}" for name, v in rss.items()))
+            try:
+                monitor.sample(at_s)
+                monitor.check_bars(rest_url, tapes)
+            except (redis.RedisError, RuntimeError) as exc:  # Redis or the replay down: a crash, reported above
+                log(f"soak: sample at {at_s:.0f} s failed: {exc!r}")
+            if monitor.pending:
+                log(progress_line(at_s, monitor, _read_json(stats_file), len(crashes), rss))
             if at_s >= run_s:
                 break
             # A slow tick delays the next one rather than bunching samples up.
