@@ -4,21 +4,28 @@ It replays the shipped XRP/ETH trades (Binance, 2.5 days) through the exchange s
 so a 1-minute bar closes every second; runs the streamer, the forecaster and the refit worker
 against Redis and MQTT (the configured servers when they answer, embedded ones otherwise); and
 prints each prediction received over MQTT, then the realised volume once its bar has closed.
+
+One demo runs per machine (a second one would share its keys and topics): its lock and the
+settings file that ``volcast status --config`` reads while it runs are in ``demo_directory()``.
+On exit it clears the retained forecasts it published.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
+import fcntl
 import logging
 import os
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import orjson
 import yaml
@@ -37,6 +44,39 @@ SHUTDOWN_S = 20.0
 
 class _StopError(Exception):
     """``--seconds`` have passed, or Ctrl-C / SIGTERM: stop every part, then print the summary."""
+
+
+class DemoBusyError(Exception):
+    """Another demo runs on this machine; the message says which and how to stop it."""
+
+
+def demo_directory() -> Path:
+    """Where the running demo keeps its lock and its settings file (one demo per machine)."""
+    return Path(tempfile.gettempdir()) / "volcast-demo"
+
+
+@contextlib.contextmanager
+def demo_lock(folder: Path) -> Iterator[None]:
+    """Hold the machine's demo lock (released by the kernel if this process dies)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = (folder / "lock").open("a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            pid = handle.read().strip() or "?"
+            raise DemoBusyError(
+                f"another volcast demo is running on this machine (pid {pid}) and would share its Redis keys "
+                f"and MQTT topics ({KEY_PREFIX}); watch that one (its banner says how), or stop it first "
+                f"(Ctrl-C in its terminal, or kill {pid})") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,11 +101,17 @@ def main(args: argparse.Namespace) -> int:
     # simulator takes any. This process and its refit child only ever talk to the simulator.
     os.environ.setdefault("VOLCAST_BINANCE_API_KEY", "volcast-demo")
     logging.getLogger().setLevel(logging.WARNING if not args.verbose else logging.DEBUG)
+    # With --json, standard output carries only the summary: the banner and the table go to stderr.
+    view = sys.stderr if args.json else sys.stdout
     # Not asyncio.run: at exit it waits for every task to finish, and a task that swallowed its
     # cancellation (bounded above) would hang Ctrl-C there instead.
     loop = asyncio.new_event_loop()
     try:
-        summary = loop.run_until_complete(_demo(args, base))
+        with demo_lock(demo_directory()):
+            summary = loop.run_until_complete(_demo(args, base, view))
+    except DemoBusyError as exc:
+        print(f"volcast demo: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     finally:
@@ -105,7 +151,7 @@ def demo_settings(
     }
 
 
-async def _demo(args: argparse.Namespace, base: Settings | None) -> dict[str, object]:
+async def _demo(args: argparse.Namespace, base: Settings | None, view: TextIO) -> dict[str, object]:
     from streamer.simulator.server import ReplayServer
     from streamer.simulator.tape import load_tape
     from volcast.embedded import mqtt_available, redis_available
@@ -124,11 +170,15 @@ async def _demo(args: argparse.Namespace, base: Settings | None) -> dict[str, ob
                                 Path(folder) / "models")
             settings = _with_secrets(raw, redis_settings, mqtt_settings)
             await _check_servers(settings)
-            config = Path(folder) / "config.yml"
+            # The refit child reads it, and so can `volcast status --config` while the demo runs.
+            config = demo_directory() / "config.yml"
             config.write_text(yaml.safe_dump(raw, sort_keys=False), encoding="utf-8")
             await _clear_demo_keys(settings)
-            _print_banner(server.rest_url, redis_settings, mqtt_settings, tape.symbol, args.speed)
-            return await _run_stack(settings, config, args.seconds, started)
+            _print_banner(server.rest_url, redis_settings, mqtt_settings, tape.symbol, args.speed, config, view)
+            try:
+                return await _run_stack(settings, config, args.seconds, started, view)
+            finally:
+                await _clear_retained(settings)
 
 
 async def _check_servers(settings: Settings) -> None:
@@ -161,29 +211,67 @@ async def _clear_demo_keys(settings: Settings) -> None:
         await client.aclose()
 
 
-def _print_banner(rest_url: str, redis: RedisSettings, mqtt: MqttSettings, symbol: str, speed: float) -> None:
+async def _clear_retained(settings: Settings) -> None:
+    """Publish an empty retained message on each demo topic: the broker then drops the last
+    forecast it kept there, and a later subscriber does not see a demo that has ended."""
+    import aiomqtt
+
+    from volcast.connections import mqtt_client
+    from volcast.keys import Feed, forecast_topic
+
+    try:
+        async with asyncio.timeout(5):
+            async with mqtt_client(settings.mqtt, client_id=f"volcast-demo-clear-{time.time_ns()}") as client:
+                for exchange, symbol in settings.feeds():
+                    topic = forecast_topic(settings.mqtt.topic_prefix, Feed(exchange, symbol, settings.bars.interval))
+                    await client.publish(topic, b"", qos=1, retain=True)
+    except (TimeoutError, aiomqtt.MqttError) as exc:
+        log.warning("demo: could not clear its retained forecasts (%s)", exc)
+
+
+def watch_commands(mqtt: MqttSettings, config: Path) -> list[str]:
+    """The exact command lines that watch the running demo from another terminal."""
+    from volcast.connections import mqtt_credentials
+
+    username, _ = mqtt_credentials(mqtt)
+    login = f" -u {username} -P \"$VOLCAST_MQTT_PASSWORD\"" if username else ""
+    tls = ""
+    if mqtt.url.startswith("mqtts://") or mqtt.tls.enabled:
+        tls = f" --cafile {mqtt.tls.ca_file}" if mqtt.tls.ca_file else " --capath /etc/ssl/certs"
+    return [
+        f"mosquitto_sub -h {mqtt.host} -p {mqtt.port}{login}{tls} -t '{KEY_PREFIX}/#' -v",
+        f"volcast status --config {config} --watch",
+    ]
+
+
+def _print_banner(rest_url: str, redis: RedisSettings, mqtt: MqttSettings, symbol: str, speed: float,
+                  config: Path, view: TextIO) -> None:
     from volcast.connections import redact_url
 
+    watch = "".join(f"    {line}\n" for line in watch_commands(mqtt, config))
     print(
         f"volcast demo: replaying real Binance {symbol} trades at {speed:g}x from {rest_url}\n"
         f"  Redis {redact_url(redis.url)} (keys {KEY_PREFIX}:*), MQTT {redact_url(mqtt.url)} "
         f"(topics {KEY_PREFIX}/#)\n"
+        f"  watch it from another terminal:\n{watch}"
         f"  streamer + forecaster + refit are running; until a model is promoted a baseline serves\n"
         f"  (marked '*': EWMA on short history, then HAR). The LSTM reads a day of bars, so the refit\n"
         f"  can promote one after about 33 minutes of replay at 60x. Ctrl-C stops.\n",
-        flush=True,
+        file=view, flush=True,
     )
 
 
-async def _run_stack(settings: Settings, config: Path, seconds: float | None, started: float) -> dict[str, object]:
+async def _run_stack(
+    settings: Settings, config: Path, seconds: float | None, started: float, view: TextIO
+) -> dict[str, object]:
     from volcast.demo_view import HEADER
     from volcast.single_machine import run as run_stack
 
     tally = DemoTally()
-    print(HEADER, flush=True)
+    print(HEADER, file=view, flush=True)
     parts = [
         asyncio.create_task(run_stack(settings, config), name="stack"),
-        asyncio.create_task(_watch(settings, tally), name="view"),
+        asyncio.create_task(_watch(settings, tally, view), name="view"),
         asyncio.create_task(_stop_on_signal(), name="signals"),
     ]
     if seconds is not None:
@@ -231,7 +319,7 @@ async def _stop_on_signal() -> None:
     raise _StopError
 
 
-async def _watch(settings: Settings, tally: DemoTally) -> None:
+async def _watch(settings: Settings, tally: DemoTally, view: TextIO) -> None:
     """Print each prediction as it arrives, and the realised volume once its bar has closed."""
     import aiomqtt
 
@@ -261,9 +349,9 @@ async def _watch(settings: Settings, tally: DemoTally) -> None:
                             if entries and entries[0][1]:
                                 actual = float(Bar.from_fields(entries[0][1]).volume)
                                 tally.realise(earlier, actual)
-                                print(format_row(earlier, actual, _utc), flush=True)
+                                print(format_row(earlier, actual, _utc), file=view, flush=True)
                         tally.received(prediction)
-                        print(format_row(prediction, None, _utc), flush=True)
+                        print(format_row(prediction, None, _utc), file=view, flush=True)
             except aiomqtt.MqttError as exc:
                 # A broker hiccup only pauses the view; the forecaster keeps its own connection.
                 raise_if_cancelled()
