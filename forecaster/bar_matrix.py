@@ -70,6 +70,7 @@ class BarMatrix:
         self._rows: dict[Feed, int] = {}
         self._first: dict[Feed, int] = {}
         self._last: dict[Feed, int] = {}
+        self.newest_ms: int | None = None  # the newest bar written (of any feed)
         self.shifts = 0
 
     # -- what a feed holds ------------------------------------------------------------------------
@@ -107,6 +108,7 @@ class BarMatrix:
         self._first.clear()
         self._last.clear()
         self._base_ms = None
+        self.newest_ms = None
 
     # -- writing ----------------------------------------------------------------------------------
 
@@ -126,6 +128,8 @@ class BarMatrix:
         self._planes[_LOG, rows, column] = log_volume(values[_VOLUME])
         for feed in feeds:
             self._last[feed] = open_ms
+        if self.newest_ms is None or open_ms > self.newest_ms:
+            self.newest_ms = open_ms
 
     def write(self, feed: Feed, times: npt.NDArray[np.int64], values: FloatArray, *, continues: bool) -> None:
         """Bars of one feed, oldest first (``values`` is ``(len(COLUMNS), len(times))``).
@@ -168,6 +172,8 @@ class BarMatrix:
         self._planes[_LOG, row, c0:c0 + block.shape[1]] = log_volume(block[_VOLUME])
         self._first[feed] = first_ms
         self._last[feed] = int(times[-1])
+        if self.newest_ms is None or self._last[feed] > self.newest_ms:
+            self.newest_ms = self._last[feed]
 
     def make_room(self, next_ms: int) -> None:
         """Shift now if bar ``next_ms`` would not fit (call it between boundaries)."""

@@ -8,9 +8,10 @@ trip: a feed this process has not seen yet, or has not seen for more than ``look
 feed that missed a few bars (events claimed from a dead worker, or handled by another worker)
 reads the bars since its last one; and an old event (replayed after a restart: the feed has
 moved on) whose window the matrix no longer holds is read into a one-off matrix, so that its
-prediction is made from the bars it names without disturbing the held ones. So is a feed far
-behind the others (its window starts before the matrix's first column, which every feed
-shares): a replay of another day, or a feed whose first hundreds of bars close at once.
+prediction is made from the bars it names without disturbing the held ones. A feed on a clock
+of its own (its window does not fit the main matrix's columns, which every feed shares, or it is
+ahead of the others: a replay of other days, a feed whose first hundreds of bars close at once)
+is held in a matrix of one row of its own, and rejoins the others once it has caught up.
 Whether a prediction is the feed's newest (published) or a replayed older one (recorded only)
 is decided by the newest bar each feed was ready at, not by which matrix held it.
 """
@@ -38,34 +39,38 @@ FULL_READ_CHUNK = 100
 """Feeds read afresh per round trip: their replies (look_back entries each) are parsed and dropped
 before the next chunk is read, so a start does not hold every feed's reply at once."""
 _Entry = tuple[bytes, Mapping[bytes, bytes]]
+# A history bar may leave trades and buy volume empty (volcast/bar.py HISTORY_MAY_LACK): NaN, so
+# that a model trained with them gets no made-up value (its forecast fails the output guard) and
+# a model trained without them (refit drops what history lacks) never reads them.
+_UNKNOWN = b"nan"
 
 
 class Histories:
     """What ``BarHistories.at`` read for one boundary: bar ``open_ms`` and the bars before it.
 
-    ``one_off`` holds the feeds of old events read just for this boundary.
+    Most feeds are held in ``main``; ``held`` names the others' matrix: a feed on a clock of its
+    own (far from the main matrix's), or an old event read just for this boundary (``one_off``).
     """
 
-    def __init__(self, open_ms: int, asked: Sequence[Feed], main: BarMatrix,
-                 one_off: BarMatrix | None = None, newest: dict[Feed, int] | None = None) -> None:
+    def __init__(self, open_ms: int, asked: Sequence[Feed], main: BarMatrix, held: Mapping[Feed, BarMatrix],
+                 newest: dict[Feed, int], one_off: BarMatrix | None = None) -> None:
         self.open_ms = open_ms
         self.main = main
         self.one_off = one_off
+        self._held = held
         # Once per boundary: a Feed's hash is a tuple hash, and 1000 feeds are looked up often.
         self.lengths: dict[Feed, int] = {}
         for feed in asked:
             n = self._matrix(feed).available(feed, open_ms)
             if n > 0:
                 self.lengths[feed] = n
-        self._tracked = newest is not None
         self._older: set[Feed] = set()  # ready feeds for which a newer bar was ready before
-        if newest is not None:
-            for feed in self.lengths:
-                seen = newest.get(feed)
-                if seen is not None and seen > open_ms:
-                    self._older.add(feed)
-                else:
-                    newest[feed] = open_ms
+        for feed in self.lengths:
+            seen = newest.get(feed)
+            if seen is not None and seen > open_ms:
+                self._older.add(feed)
+            else:
+                newest[feed] = open_ms
 
     @property
     def ready(self) -> list[Feed]:
@@ -73,7 +78,7 @@ class Histories:
         return list(self.lengths)
 
     def _matrix(self, feed: Feed) -> BarMatrix:
-        return self.one_off if self.one_off is not None and self.one_off.last_ms(feed) is not None else self.main
+        return self._held.get(feed, self.main) if self._held else self.main
 
     def length(self, feed: Feed) -> int:
         """Bars of history (contiguous, ending with bar ``open_ms``)."""
@@ -82,9 +87,7 @@ class Histories:
     def latest(self, feed: Feed) -> bool:
         """False for a replayed old event: the feed has moved on, its prediction must not replace
         a newer one."""
-        if self._tracked:
-            return feed not in self._older
-        return self._matrix(feed) is self.main and self.main.last_ms(feed) == self.open_ms
+        return feed not in self._older
 
     def last_volumes(self, feeds: Sequence[Feed]) -> list[float]:
         out: dict[Feed, float] = {}
@@ -107,12 +110,13 @@ class Histories:
         return self._matrix(feed).frame(feed, self.open_ms, length)
 
     def _split(self, feeds: Sequence[Feed]) -> list[tuple[BarMatrix, list[Feed]]]:
-        one_off = self.one_off
-        if one_off is None:
+        if not self._held:
             return [(self.main, list(feeds))] if feeds else []
-        held = [f for f in feeds if one_off.last_ms(f) is None]
-        read = [f for f in feeds if one_off.last_ms(f) is not None]
-        return [(m, g) for m, g in ((self.main, held), (one_off, read)) if g]
+        groups: dict[int, tuple[BarMatrix, list[Feed]]] = {}
+        for feed in feeds:
+            matrix = self._matrix(feed)
+            groups.setdefault(id(matrix), (matrix, []))[1].append(feed)
+        return list(groups.values())
 
 
 class BarHistories:
@@ -125,9 +129,11 @@ class BarHistories:
         self.matrix = BarMatrix(interval_ms, look_back)
         self.bars_read = 0
         self.full_reads = 0  # feeds read afresh (look_back bars), for tests and the status
-        # The newest bar each feed was ready at: a one-off read (a feed far behind the others)
-        # can still be the feed's newest bar, and an older one must not replace its forecast.
+        # The newest bar each feed was ready at: a feed read apart can still be at its newest
+        # bar, and an older one must not replace its forecast.
         self._newest: dict[Feed, int] = {}
+        # Feeds on a clock of their own, each in a matrix of one row (see ``_place``).
+        self._apart: dict[Feed, BarMatrix] = {}
 
     @property
     def look_back(self) -> int:
@@ -137,9 +143,37 @@ class BarHistories:
         """A model with a longer look_back needs older bars than held: start afresh."""
         if look_back > self.matrix.look_back:
             self.matrix = BarMatrix(self.interval_ms, look_back)
+            self._apart.clear()
 
     def forget(self, feed: Feed) -> None:
         self.matrix.forget(feed)
+        self._apart.pop(feed, None)
+
+    @property
+    def apart(self) -> int:
+        """Feeds held in a matrix of their own (for tests and the status)."""
+        return len(self._apart)
+
+    def _place(self, feed: Feed, open_ms: int) -> BarMatrix:
+        """Where a feed read afresh is held: in the main matrix, whose columns every feed shares,
+        when its window fits there and it is not ahead of the others; else in a matrix of its own.
+
+        Feeds on other clocks (a replay of several days at once, a feed whose first hundreds of
+        bars close in one burst) cannot share columns: one far ahead would shift the others out,
+        one far behind does not fit. Read into a one-off matrix at every boundary, such a feed
+        cost a read of look_back bars per bar, and the worker fell behind (soak benchmark).
+        Held apart, it takes one new bar per boundary like the others.
+        """
+        main = self.matrix
+        newest = main.newest_ms
+        if main.fits(open_ms) and (newest is None or open_ms <= newest + self.interval_ms):
+            self._apart.pop(feed, None)
+            return main
+        main.forget(feed)
+        matrix = self._apart.get(feed)
+        if matrix is None:
+            matrix = self._apart[feed] = BarMatrix(self.interval_ms, main.look_back, rows=1)
+        return matrix
 
     def make_room(self, next_ms: int) -> None:
         """Between boundaries: shift the matrix now if bar ``next_ms`` would need it."""
@@ -150,18 +184,21 @@ class BarHistories:
 
         A feed whose bar is not in Redis (trimmed, or an event without its bar) is not ready.
         """
-        matrix = self.matrix
+        main = self.matrix
+        apart = self._apart
         interval = self.interval_ms
-        look_back = matrix.look_back
+        look_back = main.look_back
         nexts: dict[str, Feed] = {}  # bar stream -> feed, for the XREAD of each feed's next bar
         since: list[Feed] = []  # a few bars missed
-        fresh: list[Feed] = []  # unknown, or too far behind: the last look_back bars
+        fresh: list[tuple[Feed, BarMatrix]] = []  # unknown, or too far behind: the last look_back bars
         old: list[Feed] = []  # an old event whose window is not held
         previous = open_ms - interval
         for feed in dict.fromkeys(feeds):
+            matrix = apart.get(feed, main) if apart else main
             last = matrix.last_ms(feed)
-            if last is None or open_ms - last >= look_back * interval:
-                (fresh if matrix.fits(open_ms) else old).append(feed)
+            if last is None or open_ms - last >= look_back * interval or (
+                    matrix is not main and self._place(feed, open_ms) is main):  # caught up: batched again
+                fresh.append((feed, self._place(feed, open_ms)))
             elif last == previous:
                 nexts[self._keys.bars(feed)] = feed
             elif last < open_ms:
@@ -175,13 +212,13 @@ class BarHistories:
                 after = f"{previous}-0"
                 pipe.xread(dict.fromkeys(nexts, after), count=1)
             for feed in since:
-                pipe.xrange(self._keys.bars(feed), min=str(_held(matrix, feed) + 1), max=str(open_ms))
+                pipe.xrange(self._keys.bars(feed), min=str(_held(apart.get(feed, main), feed) + 1), max=str(open_ms))
             replies: list[Any] = await pipe.execute()
             if nexts:
                 self._append_next(replies[0], nexts, open_ms)
             for feed, entries in zip(since, replies[1:] if nexts else replies, strict=True):
-                self._write(matrix, feed, entries, continues=True)
-        whole = [(feed, matrix) for feed in fresh] + [(feed, one_off) for feed in old if one_off is not None]
+                self._write(apart.get(feed, main), feed, entries, continues=True)
+        whole = fresh + [(feed, one_off) for feed in old if one_off is not None]
         if whole:
             # Pausing the collector matters for a start (every feed read afresh), see heap.py.
             with collector_paused() if len(whole) >= FULL_READ_CHUNK else contextlib.nullcontext():
@@ -191,12 +228,19 @@ class BarHistories:
                     for feed, _ in chunk:
                         pipe.xrevrange(self._keys.bars(feed), max=str(open_ms), min="-", count=look_back)
                     for (feed, into), entries in zip(chunk, await pipe.execute(), strict=True):
-                        self.full_reads += into is matrix
+                        self.full_reads += into is not one_off
                         self._write(into, feed, list(reversed(entries)), continues=False)
-        return Histories(open_ms, list(dict.fromkeys(feeds)), matrix, one_off, self._newest)
+        asked = list(dict.fromkeys(feeds))
+        held: dict[Feed, BarMatrix] = {}
+        if apart:
+            held = {feed: apart[feed] for feed in asked if feed in apart}
+        if one_off is not None:
+            held.update((feed, one_off) for feed in old)
+        return Histories(open_ms, asked, main, held, self._newest, one_off)
 
     def _append_next(self, reply: Any, nexts: Mapping[str, Feed], open_ms: int) -> None:
-        """The XREAD of each feed's next bar: the ones that are bar ``open_ms``, in one write."""
+        """The XREAD of each feed's next bar: the ones that are bar ``open_ms``, in one write per
+        matrix (one for every feed held together)."""
         feeds: list[Feed] = []
         flat: list[bytes] = []
         stamp = f"{open_ms}-0".encode()
@@ -206,15 +250,25 @@ class BarHistories:
             if entry_id != stamp:
                 continue  # bar open_ms is not in Redis (the next one is): not ready
             try:
-                flat.extend(fields[name] for name in _FIELDS)
+                flat.extend(fields[name] or _UNKNOWN for name in _FIELDS)
             except KeyError:
                 log.warning("bar %s of %s has no %s", open_ms, feed, [n for n in _FIELDS if n not in fields])
                 continue
             feeds.append(feed)
         self.bars_read += len(feeds)
-        if feeds:
-            values = np.array(flat, dtype=np.float64).reshape(len(feeds), len(_FIELDS)).T
+        if not feeds:
+            return
+        values = np.array(flat, dtype=np.float64).reshape(len(feeds), len(_FIELDS)).T
+        apart = self._apart
+        if not apart:
             self.matrix.append(feeds, open_ms, values)
+            return
+        together = [j for j, feed in enumerate(feeds) if feed not in apart]
+        if together:
+            self.matrix.append([feeds[j] for j in together], open_ms, values[:, together])
+        for j, feed in enumerate(feeds):
+            if feed in apart:
+                apart[feed].append([feed], open_ms, values[:, j:j + 1])
 
     def _write(self, matrix: BarMatrix, feed: Feed, entries: Sequence[_Entry], *, continues: bool) -> None:
         """XRANGE entries (oldest first) of one feed into ``matrix``."""
@@ -237,7 +291,7 @@ def _parse(feed: Feed, entries: Sequence[_Entry]) -> tuple[npt.NDArray[np.int64]
     flat: list[bytes] = []
     for entry_id, fields in entries:
         try:
-            row = [fields[name] for name in _FIELDS]
+            row = [fields[name] or _UNKNOWN for name in _FIELDS]
         except KeyError:
             log.warning("skipping bar %r of %s: fields missing", entry_id, feed)
             continue

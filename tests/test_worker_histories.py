@@ -244,6 +244,9 @@ async def test_feeds_days_apart_are_each_served_from_their_own_bars(settings: Se
             assert_history(histories, behind, early, behind_at)
             # Its newest bar: the forecast must be published, not treated as a replayed old event.
             assert histories.latest(behind)
+        # Each feed was read afresh once, then one new bar (or the few missed) at a time: the one
+        # behind is held in a matrix of its own, not read afresh at every bar.
+        assert bars.full_reads == 2 and bars.apart == 1
         # Then the feed behind catches up to the others: held with them again.
         caught_up = [replace(b, open_time_ms=late[0].open_time_ms + i * MINUTE) for i, b in enumerate(early)]
         await redis.delete(keys.bars(behind))
@@ -251,4 +254,4 @@ async def test_feeds_days_apart_are_each_served_from_their_own_bars(settings: Se
         histories = await bars.at([ahead, behind], late[341].open_time_ms)
         assert set(histories.ready) == {ahead, behind}
         assert_history(histories, behind, caught_up, 341)
-        assert histories.latest(behind) and histories.one_off is None
+        assert histories.latest(behind) and histories.one_off is None and bars.apart == 0
