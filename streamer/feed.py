@@ -72,6 +72,17 @@ class WatchdogTimeout(ccxt.NetworkError):  # type: ignore[misc]
     """The feed was connected but sent nothing for ``streamer.watchdog``."""
 
 
+class FeedStopped(Exception):  # noqa: N818 - a state, not a bug: the feed stops for good
+    """This feed cannot go on (its symbol is not listed, a key of it in Redis is unusable, ...);
+    the message says why and what to do. The other feeds go on."""
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for a health hash and a log: the error's class and the start of its text."""
+    text = f"{type(error).__name__}: {error}"
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 @dataclass(slots=True)
 class _History:
     """A history backfill under way (consecutive ids): the REST trades from ``low`` to ``high`` are
@@ -175,6 +186,9 @@ class FeedRunner:
         self._last_message = time.monotonic()
         self._hook = install_hook(link.exchange, feed.symbol, self._on_raw)
         link.runners[feed.symbol] = self
+        self._task: asyncio.Task[None] | None = None
+        self.on_error: Callable[[FeedRunner], None] | None = None
+        """Called once when the feed stops for good (state ``error``)."""
         self._watchdog_s = settings.streamer.watchdog / 1000
         self._backoff = Backoff(settings.streamer.backoff_initial / 1000, settings.streamer.backoff_max / 1000)
 
@@ -433,28 +447,62 @@ class FeedRunner:
 
     # -- the connection loop --------------------------------------------------------------------
 
+    @property
+    def failed(self) -> bool:
+        return self.health.state is FeedState.ERROR
+
+    def fail(self, reason: str) -> None:
+        """Stop this feed for good (from outside, e.g. its Redis key is unusable); the others go on."""
+        if self.failed:
+            return
+        self._stop_for_good(reason)
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+
+    def _stop_for_good(self, reason: str) -> None:
+        self._live = False
+        self.health.state = FeedState.ERROR
+        self.health.error = reason
+        log.error("%s %s: %s; this feed stops, the others go on", self.feed.exchange, self.symbol, reason)
+        if self.on_error is not None:
+            self.on_error(self)
+
     async def run(self) -> None:
-        task = asyncio.current_task()
+        """Connect, stream and reconnect until cancelled, or until an error that reconnecting does
+        not fix: then state ``error``."""
+        task = self._task = asyncio.current_task()
         try:
-            while True:
+            while not self.failed:
                 delay = 0.0
+                stop: BaseException | None = None
                 try:
                     await self._session()
                 except* ccxt.OperationFailed as group:
-                    self._live = False
-                    self.health.state = FeedState.DOWN
-                    self.health.reconnects += 1
+                    error = group.exceptions[0]
+                    self._went_down(error)
                     delay = self._backoff.next_delay()
-                    log.warning("%s: %r; reconnect in %.2fs", self.symbol, group.exceptions[0], delay)
+                    log.warning("%s: %r; reconnect in %.2fs", self.symbol, error, delay)
+                except* FeedStopped as group:
+                    stop = group.exceptions[0]
                 # A TaskGroup (3.11) whose child fails while the group is being cancelled raises the
                 # failure and drops the CancelledError: without this check a stop request that meets
                 # a dropped connection is lost, and the feed reconnects and runs on.
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError
+                if stop is not None:
+                    self._stop_for_good(str(stop) if isinstance(stop, FeedStopped) else describe_error(stop))
+                    return
                 await asyncio.sleep(delay)
         finally:
             self._live = False
-            self.health.state = FeedState.STOPPED
+            if not self.failed:
+                self.health.state = FeedState.STOPPED
+
+    def _went_down(self, error: BaseException) -> None:
+        self._live = False
+        self.health.state = FeedState.DOWN
+        self.health.error = describe_error(error)
+        self.health.reconnects += 1
 
     async def _session(self) -> None:
         self._live = False
@@ -537,6 +585,7 @@ class FeedRunner:
         else:
             await self._backfill_since(self.health.last_trade_ms)
         self.health.state = FeedState.LIVE
+        self.health.error = ""
         self._live = True
 
     async def _fill_holes(self) -> None:
@@ -545,8 +594,9 @@ class FeedRunner:
         try:
             await self._backfill_ids(hole_only=True)
         finally:
-            self.health.state = FeedState.LIVE
-            self._live = True
+            if not self.failed:
+                self.health.state = FeedState.LIVE
+                self._live = True
 
     async def _fetch(self, since: int | None, params: dict[str, Any]) -> list[Placed] | None:
         """One REST page, checked and sorted by id; None if the exchange refuses (after retries

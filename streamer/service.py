@@ -5,6 +5,12 @@ bars and health hashes with their heartbeat TTL). Shutdown is cancellation; on t
 closed bars still queued are written (bounded by ``_FLUSH_TIMEOUT_S``) and each health hash says
 ``stopped``. The forming bar is not saved: a restart rebuilds it by backfill from the last closed
 bar's end.
+
+A feed that cannot go on (its symbol is not listed, one of its Redis keys is unusable, the
+exchange refuses it) stops alone: one log line, state ``error`` and the reason in its health
+hash; the others go on. The service itself stops with one message and a non-zero exit when
+nothing can go on: the shared events stream is unusable (no bar may be written unannounced), or
+every feed has stopped.
 """
 
 from __future__ import annotations
@@ -16,16 +22,22 @@ from collections.abc import Sequence
 
 from streamer.feed import ExchangeLink, FeedRunner
 from streamer.health import FeedState
+from streamer.history import load_history
 from streamer.source import create_exchange
-from streamer.store import REDIS_DOWN, BarStore
+from streamer.store import REDIS_DOWN, BarStore, KeyProblem
 from volcast.backoff import Backoff
-from volcast.connections import redis_client
+from volcast.connections import ConnectionProblem, redis_client
 from volcast.keys import Feed, RedisKeys
 from volcast.settings import Settings
 
 log = logging.getLogger(__name__)
 
 _FLUSH_TIMEOUT_S = 10.0
+
+
+class StreamerStopped(ConnectionProblem):
+    """No feed is left: each stopped for good (the message gives each reason). A ConnectionProblem,
+    so that the CLI prints it as one line and exits 1."""
 
 
 def heartbeat_ttl_ms(settings: Settings) -> int:
@@ -54,6 +66,24 @@ async def _status_loop(store: BarStore, runners: Sequence[FeedRunner], settings:
         await asyncio.sleep(settings.bars.open_bar_update / 1000)
 
 
+async def _check_events_key(store: BarStore, interval_ms: int, backoff: Backoff) -> None:
+    """The shared events stream must be usable before the first bar; retried while Redis is down."""
+    while True:
+        try:
+            await store.check_events_key(interval_ms)
+            return
+        except REDIS_DOWN as exc:
+            delay = backoff.next_delay()
+            log.warning("redis unreachable checking the events stream (%r); retry in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+
+
+async def _until_no_feed_left(runners: Sequence[FeedRunner], none_left: asyncio.Event) -> None:
+    await none_left.wait()
+    reasons = "; ".join(f"{r.feed.exchange} {r.feed.symbol}: {r.health.error}" for r in runners)
+    raise StreamerStopped(f"every feed stopped with an error, nothing left to stream ({reasons})")
+
+
 async def run(settings: Settings) -> None:
     """Stream every feed of ``settings`` into Redis until cancelled."""
     keys = RedisKeys(settings.redis.key_prefix)
@@ -68,37 +98,81 @@ async def run(settings: Settings) -> None:
             buffer_bars=streamer.buffer_bars,
             backoff=Backoff(streamer.backoff_initial / 1000, streamer.backoff_max / 1000),
         )
+        await _check_events_key(
+            store, settings.bars.interval, Backoff(streamer.backoff_initial / 1000, streamer.backoff_max / 1000)
+        )
+        # Before any feed starts: a new feed's history must be in its stream before its first live bar.
+        await load_history(settings, redis, keys, heartbeat_ttl_ms(settings))
         runners: list[FeedRunner] = []
+        by_feed: dict[Feed, FeedRunner] = {}
+        none_left = asyncio.Event()
+
+        def feed_failed(_runner: FeedRunner) -> None:
+            if all(r.failed for r in runners):
+                none_left.set()
+
         for exchange_settings in settings.exchanges:
             exchange = create_exchange(exchange_settings)
             stack.push_async_callback(exchange.close)
             link = ExchangeLink(exchange, exchange_settings)
             for symbol in exchange_settings.symbols:
                 feed = Feed(exchange_settings.id, symbol, settings.bars.interval)
-                resume = await store.resume_point(feed)
-                runners.append(FeedRunner(feed, link, settings, store.put, resume))
+                problem: KeyProblem | None = None
+                try:
+                    resume = await store.resume_point(feed)
+                except KeyProblem as exc:
+                    resume, problem = None, exc
+                runner = FeedRunner(feed, link, settings, store.put, resume)
+                runners.append(runner)
+                by_feed[feed] = runner
+                if problem is not None:
+                    runner.fail(str(problem))
+                    continue
                 log.info(
                     "%s %s: %s", feed.exchange, symbol,
                     f"resuming at bar {resume.start_ms}" if resume else "new feed",
                 )
+        for runner in runners:
+            runner.on_error = feed_failed
+        store.on_feed_error = lambda feed, problem: by_feed[feed].fail(str(problem))
+        if runners and all(r.failed for r in runners):
+            none_left.set()
+        fatal: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as group:
                 for runner in runners:
-                    group.create_task(runner.run(), name=f"feed {runner.feed.exchange} {runner.feed.symbol}")
+                    if not runner.failed:
+                        group.create_task(runner.run(), name=f"feed {runner.feed.exchange} {runner.feed.symbol}")
                 group.create_task(store.run_writer(), name="bar writer")
                 group.create_task(_status_loop(store, runners, settings), name="status")
+                group.create_task(_until_no_feed_left(runners, none_left), name="feeds left")
+        except* (KeyProblem, StreamerStopped) as failures:
+            fatal = failures.exceptions[0]
         finally:
-            await _flush(store, runners, settings)
+            await _flush(store, runners, settings, fatal)
+        if fatal is not None:
+            raise fatal
 
 
-async def _flush(store: BarStore, runners: Sequence[FeedRunner], settings: Settings) -> None:
-    """Write what is queued and mark the feeds stopped; give up after a bounded time."""
+async def _flush(
+    store: BarStore, runners: Sequence[FeedRunner], settings: Settings, fatal: BaseException | None
+) -> None:
+    """Write what is queued and mark the feeds stopped; give up after a bounded time.
+
+    After a fatal error only the health hashes are written: the bars queued are said lost, not
+    "written", so that the shutdown does not pose as a clean one.
+    """
     for runner in runners:
-        runner.health.state = FeedState.STOPPED
+        if not runner.failed:
+            runner.health.state = FeedState.STOPPED
     try:
-        await asyncio.wait_for(store.write_pending(), _FLUSH_TIMEOUT_S)
+        if fatal is None:
+            await asyncio.wait_for(store.write_pending(), _FLUSH_TIMEOUT_S)
         await asyncio.wait_for(_write_status(store, runners, heartbeat_ttl_ms(settings)), _FLUSH_TIMEOUT_S)
-    except (TimeoutError, *REDIS_DOWN) as exc:
-        log.error("shutdown: %d closed bars not written (%r)", store.pending, exc)
+    except (TimeoutError, KeyProblem, *REDIS_DOWN) as exc:
+        log.error("shutdown: %d closed bars not written (%s)", store.pending, exc)
+        return
+    if fatal is not None:
+        log.error("shutdown after an error: %d closed bars not written (%s)", store.pending, fatal)
     else:
         log.info("shutdown: all closed bars written")

@@ -5,6 +5,12 @@ the buffer holds them (counted; past ``streamer.buffer_bars`` the oldest are dro
 counted) and the writer retries with backoff, so nothing is lost for outages the buffer covers.
 Before writing after a (re)connection the writer reads each stream's last entry and skips bars
 already there, so a batch whose reply was lost is not written twice, nor its events sent twice.
+
+A bar and its event are written by one Lua script: both or neither (a bar whose event cannot be
+written is removed again). Redis errors that waiting does not fix (a key of the wrong type, an
+ACL that forbids a key) become a ``KeyProblem`` naming the key and what to do: a feed's own key
+stops that feed (``on_feed_error``); the shared events stream stops the service. Errors that do
+pass (loading, OOM, read-only replica, ...) are retried like an outage.
 """
 
 from __future__ import annotations
@@ -13,25 +19,99 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamer.health import FeedHealth
 from volcast.backoff import Backoff
 from volcast.bar import Bar
+from volcast.connections import ConnectionProblem
 from volcast.keys import Feed, RedisKeys
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
-# Errors that mean "Redis is not reachable right now": retry later, keep the data.
+
+class RedisBusyError(RedisConnectionError):
+    """Redis answered with an error that passes (loading, out of memory, a read-only replica...)."""
+
+
+# Errors that mean "Redis cannot take this right now": retry later, keep the data.
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+
+# Error codes of replies that say "not now" rather than "never" (Redis's own prefixes).
+_TRANSIENT_CODES = frozenset(
+    {"LOADING", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "MASTERDOWN", "READONLY", "OOM", "MISCONF", "NOREPLICAS",
+     "UNBLOCKED", "NOTBUSY"}
+)
+
+
+class KeyProblem(ConnectionProblem):
+    """Redis refuses a command on one of our keys for a reason waiting will not fix: one message
+    naming the key and what to do. (A ConnectionProblem: the CLI prints it as one line, exit 1.)"""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _error_code(error: ResponseError) -> str:
+    return str(error).split(" ", 1)[0]
+
+
+def key_problem(key: str, error: ResponseError, action: str) -> KeyProblem | RedisBusyError:
+    """What a refused command on ``key`` means: RedisBusyError if it passes, else the KeyProblem to report."""
+    text = str(error)
+    code = _error_code(error)
+    if code in _TRANSIENT_CODES:
+        return RedisBusyError(f"Redis refused {action} {key} for now: {text}")
+    if code == "WRONGTYPE":
+        advice = (
+            "it is not volcast's: DEL it if nothing else needs it, or set redis.key_prefix to a prefix "
+            "nothing else uses"
+        )
+        return KeyProblem(key, f"Redis key {key} holds another type of value ({text}); {advice}")
+    if code == "NOPERM":
+        return KeyProblem(
+            key, f"Redis refused {action} {key}: {text}; allow the key pattern of redis.key_prefix in the ACL of "
+            "the Redis user (VOLCAST_REDIS_USERNAME)"
+        )
+    return KeyProblem(key, f"Redis refused {action} {key}: {text}; this does not pass by retrying")
+
+
+# One bar and its event, both or neither. KEYS: the feed's bar stream, the events stream. ARGV:
+# entry id, MINID, events MAXLEN, n, then n field/value pairs of the bar, then the event's pairs.
+# Returns 1 (written) or 0 (already there); an error reply names the key and what failed.
+_WRITE_BAR = """
+for _, key in ipairs(KEYS) do
+  local kind = redis.call('TYPE', key)['ok']
+  if kind ~= 'stream' and kind ~= 'none' then
+    return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a stream')
+  end
+end
+local n = tonumber(ARGV[4])
+local bar, event = {}, {}
+for i = 5, 4 + 2 * n do bar[#bar + 1] = ARGV[i] end
+for i = 5 + 2 * n, #ARGV do event[#event + 1] = ARGV[i] end
+local added = redis.pcall('XADD', KEYS[1], 'MINID', '~', ARGV[2], ARGV[1], unpack(bar))
+if type(added) == 'table' and added.err then
+  if string.find(added.err, 'equal or smaller', 1, true) then return 0 end
+  return redis.error_reply(added.err .. ' [key ' .. KEYS[1] .. ']')
+end
+local sent = redis.pcall('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(event))
+if type(sent) == 'table' and sent.err then
+  redis.call('XDEL', KEYS[1], ARGV[1])
+  return redis.error_reply(sent.err .. ' [key ' .. KEYS[2] .. ']')
+end
+return 1
+"""
 
 EVENTS_MAXLEN = 100_000
 _BATCH = 500
@@ -99,11 +179,51 @@ class BarStore:
         self._backoff = backoff
         self._last_written: dict[Feed, int] = {}
         self._connected = False
+        self._write_bar = redis.register_script(_WRITE_BAR)
+        self.failed: dict[Feed, KeyProblem] = {}
+        self.on_feed_error: Callable[[Feed, KeyProblem], None] | None = None
+        """Called once for a feed whose own key Redis refuses for good; its bars are dropped."""
+
+    def _feed_failed(self, feed: Feed, problem: KeyProblem) -> None:
+        if feed in self.failed:
+            return
+        self.failed[feed] = problem
+        dropped = sum(1 for f, _ in self._buffer if f == feed)
+        if dropped:
+            self._buffer = deque((f, b) for f, b in self._buffer if f != feed)
+            self.counters.dropped_bars += dropped
+        if self.on_feed_error is not None:
+            self.on_feed_error(feed, problem)
+        else:
+            log.error("%s: %s", feed.symbol, problem)
+
+    def _refused(self, feed: Feed | None, key: str, error: ResponseError, action: str) -> None:
+        """Raise what a refused command means (RedisBusyError or a shared key's KeyProblem); a feed's own
+        key only stops that feed."""
+        problem = key_problem(key, error, action)
+        if isinstance(problem, RedisBusyError) or feed is None:
+            raise problem
+        self._feed_failed(feed, problem)
+
+    async def check_events_key(self, interval_ms: int) -> None:
+        """Before anything is written: the shared events stream must be a stream (or absent)."""
+        key = self.keys.bar_events(interval_ms)
+        kind = await self.redis.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        if kind not in ("stream", "none"):
+            raise KeyProblem(
+                key,
+                f"Redis key {key} holds a {kind}, not the stream of bar events: no bar can be announced; DEL it "
+                "if nothing else needs it, or set redis.key_prefix to a prefix nothing else uses",
+            )
 
     # -- reading the resume point -------------------------------------------------------------
 
     async def resume_point(self, feed: Feed) -> ResumePoint | None:
-        """The feed's last closed bar in Redis (None for a new feed); retries while Redis is down."""
+        """The feed's last closed bar in Redis (None for a new feed); retries while Redis is down.
+
+        A KeyProblem if one of the feed's keys cannot be read for good (e.g. it is of another type).
+        """
         while True:
             try:
                 return await self._resume_point(feed)
@@ -113,7 +233,8 @@ class BarStore:
                 await asyncio.sleep(delay)
 
     async def _resume_point(self, feed: Feed) -> ResumePoint | None:
-        entries = _entries(await self.redis.xrevrange(self.keys.bars(feed), count=1))
+        key = self.keys.bars(feed)
+        entries = _entries(await self._read(key, self.redis.xrevrange(key, count=1)))
         if not entries:
             return await self._resume_from_open_bar(feed)
         last = Bar.from_fields(entries[0][1])
@@ -121,16 +242,24 @@ class BarStore:
         if last.last_trade_id is not None:
             return ResumePoint(start, last.close, last.last_trade_id)
         # The last bar was empty: the id to resume after lies in an earlier bar.
-        for _entry_id, fields in _entries(await self.redis.xrevrange(self.keys.bars(feed), count=_ID_LOOKBACK)):
+        for _entry_id, fields in _entries(await self._read(key, self.redis.xrevrange(key, count=_ID_LOOKBACK))):
             bar = Bar.from_fields(fields)
             if bar.last_trade_id is not None:
                 return ResumePoint(start, last.close, bar.last_trade_id)
         return ResumePoint(start, last.close, None)
 
+    async def _read(self, key: str, call: Awaitable[_T]) -> _T:
+        """A read of ``key``; a refusal becomes RedisBusyError (retried) or the KeyProblem naming it."""
+        try:
+            return await call
+        except ResponseError as exc:
+            raise key_problem(key, exc, "reading") from None
+
     async def _resume_from_open_bar(self, feed: Feed) -> ResumePoint | None:
         """A feed stopped before its first bar closed left only its forming bar (until its TTL):
         rebuild that bar from its first trade rather than start afresh and lose its start."""
-        fields = await self.redis.hgetall(self.keys.open_bar(feed))
+        key = self.keys.open_bar(feed)
+        fields = await self._read(key, self.redis.hgetall(key))
         if not fields:
             return None
         try:
@@ -145,6 +274,8 @@ class BarStore:
 
     def put(self, feed: Feed, bar: Bar) -> None:
         """Queue a closed bar (synchronous: the aggregator's callback)."""
+        if feed in self.failed:
+            return  # its key cannot take it; the feed is stopping
         self._buffer.append((feed, bar))
         if len(self._buffer) > self._buffer_bars:
             dropped_feed, dropped = self._buffer.popleft()
@@ -163,7 +294,11 @@ class BarStore:
         await self._idle.wait()
 
     async def run_writer(self) -> None:
-        """Write queued bars forever, in order; reconnect with backoff while Redis is down."""
+        """Write queued bars forever, in order; reconnect with backoff while Redis is down.
+
+        A KeyProblem on the shared events stream ends it (and the service): no bar may be written
+        that cannot be announced.
+        """
         while True:
             if not self._buffer:
                 self._idle.set()
@@ -189,45 +324,53 @@ class BarStore:
                 self._connected = True
             batch = [self._buffer[i] for i in range(min(_BATCH, len(self._buffer)))]
             await self._write_batch(batch)
-            for _ in batch:
+            # A feed that failed meanwhile had its bars removed from the buffer: pop by identity.
+            done = {id(item) for item in batch}
+            while self._buffer and id(self._buffer[0]) in done:
                 self._buffer.popleft()
             self._backoff.reset()
 
     async def _load_last_written(self, feeds: Iterable[Feed]) -> None:
         for feed in feeds:
-            entries = _entries(await self.redis.xrevrange(self.keys.bars(feed), count=1))
+            if feed in self.failed:
+                continue
+            key = self.keys.bars(feed)
+            try:
+                entries = _entries(await self.redis.xrevrange(key, count=1))
+            except ResponseError as exc:
+                self._refused(feed, key, exc, "reading")
+                continue
             self._last_written[feed] = _open_time(entries[0][0]) if entries else -1
 
     async def _write_batch(self, batch: list[tuple[Feed, Bar]]) -> None:
-        pipe = self.redis.pipeline(transaction=True)
+        pipe = self.redis.pipeline(transaction=False)
         written: list[tuple[Feed, Bar]] = []
         for feed, bar in batch:
+            if feed in self.failed:
+                continue
             last = self._last_written.get(feed)
             if last is None:
                 await self._load_last_written([feed])
+                if feed in self.failed:
+                    continue
                 last = self._last_written[feed]
             if bar.open_time_ms <= last:
                 continue  # already in Redis (a retried batch, or a restart that re-closed it)
             minid = bar.open_time_ms - (self.retention_bars - 1) * feed.interval_ms
-            pipe.xadd(
-                self.keys.bars(feed),
-                bar.to_fields(),  # type: ignore[arg-type]
-                id=_stream_id(bar.open_time_ms),
-                minid=minid,
-                approximate=True,
-            )
-            pipe.xadd(
-                self.keys.bar_events(feed.interval_ms),
-                {
-                    "exchange": feed.exchange,
-                    "symbol": feed.symbol,
-                    "interval": feed.interval,
-                    "open_time_ms": str(bar.open_time_ms),
-                    "status": bar.status.value,
-                },
-                maxlen=EVENTS_MAXLEN,
-                approximate=True,
-            )
+            fields = bar.to_fields()
+            event = {
+                "exchange": feed.exchange,
+                "symbol": feed.symbol,
+                "interval": feed.interval,
+                "open_time_ms": str(bar.open_time_ms),
+                "status": bar.status.value,
+            }
+            args: list[str | int] = [_stream_id(bar.open_time_ms), minid, EVENTS_MAXLEN, len(fields)]
+            for mapping in (fields, event):
+                for name, value in mapping.items():
+                    args += [name, value]
+            keys = [self.keys.bars(feed), self.keys.bar_events(feed.interval_ms)]
+            await self._write_bar(keys=keys, args=args, client=pipe)  # queued: the pipeline sends it
             written.append((feed, bar))
             self._last_written[feed] = bar.open_time_ms
         if not written:
@@ -237,26 +380,56 @@ class BarStore:
         except BaseException:
             self._last_written.clear()  # unknown what landed: re-read before the retry
             raise
-        for result in results:
-            if isinstance(result, ResponseError) and "equal or smaller" not in str(result):
+        count = 0
+        for (feed, bar), result in zip(written, results, strict=True):
+            if not isinstance(result, ResponseError):
+                count += result == 1
+                continue
+            self._last_written.clear()  # this bar (and maybe more) did not land: re-read before going on
+            self.counters.bars_written += count
+            if isinstance(result, NoScriptError):  # a Redis restarted between loading and running the script
+                raise RedisBusyError(f"the bar script is not loaded ({result})")
+            events = self.keys.bar_events(feed.interval_ms)
+            on_events = f"[key {events}]" in str(result) or f"WRONGTYPE {events} " in str(result)
+            key = events if on_events else self.keys.bars(feed)
+            self._refused(None if on_events else feed, key, result, f"writing bar {bar.open_time_ms} to")
+            if feed not in self.failed:  # not refused for good: an error that passes was raised above
                 raise result
-        self.counters.bars_written += len(written)
+        self.counters.bars_written += count
 
     # -- open bars and health -----------------------------------------------------------------
 
     async def write_status(
         self, open_bars: Iterable[tuple[Feed, Bar | None]], health: Iterable[tuple[Feed, FeedHealth]], ttl_ms: int
     ) -> None:
-        """One round trip: every feed's forming bar and health hash (with its heartbeat TTL)."""
+        """One round trip: every feed's forming bar and health hash (with its heartbeat TTL).
+
+        A feed whose own hash Redis refuses for good is stopped (``on_feed_error``); an error that
+        passes is left for the next round.
+        """
         now = int(time.time() * 1000)
         pipe = self.redis.pipeline(transaction=False)
+        targets: list[tuple[Feed, str]] = []
         for feed, bar in open_bars:
-            if bar is None:
+            if bar is None or feed in self.failed:
                 continue
             fields: dict[str, str] = {**bar.to_fields(), "updated_ms": str(now)}
-            pipe.hset(self.keys.open_bar(feed), mapping=fields)  # type: ignore[arg-type]
-            pipe.pexpire(self.keys.open_bar(feed), ttl_ms)
+            key = self.keys.open_bar(feed)
+            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+            pipe.pexpire(key, ttl_ms)
+            targets += [(feed, key)] * 2
         for feed, state in health:
-            pipe.hset(self.keys.health(feed), mapping=state.to_fields(now))  # type: ignore[arg-type]
-            pipe.pexpire(self.keys.health(feed), ttl_ms)
-        await pipe.execute()
+            key = self.keys.health(feed)
+            if feed in self.failed and self.failed[feed].key == key:
+                continue  # the hash that would say so is the unusable key
+            pipe.hset(key, mapping=state.to_fields(now))  # type: ignore[arg-type]
+            pipe.pexpire(key, ttl_ms)
+            targets += [(feed, key)] * 2
+        results = await pipe.execute(raise_on_error=False)
+        for (feed, key), result in zip(targets, results, strict=True):
+            if isinstance(result, ResponseError) and feed not in self.failed:
+                problem = key_problem(key, result, "writing")
+                if isinstance(problem, RedisBusyError):
+                    log.debug("status not written: %s", problem)
+                else:
+                    self._feed_failed(feed, problem)
