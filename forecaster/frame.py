@@ -110,10 +110,13 @@ class BarFrame:
         times = np.fromiter((b.open_time_ms for b in rows), dtype=np.int64, count=len(rows))
         interval = interval_ms or _infer_interval(times)
         cols: dict[str, npt.NDArray[np.generic]] = {"open_time_ms": times}
-        for name in ("open", "high", "low", "close", "volume", "buy_volume"):
+        for name in ("open", "high", "low", "close", "volume"):
             cols[name] = np.fromiter((float(getattr(b, name)) for b in rows), dtype=np.float64, count=len(rows))
-        cols["trades"] = np.fromiter((float(b.trades) for b in rows), dtype=np.float64, count=len(rows))
-        return _filled(interval, cols, frozenset(OPTIONAL_COLUMNS))
+        # A history bar may lack them (volcast/bar.py HISTORY_MAY_LACK): known only if every bar has them.
+        known = frozenset(n for n in OPTIONAL_COLUMNS if all(getattr(b, n) is not None for b in rows))
+        for name in OPTIONAL_COLUMNS:
+            cols[name] = np.fromiter((float(getattr(b, name) or 0) for b in rows), dtype=np.float64, count=len(rows))
+        return _filled(interval, cols, known)
 
     @classmethod
     def from_csv(cls, path: str | Path, interval_ms: int | None = None) -> BarFrame:

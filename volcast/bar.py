@@ -32,6 +32,20 @@ class BarStatus(StrEnum):
     # Infinity, a negative or zero amount or price, ...). Such a trade happened, so a bar without
     # it is short; it is kept out of the sums and its bar says so.
     GAP = "gap"
+    # Not built from trades: a bar of the exchange's own candles (REST klines), loaded once when a
+    # feed starts without history (streamer/history.py) and only for times before its first
+    # trade-built bar. Never ``complete``: nobody here counted its trades, and the exchange's
+    # candle may lack fields (``HISTORY_MAY_LACK``). A bar built from trades always wins: history
+    # is written only before the feed's live resume point.
+    HISTORY = "history"
+
+
+HISTORY_MAY_LACK: tuple[str, ...] = ("quote_volume", "trades", "buy_volume", "sell_volume", "vwap")
+"""Fields a ``history`` bar leaves empty (None; ``""`` in Redis and CSV) when the exchange's candle does
+not carry them. Binance klines carry all of them (quote volume, trade count, taker buy volume);
+candles with OHLCV only (other exchanges, the simulator's bar files) carry none, except on a bar
+of zero volume, where no trade means zero of each and a VWAP at the close. ``first_trade_id`` and
+``last_trade_id`` are always empty on a history bar: candles do not name trades."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +61,11 @@ class Trade:
 
 @dataclass(frozen=True, slots=True)
 class Bar:
-    """A closed (or forming) time bar. ``open_time_ms`` is the UTC start of its interval."""
+    """A closed (or forming) time bar. ``open_time_ms`` is the UTC start of its interval.
+
+    Bars built from trades have every field but the trade ids of an empty bar; only a ``history``
+    bar can lack the fields of ``HISTORY_MAY_LACK`` (None).
+    """
 
     open_time_ms: int
     open: Decimal
@@ -55,11 +73,11 @@ class Bar:
     low: Decimal
     close: Decimal
     volume: Decimal
-    quote_volume: Decimal
-    trades: int
-    buy_volume: Decimal
-    sell_volume: Decimal
-    vwap: Decimal
+    quote_volume: Decimal | None
+    trades: int | None
+    buy_volume: Decimal | None
+    sell_volume: Decimal | None
+    vwap: Decimal | None
     first_trade_id: int | None
     last_trade_id: int | None
     status: BarStatus
@@ -84,28 +102,35 @@ class Bar:
         """Inverse of ``to_fields``; accepts the bytes a Redis client without decoding returns."""
         text = {_text(k): _text(v) for k, v in raw.items()}
         try:
-            return cls(
+            bar = cls(
                 open_time_ms=int(text["open_time_ms"]),
                 open=Decimal(text["open"]),
                 high=Decimal(text["high"]),
                 low=Decimal(text["low"]),
                 close=Decimal(text["close"]),
                 volume=Decimal(text["volume"]),
-                quote_volume=Decimal(text["quote_volume"]),
-                trades=int(text["trades"]),
-                buy_volume=Decimal(text["buy_volume"]),
-                sell_volume=Decimal(text["sell_volume"]),
-                vwap=Decimal(text["vwap"]),
+                quote_volume=_optional_decimal(text["quote_volume"]),
+                trades=int(text["trades"]) if text["trades"] else None,
+                buy_volume=_optional_decimal(text["buy_volume"]),
+                sell_volume=_optional_decimal(text["sell_volume"]),
+                vwap=_optional_decimal(text["vwap"]),
                 first_trade_id=int(text["first_trade_id"]) if text["first_trade_id"] else None,
                 last_trade_id=int(text["last_trade_id"]) if text["last_trade_id"] else None,
                 status=BarStatus(text["status"]),
             )
         except (KeyError, ValueError, ArithmeticError) as exc:
             raise ValueError(f"not a bar record: {exc!r} in {text!r}") from None
+        if bar.status is not BarStatus.HISTORY and any(getattr(bar, name) is None for name in HISTORY_MAY_LACK):
+            raise ValueError(f"not a bar record: a {bar.status.value} bar without {', '.join(HISTORY_MAY_LACK)}")
+        return bar
 
 
 BAR_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Bar))
 """Field order of a bar everywhere it is written out (CSV columns, Redis fields)."""
+
+
+def _optional_decimal(text: str) -> Decimal | None:
+    return Decimal(text) if text else None
 
 
 def _text(value: str | bytes) -> str:
