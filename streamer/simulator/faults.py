@@ -19,6 +19,7 @@ Every fault is off by default. What each one does (per websocket connection unle
   reconnects gets the feed back).
 - ``rest_error_rate=P,rest_error_status=S``: answer a trades request (aggTrades, trades,
   historicalTrades) with HTTP S (429 with ``Retry-After``, or 5xx) with probability P.
+- ``klines_error_rate=P``: the same for a klines (candles) request, with the same status.
 
 Random choices come from ``random.Random`` seeded by ``--seed`` (and the connection number),
 so a run is reproducible.
@@ -50,6 +51,7 @@ class FaultSpec:
     malformed_kinds: tuple[MalformedKind, ...] = MALFORMED_KINDS
     rest_error_rate: float = 0.0
     rest_error_status: int = 429
+    klines_error_rate: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("drop_every_trades", "reorder_window"):
@@ -58,7 +60,7 @@ class FaultSpec:
         for name in ("drop_every_s", "silent_after_s", "silent_for_s"):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise FaultSpecError(f"{name} must be >= 0 seconds")
-        for name in ("duplicate_rate", "malformed_rate", "rest_error_rate"):
+        for name in ("duplicate_rate", "malformed_rate", "rest_error_rate", "klines_error_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise FaultSpecError(f"{name} must be a probability in [0, 1], got {value}")

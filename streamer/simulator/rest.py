@@ -12,12 +12,16 @@ sends both, so it fails as on Binance). With no selector the most recent trades 
 A time window returns the first ``limit`` trades from ``startTime`` (oldest first, as
 everything here); ``endTime`` alone returns the last ``limit`` up to it.
 Errors are Binance's ``{"code": -11xx, "msg": ...}`` with HTTP 400.
+
+``klines``: candles of the tape and of the bar files before it (klines.py). Request weight:
+every request is weighed (weights.py), the used weight comes back in ``X-MBX-USED-WEIGHT-1M``,
+and past the limit (exchangeInfo's ``rateLimits``) the answer is 429, then 418.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from decimal import Decimal
 from http import HTTPStatus
 
@@ -25,8 +29,10 @@ from aiohttp import web
 
 from streamer.simulator.faults import FaultSpec
 from streamer.simulator.frames import LiveTrade, agg_trade_entry, raw_trade_entry
+from streamer.simulator.klines import INTERVALS, KlineBook
 from streamer.simulator.published import PublishedTrades
 from streamer.simulator.tape import Tape
+from streamer.simulator.weights import ENDPOINT_WEIGHTS, RequestWeights
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 500
@@ -101,9 +107,16 @@ class BinanceRest:
         clock_ms: Callable[[], int],
         faults: FaultSpec,
         seed: int,
+        *,
+        klines: Mapping[str, KlineBook] | None = None,
+        weights: RequestWeights | None = None,
     ) -> None:
         self._symbols = [symbol_info(t) for t in tapes]
+        self._klines = klines or {}
+        self.weights = weights or RequestWeights()
+        self.kline_requests = 0
         self._stores = stores
+        self.delisted: set[str] = set()  # market ids gone from exchangeInfo; their trades answer -1121
         self._clock_ms = clock_ms
         self._faults = faults
         self._rng = random.Random(seed)
@@ -117,6 +130,28 @@ class BinanceRest:
         app.router.add_get("/api/v3/aggTrades", self._agg_trades)
         app.router.add_get("/api/v3/trades", self._trades)
         app.router.add_get("/api/v3/historicalTrades", self._historical_trades)
+        app.router.add_get("/api/v3/klines", self._klines_handler)
+        app.middlewares.append(self._weigh)
+
+    @web.middleware
+    async def _weigh(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Charge the request's weight; refuse it past the limit; say the weight used on every answer."""
+        prefix = "/api/v3/"
+        if not request.path.startswith(prefix):
+            return await handler(request)
+        weights = self.weights
+        refused = weights.charge(ENDPOINT_WEIGHTS.get(request.path[len(prefix):], 1))
+        if refused is not None:
+            response: web.StreamResponse = web.json_response(
+                {"code": refused.code, "msg": refused.msg}, status=refused.status,
+                headers={"Retry-After": str(refused.retry_after_s)},
+            )
+        else:
+            response = await handler(request)
+        response.headers[weights.header] = str(weights.used)
+        return response
 
     async def _ping(self, request: web.Request) -> web.Response:
         return web.json_response({})
@@ -129,13 +164,42 @@ class BinanceRest:
             {
                 "timezone": "UTC",
                 "serverTime": self._clock_ms(),
-                "rateLimits": [
-                    {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 6000},
-                ],
+                "rateLimits": [self.weights.rate_limit()],
                 "exchangeFilters": [],
-                "symbols": self._symbols,
+                "symbols": [s for s in self._symbols if s["symbol"] not in self.delisted],
             }
         )
+
+    async def _klines_handler(self, request: web.Request) -> web.Response:
+        self.kline_requests += 1
+        if self._faults.klines_error_rate and self._rng.random() < self._faults.klines_error_rate:
+            self.injected_errors += 1
+            return self._injected_error()
+        query = request.query
+        try:
+            book = self._book(query.get("symbol"))
+            interval = INTERVALS.get(query.get("interval") or "")
+            if interval is None:
+                raise BinanceError(-1120, "Invalid interval.")
+            limit = _int_param(query, "limit")
+            limit = DEFAULT_LIMIT if limit is None else limit
+            if not 1 <= limit <= MAX_LIMIT:
+                raise BinanceError(-1130, f"Data sent for parameter 'limit' is not valid: must be 1..{MAX_LIMIT}.")
+            start, end = _int_param(query, "startTime"), _int_param(query, "endTime")
+            if start is not None and end is not None and start > end:
+                raise BinanceError(-1023, "Start time is greater than end time.")
+            rows = book.rows(interval, start, end, limit, self._clock_ms())
+        except BinanceError as exc:
+            return web.json_response({"code": exc.code, "msg": exc.msg}, status=exc.status)
+        return web.json_response(rows)
+
+    def _book(self, symbol: str | None) -> KlineBook:
+        if not symbol:
+            raise BinanceError(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+        book = self._klines.get(symbol.upper())
+        if book is None:
+            raise BinanceError(-1121, "Invalid symbol.")
+        return book
 
     async def _agg_trades(self, request: web.Request) -> web.Response:
         return await self._serve(request, self._select_agg, agg_trade_entry)
@@ -181,7 +245,7 @@ class BinanceRest:
             if not symbol:
                 raise BinanceError(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
             store = self._stores.get(symbol.upper())
-            if store is None:
+            if store is None or symbol.upper() in self.delisted:
                 raise BinanceError(-1121, "Invalid symbol.")
             limit = _int_param(query, "limit")
             if limit is None:

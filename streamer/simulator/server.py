@@ -23,6 +23,10 @@ days between the end of one pass and the start of the next.
 Publishing. A trade is published when the clock reaches its timestamp: it is sent to every
 websocket connection subscribed to ``<symbol>@trade`` and becomes visible to the REST trade
 lists, so a client can backfill what a dropped connection missed. Faults: see ``faults.py``.
+
+Delisting. ``delist(symbol)`` does what an exchange does to a symbol it drops while clients
+stream it: the symbol leaves ``exchangeInfo``, its trade lists answer -1121 "Invalid symbol", and
+its stream goes silent (subscriptions are still accepted, as Binance accepts any stream name).
 """
 
 from __future__ import annotations
@@ -33,19 +37,22 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 
 from aiohttp import WSMsgType, web
 
+from streamer.simulator.bar_files import BarFile
 from streamer.simulator.clock import ReplayClock
 from streamer.simulator.faults import FaultSpec
 from streamer.simulator.frames import trade_frame
+from streamer.simulator.klines import kline_books
 from streamer.simulator.published import PublishedTrades
 from streamer.simulator.rest import BinanceRest
 from streamer.simulator.tape import Tape
 from streamer.simulator.timeline import Timeline
 from streamer.simulator.websocket import Subscriber, handle_request
+from streamer.simulator.weights import BINANCE_LIMIT, RequestWeights
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +65,10 @@ class ReplayServer:
     """Serves ``tapes`` on ``host:port`` (0 = a free port) while inside ``async with``.
 
     ``start_on_subscribe`` holds the replay (and the clock) until every symbol has a websocket
-    subscriber: a flood or a test then loses nothing to a late subscription.
+    subscriber: a flood or a test then loses nothing to a late subscription. ``history`` gives
+    symbols real 1-minute bars before their tape (served as klines, see klines.py);
+    ``weight_limit`` (None: count only) and ``weight_window_s`` are the REST request weight rule
+    (Binance: 6000 per minute, see weights.py).
     """
 
     def __init__(
@@ -74,6 +84,9 @@ class ReplayServer:
         as_recorded: bool = False,
         start_delay_s: float = 0.2,
         start_on_subscribe: bool = False,
+        history: Mapping[str, BarFile] | None = None,
+        weight_limit: int | None = BINANCE_LIMIT,
+        weight_window_s: float = 60.0,
     ) -> None:
         if not tapes:
             raise ValueError("nothing to replay: no tapes")
@@ -110,7 +123,12 @@ class ReplayServer:
                 self.tapes, (m.encode() for m in self._tape_market_ids), tl.shifts_ms, strict=True
             )
         ]
-        self._rest = BinanceRest(list(self.tapes), self._stores, self.clock.now_ms, self.faults, seed)
+        books = kline_books(self.tapes, tl.shifts_ms, tl.period_ms, loop=loop, history=history or {})
+        self.klines = {book.symbol: book for book in books.values()}
+        self._rest = BinanceRest(
+            list(self.tapes), self._stores, self.clock.now_ms, self.faults, seed,
+            klines=books, weights=RequestWeights(weight_limit, weight_window_s),
+        )
         self._subscribers: set[Subscriber] = set()
         self._connections = itertools.count(1)
         self._all_subscribed = asyncio.Event()
@@ -143,6 +161,18 @@ class ReplayServer:
     def total(self) -> int:
         """Trades in one pass over all tapes."""
         return len(self.timeline)
+
+    def delist(self, symbol: str) -> None:
+        """Drop ``symbol`` (unified, e.g. ``BTC/USDT``) from the exchange from now on."""
+        market = next((t.market_id for t in self.tapes if t.symbol == symbol), None)
+        if market is None:
+            raise ValueError(f"{symbol} is not replayed here")
+        self._rest.delisted.add(market)
+
+    @property
+    def rest(self) -> BinanceRest:
+        """The REST side: its request counters and weights (``rest.weights``)."""
+        return self._rest
 
     @property
     def subscribers(self) -> int:
@@ -222,7 +252,7 @@ class ReplayServer:
     def _fan_out(self, ti: int, loop: int, start: int, stop: int, silent: bool) -> None:
         market_id = self._tape_market_ids[ti]
         self._stores[market_id].advance(stop - start)
-        if silent:
+        if silent or market_id in self._rest.delisted:
             return
         targets = [s for s in self._subscribers if s.wants(market_id) and not s.dropped]
         if targets:
