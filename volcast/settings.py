@@ -149,6 +149,13 @@ class StreamerSettings(_Frozen):
     backfill_page: StrictInt = Field(default=1_000, gt=0, le=1_000)
 
 
+class HistorySettings(_Frozen):
+    """History bootstrap (streamer/history.py): a feed that starts without bars in Redis first
+    loads this many days of the exchange's 1-minute candles (at most ``bars.retention``)."""
+
+    days: StrictInt = Field(default=30, ge=0)  # 0: no history, feeds start with live bars only
+
+
 class TlsSettings(_Frozen):
     enabled: StrictBool = False
     ca_file: Path | None = None
@@ -297,6 +304,7 @@ class Settings(_Frozen):
     exchanges: tuple[ExchangeSettings, ...] = Field(min_length=1)
     bars: BarSettings = BarSettings()
     streamer: StreamerSettings = StreamerSettings()
+    history: HistorySettings = HistorySettings()
     redis: RedisSettings = RedisSettings()
     mqtt: MqttSettings = MqttSettings()
     model: ModelSettings = ModelSettings()
