@@ -4,6 +4,8 @@ bars` of the same trades), real bar files before it, Binance's paging, and reque
 from __future__ import annotations
 
 import gzip
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from decimal import Decimal
@@ -217,3 +219,20 @@ def test_sparse_bar_files_fill_quiet_minutes_and_volcast_columns_are_served(tmp_
     assert (first[0].quote_volume, first[0].trades, first[0].buy_volume) == (Decimal("4.5"), 2, 1)
     assert quiet[0].volume == 0 and quiet[0].close == 2 and quiet[0].trades == 0
 
+
+
+def test_replay_command_serves_history_files(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "volcast.cli", "replay", "--trades", str(XRP_TRADES), "--port", "0"]
+    with subprocess.Popen([*command, "--history", f"XRPETH={NEAR_BARS}"], stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            lines = [proc.stdout.readline() for _ in range(3)]
+        finally:
+            proc.terminate()
+    assert lines[2].startswith("history   XRP/ETH: 4320 minutes of bars before its trades")
+    bad = tmp_path / "binance_XRPETH_1m.csv"
+    bad.write_text("timestamp_ms,open,high,low,close,volume\n60000,1,1,1,1,abc\n")
+    result = subprocess.run([*command, "--history", str(bad)], capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"volcast replay: {bad}:2: volume 'abc' is not a number"

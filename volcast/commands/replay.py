@@ -34,6 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="symbol of each --trades file in order (default: from the file name, e.g. ..._BTCUSDT_... -> BTC/USDT)",
     )
     parser.add_argument(
+        "--history",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="real 1-minute bars (timestamp_ms,open,high,low,close,volume; gzip or plain) served as "
+        "klines before a symbol's trades, moved to end where its tape starts; the symbol comes from "
+        "the file name, or write SYM=FILE; repeat for several symbols or months",
+    )
+    parser.add_argument(
         "--speed",
         type=float,
         default=1.0,
@@ -92,6 +101,7 @@ def _environment_snippet() -> str:
 
 def main(args: argparse.Namespace) -> int:
     from streamer.simulator import FaultSpecError, ReplayServer, load_tapes, parse_faults, synthetic_tape
+    from streamer.simulator.bar_files import load_bar_files
     from streamer.simulator.tape import normalise_symbol
 
     try:
@@ -107,6 +117,7 @@ def main(args: argparse.Namespace) -> int:
                 raise ValueError("give at least one --trades FILE (or --flood N)")
             tapes = load_tapes(args.trades, args.symbol)
             speed = args.speed
+        history = load_bar_files(args.history)
         server = ReplayServer(
             tapes,
             speed=speed,
@@ -117,6 +128,7 @@ def main(args: argparse.Namespace) -> int:
             loop=args.loop,
             as_recorded=args.as_recorded,
             start_on_subscribe=bool(args.flood),
+            history=history,
         )
     except FaultSpecError as exc:
         print(f"volcast replay: bad --faults: {exc}", file=sys.stderr)
@@ -140,6 +152,10 @@ async def _serve(server: object) -> None:
         symbols = [t.symbol for t in server.tapes]
         print(f"REST      {server.rest_url}")
         print(f"websocket {server.ws_url}")
+        for book in server.klines.values():
+            if book.first_ms < book.tape_start_ms:
+                print(f"history   {book.symbol}: {(book.tape_start_ms - book.first_ms) // 60_000} minutes of bars "
+                      "before its trades (GET /api/v3/klines)")
         print("config.yml (then: volcast stream --config config.yml):\n"
               + _config_snippet(server.rest_url, server.ws_url, symbols), flush=True)
         print(_environment_snippet(), flush=True)
