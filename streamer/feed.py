@@ -72,6 +72,10 @@ class WatchdogTimeout(ccxt.NetworkError):  # type: ignore[misc]
     """The feed was connected but sent nothing for ``streamer.watchdog``."""
 
 
+class NotTrading(ccxt.OperationFailed):  # type: ignore[misc]
+    """The exchange lists the symbol but does not trade it now (halted): retried like an outage."""
+
+
 class FeedStopped(Exception):  # noqa: N818 - a state, not a bug: the feed stops for good
     """This feed cannot go on (its symbol is not listed, a key of it in Redis is unusable, ...);
     the message says why and what to do. The other feeds go on."""
@@ -102,10 +106,14 @@ def now_ms() -> int:
 class ExchangeLink:
     """What the feeds of one exchange share: the ccxt client, its markets, one load at a time."""
 
-    def __init__(self, exchange: Any, settings: ExchangeSettings) -> None:
+    def __init__(self, exchange: Any, settings: ExchangeSettings, *, markets_max_age_s: float = 30.0) -> None:
         self.exchange = exchange
         self.settings = settings
         self._markets_lock = asyncio.Lock()
+        # A feed that suspects its symbol is gone (silent, or refused) asks for the markets again;
+        # one exchangeInfo per this many seconds serves every feed of the exchange.
+        self._markets_max_age_s = markets_max_age_s
+        self._markets_read = float("-inf")
         self.runners: dict[str, FeedRunner] = {}
         guard_frames(exchange, self._bad_frame)
 
@@ -115,13 +123,30 @@ class ExchangeLink:
             self.runners[symbol].health.count_malformed("frame")
         log.warning("%s: bad frame for %s skipped: %r", self.exchange.id, symbols or client.url, error)
 
-    async def ensure_markets(self) -> None:
+    async def ensure_markets(self, *, recheck: bool = False) -> None:
+        """The exchange's markets, loaded once; with ``recheck`` loaded again unless they are fresh."""
         async with self._markets_lock:
-            if not self.exchange.markets:
-                await self.exchange.load_markets()
+            stale = time.monotonic() - self._markets_read >= self._markets_max_age_s
+            if not self.exchange.markets or (recheck and stale):
+                await self.exchange.load_markets(reload=bool(self.exchange.markets))
+                self._markets_read = time.monotonic()
+
+    def check_listed(self, symbol: str) -> None:
+        """FeedStopped if the exchange does not list ``symbol``; NotTrading if it lists it as inactive."""
+        market = (self.exchange.markets or {}).get(symbol)
+        if market is None:
+            raise FeedStopped(
+                f"{self.exchange.id} does not list {symbol}: remove it from exchanges[].symbols or fix its "
+                "spelling (ccxt's unified form, e.g. BTC/USDT)"
+            )
+        if market.get("active") is False:
+            status = (market.get("info") or {}).get("status", "inactive")
+            raise NotTrading(f"{self.exchange.id} lists {symbol} as not trading (status {status}); waiting")
 
     async def clock_offset_ms(self) -> int:
-        """Exchange clock minus local clock, from the round trip's midpoint."""
+        """Exchange clock minus local clock, from the round trip's midpoint (0: no clock to ask)."""
+        if not self.exchange.has.get("fetchTime"):
+            return 0
         before = now_ms()
         server = await self.exchange.fetch_time()
         after = now_ms()
@@ -186,6 +211,7 @@ class FeedRunner:
         self._last_message = time.monotonic()
         self._hook = install_hook(link.exchange, feed.symbol, self._on_raw)
         link.runners[feed.symbol] = self
+        self._recheck_listing = False  # silent, or refused by the exchange: is the symbol still listed?
         self._task: asyncio.Task[None] | None = None
         self.on_error: Callable[[FeedRunner], None] | None = None
         """Called once when the feed stops for good (state ``error``)."""
@@ -469,7 +495,7 @@ class FeedRunner:
 
     async def run(self) -> None:
         """Connect, stream and reconnect until cancelled, or until an error that reconnecting does
-        not fix: then state ``error``."""
+        not fix (the symbol is not listed, the exchange refuses, a bug): then state ``error``."""
         task = self._task = asyncio.current_task()
         try:
             while not self.failed:
@@ -479,11 +505,23 @@ class FeedRunner:
                     await self._session()
                 except* ccxt.OperationFailed as group:
                     error = group.exceptions[0]
+                    if isinstance(error, WatchdogTimeout | NotTrading):
+                        self._recheck_listing = True  # a silent symbol may have been delisted
                     self._went_down(error)
                     delay = self._backoff.next_delay()
                     log.warning("%s: %r; reconnect in %.2fs", self.symbol, error, delay)
+                except* ccxt.BadSymbol as group:
+                    # The exchange no longer knows the symbol: the next session reads its markets again.
+                    self._recheck_listing = True
+                    self._went_down(group.exceptions[0])
+                    delay = self._backoff.next_delay()
+                    log.warning("%s: %r; checking the listing in %.2fs", self.symbol, group.exceptions[0], delay)
                 except* FeedStopped as group:
                     stop = group.exceptions[0]
+                except* Exception as group:  # refused for good, or a bug: reconnecting will not help
+                    stop = group.exceptions[0]
+                    if not isinstance(stop, ccxt.BaseError):
+                        log.error("%s: unexpected %r", self.symbol, stop, exc_info=stop)
                 # A TaskGroup (3.11) whose child fails while the group is being cancelled raises the
                 # failure and drops the CancelledError: without this check a stop request that meets
                 # a dropped connection is lost, and the feed reconnects and runs on.
@@ -508,7 +546,9 @@ class FeedRunner:
         self._live = False
         self.health.state = FeedState.CONNECTING
         ex = self.link.exchange
-        await self.link.ensure_markets()
+        await self.link.ensure_markets(recheck=self._recheck_listing)
+        self.link.check_listed(self.symbol)
+        self._recheck_listing = False
         self._offset_ms = self._check_offset_ms = await self.link.clock_offset_ms()
         self._clock_read_at = time.monotonic()
         check_hook(ex, self.symbol, self._hook)

@@ -114,7 +114,7 @@ async def run(settings: Settings) -> None:
         for exchange_settings in settings.exchanges:
             exchange = create_exchange(exchange_settings)
             stack.push_async_callback(exchange.close)
-            link = ExchangeLink(exchange, exchange_settings)
+            link = ExchangeLink(exchange, exchange_settings, markets_max_age_s=streamer.watchdog / 1000)
             for symbol in exchange_settings.symbols:
                 feed = Feed(exchange_settings.id, symbol, settings.bars.interval)
                 problem: KeyProblem | None = None
