@@ -10,13 +10,16 @@ Where the history ends. Stream ids only grow, so history must be in the stream b
 first bar built from trades, and only for times before it: then a bar built from trades always
 wins (none is ever written over or before a history bar). The history ends at
 
-    H = min(bar_open(now - streamer.max_backfill) + 2 bars, bar_open(now))
+    H = min(bar_open(now - streamer.max_backfill / 2), bar_open(now))
 
 on the exchange's clock, read after every feed's bulk load (the newest candles are topped up
 then). The feed then starts from Redis as any feed does: it resumes at H (the end of its last
-bar) and backfills the trades since H over REST, the way it would after a restart; H lies at
-least one bar inside ``max_backfill`` when the feeds connect (a moment later), so that backfill
-covers it. Before ``bar_open(now)`` every candle has closed. A feed whose stream ends with a bar
+bar) and backfills the trades since H over REST, the way it would after a restart. That backfill
+reaches back at most ``max_backfill`` from the moment the feed connects (older trades would be
+a gap): half of it is left for the time between this clock reading and the connection, which
+passes faster than real time against a fast replay (60x: 30 real seconds with the default 1 h;
+a first try with one bar of margin lost the first live bars at 600x). Before ``bar_open(now)``
+every candle has closed. A feed whose stream ends with a bar
 built from trades is never given history again (``kept``): a restart does not load it twice.
 
 Intervals. The feed's interval is built from 1-minute candles (coarser_bars.py) when it is a
@@ -114,8 +117,8 @@ class FeedHistory:
 def history_end_ms(now_ms: int, settings: Settings) -> int:
     """H: where a new feed's history ends and its bars from trades begin (module docstring)."""
     interval = settings.bars.interval
-    since = now_ms - settings.streamer.max_backfill
-    return min(since - since % interval + 2 * interval, now_ms - now_ms % interval)
+    since = now_ms - settings.streamer.max_backfill // 2
+    return min(since - since % interval, now_ms - now_ms % interval)
 
 
 class _Writer:

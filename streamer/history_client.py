@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 MINUTE_MS = 60_000
 PAGE = 1_000  # Binance's largest klines page
-ATTEMPTS = 6  # network errors in a row before a load is given up
+ATTEMPTS = 4  # network errors in a row before a load is given up (history is best effort)
 MAX_BAN_WAIT_S = 600.0
 # Request weight of one klines page (Binance spot: 2 whatever the limit); other exchanges: 1.
 KLINES_WEIGHT = {"binance": 2, "binanceus": 2}
