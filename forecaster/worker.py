@@ -313,7 +313,8 @@ class Worker:
                 raise
 
     async def claim(self) -> None:
-        """Take over events another consumer has held longer than ``claim_idle`` (it died or is stuck).
+        """Take over events another consumer has held longer than ``claim_idle`` when it died,
+        hangs or cannot publish.
 
         XPENDING with IDLE, then XCLAIM of other consumers' entries only: XAUTOCLAIM would also
         hand a worker back its own idle entries, resetting their idle time, so a worker that
@@ -323,12 +324,22 @@ class Worker:
         idle = self.settings.forecaster.claim_idle
         rows: Any = await self.redis.xpending_range(self.stream, self.group, min="-", max="+",
                                                     count=READ_COUNT, idle=idle)
-        theirs = [row["message_id"] for row in rows if _text(row["consumer"]) != self.consumer]
+        rows = [row for row in rows if _text(row["consumer"]) != self.consumer]
+        if not rows:
+            return
+        # Only from a worker that is gone or cannot publish (its alive key, see ``heartbeat``): a
+        # healthy worker that is merely behind keeps its events (two workers claiming each
+        # other's backlog did all of it twice, and fell further behind).
+        owners = sorted({_text(row["consumer"]) for row in rows})
+        alive = dict(zip(owners, await self.redis.mget([self.keys.consumer_alive(c) for c in owners]), strict=True))
+        rows = [row for row in rows if alive[_text(row["consumer"])] != b"1"]
+        theirs = [row["message_id"] for row in rows]
         if not theirs:
             return
-        # XCLAIM delivers them once more: past dead_letter_after deliveries they are set aside.
+        # XCLAIM delivers them once more: past dead_letter_after deliveries they are set aside,
+        # when the worker that held them is gone (it died on them, again), not merely offline.
         delivered = {row["message_id"]: row["times_delivered"] + 1 for row in rows
-                     if row["times_delivered"] + 1 > self._dead_after}
+                     if row["times_delivered"] + 1 > self._dead_after and alive[_text(row["consumer"])] is None}
         entries: Any = await self.redis.xclaim(self.stream, self.group, self.consumer, idle, theirs)
         claimed = {entry_id for entry_id, _ in entries}
         gone = [i for i in theirs if i not in claimed]
@@ -360,13 +371,25 @@ class Worker:
                     await self._retry(backoff, exc)
 
     async def heartbeat(self) -> None:
+        """The status hash every HEARTBEAT_S, and this consumer's alive key more often than it
+        expires (``claim_idle``): the other workers claim a worker's pending events only once its
+        key is gone (it died or hangs) or says "0" (it cannot reach its broker)."""
+        claim_idle = self.settings.forecaster.claim_idle
+        every_s = min(HEARTBEAT_S, claim_idle / 3000)
+        alive_key = self.keys.consumer_alive(self.consumer)
+        last_status = -HEARTBEAT_S
         while True:
             raise_if_cancelled()
             try:
-                await self.redis.hset(self.keys.forecaster(), mapping=_enc(self.status()))
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.set(alive_key, "1" if self.publisher.connected else "0", px=claim_idle)
+                if time.monotonic() - last_status >= HEARTBEAT_S:
+                    pipe.hset(self.keys.forecaster(), mapping=_enc(self.status()))
+                    last_status = time.monotonic()
+                await pipe.execute()
             except (RedisError, OSError) as exc:
                 log.debug("heartbeat not written: %s", exc)
-            await asyncio.sleep(HEARTBEAT_S)
+            await asyncio.sleep(every_s)
 
     def status(self) -> dict[str, str]:
         model = self.model
@@ -455,11 +478,9 @@ class Worker:
     async def process(self, events: Sequence[Event]) -> None:
         if not events:
             return
-        self._idle.clear()
         try:
             await self._process(events)
         finally:
-            self._idle.set()
             done, self._boundary_done = self._boundary_done, asyncio.Event()
             done.set()
 
@@ -563,6 +584,16 @@ class Worker:
         time), so the batches given to the predictor thread are views that stay valid meanwhile:
         a later batch of the same bar writes other feeds' rows of the same column.
         """
+        # Busy for one boundary, not for a whole read: a read of a backlog spans thousands of
+        # boundaries, and the bookkeeping waiting for the end of it (up to RECORD_DEFER_S each)
+        # held every acknowledgement back until the other worker claimed the events (soak).
+        self._idle.clear()
+        try:
+            await self._boundary(open_ms, events)
+        finally:
+            self._idle.set()
+
+    async def _boundary(self, open_ms: int, events: Sequence[Event]) -> None:
         started = time.perf_counter()
         events = list(events)
         feeds = list(dict.fromkeys(e.feed for e in events if e.feed is not None))

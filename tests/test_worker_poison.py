@@ -310,3 +310,44 @@ async def test_random_event_streams_one_forecast_per_valid_bar_every_invalid_dea
         assert len(await dead(redis, keys)) == garbage
         status = await redis.hgetall(keys.forecaster())
         assert int(status[b"predictions"]) == steps * len(feeds)
+
+
+async def test_only_a_gone_or_offline_workers_events_are_claimed(settings: Settings) -> None:
+    """A healthy worker that is behind keeps its events (two workers claiming each other's
+    backlog fell further behind in the soak); a worker that cannot publish, or is gone, loses
+    them; an event whose every taker died is dead-lettered, one a live worker held is not."""
+    keys = RedisKeys(settings.redis.key_prefix)
+    feeds = feeds_of(settings)
+    series = {feed: symbol_bars(i) for i, feed in enumerate(feeds)}
+    stream = keys.bar_events(MINUTE)
+    async with redis_client(settings.redis) as redis:
+        for feed in feeds:
+            await write_bars(redis, keys, feed, series[feed][:HISTORY])
+        await redis.xgroup_create(stream, "forecasters", id="0", mkstream=True)
+        # "busy" holds bar HISTORY of every feed (delivered 3 times: a worker restarted twice).
+        await close_bars(redis, keys, [(f, series[f][HISTORY]) for f in feeds])
+        await redis.xreadgroup("forecasters", "busy", {stream: ">"})
+        for _ in range(2):
+            await redis.xreadgroup("forecasters", "busy", {stream: "0"})
+        await redis.set(keys.consumer_alive("busy"), "1", px=60_000)
+        async with listening(settings) as listener, worker(settings):
+            await asyncio.sleep(3)  # three claim_idle: nothing claimed from a healthy worker
+            rows = await redis.xpending_range(stream, "forecasters", min="-", max="+", count=10)
+            assert {r["consumer"] for r in rows} == {b"busy"} and len(rows) == len(feeds)
+            await redis.set(keys.consumer_alive("busy"), "0", px=60_000)  # its broker is gone
+            await listener.wait_for(len(feeds))  # claimed and forecast (4th delivery: not dead)
+            await until(lambda: _zero(pending(redis, keys)))
+            assert await dead(redis, keys) == []
+            # "gone" (no alive key at all) held the next bar and was given it three times.
+            # (In one transaction: the worker, blocked on its read, is served only after it.)
+            bar = series[feeds[0]][HISTORY + 1]
+            multi = redis.pipeline(transaction=True)
+            multi.xadd(keys.bars(feeds[0]), bar.to_fields(), id=f"{bar.open_time_ms}-0")  # type: ignore[arg-type]
+            multi.xadd(stream, event(feeds[0], bar.open_time_ms))  # type: ignore[arg-type]
+            multi.xreadgroup("forecasters", "gone", {stream: ">"})
+            await multi.execute()
+            for _ in range(2):
+                await redis.xreadgroup("forecasters", "gone", {stream: "0"})
+            await until(lambda: _zero(pending(redis, keys)))
+        letters = await dead(redis, keys)
+        assert len(letters) == 1 and b"delivered 4 times" in letters[0][b"error"]

@@ -18,6 +18,8 @@ Layout (``P`` is ``redis.key_prefix``, ``T`` the feed's hash tag):
 - ``P:model``          Hash: the promoted model's name, version and scores.
 - ``P:refit``          Hash: the refit worker's last run, result and next run.
 - ``P:forecaster``     Hash: the forecaster's heartbeat and last batch.
+- ``P:forecaster:alive:C``  String with a TTL of ``forecaster.claim_idle``: consumer ``C`` runs
+                       ("1": and its broker takes its forecasts; "0": it cannot publish).
 """
 
 from __future__ import annotations
@@ -97,6 +99,9 @@ class RedisKeys:
 
     def forecaster(self) -> str:
         return f"{self.prefix}:forecaster"
+
+    def consumer_alive(self, consumer: str) -> str:
+        return f"{self.prefix}:forecaster:alive:{consumer}"
 
 
 def topic_safe(symbol: str) -> str:
