@@ -8,6 +8,13 @@ held-back bars that the worker's output guard would replace (forecaster/guard.py
 the model store under a new version, named in ``keys.model()`` (forecasters swap it in at their
 next boundary), and the store pruned to ``refit.keep`` versions. This runs in its own process
 (torch threads = ``refit.threads``) so that training never slows inference.
+
+The first model is not left to the schedule: while no model is promoted and the last run was
+skipped for lack of bars, the worker looks every ``FIRST_MODEL_POLL_S`` at the bar streams
+(XLEN) and the feeds' history loads (the streamer's ``history_state`` in each health hash,
+streamer/history.py), and trains as soon as no history is still loading and a feed has the bars
+a run needs, instead of ``refit.every`` later. A fresh start whose history loads a month of
+candles therefore trains minutes after it, not 6 hours (or 33 hours of live bars) later.
 """
 
 from __future__ import annotations
@@ -41,6 +48,10 @@ from volcast.settings import Settings
 log = logging.getLogger(__name__)
 
 Result = Literal["promoted", "kept", "skipped", "failed"]
+FIRST_MODEL_POLL_S = 1.0
+# The streamer's health-hash field and value of a history load under way (streamer/history.py).
+_HISTORY_STATE = "history_state"
+_LOADING = b"loading"
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,6 +202,50 @@ async def _refit(settings: Settings, redis: aioredis.Redis, keys: RedisKeys, sto
     return RefitOutcome("promoted", f"version {version} promoted: {summary}", version, challenger, champ)
 
 
+def bars_needed(settings: Settings) -> int:
+    """Bars one feed needs before a run can train: ``refit.min_bars``, and the model's minimum plus
+    the held-out bars."""
+    least = min_training_bars(settings.model, settings.bars.interval)
+    return max(settings.refit.min_bars, least + settings.refit.holdout_bars)
+
+
+async def _awaiting_first_model(redis: aioredis.Redis, keys: RedisKeys) -> bool:
+    """No model serves yet and the last run found too few bars."""
+    result: Any = await redis.hget(keys.refit(), "result")
+    return result == b"skipped" and await current_model(redis, keys) is None
+
+
+async def _bars_in(settings: Settings, redis: aioredis.Redis, keys: RedisKeys) -> tuple[int, ...] | None:
+    """Every feed's bar count, or None while a feed's history is still loading."""
+    feeds = configured_feeds(settings)
+    pipe = redis.pipeline(transaction=False)
+    for feed in feeds:
+        pipe.xlen(keys.bars(feed))
+        pipe.hget(keys.health(feed), _HISTORY_STATE)
+    replies: list[Any] = await pipe.execute()
+    if any(state == _LOADING for state in replies[1::2]):
+        return None
+    return tuple(int(n) for n in replies[0::2])
+
+
+async def _until_first_model_data(settings: Settings, redis: aioredis.Redis, keys: RedisKeys, wait_ms: int,
+                                  tried: tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """Sleep ``wait_ms``, or less: until a feed has the bars a run needs (its history is in) and the
+    counts differ from ``tried`` (those of an early run that was skipped anyway: no busy loop).
+    Returns the counts an early run is started with (None: the schedule's run)."""
+    deadline = time.monotonic() + wait_ms / 1000
+    needed = bars_needed(settings)
+    log.info("no model yet: the first refit runs once a feed has %d bars (history included), at the latest "
+             "in %.0f s", needed, wait_ms / 1000)
+    while (left := deadline - time.monotonic()) > 0:
+        counts = await _bars_in(settings, redis, keys)
+        if counts is not None and counts != tried and max(counts, default=0) >= needed:
+            log.info("the feeds have their bars (%s): training the first model now", ", ".join(map(str, counts)))
+            return counts
+        await asyncio.sleep(min(FIRST_MODEL_POLL_S, left))
+    return None
+
+
 async def run(settings: Settings, *, once: bool = False) -> RefitOutcome | None:
     """The refit worker: one refit every ``refit.every`` (or exactly one with ``once``)."""
     keys = RedisKeys(settings.redis.key_prefix)
@@ -198,13 +253,16 @@ async def run(settings: Settings, *, once: bool = False) -> RefitOutcome | None:
         if once:
             return await refit_once(settings, redis)
         backoff = Backoff(1.0, 60.0)
+        tried: tuple[int, ...] | None = None
         while True:
             raise_if_cancelled()  # redis-py can swallow a cancellation (forecaster/worker.py)
             try:
                 # Resume the schedule across restarts instead of retraining at every start.
                 due: Any = await redis.hget(keys.refit(), "next_run_ms")
                 wait_ms = int(due) - now_ms() if due else 0
-                if wait_ms > 0:
+                if wait_ms > 0 and await _awaiting_first_model(redis, keys):
+                    tried = await _until_first_model_data(settings, redis, keys, wait_ms, tried)
+                elif wait_ms > 0:
                     log.info("next refit in %.0f s", wait_ms / 1000)
                     await asyncio.sleep(wait_ms / 1000)
                 await refit_once(settings, redis)
