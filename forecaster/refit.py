@@ -9,12 +9,14 @@ the model store under a new version, named in ``keys.model()`` (forecasters swap
 next boundary), and the store pruned to ``refit.keep`` versions. This runs in its own process
 (torch threads = ``refit.threads``) so that training never slows inference.
 
-The first model is not left to the schedule: while no model is promoted and the last run was
-skipped for lack of bars, the worker looks every ``FIRST_MODEL_POLL_S`` at the bar streams
-(XLEN) and the feeds' history loads (the streamer's ``history_state`` in each health hash,
-streamer/history.py), and trains as soon as no history is still loading and a feed has the bars
-a run needs, instead of ``refit.every`` later. A fresh start whose history loads a month of
-candles therefore trains minutes after it, not 6 hours (or 33 hours of live bars) later.
+The first model is not left to the schedule: while no model is promoted and no run has trained
+yet (none ran, or the last was skipped for lack of bars), the worker looks every
+``FIRST_MODEL_POLL_S`` at the bar streams (XLEN) and the feeds' history loads (the streamer's
+``history_state`` in each health hash, streamer/history.py). It waits while a history is still
+loading (a model of the oldest weeks only, trained as soon as a feed has enough of them, would
+serve until the next scheduled run), and trains as soon as none is and a feed has the bars a run
+needs, instead of ``refit.every`` later. A fresh start whose history loads a month of candles
+therefore trains minutes after it, not 6 hours (or 33 hours of live bars) later.
 """
 
 from __future__ import annotations
@@ -210,9 +212,9 @@ def bars_needed(settings: Settings) -> int:
 
 
 async def _awaiting_first_model(redis: aioredis.Redis, keys: RedisKeys) -> bool:
-    """No model serves yet and the last run found too few bars."""
+    """No model serves yet, and no run trained one: none ran, or the last found too few bars."""
     result: Any = await redis.hget(keys.refit(), "result")
-    return result == b"skipped" and await current_model(redis, keys) is None
+    return result in (None, b"skipped") and await current_model(redis, keys) is None
 
 
 async def _bars_in(settings: Settings, redis: aioredis.Redis, keys: RedisKeys) -> tuple[int, ...] | None:
@@ -231,19 +233,25 @@ async def _bars_in(settings: Settings, redis: aioredis.Redis, keys: RedisKeys) -
 async def _until_first_model_data(settings: Settings, redis: aioredis.Redis, keys: RedisKeys, wait_ms: int,
                                   tried: tuple[int, ...] | None) -> tuple[int, ...] | None:
     """Sleep ``wait_ms``, or less: until a feed has the bars a run needs (its history is in) and the
-    counts differ from ``tried`` (those of an early run that was skipped anyway: no busy loop).
-    Returns the counts an early run is started with (None: the schedule's run)."""
+    counts differ from ``tried`` (those of an early run that was skipped anyway: no busy loop);
+    or longer, for as long as a history is loading. Returns the counts an early run is started
+    with (None: the schedule's run)."""
     deadline = time.monotonic() + wait_ms / 1000
     needed = bars_needed(settings)
-    log.info("no model yet: the first refit runs once a feed has %d bars (history included), at the latest "
-             "in %.0f s", needed, wait_ms / 1000)
-    while (left := deadline - time.monotonic()) > 0:
+    told = False
+    while True:
         counts = await _bars_in(settings, redis, keys)
         if counts is not None and counts != tried and max(counts, default=0) >= needed:
             log.info("the feeds have their bars (%s): training the first model now", ", ".join(map(str, counts)))
             return counts
-        await asyncio.sleep(min(FIRST_MODEL_POLL_S, left))
-    return None
+        left = deadline - time.monotonic()
+        if counts is not None and left <= 0:
+            return None
+        if not told:
+            told = True
+            log.info("no model yet: the first refit runs once no history is loading and a feed has %d bars "
+                     "(history included), at the latest in %.0f s", needed, max(0.0, left))
+        await asyncio.sleep(FIRST_MODEL_POLL_S if counts is None else min(FIRST_MODEL_POLL_S, left))
 
 
 async def run(settings: Settings, *, once: bool = False) -> RefitOutcome | None:
@@ -260,8 +268,8 @@ async def run(settings: Settings, *, once: bool = False) -> RefitOutcome | None:
                 # Resume the schedule across restarts instead of retraining at every start.
                 due: Any = await redis.hget(keys.refit(), "next_run_ms")
                 wait_ms = int(due) - now_ms() if due else 0
-                if wait_ms > 0 and await _awaiting_first_model(redis, keys):
-                    tried = await _until_first_model_data(settings, redis, keys, wait_ms, tried)
+                if await _awaiting_first_model(redis, keys):
+                    tried = await _until_first_model_data(settings, redis, keys, max(0, wait_ms), tried)
                 elif wait_ms > 0:
                     log.info("next refit in %.0f s", wait_ms / 1000)
                     await asyncio.sleep(wait_ms / 1000)

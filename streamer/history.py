@@ -317,6 +317,9 @@ async def load_history(settings: Settings, redis: aioredis.Redis, keys: RedisKey
                     needing.append(state)
         if needing:
             work.append((exchange_settings, needing))
+    for _, states in work:  # at once: the refit worker waits while a history is loading
+        for state in states:
+            await writer.health(state)
     await asyncio.gather(*(_load_exchange(ex, states, settings, writer) for ex, states in work))
     for state in out:
         await writer.health(state)

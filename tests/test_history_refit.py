@@ -71,3 +71,33 @@ async def test_first_model_is_trained_as_soon_as_history_is_in(tmp_path: Path) -
                 assert "log_volume" in meta["features"] and not {"trades", "buy_share"} & set(meta["features"])
     finally:
         await delete_prefix(settings)
+
+
+async def test_the_first_run_waits_for_a_history_that_is_loading(tmp_path: Path) -> None:
+    settings = settings_for(tmp_path / "models", symbols=("NEAR/USDT",))
+    keys = RedisKeys(settings.redis.key_prefix)
+    (feed,) = feeds_of(settings)
+    bars = history(0)
+    try:
+        async with redis_client(settings.redis) as redis:
+            # Started while the streamer loads the history: enough bars for a run are already in.
+            await redis.hset(keys.health(feed), "history_state", "loading")
+            await write_bars(redis, keys, feed, bars[:2400])
+            worker = asyncio.create_task(run(settings))
+            try:
+                await asyncio.sleep(5 * FIRST_MODEL_POLL_S)
+                assert await redis.hgetall(keys.refit()) == {}  # no run on part of a history
+                await write_bars(redis, keys, feed, bars[2400:])
+                await redis.hset(keys.health(feed), "history_state", "loaded")
+                deadline = time.monotonic() + PATIENCE_S
+                while (await redis.hget(keys.refit(), "result")) not in (b"promoted", b"kept"):
+                    assert time.monotonic() < deadline, await redis.hgetall(keys.refit())
+                    await asyncio.sleep(0.1)
+            finally:
+                worker.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker
+            assert f"on the last {settings.refit.holdout_bars} bars of 1 feeds".encode() in (
+                await redis.hget(keys.refit(), "message") or b"")
+    finally:
+        await delete_prefix(settings)
