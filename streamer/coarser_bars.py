@@ -13,6 +13,7 @@ the last close, as the aggregator would have made it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
 from decimal import Decimal
 
 from volcast.bar import EXACT, Bar, BarStatus
@@ -96,6 +97,11 @@ class Coarsener:
             if bar.open_time_ms < self._next_fine:
                 continue  # before the start, or a repeat of a bar already taken
             yield from self._fill_to(bar.open_time_ms)
+            if self.coarse_ms == self.fine_ms:  # nothing to combine (a month of 1-minute history)
+                self.last_close = bar.close
+                self._open = self._next_fine = bar.open_time_ms + self.fine_ms
+                yield bar if bar.status is self.status else replace(bar, status=self.status)
+                continue
             self._pending.append(bar)
             self.last_close = bar.close
             self._next_fine = bar.open_time_ms + self.fine_ms

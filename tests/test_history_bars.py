@@ -120,3 +120,12 @@ def test_frame_of_history_without_trade_counts_does_not_claim_them() -> None:
     assert frame.known == frozenset()
     assert usable_features(("log_volume", "trades", "buy_share"), frame.known) == ("log_volume",)
     assert BarFrame.from_bars([live], MIN).known == frozenset({"trades", "buy_volume"})
+
+
+def test_one_minute_history_passes_through_with_quiet_minutes_filled() -> None:
+    trades = list(read_trades(XRP_TRADES))[:400]
+    minutes, _ = aggregate_trades(trades, MIN)
+    sparse = [b for b in _history(minutes) if b.trades]
+    coarsener = Coarsener(MIN, MIN, minutes[0].open_time_ms, BarStatus.HISTORY)
+    got = [*coarsener.add(sparse[:50]), *coarsener.add(sparse[50:]), *coarsener.finish(minutes[-1].open_time_ms + MIN)]
+    assert got == _history(minutes)

@@ -147,6 +147,24 @@ class KlineBook:
         bar = bar_from_candle(raw, raw, _STATUS)
         return bar, (Decimal(0) if not bar.volume else None)
 
+    def _file_row(self, open_ms: int) -> list[object] | None:
+        """The 1-minute kline of a file minute straight from the file's text (the bulk of a
+        history request: a month is 43,200 of them; checked when the file was loaded)."""
+        history = self._history
+        assert history is not None
+        rec = open_ms - self.history_shift_ms
+        index = history.last_before(rec)
+        if index < 0:
+            return None
+        o, h, lo, c, v, quote, trades, buy = history.row(index)
+        end = open_ms + MINUTE_MS - 1
+        if history.times[index] != rec or float(v) == 0:  # nothing traded: every sum is zero
+            price = c if history.times[index] != rec else None
+            if price is not None:
+                return [open_ms, price, price, price, price, "0", end, "0", 0, "0", "0", "0"]
+            return [open_ms, o, h, lo, c, v, end, "0", 0, "0", "0", "0"]
+        return [open_ms, o, h, lo, c, v, end, quote or None, int(trades) if trades else None, buy or None, None, "0"]
+
     def candle(self, open_ms: int, interval_ms: int, now_ms: int) -> Candle | None:
         """The candle of ``interval_ms`` opening at ``open_ms``: its 1-minute candles combined."""
         if interval_ms == MINUTE_MS:
@@ -174,6 +192,11 @@ class KlineBook:
             lo = max(first, hi - (limit - 1) * interval_ms)
         out: list[list[object]] = []
         for open_ms in range(lo, hi + 1, interval_ms):
+            if interval_ms == MINUTE_MS and self._history is not None and open_ms < self.tape_start_ms:
+                row = self._file_row(open_ms) if open_ms >= self.first_ms else None
+                if row is not None:
+                    out.append(row)
+                continue
             got = self.candle(open_ms, interval_ms, now_ms)
             if got is not None:
                 out.append(binance_row(got[0], interval_ms, got[1]))
