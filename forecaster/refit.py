@@ -250,7 +250,7 @@ async def _until_first_model_data(settings: Settings, redis: aioredis.Redis, key
         if not told:
             told = True
             log.info("no model yet: the first refit runs once no history is loading and a feed has %d bars "
-                     "(history included), at the latest in %.0f s", needed, max(0.0, left))
+                     "(history included)%s", needed, f", at the latest in {left:.0f} s" if left > 0 else "")
         await asyncio.sleep(FIRST_MODEL_POLL_S if counts is None else min(FIRST_MODEL_POLL_S, left))
 
 
