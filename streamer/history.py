@@ -169,8 +169,12 @@ async def _inspect(redis: aioredis.Redis, keys: RedisKeys, feed: Feed) -> FeedHi
         return state
     if not last:
         return state
-    bar = Bar.from_fields(last[0][1])
-    state.first_ms = Bar.from_fields(first[0][1]).open_time_ms
+    try:
+        bar = Bar.from_fields(last[0][1])
+        state.first_ms = Bar.from_fields(first[0][1]).open_time_ms
+    except ValueError as exc:  # not ours to repair: the feed's resume reports it
+        state.state, state.error = HistoryState.FAILED, f"unreadable bar in {key}: {exc}"[:300]
+        return state
     state.to_ms = bar.open_time_ms + feed.interval_ms
     if bar.status is BarStatus.HISTORY:
         state.resume_after = bar
@@ -240,6 +244,9 @@ async def _guarded(state: FeedHistory, writer: _Writer, step: Callable[[], Await
         await step()
     except (HistoryUnavailable, ccxt.BaseError, RedisError) as exc:
         await _fail(state, writer, exc)
+    except Exception as exc:  # a bug or an answer nobody foresaw: still never the streamer's end
+        log.exception("%s: history load failed unexpectedly", state.feed.symbol)
+        await _fail(state, writer, exc)
 
 
 async def _load_exchange(
@@ -259,7 +266,7 @@ async def _load_exchange(
                     state.state, state.error = HistoryState.UNSUPPORTED, f"{exchange.id} has no candles (fetchOHLCV)"
                 return
             end_ms = history_end_ms(await client.now_ms(), settings)
-        except ccxt.BaseError as exc:
+        except Exception as exc:  # ccxt's errors, or anything else: history is best effort
             for state in states:
                 await _fail(state, writer, exc)
             return
@@ -276,7 +283,7 @@ async def _load_exchange(
         # every feed's bulk is in, so that the feeds connect right after their history ends.
         try:
             final_ms = max(end_ms, history_end_ms(await client.now_ms(), settings))
-        except ccxt.BaseError as exc:
+        except Exception as exc:
             log.warning("%s: exchange clock unreadable (%r); history ends at %d", exchange.id, exc, end_ms)
             final_ms = end_ms
 
