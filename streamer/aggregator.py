@@ -5,9 +5,11 @@ Policies, each named because each one is a choice:
 - **Alignment**: a trade at exchange time ``t`` belongs to the bar opening at ``t - t % interval``
   (UTC epoch alignment; intervals divide a day, so bars also align to UTC days).
 - **Timestamp**: a bar is stamped with its open time.
-- **Closing**: the caller says how far the feed has provably got (``advance(watermark_ms)``); a bar
-  closes once ``open + interval + grace <= watermark``. The aggregator never guesses from a clock,
-  so a feed that is down leaves its bars open until the backfill has filled them.
+- **Closing**: the caller says how far the feed has provably got: ``close_until(end_ms)`` when
+  every trade before ``end_ms`` is known (a proof: streamer/close_proof.py), or
+  ``advance(watermark_ms)`` when trades may still come up to ``grace`` late (a bar closes once
+  ``open + interval + grace <= watermark``). The aggregator never guesses from a clock, so a
+  feed that is down leaves its bars open until the backfill has filled them.
 - **Empty intervals**: a bar of zero volume with open = high = low = close = VWAP = last close,
   never a missing bar.
 - **Order**: open and close are the trades first and last by ``(timestamp, trade id)``, not by
@@ -229,17 +231,31 @@ class BarAggregator:
         return Outcome.LATE
 
     def advance(self, watermark_ms: int) -> int:
-        """The feed has provably reached ``watermark_ms``: close every bar that is due, in order."""
+        """The feed has provably reached ``watermark_ms`` and trades may still come up to ``grace``
+        late: close every bar with ``open + interval + grace <= watermark_ms``, in order."""
         if watermark_ms <= self._watermark_ms:
             return 0
         self._watermark_ms = watermark_ms
+        return self.close_until(watermark_ms - self.grace_ms)
+
+    def close_until(self, end_ms: int) -> int:
+        """Every trade stamped before ``end_ms`` is known: close every bar ending by then, in order.
+
+        The caller has the proof (a later trade with no hole before it, a pong, a REST read), so no
+        grace is added here.
+        """
         closed = 0
-        while self.next_open_ms is not None and self.next_open_ms + self.interval_ms + self.grace_ms <= watermark_ms:
+        while self.next_open_ms is not None and self.next_open_ms + self.interval_ms <= end_ms:
             self._start_fixed = True
             self._close(self.next_open_ms)
             self.next_open_ms += self.interval_ms
             closed += 1
         return closed
+
+    @property
+    def next_end_ms(self) -> int | None:
+        """End of the oldest bar not closed yet (None before the first trade of a fresh start)."""
+        return None if self.next_open_ms is None else self.next_open_ms + self.interval_ms
 
     def mark_gap(self, start_ms: int, end_ms: int) -> None:
         """Trades in ``[start_ms, end_ms)`` are known to be lost: their bars will say so."""

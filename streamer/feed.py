@@ -1,16 +1,20 @@
 """One feed (an exchange's symbol): websocket trades and REST backfill into one bar aggregator.
 
 Every trade ccxt parses reaches ``_on_raw`` through the hooked trade buffer (source.py), so a
-burst loses nothing. The feed decides how far its bars may close (the watermark):
+burst loses nothing. A bar closes as soon as a proof says no trade of its interval can still
+come (streamer/close_proof.py names them; docs/streamer.md draws the timeline):
 
-- live and no known hole: max(newest trade time, exchange clock - watchdog). The exchange clock
-  is the local clock plus the offset measured at connect (``fetch_time``). Holding it back by the
-  watchdog makes it a proof: a connection that went silent at exchange time S is dropped by the
-  watchdog before the clock part passes S, so its bars wait for the backfill. (The offset is not
-  re-measured within a session: against a replay running faster than real time the estimate
-  only lags, which is safe.)
-- connecting, backfilling, or a hole in the trade ids: frozen, so bars wait instead of closing
-  short.
+- **trade**: where ids are consecutive and times monotone, the trade at ``frontier`` (every id up
+  to it known) stamped at or after the bar's end closes it at once; without consecutive ids, a
+  trade stamped ``grace`` past the end does.
+- **liveness**: the connection answered a ping sent when the exchange's clock (a lower bound,
+  liveness.py) had passed the bar's end plus ``grace``. Valid only for pings sent after the
+  server confirmed the subscription, and capped at the start of a stalled trade flow.
+- **rest**: after a stalled flow, a REST read made after the bar's end plus grace.
+
+While a feed is connecting, backfilling, has a hole in its trade ids or a loss of unknown end,
+nothing closes: its bars wait instead of closing short. The watchdog reconnects a connection that
+answers no ping (or whose trade flow stopped for a watchdog), never one whose symbols are quiet.
 
 Where ids are consecutive (``consecutive_trade_ids``), ``frontier`` is the id up to which every
 trade is known; an id beyond ``frontier + 1`` opens a hole, filled by REST ``fromId`` pages. A
@@ -32,7 +36,9 @@ from typing import Any
 import ccxt.pro
 
 from streamer.aggregator import BarAggregator, Outcome
+from streamer.close_proof import CloseProof, CloseStats, DeliveryStats
 from streamer.health import FeedHealth, FeedState
+from streamer.liveness import ConnectionProbe, Liveness
 from streamer.source import (
     check_hook,
     client_symbols,
@@ -60,6 +66,8 @@ _TICK_S = 0.05
 # A trade stamped past the exchange's clock (as last read) waits for a fresh reading, taken at
 # most this often: a replay faster than real time runs ahead of any reading.
 _CLOCK_READ_EVERY_S = 1.0
+# A REST check of the bars after a stalled flow, at most this often per feed.
+_REST_CHECK_EVERY_S = 1.0
 # Refused trades logged one by one per feed; after that one line per this many.
 _REFUSALS_LOGGED = 10
 _REFUSALS_LOG_EVERY = 1000
@@ -69,7 +77,7 @@ Placed = Trade | RefusedTrade
 
 
 class WatchdogTimeout(ccxt.NetworkError):  # type: ignore[misc]
-    """The feed was connected but sent nothing for ``streamer.watchdog``."""
+    """The feed's connection answered no ping (or its trade flow stopped) for ``streamer.watchdog``."""
 
 
 class NotTrading(ccxt.OperationFailed):  # type: ignore[misc]
@@ -103,10 +111,22 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _subscription_id(client: Any, symbol: str) -> int | None:
+    """The request id of ``symbol``'s subscription on ``client`` (ccxt keeps ``{"id": N}`` with it)."""
+    for key, value in list(getattr(client, "subscriptions", {}).items()):
+        if isinstance(key, str) and key.endswith("::" + symbol) and isinstance(value, dict):
+            request_id = value.get("id")
+            if isinstance(request_id, int):
+                return request_id
+    return None
+
+
 class ExchangeLink:
     """What the feeds of one exchange share: the ccxt client, its markets, one load at a time."""
 
-    def __init__(self, exchange: Any, settings: ExchangeSettings, *, markets_max_age_s: float = 30.0) -> None:
+    def __init__(
+        self, exchange: Any, settings: ExchangeSettings, *, markets_max_age_s: float = 30.0, watchdog_s: float = 30.0
+    ) -> None:
         self.exchange = exchange
         self.settings = settings
         self._markets_lock = asyncio.Lock()
@@ -115,7 +135,17 @@ class ExchangeLink:
         self._markets_max_age_s = markets_max_age_s
         self._markets_read = float("-inf")
         self.runners: dict[str, FeedRunner] = {}
-        guard_frames(exchange, self._bad_frame)
+        # A keep-alive ping a third of the watchdog apart: a dead connection is found within
+        # about 1.3 watchdogs, and a live one never waits for a ping to be judged.
+        self.liveness = Liveness(exchange, keepalive_s=watchdog_s / 3, on_proof=self._proof)
+        guard_frames(exchange, self._bad_frame, self.liveness.on_frame)
+
+    def _proof(self, probe: ConnectionProbe) -> None:
+        """A pong came: the feeds of that connection may close their bars now, not at their next tick."""
+        for symbol in client_symbols(probe.client):
+            runner = self.runners.get(symbol)
+            if runner is not None:
+                runner.try_close()
 
     def _bad_frame(self, client: Any, error: Exception) -> None:
         symbols = [s for s in client_symbols(client) if s in self.runners]
@@ -152,6 +182,7 @@ class ExchangeLink:
         after = now_ms()
         if server is None:
             return 0
+        self.liveness.clock.note_reading(int(server), after)
         return int(server) - (before + after) // 2
 
 
@@ -217,6 +248,23 @@ class FeedRunner:
         """Called once when the feed stops for good (state ``error``)."""
         self._watchdog_s = settings.streamer.watchdog / 1000
         self._backoff = Backoff(settings.streamer.backoff_initial / 1000, settings.streamer.backoff_max / 1000)
+        self._grace_ms = bars.grace
+        self.close_stats = CloseStats()
+        self.delivery = DeliveryStats()
+        self._closing = CloseProof.TRADE  # the proof of the bars being closed now (read by _closed)
+        # Trade times never went back by id: a later trade proves the bars before it complete.
+        self._monotone = True
+        self._probe: ConnectionProbe | None = None  # the connection whose pongs prove this feed's bars
+        self._confirmed_ms = 0  # local time the server had confirmed the subscription on it
+        self._seen_probe_stalls = 0
+        self._seen_link_stalls = 0
+        # After a stalled trade flow: pongs prove trades only up to this time, until a REST read
+        # or a trade with no hole before it shows that nothing was lost.
+        self._unverified_from: int | None = None
+        self._rest_proof_ms: int | None = None  # every trade up to this exchange time was read over REST
+        self._rest_checked_at = float("-inf")
+        self._listing_checked_at = time.monotonic()
+        self._live_since_ms: int | None = None  # exchange time the feed first went live (delays from then)
 
     # -- trades in ------------------------------------------------------------------------------
 
@@ -224,6 +272,10 @@ class FeedRunner:
         self.health.bars_closed += 1
         if bar.status.value == "gap":
             self.health.gap_bars += 1
+        end = bar.open_time_ms + self.aggregator.interval_ms
+        live_since = self._live_since_ms
+        delay = None if live_since is None or end <= live_since else max(0, self.exchange_now_ms() - end)
+        self.close_stats.record(self._closing, delay)
         self._on_bar(self.feed, bar)
 
     def _on_raw(self, raw: dict[str, Any]) -> None:
@@ -249,8 +301,23 @@ class FeedRunner:
         if self._first_live_ms is None:
             self._first_live_ms = trade.timestamp_ms
         self._take(trade, backfilled=False)
+        self._note_arrival(trade.timestamp_ms)
+        if self.consecutive and self.frontier == tid and self._unverified_from is not None:
+            # Delivered by the websocket with no hole before it: the stream runs again and every
+            # trade up to this one is in.
+            self._unverified_from = None
         if self._may_close():
-            self.aggregator.advance(self.health.last_trade_ms)
+            self._close_by_trades()
+
+    def _note_arrival(self, timestamp_ms: int) -> None:
+        """A websocket trade's delivery delay, and its time as the newest of its flows."""
+        self.delivery.record(now_ms() + self._offset_ms - timestamp_ms)
+        liveness = self.link.liveness
+        if timestamp_ms > liveness.flow.newest_ms:
+            liveness.flow.newest_ms = liveness.clock.newest_trade_ms = timestamp_ms
+        probe = self._probe
+        if probe is not None and timestamp_ms > probe.flow.newest_ms:
+            probe.flow.newest_ms = timestamp_ms
 
     def _take(self, trade: Placed, *, backfilled: bool) -> None:
         if self.start_ms is not None and trade.timestamp_ms < self.start_ms:
@@ -353,11 +420,16 @@ class FeedRunner:
 
     def _track_id(self, trade: Placed) -> None:
         tid = trade.trade_id
-        if self.frontier is None:
-            if self._history is None:
+        if self.frontier is None and self._history is None:
+            if self._gap_from is not None:  # a loss given up: known trades start again here
                 self._set_frontier(tid, trade.timestamp_ms)
                 return
-        elif tid == self.frontier + 1:
+            # No id known yet (the catch-up's REST had no trade): the websocket's first trade is the
+            # start only if it missed none before it, which a stalled stream can break. One REST
+            # read back to where REST left off decides (_fill_holes), as for a hole.
+            known = self._rest_proof_ms - self._grace_ms if self._rest_proof_ms is not None else None
+            self._history = _History(known or self._first_since or self.start_ms or trade.timestamp_ms)
+        elif self.frontier is not None and tid == self.frontier + 1:
             self._advance_frontier(tid, trade.timestamp_ms)
             return
         if (self.frontier is None or tid > self.frontier + 1) and tid not in self._ahead:
@@ -380,12 +452,28 @@ class FeedRunner:
         Per trade: no scan of ``_ahead``, whose ids are all beyond the old frontier + 1.
         """
         ahead = self._ahead
+        if self.frontier is not None and tid == self.frontier + 1 and timestamp_ms < self.frontier_ms:
+            self._time_reversal(tid, timestamp_ms, self.frontier_ms)
         while tid + 1 in ahead:
             tid += 1
-            timestamp_ms = ahead.pop(tid)
+            following = ahead.pop(tid)
+            if following < timestamp_ms:
+                self._time_reversal(tid, following, timestamp_ms)
+            timestamp_ms = following
         self.frontier, self.frontier_ms = tid, timestamp_ms
         if not ahead:
             self._hole_since = None
+
+    def _time_reversal(self, tid: int, timestamp_ms: int, before_ms: int) -> None:
+        """Trade ``tid`` is older than the one before it: the trade proof assumes they never are."""
+        self.health.time_reversals += 1
+        if self._monotone:
+            self._monotone = False
+            log.warning(
+                "%s: trade %d is stamped %d ms before the trade before it; bars close no longer on the next "
+                "trade alone but on a trade grace past their end (and on pongs)",
+                self.symbol, tid, before_ms - timestamp_ms,
+            )
 
     def _give_up(self, start_ms: int, end_ms: int | None) -> None:
         """Trades from ``start_ms`` up to ``end_ms`` cannot be had: their bars close as gaps.
@@ -445,27 +533,151 @@ class FeedRunner:
         waiting for the exchange's clock."""
         return self._live and not self._ahead and self._gap_from is None and not self._held
 
-    # -- the watermark --------------------------------------------------------------------------
+    # -- closing --------------------------------------------------------------------------------
 
     def exchange_now_ms(self) -> int:
         return now_ms() + self._offset_ms
 
-    def watermark_ms(self) -> int:
-        return max(self.health.last_trade_ms, self.exchange_now_ms() - self.settings.streamer.watchdog)
-
     def tick(self) -> None:
-        """Advance the bars by the clock; called often by the feed's own ticker."""
-        if self._may_close():
-            self.aggregator.advance(self.watermark_ms())
-        self.sync_health()
+        """Close what the proofs allow; called often by the feed's own ticker (and on each pong)."""
+        self.try_close()
+        self._sync_counters()
 
-    def sync_health(self) -> None:
-        """Copy the per-trade counters into the health record (kept off the per-trade path)."""
+    def try_close(self) -> None:
+        """Close every bar a proof allows now, and tell the connection which moment to prove next."""
+        if not self._may_close():
+            self._want(None)
+            return
+        self._close_by_trades()
+        grace = self._grace_ms
+        proven = self._capped_liveness_ms()
+        if proven is not None:
+            self._close_until(proven - grace, CloseProof.LIVENESS)
+        if self._rest_proof_ms is not None:
+            self._close_until(self._rest_proof_ms - grace, CloseProof.REST)
+        end = self.aggregator.next_end_ms
+        self._want(None if end is None else end + grace)
+
+    def _close_by_trades(self) -> None:
+        if self.consecutive and self._monotone:
+            if self.frontier is not None:
+                self._close_until(self.frontier_ms, CloseProof.TRADE)
+        elif self.health.last_trade_ms:
+            self._close_until(self.health.last_trade_ms - self._grace_ms, CloseProof.TRADE)
+
+    def _close_until(self, end_ms: int, proof: CloseProof) -> None:
+        next_end = self.aggregator.next_end_ms
+        if next_end is not None and end_ms >= next_end:
+            self._closing = proof
+            self.aggregator.close_until(end_ms)
+
+    def _liveness_ms(self) -> int | None:
+        """Exchange time up to which this feed's connection is proven alive: the send time of the
+        newest ping answered (after the server confirmed the subscription) on the lower-bound clock."""
+        probe = self._probe
+        low = self.link.liveness.clock.low_ms
+        if probe is None or low is None or probe.proven_local_ms <= self._confirmed_ms:
+            return None
+        return probe.proven_local_ms + low
+
+    def _capped_liveness_ms(self) -> int | None:
+        """What the pongs prove, held back by the trade flows this feed's trades travel in: no more
+        than the newest trade of a busy flow (its connection's, its exchange's), and no more than
+        the start of a stall not checked since (liveness.py)."""
+        proven = self._liveness_ms()
+        probe = self._probe
+        if proven is None or probe is None:
+            return None
+        self._note_stalls()
+        for cap in (probe.flow.cap_ms(), self.link.liveness.flow.cap_ms(), self._unverified_from):
+            if cap is not None and cap < proven:
+                proven = cap
+        return proven
+
+    def _want(self, need_ms: int | None) -> None:
+        """Ask this feed's connection to prove ``need_ms`` (None: nothing wanted)."""
+        probe = self._probe
+        if probe is None:
+            return
+        key = id(self)
+        if need_ms is None:
+            probe.needs.pop(key, None)
+        elif probe.needs.get(key) != need_ms:
+            probe.needs[key] = need_ms
+            self.link.liveness.wake()
+
+    def _flows_suspect(self) -> bool:
+        now = time.monotonic()
+        probe = self._probe
+        return (probe is not None and probe.flow.suspect(now)) | self.link.liveness.flow.suspect(now)
+
+    def _note_stalls(self) -> None:
+        """Stalls of this feed's connection or exchange not seen yet cap what pongs prove."""
+        probe = self._probe
+        if probe is None:
+            return
+        self._flows_suspect()  # registers a stall under way
+        flows = self.link.liveness.flow
+        for flow, seen in ((probe.flow, self._seen_probe_stalls), (flows, self._seen_link_stalls)):
+            if flow.episodes > seen:
+                start = flow.first_since(seen)
+                self.health.stalls += flow.episodes - seen
+                if start is not None:
+                    self._cap_pongs(start)
+        self._seen_probe_stalls, self._seen_link_stalls = probe.flow.episodes, flows.episodes
+
+    def _rest_check_due(self) -> bool:
+        """A pong would close the next bar but a stall caps it: time for a REST read of the trades."""
+        end = self.aggregator.next_end_ms
+        proven = self._liveness_ms()
+        if self._unverified_from is None or end is None or proven is None or not self._may_close():
+            return False
+        due = end + self._grace_ms
+        capped = self._capped_liveness_ms()
+        if proven < due or (capped is not None and capped >= due):
+            return False
+        if self._rest_proof_ms is not None and self._rest_proof_ms >= due:
+            return False
+        return time.monotonic() - self._rest_checked_at >= _REST_CHECK_EVERY_S
+
+    async def _check_by_rest(self) -> None:
+        """Read the trades since the newest known one over REST: nothing missing up to the read's time.
+
+        Made after the flow came back, it ends the stall for this feed (pongs prove again); made
+        while the flow is still stopped (an exchange gone quiet, or one that stalls for good), it
+        closes the bars up to its own time only.
+        """
+        at = self.link.liveness.clock.now_low()
+        if at is None:
+            return
+        calm = not self._flows_suspect()
+        self._rest_checked_at = time.monotonic()
+        self.health.rest_checks += 1
+        if self.consecutive and self.frontier is not None:
+            await self._backfill_ids(hole_only=False)
+        else:
+            await self._backfill_since(self.health.last_trade_ms or at)
+        self._rest_proof_ms = at if self._rest_proof_ms is None else max(self._rest_proof_ms, at)
+        if calm and not self._flows_suspect():
+            self._unverified_from = None
+        self.try_close()
+
+    def _sync_counters(self) -> None:
         health, aggregator = self.health, self.aggregator
         health.trades, health.duplicates, health.late = aggregator.trades, aggregator.duplicates, aggregator.late
         health.last_message_ms = now_ms() - int((time.monotonic() - self._last_message) * 1000)
         if health.last_trade_ms:
             health.lag_ms = max(0, self.exchange_now_ms() - health.last_trade_ms)
+
+    def sync_health(self) -> None:
+        """Copy the counters and figures into the health record (kept off the per-trade path)."""
+        self._sync_counters()
+        health = self.health
+        for name, value in (self.close_stats.fields() | self.delivery.fields()).items():
+            setattr(health, name, value)
+        probe = self._probe
+        if probe is not None:
+            health.pings, health.pongs = probe.pings, probe.pongs
 
     def open_bar(self) -> Bar | None:
         bars = self.aggregator.open_bars()
@@ -572,13 +784,34 @@ class FeedRunner:
             check_hook(ex, self.symbol, self._hook)
 
     async def _watchdog(self) -> None:
+        """Reconnect a connection that answers no ping, or whose trade flow stopped, for a watchdog.
+
+        Judged by the connection, never by this symbol's trades: a quiet symbol on a live
+        connection is left alone (its bars close on pongs).
+        """
+        waiting_since = time.monotonic()
         while True:
             await asyncio.sleep(min(self._watchdog_s / 4, 1.0))
-            if time.monotonic() - self._last_message > self._watchdog_s:
-                self.health.watchdog_timeouts += 1
-                error = WatchdogTimeout(f"{self.symbol}: no trade for {self._watchdog_s:g}s")
-                await drop_connection(self.link.exchange, self.symbol, error)
-                raise error
+            now = time.monotonic()
+            probe = self.link.liveness.probe_for(self.symbol)
+            if probe is None:
+                if now - waiting_since <= self._watchdog_s:
+                    continue
+                reason = f"no open connection for {self._watchdog_s:g}s"
+            else:
+                waiting_since = now
+                unanswered = probe.unanswered_s(now)
+                stalled = probe.flow.silent_beyond_limit_s(now)
+                if unanswered > self._watchdog_s:
+                    reason = f"no pong for {unanswered:.1f}s"
+                elif stalled > self._watchdog_s:
+                    reason = f"its connection's trade flow stopped ({stalled:.1f}s past its usual gaps; pings answered)"
+                else:
+                    continue
+            self.health.watchdog_timeouts += 1
+            error = WatchdogTimeout(f"{self.symbol}: {reason}")
+            await drop_connection(self.link.exchange, self.symbol, error)
+            raise error
 
     async def _ticker(self) -> None:
         self._subscribed_at = None
@@ -590,16 +823,90 @@ class FeedRunner:
             if self._held:
                 await self._release_held()
             self.tick()
+            if self._rest_check_due():
+                await self._check_by_rest()
+            await self._check_listing()
             await asyncio.sleep(_TICK_S)
+
+    async def _check_listing(self) -> None:
+        """A symbol without a trade for a watchdog may have been delisted: read the markets again
+        (at most once per watchdog per exchange, shared by its feeds); the connection stays."""
+        now = time.monotonic()
+        if now - self._last_message <= self._watchdog_s or now - self._listing_checked_at <= self._watchdog_s:
+            return
+        self._listing_checked_at = now
+        try:
+            await self.link.ensure_markets(recheck=True)
+        except ccxt.OperationFailed as exc:  # the exchange is busy or unreachable: look again later
+            log.debug("%s: markets not read (%r)", self.symbol, exc)
+            return
+        self.link.check_listed(self.symbol)
+
+    async def _confirm_subscription(self) -> None:
+        """Wait until the server has this feed's subscription, so that a pong after it proves trades.
+
+        Binance answers a subscription (``{"result":null,"id":N}``); ccxt keeps N with it. Without
+        an answer to wait for, the request having left (ccxt's throttle queue empty, seen twice) is
+        enough: a ping sent after it reaches the server after it. Either way the REST catch-up
+        comes after, so REST and websocket cover the trades without a seam.
+        """
+        exchange = self.link.exchange
+        deadline = time.monotonic() + self._watchdog_s
+        sent_seen_at: float | None = None
+        while time.monotonic() < deadline:
+            probe = self.link.liveness.probe_for(self.symbol)
+            if probe is not None:
+                request_id = _subscription_id(probe.client, self.symbol)
+                if request_id is not None and request_id in probe.acked:
+                    self._use_probe(probe, probe.acked[request_id])
+                    return
+                if request_id is None and subscription_sent(exchange, self.symbol):
+                    if sent_seen_at is None:
+                        sent_seen_at = time.monotonic()
+                    elif time.monotonic() - sent_seen_at >= _TICK_S:
+                        self._use_probe(probe, now_ms())
+                        return
+                else:
+                    sent_seen_at = None
+            await asyncio.sleep(_TICK_S / 5)
+        self.health.watchdog_timeouts += 1
+        error = WatchdogTimeout(f"{self.symbol}: subscription not confirmed within {self._watchdog_s:g}s")
+        await drop_connection(exchange, self.symbol, error)
+        raise error
+
+    def _use_probe(self, probe: ConnectionProbe, confirmed_ms: int) -> None:
+        if self._probe is not None and self._probe is not probe:
+            self._probe.needs.pop(id(self), None)
+        self._probe, self._confirmed_ms = probe, confirmed_ms
+        flows = self.link.liveness.flow
+        self._seen_probe_stalls, self._seen_link_stalls = probe.flow.episodes, flows.episodes
+        # A stall under way now: the catch-up covers what it held back, pongs still prove nothing past it.
+        self._unverified_from = None
+        now = time.monotonic()
+        for flow in (probe.flow, flows):
+            if flow.suspect(now):
+                self._cap_pongs(flow.newest_ms)
+
+    def _cap_pongs(self, newest_before_stall_ms: int) -> None:
+        """A stall after the trade stamped ``newest_before_stall_ms``: pongs prove nothing past it."""
+        current = self._unverified_from
+        self._unverified_from = newest_before_stall_ms if current is None else min(current, newest_before_stall_ms)
 
     # -- backfill -------------------------------------------------------------------------------
 
     async def _catch_up(self) -> None:
-        """After (re)connecting: fetch what the websocket missed, then go live."""
+        """After (re)connecting: once the server has the subscription, fetch what the websocket
+        missed, then go live.
+
+        What to fetch is decided before the wait: trades the websocket delivers meanwhile must
+        find the history under way (kept apart by id), not become the start of what is known.
+        """
         self.health.state = FeedState.BACKFILLING
         exchange_now = self.exchange_now_ms()
+        by_ids = False
+        since: int | None = None
         if self._history is not None:
-            await self._backfill_recent_by_id(self._history.since)  # interrupted by a disconnect
+            since = self._history.since  # interrupted by a disconnect
         elif self.health.last_trade_ms == 0 and self.frontier is None and self.start_ms is None:
             # A feed without a bar in Redis starts with max_backfill of history, so a feed whose
             # first process died before closing a bar loses nothing, and a new one starts with
@@ -607,7 +914,7 @@ class FeedRunner:
             # kept across reconnects that come before the first trade.
             if self._first_since is None:
                 self._first_since = self.aggregator.bar_open(exchange_now - self.settings.streamer.max_backfill)
-            await self._backfill_since(self._first_since)
+            since = self._first_since
         elif self.health.last_trade_ms == 0 and self.start_ms is not None:
             # Resuming from Redis: from the end of the last closed bar, at most max_backfill back.
             oldest = exchange_now - self.settings.streamer.max_backfill
@@ -615,15 +922,28 @@ class FeedRunner:
                 self.aggregator.mark_gap(self.start_ms, oldest)
                 self.health.gaps += 1
                 self.frontier = None
-                await self._backfill_since(oldest)
+                since = oldest
             elif self.frontier is not None:
-                await self._backfill_ids(hole_only=False)
+                by_ids = True
             else:
-                await self._backfill_since(self.start_ms)
+                since = self.start_ms
         elif self.consecutive and self.frontier is not None:
-            await self._backfill_ids(hole_only=False)
+            by_ids = True
         else:
-            await self._backfill_since(self.health.last_trade_ms)
+            since = self.health.last_trade_ms
+        if since is not None and self.consecutive and self._history is None:
+            self._history = _History(since)  # see _backfill_recent_by_id
+        await self._confirm_subscription()
+        rest_from = self.link.liveness.clock.now_low()
+        if by_ids:
+            await self._backfill_ids(hole_only=False)
+        elif since is not None:
+            await self._backfill_since(since)
+        if rest_from is not None:
+            # Every REST read above came after this moment and read on until REST had nothing more.
+            self._rest_proof_ms = rest_from if self._rest_proof_ms is None else max(self._rest_proof_ms, rest_from)
+        if self._live_since_ms is None:
+            self._live_since_ms = self.exchange_now_ms()
         self.health.state = FeedState.LIVE
         self.health.error = ""
         self._live = True
@@ -632,7 +952,10 @@ class FeedRunner:
         self._live = False
         self.health.state = FeedState.BACKFILLING
         try:
-            await self._backfill_ids(hole_only=True)
+            if self._history is not None:
+                await self._backfill_recent_by_id(self._history.since)
+            else:
+                await self._backfill_ids(hole_only=True)
         finally:
             if not self.failed:
                 self.health.state = FeedState.LIVE

@@ -45,6 +45,25 @@ class FeedHealth:
     redis_buffered: int = 0  # closed bars (of all feeds) waiting for Redis
     dropped_bars: int = 0  # closed bars (of all feeds) lost to a full buffer
     redis_reconnects: int = 0  # times the bar writer got Redis back after an outage
+    # How bars closed (streamer/close_proof.py): counts per proof, and the delay from a bar's end
+    # to its close on the exchange's clock (bars that ended while the feed was live).
+    closed_by_trade: int = 0
+    closed_by_liveness: int = 0
+    closed_by_rest: int = 0
+    close_delay_last_ms: int = 0
+    close_delay_p50_ms: int = 0
+    close_delay_p99_ms: int = 0
+    close_delay_max_ms: int = 0
+    # Trade time to arrival, on the exchange's clock (websocket trades); grace must stay above it.
+    delivery_p50_ms: int = 0
+    delivery_p99_ms: int = 0
+    delivery_max_ms: int = 0
+    delivery_ewma_ms: int = 0
+    pings: int = 0  # pings sent on the feed's current connection (shared by its symbols)
+    pongs: int = 0
+    stalls: int = 0  # trade flows (its connection's or the exchange's) that stopped implausibly
+    rest_checks: int = 0  # REST reads that confirmed the bars after a stall
+    time_reversals: int = 0  # a trade older than the one before it by id (consecutive ids assumed monotone)
 
     def count_malformed(self, reason: Reason) -> None:
         self.malformed += 1

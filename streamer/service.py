@@ -104,6 +104,7 @@ async def run(settings: Settings) -> None:
         # Before any feed starts: a new feed's history must be in its stream before its first live bar.
         await load_history(settings, redis, keys, heartbeat_ttl_ms(settings))
         runners: list[FeedRunner] = []
+        links: list[ExchangeLink] = []
         by_feed: dict[Feed, FeedRunner] = {}
         none_left = asyncio.Event()
 
@@ -114,7 +115,9 @@ async def run(settings: Settings) -> None:
         for exchange_settings in settings.exchanges:
             exchange = create_exchange(exchange_settings)
             stack.push_async_callback(exchange.close)
-            link = ExchangeLink(exchange, exchange_settings, markets_max_age_s=streamer.watchdog / 1000)
+            watchdog_s = streamer.watchdog / 1000
+            link = ExchangeLink(exchange, exchange_settings, markets_max_age_s=watchdog_s, watchdog_s=watchdog_s)
+            links.append(link)
             for symbol in exchange_settings.symbols:
                 feed = Feed(exchange_settings.id, symbol, settings.bars.interval)
                 problem: KeyProblem | None = None
@@ -143,6 +146,8 @@ async def run(settings: Settings) -> None:
                 for runner in runners:
                     if not runner.failed:
                         group.create_task(runner.run(), name=f"feed {runner.feed.exchange} {runner.feed.symbol}")
+                for link in links:  # the pings whose pongs close quiet feeds' bars (streamer/liveness.py)
+                    group.create_task(link.liveness.run(), name=f"liveness {link.exchange.id}")
                 group.create_task(store.run_writer(), name="bar writer")
                 group.create_task(_status_loop(store, runners, settings), name="status")
                 group.create_task(_until_no_feed_left(runners, none_left), name="feeds left")

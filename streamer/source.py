@@ -173,14 +173,20 @@ def subscription_sent(exchange: Any, symbol: str) -> bool:
     return False
 
 
-def guard_frames(exchange: Any, on_bad_frame: Callable[[Any, Exception], None]) -> None:
-    """Make one bad frame cost one frame, not the connection.
+def guard_frames(
+    exchange: Any,
+    on_bad_frame: Callable[[Any, Exception], None],
+    on_frame: Callable[[Any, Any], None] | None = None,
+) -> None:
+    """Make one bad frame cost one frame, not the connection; show every frame to ``on_frame``.
 
     ccxt handles each frame in a callback of its receive loop; a frame that is not JSON, or that
     its handler chokes on, raises out of that callback and the loop stops for good while the
     socket stays open (measured against the simulator's malformed frames: 9 of 2001 trades
     delivered). Every client this exchange creates gets its frame handler wrapped, so the error
-    is reported and the loop goes on.
+    is reported and the loop goes on. ``on_frame(client, message)`` then sees the frame (pongs
+    included: ccxt opens its connections without autoping), after ccxt has handled it, in the
+    order the connection delivered them: the liveness proof (liveness.py) rests on that order.
     """
     create_client = exchange.client
 
@@ -194,6 +200,8 @@ def guard_frames(exchange: Any, on_bad_frame: Callable[[Any, Exception], None]) 
                     handle(message)
                 except Exception as exc:
                     on_bad_frame(instance, exc)
+                if on_frame is not None:
+                    on_frame(instance, message)
 
             instance.handle_message = guarded
             instance._volcast_guarded = True

@@ -119,7 +119,11 @@ async def test_redis_restart_mid_run_loses_nothing(tmp_path: Path) -> None:
                 with contextlib.suppress(asyncio.CancelledError):
                     await streamer
             for feed, bars in expected.items():
-                same_bars(await redis_bars(redis, keys, feed), bars)
+                streamed = await redis_bars(redis, keys, feed)
+                # A fresh feed reads REST once the server has its subscription: trades published
+                # before that read are in its first bars as backfilled ones, not as gaps.
+                same_bars(streamed, bars, statuses=False)
+                assert all(b.status is not BarStatus.GAP for b in streamed)
                 health = await redis.hgetall(keys.health(feed))
                 assert int(health[b"redis_reconnects"]) >= 1
                 assert health[b"dropped_bars"] == b"0"

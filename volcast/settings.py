@@ -137,7 +137,7 @@ class BarSettings(_Frozen):
 class StreamerSettings(_Frozen):
     """The ingest loop: reconnects, watchdog, backfill, outage buffer."""
 
-    # A connected feed that sends nothing for this long is treated as dead and reconnected.
+    # A connection that answers no ping for this long (or whose busy trade flow stopped) is reconnected.
     watchdog: PositiveDurationMs = 30_000
     backoff_initial: PositiveDurationMs = 500
     backoff_max: PositiveDurationMs = 30_000

@@ -33,6 +33,25 @@ HEALTH_COUNTERS: tuple[str, ...] = (
     "malformed",
 )
 
+# How a feed's bars close (streamer/close_proof.py, streamer/liveness.py): shown as ``closing``.
+CLOSING_FIELDS: tuple[str, ...] = (
+    "closed_by_trade",
+    "closed_by_liveness",
+    "closed_by_rest",
+    "close_delay_last_ms",
+    "close_delay_p50_ms",
+    "close_delay_p99_ms",
+    "close_delay_max_ms",
+    "delivery_p50_ms",
+    "delivery_p99_ms",
+    "delivery_max_ms",
+    "pings",
+    "pongs",
+    "stalls",
+    "rest_checks",
+    "watchdog_timeouts",
+)
+
 Report = dict[str, Any]
 
 
@@ -93,6 +112,7 @@ def _health(raw: dict[str, str] | None, now: int) -> dict[str, Any]:
     }
     for name in HEALTH_COUNTERS:
         out[name] = _int(health.get(name))
+    out["closing"] = {name: _int(health.get(name)) for name in CLOSING_FIELDS}
     return out
 
 
@@ -413,6 +433,19 @@ def _flag(value: Any) -> Any:
     return ("yes" if value else "no") if isinstance(value, bool) else value
 
 
+def _counts(*values: int | None) -> str:
+    """``12/3/0``; a dash while the streamer has not written them."""
+    if any(v is None for v in values):
+        return DASH
+    return "/".join(str(v) for v in values)
+
+
+def _milliseconds(*values: int | None) -> str:
+    """``12/340/2100ms``; a dash while the streamer has not written them."""
+    counts = _counts(*values)
+    return counts if counts == DASH else counts + "ms"
+
+
 def _ago(now: int, ms: int | None) -> str:
     return DASH if ms is None else f"{format_age(now - ms)} ago"
 
@@ -439,7 +472,7 @@ def render_table(report: Report) -> str:
     names = [f"{f['exchange']} {f['symbol']}" for f in feeds]
     lines += _table(
         ["FEED", "STATE", "LAST TRADE AGE", "TRADES/S", "TRADES", "DUPLICATES", "LATE", "GAPS", "RECONNECTS",
-         "BACKFILLED", "HEARTBEAT"],
+         "BACKFILLED", "HEARTBEAT", "CLOSED TRADE/PONG/REST", "CLOSE DELAY LAST/P99/MAX", "DELIVERY P50/P99/MAX"],
         [
             [
                 name,
@@ -453,6 +486,12 @@ def render_table(report: Report) -> str:
                 _cell(f["reconnects"]),
                 _cell(f["backfilled_trades"]),
                 _ago(now, f["health_updated_ms"]),
+                _counts(f["closing"]["closed_by_trade"], f["closing"]["closed_by_liveness"],
+                        f["closing"]["closed_by_rest"]),
+                _milliseconds(f["closing"]["close_delay_last_ms"], f["closing"]["close_delay_p99_ms"],
+                              f["closing"]["close_delay_max_ms"]),
+                _milliseconds(f["closing"]["delivery_p50_ms"], f["closing"]["delivery_p99_ms"],
+                              f["closing"]["delivery_max_ms"]),
             ]
             for name, f in zip(names, feeds, strict=True)
         ],
