@@ -30,15 +30,24 @@ def demo(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> subpr
     )
 
 
-def test_demo_seconds_json(tmp_path: Path) -> None:
-    process = demo(tmp_path, "--seconds", "40", "--json")
-    out, err = process.communicate(timeout=240)
+def test_demo_seconds_json_shows_the_lstm_with_its_band(tmp_path: Path) -> None:
+    # The demo's contract (README): within its first 90 seconds the LSTM serves, with its band.
+    process = demo(tmp_path, "--seconds", "90", "--json")
+    out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err[-3000:]
     summary = json.loads(out)  # standard output is only the summary; the table went to stderr
     assert "binance:XRP/ETH" in err
-    assert summary["bars"] > 5
+    assert summary["bars"] > 2 * 1440  # the history the streamer loaded, and live bars
     assert summary["predictions"] > 5
     assert summary["scored"] > 0 and summary["live_rmse_log"] is not None
+    assert "lstm" in summary["serving_models"], err[-3000:]
+    lstm = summary["by_model"]["lstm"]
+    assert lstm["predictions"] > 0 and lstm["with_band"] == lstm["predictions"]
+    assert lstm["scored"] > 0
+    assert lstm["live_rmse_log"] is not None and lstm["naive_rmse_log"] is not None
+    # The table shows the LSTM's forecasts with their 80% band (a baseline's row shows "-").
+    rows = [line.split() for line in err.splitlines() if line.startswith("binance:XRP/ETH") and " lstm v" in line]
+    assert rows and all("-" in row[4] and row[4] != "-" for row in rows), err[-3000:]
     assert "Traceback" not in err
 
 
