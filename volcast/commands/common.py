@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import gc
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -35,6 +37,20 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(args.config)
 
 
+async def _collect_clients() -> None:
+    """An aiomqtt client whose CONNECT failed or was interrupted (Ctrl-C while starting) keeps a
+    task and its socket: destroyed after the loop closed, paho's __del__ calls back into the loop
+    and prints a traceback ("Event loop is closed") into the service's log. End its task and
+    collect it while the loop still runs."""
+    await asyncio.sleep(0.05)  # callbacks the client scheduled from paho's side
+    current = asyncio.current_task()
+    leftovers = [task for task in asyncio.all_tasks() if task is not current]
+    for task in leftovers:
+        task.cancel()
+    await asyncio.gather(*leftovers, return_exceptions=True)
+    gc.collect()
+
+
 def check_services(
     settings: Settings, *, redis: bool = True, mqtt: bool = False, keep_retrying: bool = True
 ) -> None:
@@ -43,7 +59,6 @@ def check_services(
     not answer yet is only logged when ``keep_retrying`` (a service: it reconnects with backoff,
     so an outage that passes, or a stack still starting, is ridden out); a one-shot job
     (``refit --once``, ``model``) passes False and ends with that one message instead."""
-    import asyncio
 
     from volcast.connections import ServerUnreachable, check_mqtt, check_redis
 
@@ -53,13 +68,16 @@ def check_services(
             probes.append(lambda: check_redis(settings.redis))
         if mqtt:
             probes.append(lambda: check_mqtt(settings.mqtt))
-        for probe in probes:
-            try:
-                await probe()
-            except ServerUnreachable as exc:
-                if not keep_retrying:
-                    raise
-                logging.getLogger("volcast").warning(
-                    "%s; will keep retrying with backoff until it answers (Ctrl-C or SIGTERM stops)", exc)
+        try:
+            for probe in probes:
+                try:
+                    await probe()
+                except ServerUnreachable as exc:
+                    if not keep_retrying:
+                        raise
+                    logging.getLogger("volcast").warning(
+                        "%s; will keep retrying with backoff until it answers (Ctrl-C or SIGTERM stops)", exc)
+        finally:
+            await _collect_clients()
 
     asyncio.run(check())
