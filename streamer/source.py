@@ -180,7 +180,6 @@ def guard_frames(
     exchange: Any,
     on_bad_frame: Callable[[Any, Exception], None],
     on_frame: Callable[[Any, Any], None] | None = None,
-    on_send: Callable[[Any], None] | None = None,
 ) -> None:
     """Make one bad frame cost one frame, not the connection; show every frame to ``on_frame``.
 
@@ -191,8 +190,6 @@ def guard_frames(
     is reported and the loop goes on. ``on_frame(client, message)`` then sees the frame (pongs
     included: ccxt opens its connections without autoping), after ccxt has handled it, in the
     order the connection delivered them: the liveness proof (liveness.py) rests on that order.
-    ``on_send(client)`` hears of every message ccxt sends (subscriptions), which count against
-    the exchange's limit of incoming messages per connection.
     """
     create_client = exchange.client
 
@@ -208,15 +205,6 @@ def guard_frames(
                     on_bad_frame(instance, exc)
                 if on_frame is not None:
                     on_frame(instance, message)
-
-            if on_send is not None:
-                send = instance.send
-
-                async def counted_send(message: Any) -> Any:
-                    on_send(instance)
-                    return await send(message)
-
-                instance.send = counted_send
 
             instance.handle_message = guarded
             instance._volcast_guarded = True

@@ -75,7 +75,7 @@ class _Harness:
         self.runner = FeedRunner(Feed("binance", "BTC/USDT", SEC), self.link, settings,
                                  lambda _f, bar: self.bars.append(bar), resume)
         self.runner._live = True  # the catch-up is over
-        self.probe = ConnectionProbe(SimpleNamespace(connection=None, subscriptions={}))
+        self.probe = ConnectionProbe(SimpleNamespace(connection=None, throttle=None, subscriptions={}))
         self.runner._probe, self.runner._confirmed_ms = self.probe, 0
         self.link.liveness.clock.low_ms = 0
 
