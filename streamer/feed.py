@@ -37,7 +37,6 @@ import ccxt.pro
 
 from streamer.aggregator import BarAggregator, Outcome
 from streamer.close_proof import CloseProof, CloseStats, DeliveryStats
-from streamer.dial_budget import DialBudget
 from streamer.health import FeedHealth, FeedState
 from streamer.liveness import ConnectionProbe, Liveness
 from streamer.source import (
@@ -139,7 +138,6 @@ class ExchangeLink:
         # A keep-alive ping a third of the watchdog apart: a dead connection is found within
         # about 1.3 watchdogs, and a live one never waits for a ping to be judged.
         self.liveness = Liveness(exchange, keepalive_s=watchdog_s / 3, on_proof=self._proof)
-        self.dial_budget = DialBudget.for_exchange(exchange.id)  # connection attempts per window
         guard_frames(exchange, self._bad_frame, self.liveness.on_frame)
 
     def _proof(self, probe: ConnectionProbe) -> None:
@@ -766,8 +764,6 @@ class FeedRunner:
         self._offset_ms = self._check_offset_ms = await self.link.clock_offset_ms()
         self._clock_read_at = time.monotonic()
         check_hook(ex, self.symbol, self._hook)
-        if self.link.liveness.probe_for(self.symbol) is None:  # this session opens a connection
-            await self.link.dial_budget.permit(self.symbol)
         self._last_message = time.monotonic()
         self._first_live_ms = None
         async with asyncio.TaskGroup() as group:

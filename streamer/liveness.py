@@ -136,20 +136,19 @@ class FlowGuard:
         return max(self.floor_s, self.ratio * self._mean_gap)
 
     def note(self, now: float) -> None:
-        """A frame arrived at ``now`` (monotonic seconds). On every frame: kept to a few operations."""
+        """A frame arrived at ``now`` (monotonic seconds)."""
         last = self._last
-        self._last = now
-        frames = self.frames = self.frames + 1
-        if last is None:
-            return
-        gap = now - last
-        if gap > self.floor_s:  # only a silence past the floor can be a stall
+        if last is not None:
+            gap = now - last
             limit = self.limit_s()
             if gap > limit:
                 self._start_episode()  # a silence that ends now: register it if nobody looked
                 gap = limit  # a long silence moves the mean, but not all at once
+            weight = 1 / min(self.frames, self._WINDOW)
+            self._mean_gap += (gap - self._mean_gap) * weight
+        self._last = now
         self._episode_open = False
-        self._mean_gap += (gap - self._mean_gap) / (frames - 1 if frames <= self._WINDOW else self._WINDOW)
+        self.frames += 1
 
     def suspect(self, now: float) -> bool:
         """The flow is silent beyond its limit now (registers the episode)."""
@@ -296,10 +295,8 @@ class Liveness:
 
     def on_frame(self, client: Any, message: Any) -> None:
         """Every frame a connection delivered, after ccxt handled it (its trades are in)."""
-        probe: ConnectionProbe | None = getattr(client, "_volcast_probe", None)
-        if probe is None:
-            probe = self.probe(client)
-        kind = message.type
+        probe = self.probe(client)
+        kind = getattr(message, "type", None)
         if kind is WSMsgType.PONG:
             if probe.on_pong(message.data or b""):
                 self._on_proof(probe)
@@ -307,7 +304,7 @@ class Liveness:
         now = time.monotonic()
         probe.flow.note(now)
         self.flow.note(now)
-        if kind is WSMsgType.TEXT and message.data[:10] == '{"result":':
+        if kind is WSMsgType.TEXT and isinstance(message.data, str):
             probe.on_text(message.data)
 
     # -- for the feeds ---------------------------------------------------------------------------
@@ -374,13 +371,11 @@ class Liveness:
                 continue
             if not probe.connected():
                 continue
-            need = probe.next_need()
-            # A keep-alive, unless a wanted ping comes within a second anyway (each costs a message).
-            soon = need is not None and exchange_now is not None and need - exchange_now < 1_000
-            keepalive = now - probe.last_ping >= self.keepalive_s and not soon
+            keepalive = now - probe.last_ping >= self.keepalive_s
             wanted = exchange_now is not None and low is not None and probe.due(exchange_now, low)
             if (wanted or keepalive) and not (probe.pinging is not None and not probe.pinging.done()):
                 probe.pinging = asyncio.create_task(self._ping(probe, cost), name="liveness ping")
+            need = probe.next_need()
             if exchange_now is not None and need is not None and need > exchange_now:
                 wait = min(wait, (need - exchange_now) / 1000)
         return max(wait, 0.001)

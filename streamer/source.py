@@ -80,11 +80,8 @@ def default_options(exchange_id: str) -> dict[str, Any]:
     """Options our use of an exchange needs, under the user's ``exchanges[].options``."""
     if exchange_id in {"binance", "binanceus"}:
         # Backfill must return the same ids as the '@trade' stream: raw trades, not the
-        # aggregate trades that ccxt fetches by default. Websocket messages (subscriptions and our
-        # pings) one per 500 ms per connection instead of ccxt's 250: Binance closes a connection
-        # that sends more than 5 messages a second (pongs included), and one every 250 ms has
-        # been seen closed.
-        return {"fetchTradesMethod": "publicGetHistoricalTrades", "ws": {"cost": 10}}
+        # aggregate trades that ccxt fetches by default.
+        return {"fetchTradesMethod": "publicGetHistoricalTrades"}
     return {}
 
 

@@ -15,11 +15,10 @@ import time
 from collections.abc import Callable, Sequence
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from streamer.simulator.faults import FaultSpec
 from streamer.simulator.frames import malformed_frame
-from streamer.simulator.ws_limits import TOO_MANY_REQUESTS, ConnectionCounter, WebsocketLimits
 
 WRITE_CHUNK = 512
 HIGH_WATER = 1 << 20
@@ -54,7 +53,6 @@ class Subscriber:
         self.flushed.set()
         self._opened = time.monotonic()
         self._malformed_turn = 0
-        self.counter = ConnectionCounter(number)
 
     def wants(self, market_id: str) -> bool:
         return f"{market_id.lower()}@trade" in self.streams
@@ -141,35 +139,7 @@ class Subscriber:
                 self.flushed.set()
 
 
-async def serve_messages(
-    ws: web.WebSocketResponse,
-    sub: Subscriber,
-    limits: WebsocketLimits,
-    on_subscribe: Callable[[], None],
-    pump: asyncio.Task[None],
-) -> None:
-    """Read the client's messages until it goes (or the pump ends the connection).
-
-    Pings are answered here (the response runs without aiohttp's autoping), so that pings, pongs
-    and requests all count against the message rate, as Binance counts them; a connection past the
-    limit is closed with 1008. A pong is written after every trade frame already written to the
-    socket, never before: what a client's liveness proof rests on (streamer/liveness.py).
-    """
-    async for msg in ws:
-        if msg.type in (WSMsgType.TEXT, WSMsgType.PING, WSMsgType.PONG) and not limits.message(sub.counter):
-            await ws.close(code=TOO_MANY_REQUESTS, message=b"Too many requests")
-            break
-        if msg.type == WSMsgType.PING:
-            await ws.pong(msg.data)
-        elif msg.type == WSMsgType.TEXT:
-            handle_request(sub, msg.data, on_subscribe, limits)
-        if pump.done():
-            break
-
-
-def handle_request(
-    sub: Subscriber, text: str, on_subscribe: Callable[[], None], limits: WebsocketLimits | None = None
-) -> None:
+def handle_request(sub: Subscriber, text: str, on_subscribe: Callable[[], None]) -> None:
     """Answer one client message: SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS, as Binance does."""
     try:
         message = orjson.loads(text)
@@ -184,12 +154,6 @@ def handle_request(
     params = message.get("params", [])
     if method in ("SUBSCRIBE", "UNSUBSCRIBE") and isinstance(params, list) and all(isinstance(p, str) for p in params):
         if method == "SUBSCRIBE":
-            adding = len(set(params) - sub.streams)
-            if limits is not None and not limits.streams(sub.counter, len(sub.streams), adding):
-                sub.send_control(orjson.dumps({"error": {"code": 2, "msg": (
-                    f"Invalid request: a connection may listen to at most {limits.streams_per_connection} streams"
-                )}, "id": request_id}))
-                return
             sub.streams.update(params)
             on_subscribe()
         else:
