@@ -15,6 +15,9 @@ Policies, each named because each one is a choice:
 - **Order**: open and close are the trades first and last by ``(timestamp, trade id)``, not by
   arrival, so any arrival order before a bar closes gives the same bar.
 - **Duplicates**: a trade id seen in an open bar or in the last closed bars is dropped and counted.
+- **Backfilled**: a bar holding a trade that only REST gave (``add(backfilled=True)``, and no
+  copy of it from the websocket since: ``delivered_live``) is ``backfilled``; the overlap of a
+  backfill with the live stream leaves a bar ``complete``.
 - **Late**: a trade for a bar that has already closed is counted and dropped, never added to a
   wrong bar.
 - **Refused**: a trade whose id and time are known but whose values cannot be used
@@ -67,8 +70,23 @@ class _Accumulator:
     trades: int = 0
     first_trade_id: int = 0
     last_trade_id: int = 0
-    backfilled: bool = False
     ids: TradeIdSet = field(default_factory=TradeIdSet)  # runs of ids: a busy 1h bar must not hold a set
+    rest_ids: TradeIdSet | None = None  # ids taken from REST (a backfill)...
+    live_ids: TradeIdSet | None = None  # ... of which the websocket delivered a copy later
+
+    @property
+    def backfilled(self) -> bool:
+        """The bar holds a trade that only REST gave: one the websocket never delivered."""
+        if self.rest_ids is None:
+            return False
+        return self.live_ids is None or len(self.rest_ids) > len(self.live_ids)
+
+    def delivered_live(self, trade_id: int) -> None:
+        """The websocket delivered a copy of ``trade_id``: if REST gave it first, it counts as live."""
+        if self.rest_ids is not None and trade_id in self.rest_ids:
+            if self.live_ids is None:
+                self.live_ids = TradeIdSet()
+            self.live_ids.add(trade_id)
 
     @classmethod
     def starting_with(cls, trade: Trade) -> _Accumulator:
@@ -107,7 +125,10 @@ class _Accumulator:
         self.trades += 1
         self.first_trade_id = min(self.first_trade_id, trade.trade_id)
         self.last_trade_id = max(self.last_trade_id, trade.trade_id)
-        self.backfilled |= backfilled
+        if backfilled:
+            if self.rest_ids is None:
+                self.rest_ids = TradeIdSet()
+            self.rest_ids.add(trade.trade_id)
         return True
 
     def to_bar(self, open_time_ms: int, status: BarStatus) -> Bar:
@@ -193,10 +214,19 @@ class BarAggregator:
         if accumulator is None:
             accumulator = self._open[open_ms] = _Accumulator.starting_with(trade)
         if not accumulator.add(trade, backfilled):
+            if not backfilled:
+                accumulator.delivered_live(trade.trade_id)  # the overlap of a backfill, seen live too
             self.duplicates += 1
             return Outcome.DUPLICATE
         self.trades += 1
         return Outcome.ADDED
+
+    def delivered_live(self, trade_id: int, timestamp_ms: int) -> None:
+        """The websocket delivered a trade that a backfill gave first (and the caller dropped): the
+        bar is ``backfilled`` only if it holds a trade the websocket never delivered."""
+        accumulator = self._open.get(self.bar_open(timestamp_ms))
+        if accumulator is not None:
+            accumulator.delivered_live(trade_id)
 
     def refuse(self, trade_id: int | None, timestamp_ms: int) -> Outcome:
         """A trade that happened at ``timestamp_ms`` but cannot be summed: its bar becomes ``gap``.

@@ -37,8 +37,10 @@ import ccxt.pro
 
 from streamer.aggregator import BarAggregator, Outcome
 from streamer.close_proof import CloseProof, CloseStats, DeliveryStats
+from streamer.dial_budget import DialBudget
 from streamer.health import FeedHealth, FeedState
 from streamer.liveness import ConnectionProbe, Liveness
+from streamer.request_budget import WeightBudget
 from streamer.source import (
     check_hook,
     client_symbols,
@@ -66,6 +68,11 @@ _TICK_S = 0.05
 # A trade stamped past the exchange's clock (as last read) waits for a fresh reading, taken at
 # most this often: a replay faster than real time runs ahead of any reading.
 _CLOCK_READ_EVERY_S = 1.0
+# Request weight of a page of trades (Binance spot historicalTrades: 25), and the exchange's
+# REST weight limits ((window s, limit)); the feeds' backfills keep to half of them, as the
+# history loader does (request_budget.py), and both read the weight the exchange says is used.
+TRADES_WEIGHT = {"binance": 25, "binanceus": 25}
+REST_LIMITS = {"binance": ((60, 6000),), "binanceus": ((60, 6000),)}
 # A REST check of the bars after a stalled flow, at most this often per feed.
 _REST_CHECK_EVERY_S = 1.0
 # Refused trades logged one by one per feed; after that one line per this many.
@@ -138,7 +145,18 @@ class ExchangeLink:
         # A keep-alive ping a third of the watchdog apart: a dead connection is found within
         # about 1.3 watchdogs, and a live one never waits for a ping to be judged.
         self.liveness = Liveness(exchange, keepalive_s=watchdog_s / 3, on_proof=self._proof)
-        guard_frames(exchange, self._bad_frame, self.liveness.on_frame)
+        self.dial_budget = DialBudget.for_exchange(exchange.id)  # connection attempts per window
+        # The REST weight of trade backfills: a reconnect storm of 100 feeds asks for 2500 at once.
+        self.rest_budget = WeightBudget(REST_LIMITS.get(exchange.id, ()))
+        on_response = exchange.on_rest_response
+
+        def on_rest_response(code: int, reason: str, url: str, method: str, headers: Any, body: Any,
+                             *rest: Any) -> Any:
+            self.rest_budget.observe(int(code or 0), dict(headers or {}))
+            return on_response(code, reason, url, method, headers, body, *rest)
+
+        exchange.on_rest_response = on_rest_response
+        guard_frames(exchange, self._bad_frame, self.liveness.on_frame, self.liveness.on_send)
 
     def _proof(self, probe: ConnectionProbe) -> None:
         """A pong came: the feeds of that connection may close their bars now, not at their next tick."""
@@ -182,7 +200,7 @@ class ExchangeLink:
         after = now_ms()
         if server is None:
             return 0
-        self.liveness.clock.note_reading(int(server), after)
+        self.liveness.clock.note_reading(int(server), before, after)
         return int(server) - (before + after) // 2
 
 
@@ -230,6 +248,7 @@ class FeedRunner:
         self._first_live_ms: int | None = None  # exchange time of this session's first websocket trade
         self._subscribed_at: float | None = None
         self._rest_failures = 0
+        self._last_page_size = 0  # records in the last REST page, before the check
         self._backfill_high = -1
         self._offset_ms = 0
         # The offset by which trades are judged "from the future" (ahead_of_clock): read again
@@ -274,7 +293,7 @@ class FeedRunner:
             self.health.gap_bars += 1
         end = bar.open_time_ms + self.aggregator.interval_ms
         live_since = self._live_since_ms
-        delay = None if live_since is None or end <= live_since else max(0, self.exchange_now_ms() - end)
+        delay = None if live_since is None or end <= live_since else max(0, now_ms() + self._figures_offset() - end)
         self.close_stats.record(self._closing, delay)
         self._on_bar(self.feed, bar)
 
@@ -296,6 +315,7 @@ class FeedRunner:
         tid = trade.trade_id
         if self.consecutive and self._live_high < tid and (tid <= self._backfill_high or self._in_history(tid)):
             self._live_high = tid  # REST had it first (the overlap of a reconnect or of the history)
+            self.aggregator.delivered_live(tid, trade.timestamp_ms)
             return
         self._live_high = max(self._live_high, tid)
         if self._first_live_ms is None:
@@ -309,9 +329,14 @@ class FeedRunner:
         if self._may_close():
             self._close_by_trades()
 
+    def _figures_offset(self) -> int:
+        """Exchange clock minus ours for the delays shown in health (the exchange's best reading)."""
+        mid = self.link.liveness.clock.mid_ms
+        return self._offset_ms if mid is None else mid
+
     def _note_arrival(self, timestamp_ms: int) -> None:
         """A websocket trade's delivery delay, and its time as the newest of its flows."""
-        self.delivery.record(now_ms() + self._offset_ms - timestamp_ms)
+        self.delivery.record(now_ms() + self._figures_offset() - timestamp_ms)
         liveness = self.link.liveness
         if timestamp_ms > liveness.flow.newest_ms:
             liveness.flow.newest_ms = liveness.clock.newest_trade_ms = timestamp_ms
@@ -539,9 +564,9 @@ class FeedRunner:
         return now_ms() + self._offset_ms
 
     def tick(self) -> None:
-        """Close what the proofs allow; called often by the feed's own ticker (and on each pong)."""
+        """Close what the proofs allow; called often by the feed's own ticker. (The counters are
+        copied into health only when it is written: ``sync_health``.)"""
         self.try_close()
-        self._sync_counters()
 
     def try_close(self) -> None:
         """Close every bar a proof allows now, and tell the connection which moment to prove next."""
@@ -612,11 +637,11 @@ class FeedRunner:
         return (probe is not None and probe.flow.suspect(now)) | self.link.liveness.flow.suspect(now)
 
     def _note_stalls(self) -> None:
-        """Stalls of this feed's connection or exchange not seen yet cap what pongs prove."""
+        """Stalls of this feed's connection or exchange not seen yet cap what pongs prove. (A stall
+        under way is registered by the prober, which looks at every flow at least every 50 ms.)"""
         probe = self._probe
         if probe is None:
             return
-        self._flows_suspect()  # registers a stall under way
         flows = self.link.liveness.flow
         for flow, seen in ((probe.flow, self._seen_probe_stalls), (flows, self._seen_link_stalls)):
             if flow.episodes > seen:
@@ -628,9 +653,11 @@ class FeedRunner:
 
     def _rest_check_due(self) -> bool:
         """A pong would close the next bar but a stall caps it: time for a REST read of the trades."""
+        if self._unverified_from is None:
+            return False
         end = self.aggregator.next_end_ms
         proven = self._liveness_ms()
-        if self._unverified_from is None or end is None or proven is None or not self._may_close():
+        if end is None or proven is None or not self._may_close():
             return False
         due = end + self._grace_ms
         capped = self._capped_liveness_ms()
@@ -764,6 +791,8 @@ class FeedRunner:
         self._offset_ms = self._check_offset_ms = await self.link.clock_offset_ms()
         self._clock_read_at = time.monotonic()
         check_hook(ex, self.symbol, self._hook)
+        if self.link.liveness.probe_for(self.symbol) is None:  # this session opens a connection
+            await self.link.dial_budget.permit(self.symbol)
         self._last_message = time.monotonic()
         self._first_live_ms = None
         async with asyncio.TaskGroup() as group:
@@ -805,7 +834,7 @@ class FeedRunner:
                 if unanswered > self._watchdog_s:
                     reason = f"no pong for {unanswered:.1f}s"
                 elif stalled > self._watchdog_s:
-                    reason = f"its connection's trade flow stopped ({stalled:.1f}s past its usual gaps; pings answered)"
+                    reason = f"its connection's trade flow stopped ({stalled:.1f}s past its usual gaps)"
                 else:
                     continue
             self.health.watchdog_timeouts += 1
@@ -825,16 +854,15 @@ class FeedRunner:
             self.tick()
             if self._rest_check_due():
                 await self._check_by_rest()
-            await self._check_listing()
+            now = time.monotonic()
+            if now - self._last_message > self._watchdog_s and now - self._listing_checked_at > self._watchdog_s:
+                await self._check_listing()
             await asyncio.sleep(_TICK_S)
 
     async def _check_listing(self) -> None:
         """A symbol without a trade for a watchdog may have been delisted: read the markets again
         (at most once per watchdog per exchange, shared by its feeds); the connection stays."""
-        now = time.monotonic()
-        if now - self._last_message <= self._watchdog_s or now - self._listing_checked_at <= self._watchdog_s:
-            return
-        self._listing_checked_at = now
+        self._listing_checked_at = time.monotonic()
         try:
             await self.link.ensure_markets(recheck=True)
         except ccxt.OperationFailed as exc:  # the exchange is busy or unreachable: look again later
@@ -968,6 +996,7 @@ class FeedRunner:
         # Failures count across reconnects: a connection that keeps dropping must not keep a
         # refused backfill alive forever.
         while self._rest_failures < _BACKFILL_ATTEMPTS:
+            await self.link.rest_budget.spend(TRADES_WEIGHT.get(ex.id, 1))
             try:
                 raw = await ex.fetch_trades(self.symbol, since, self.settings.streamer.backfill_page, params)
             except ccxt.OperationFailed as exc:  # network errors, 429, 5xx: worth retrying
@@ -983,6 +1012,7 @@ class FeedRunner:
                 return None
             self._rest_failures = 0
             self._backoff.reset()
+            self._last_page_size = len(raw)
             return await self._checked_page(raw)
         self._rest_failures = 0  # given up: the next hole gets its own attempts
         return None
@@ -1095,7 +1125,7 @@ class FeedRunner:
         if self._history is None:
             self._history = _History(since)
         history = self._history
-        await self._page_back(history)
+        fresh = await self._page_back(history)
         # Done (an exception leaves the history pending for the next session).
         self._history = None
         if history.high is not None:
@@ -1108,31 +1138,39 @@ class FeedRunner:
             first = min(self._ahead)
             self._set_frontier(first, self._ahead.pop(first))
         if self.frontier is not None:
-            await self._backfill_ids(hole_only=False)
+            # A newest page read in this session, after the server confirmed the subscription,
+            # leaves nothing between it and the websocket but the holes the websocket shows.
+            await self._backfill_ids(hole_only=fresh)
 
-    async def _page_back(self, history: _History) -> None:
+    async def _page_back(self, history: _History) -> bool:
+        """Take the history back to ``since``; True if its newest page was read in this call."""
         since, page = history.since, self.settings.streamer.backfill_page
+        fresh = False
         if history.high is None or history.low is None:
             newest = await self._fetch(None, {})
             if newest is None:
                 self._give_up(since, min(self._ahead.values(), default=None))
-                return
+                return False
             if not newest:
-                return
+                return True
             self._take_history(newest, since)
             history.low, history.high = newest[0], newest[-1]
+            fresh = True
+            if self._last_page_size < page:
+                return fresh  # fewer than a page: REST has nothing older
         low = history.low
         while low.timestamp_ms >= since and low.trade_id > 0:
             fetched = await self._fetch(None, {"fromId": max(0, low.trade_id - page)})
             if fetched is None:
                 self.aggregator.mark_gap(since, low.timestamp_ms)
                 self.health.gaps += 1
-                return
+                return fresh
             older = [t for t in fetched if t.trade_id < low.trade_id]
             if not older:
-                return
+                return fresh
             self._take_history(older, since)
             low = history.low = older[0]
+        return fresh
 
     def _in_history(self, tid: int) -> bool:
         """``tid`` lies in the REST pages of the history taken so far (ids ``low..high``, no gap)."""

@@ -6,9 +6,12 @@ the server wrote before exchange time L + offset is in (offset: a lower bound of
 clock minus ours). The exchange writes a trade at most ``bars.grace`` after its time (the delivery
 delay each feed measures), so after that pong every trade stamped up to L + offset - grace is in:
 a bar ending there is complete even if no trade came after it. One ping per connection serves all
-of its symbols; pings are sent when a bar needs one (at its end plus grace) and as a keep-alive,
-through ccxt's per-connection message throttle, so a connection's incoming message rate stays
-within the exchange's limit (Binance: 5 per second, pings and pongs included).
+of its symbols; pings are sent when a bar needs one (at its end plus grace) and as a keep-alive.
+A ping goes out only while the connection has carried fewer than ``_MESSAGES_PER_S`` of our
+messages (ccxt's subscriptions included) in the last second, so its incoming message rate stays
+far within the exchange's limit (Binance: 5 per second, pings and pongs included). Not through
+ccxt's throttle: its leaky bucket refills only while it has a queue, so every message after a
+pause waited a full period (250 to 500 ms).
 
 What a pong cannot prove: that the exchange's stream behind the connection still runs. A gateway
 that answers pings while its trade feed has stalled looks like quiet symbols. Where trades flow
@@ -50,6 +53,10 @@ _CLOCK_RETRY_S = 1.0
 _CLOCK_AHEAD_MS = 1_000
 # The prober looks at its connections at least this often.
 _IDLE_WAKE_S = 0.05
+# Our messages (pings, and ccxt's subscriptions) per connection within any second, at most. With
+# ccxt's own spacing of subscriptions (500 ms on Binance, source.py) a connection never gets more
+# than 4 of the 5 Binance allows, and usually 1.
+_MESSAGES_PER_S = 2
 
 
 def now_ms() -> int:
@@ -65,17 +72,30 @@ class ExchangeClock:
     replay faster than real time does, keeps the bound valid).
     """
 
-    __slots__ = ("low_ms", "newest_trade_ms", "read_at")
+    __slots__ = ("_best", "low_ms", "newest_trade_ms", "read_at")
+
+    # The offset of the reading with the shortest round trip is kept this long (for the figures).
+    _BEST_FOR_S = 600.0
 
     def __init__(self) -> None:
         self.low_ms: int | None = None
         self.read_at = -math.inf  # monotonic
         self.newest_trade_ms = 0  # newest trade time seen on any feed: a hint that the bound lags
+        self._best: tuple[int, int, float] | None = None  # (midpoint offset, round trip ms, monotonic)
 
-    def note_reading(self, server_ms: int, after_ms: int) -> None:
+    def note_reading(self, server_ms: int, before_ms: int, after_ms: int) -> None:
         low = server_ms - after_ms
         self.low_ms = low if self.low_ms is None else max(self.low_ms, low)
-        self.read_at = time.monotonic()
+        now = self.read_at = time.monotonic()
+        rtt, best = after_ms - before_ms, self._best
+        if best is None or rtt <= best[1] or now - best[2] > self._BEST_FOR_S:
+            self._best = (server_ms - (before_ms + after_ms) // 2, rtt, now)
+
+    @property
+    def mid_ms(self) -> int | None:
+        """The best estimate of the offset (midpoint of the shortest recent round trip), for figures
+        such as delivery delays; proofs use ``low_ms``."""
+        return None if self._best is None else self._best[0]
 
     def now_low(self) -> int | None:
         """The exchange's time now is at least this (None before the first reading)."""
@@ -136,19 +156,20 @@ class FlowGuard:
         return max(self.floor_s, self.ratio * self._mean_gap)
 
     def note(self, now: float) -> None:
-        """A frame arrived at ``now`` (monotonic seconds)."""
+        """A frame arrived at ``now`` (monotonic seconds). On every frame: kept to a few operations."""
         last = self._last
-        if last is not None:
-            gap = now - last
+        self._last = now
+        frames = self.frames = self.frames + 1
+        if last is None:
+            return
+        gap = now - last
+        if gap > self.floor_s:  # only a silence past the floor can be a stall
             limit = self.limit_s()
             if gap > limit:
                 self._start_episode()  # a silence that ends now: register it if nobody looked
                 gap = limit  # a long silence moves the mean, but not all at once
-            weight = 1 / min(self.frames, self._WINDOW)
-            self._mean_gap += (gap - self._mean_gap) * weight
-        self._last = now
         self._episode_open = False
-        self.frames += 1
+        self._mean_gap += (gap - self._mean_gap) / (frames - 1 if frames <= self._WINDOW else self._WINDOW)
 
     def suspect(self, now: float) -> bool:
         """The flow is silent beyond its limit now (registers the episode)."""
@@ -191,6 +212,7 @@ class ConnectionProbe:
         self.acked: dict[int, int] = {}  # subscription request id -> local time its answer came
         self.needs: dict[int, int] = {}  # feed -> exchange time it wants proven
         self._sent: dict[bytes, tuple[int, float]] = {}  # payload -> (local ms, monotonic) at sending
+        self.messages: deque[float] = deque()  # monotonic times of our messages on it (pings, subscriptions)
         self._numbers = itertools.count(1)
         self.last_ping = -math.inf  # monotonic
         self.pinging: asyncio.Task[None] | None = None
@@ -211,11 +233,25 @@ class ConnectionProbe:
             return 0.0
         return now - min(mono for _ms, mono in self._sent.values())
 
-    async def ping(self, cost: float | None) -> None:
-        """Send one ping, after ccxt's message throttle of this connection (shared with subscriptions)."""
-        throttle = getattr(self.client, "throttle", None)
-        if cost and throttle is not None:
-            await throttle(cost)
+    def sent_message(self) -> None:
+        """A message of ours left on this connection (ccxt's ``send``: a subscription)."""
+        self.messages.append(time.monotonic())
+
+    def pace_s(self) -> float:
+        """How long until one more message keeps within ``_MESSAGES_PER_S`` (0: now)."""
+        now = time.monotonic()
+        messages = self.messages
+        while messages and now - messages[0] >= 1.0:
+            messages.popleft()
+        return 0.0 if len(messages) < _MESSAGES_PER_S else messages[0] + 1.0 - now
+
+    async def ping(self) -> None:
+        """Send one ping, once the connection's message rate allows it."""
+        wait = self.pace_s()
+        if wait > 0:
+            # Once: only the prober's one task per connection pings it (a subscription sent
+            # meanwhile could make three in a second, still within the five Binance allows).
+            await asyncio.sleep(wait)
         connection = self.client.connection
         if connection is None or connection.closed:
             return
@@ -225,6 +261,7 @@ class ConnectionProbe:
         # Taken before the write: the server reads the ping after this moment.
         self._sent[payload] = (now_ms(), time.monotonic())
         self.last_ping = time.monotonic()
+        self.messages.append(self.last_ping)
         self.pings += 1
         await connection.ping(payload)
 
@@ -295,8 +332,10 @@ class Liveness:
 
     def on_frame(self, client: Any, message: Any) -> None:
         """Every frame a connection delivered, after ccxt handled it (its trades are in)."""
-        probe = self.probe(client)
-        kind = getattr(message, "type", None)
+        probe: ConnectionProbe | None = getattr(client, "_volcast_probe", None)
+        if probe is None:
+            probe = self.probe(client)
+        kind = message.type
         if kind is WSMsgType.PONG:
             if probe.on_pong(message.data or b""):
                 self._on_proof(probe)
@@ -304,7 +343,7 @@ class Liveness:
         now = time.monotonic()
         probe.flow.note(now)
         self.flow.note(now)
-        if kind is WSMsgType.TEXT and isinstance(message.data, str):
+        if kind is WSMsgType.TEXT and message.data[:10] == '{"result":':
             probe.on_text(message.data)
 
     # -- for the feeds ---------------------------------------------------------------------------
@@ -326,21 +365,20 @@ class Liveness:
         """Read the exchange's clock (``fetch_time``) into the lower bound."""
         if not self.exchange.has.get("fetchTime"):
             return
+        before = now_ms()
         server = await self.exchange.fetch_time()
         after = now_ms()
         if server is not None:
-            self.clock.note_reading(int(server), after)
+            self.clock.note_reading(int(server), before, after)
+
+    def on_send(self, client: Any) -> None:
+        """ccxt sends a message on ``client`` (counted against the connection's message rate)."""
+        self.probe(client).sent_message()
 
     # -- the prober ----------------------------------------------------------------------------
 
-    def _ping_cost(self) -> float | None:
-        options = self.exchange.options.get("ws") if isinstance(self.exchange.options, dict) else None
-        cost = options.get("cost") if isinstance(options, dict) else None
-        return float(cost) if isinstance(cost, int | float) else 1.0
-
     async def run(self) -> None:
         """Send pings until cancelled."""
-        cost = self._ping_cost() if self.exchange.enableRateLimit else None
         try:
             while True:
                 if self.clock.stale():
@@ -349,7 +387,7 @@ class Liveness:
                     except ccxt.BaseError as exc:
                         self.clock.read_at = time.monotonic() - _CLOCK_REFRESH_S + _CLOCK_RETRY_S
                         log.debug("%s: exchange clock unreadable (%r)", self.exchange.id, exc)
-                wait = self._send_due(cost)
+                wait = self._send_due()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
@@ -358,10 +396,11 @@ class Liveness:
                 if probe.pinging is not None:
                     probe.pinging.cancel()
 
-    def _send_due(self, cost: float | None) -> float:
+    def _send_due(self) -> float:
         """Start the pings that are due; seconds until the next one may be."""
         wait = _IDLE_WAKE_S
         now = time.monotonic()
+        self.flow.suspect(now)  # registers a stall under way, for the feeds to see (feed._note_stalls)
         low = self.clock.low_ms
         exchange_now = self.clock.now_low()
         current = {id(c) for c in (self.exchange.clients or {}).values()}
@@ -369,19 +408,22 @@ class Liveness:
             if key not in current:
                 del self._probes[key]  # a connection that ended: ccxt makes a new client for the next
                 continue
+            probe.flow.suspect(now)
             if not probe.connected():
                 continue
-            keepalive = now - probe.last_ping >= self.keepalive_s
+            need = probe.next_need()
+            # A keep-alive, unless a wanted ping comes within a second anyway (each costs a message).
+            soon = need is not None and exchange_now is not None and need - exchange_now < 1_000
+            keepalive = now - probe.last_ping >= self.keepalive_s and not soon
             wanted = exchange_now is not None and low is not None and probe.due(exchange_now, low)
             if (wanted or keepalive) and not (probe.pinging is not None and not probe.pinging.done()):
-                probe.pinging = asyncio.create_task(self._ping(probe, cost), name="liveness ping")
-            need = probe.next_need()
+                probe.pinging = asyncio.create_task(self._ping(probe), name="liveness ping")
             if exchange_now is not None and need is not None and need > exchange_now:
                 wait = min(wait, (need - exchange_now) / 1000)
         return max(wait, 0.001)
 
-    async def _ping(self, probe: ConnectionProbe, cost: float | None) -> None:
+    async def _ping(self, probe: ConnectionProbe) -> None:
         try:
-            await probe.ping(cost)
+            await probe.ping()
         except (ConnectionError, RuntimeError, OSError) as exc:  # the socket is closing: its feeds reconnect
             log.debug("ping on %s failed: %r", probe.client.url, exc)

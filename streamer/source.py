@@ -10,6 +10,7 @@ trade ccxt appends is handed to a callback at once, and the buffer itself keeps 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -23,6 +24,8 @@ from volcast.settings import ExchangeSettings
 
 log = logging.getLogger(__name__)
 
+# A connection given up is closed with a handshake of at most this long.
+_CLOSE_WAIT_S = 1.0
 # ccxt's own buffer is not our record of trades; a handful of rows keeps watch_trades working.
 _RING_ROWS = 16
 
@@ -80,8 +83,11 @@ def default_options(exchange_id: str) -> dict[str, Any]:
     """Options our use of an exchange needs, under the user's ``exchanges[].options``."""
     if exchange_id in {"binance", "binanceus"}:
         # Backfill must return the same ids as the '@trade' stream: raw trades, not the
-        # aggregate trades that ccxt fetches by default.
-        return {"fetchTradesMethod": "publicGetHistoricalTrades"}
+        # aggregate trades that ccxt fetches by default. Websocket messages (subscriptions and our
+        # pings) one per 500 ms per connection instead of ccxt's 250: Binance closes a connection
+        # that sends more than 5 messages a second (pongs included), and one every 250 ms has
+        # been seen closed.
+        return {"fetchTradesMethod": "publicGetHistoricalTrades", "ws": {"cost": 10}}
     return {}
 
 
@@ -142,13 +148,16 @@ async def drop_connection(exchange: Any, symbol: str, error: Exception) -> None:
             continue
         if client.error is None:
             client.error = error  # on_close must not treat this as a server disconnect
-        client.reset(error)
-        try:
-            await client.close()
-        except Exception as exc:  # a half-dead socket may fail to close; it is dropped anyway
-            log.debug("closing %s: %r", url, exc)
+        # Out of ccxt's clients first: the next watch_trades must dial anew even while this close
+        # is still waiting (a dead server never answers the close handshake; aiohttp waits 10 s).
         if exchange.clients.get(url) is client:
             del exchange.clients[url]
+        client.reset(error)
+        try:
+            # Cut short, aiohttp closes the socket itself: enough for a connection we give up.
+            await asyncio.wait_for(client.close(), _CLOSE_WAIT_S)
+        except Exception as exc:  # a half-dead socket may fail to close; it is dropped anyway
+            log.debug("closing %s: %r", url, exc)
 
 
 def client_symbols(client: Any) -> list[str]:
@@ -177,6 +186,7 @@ def guard_frames(
     exchange: Any,
     on_bad_frame: Callable[[Any, Exception], None],
     on_frame: Callable[[Any, Any], None] | None = None,
+    on_send: Callable[[Any], None] | None = None,
 ) -> None:
     """Make one bad frame cost one frame, not the connection; show every frame to ``on_frame``.
 
@@ -187,6 +197,8 @@ def guard_frames(
     is reported and the loop goes on. ``on_frame(client, message)`` then sees the frame (pongs
     included: ccxt opens its connections without autoping), after ccxt has handled it, in the
     order the connection delivered them: the liveness proof (liveness.py) rests on that order.
+    ``on_send(client)`` hears of every message ccxt sends (subscriptions), which count against
+    the exchange's limit of incoming messages per connection.
     """
     create_client = exchange.client
 
@@ -202,6 +214,15 @@ def guard_frames(
                     on_bad_frame(instance, exc)
                 if on_frame is not None:
                     on_frame(instance, message)
+
+            if on_send is not None:
+                send = instance.send
+
+                async def counted_send(message: Any) -> Any:
+                    on_send(instance)
+                    return await send(message)
+
+                instance.send = counted_send
 
             instance.handle_message = guarded
             instance._volcast_guarded = True

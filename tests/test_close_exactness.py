@@ -75,7 +75,7 @@ class _Harness:
         self.runner = FeedRunner(Feed("binance", "BTC/USDT", SEC), self.link, settings,
                                  lambda _f, bar: self.bars.append(bar), resume)
         self.runner._live = True  # the catch-up is over
-        self.probe = ConnectionProbe(SimpleNamespace(connection=None, throttle=None, subscriptions={}))
+        self.probe = ConnectionProbe(SimpleNamespace(connection=None, subscriptions={}))
         self.runner._probe, self.runner._confirmed_ms = self.probe, 0
         self.link.liveness.clock.low_ms = 0
 
@@ -185,3 +185,23 @@ def test_a_time_reversal_is_counted_and_ends_the_trade_proof() -> None:
     assert len(harness.bars) == closed  # no longer on the next trade alone
     runner._on_raw(_raw(_trade(FIRST_ID + 4, t0 + 3_200)))  # grace past 3 s
     assert len(harness.bars) == closed + 1
+
+
+def test_trades_rest_gave_first_and_the_websocket_delivered_too_leave_the_bar_complete() -> None:
+    """The catch-up reads REST once the server has the subscription, so REST and the websocket
+    overlap: a bar is ``backfilled`` only for a trade the websocket never delivered. (Before, any
+    trade REST gave first made it so: test_three_symbols_equal_offline_bars failed under load.)"""
+    t0 = 1_700_000_000_000 - 1_700_000_000_000 % SEC
+    overlap = [_trade(FIRST_ID + i, t0 + 100 * i) for i in range(4)]  # the first bar
+    after = [_trade(FIRST_ID + 4 + i, t0 + SEC + 100 * i) for i in range(4)]  # the second bar
+    harness = _Harness(t0)
+    runner = harness.runner
+    for trade in overlap + after:
+        runner._take(trade, backfilled=True)  # the catch-up's page
+    for trade in overlap:  # the websocket delivers the first bar's trades too
+        runner._on_raw(_raw(trade))
+    for trade in after[:2]:  # ... but only half of the second's: the rest came before it subscribed
+        runner._on_raw(_raw(trade))
+    harness.pong(t0 + 3 * SEC)
+    assert [(b.trades, b.status.value) for b in harness.bars[:2]] == [(4, "complete"), (4, "backfilled")]
+    assert runner.aggregator.duplicates == 0  # the websocket's copies are not duplicates the exchange sent

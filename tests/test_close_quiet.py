@@ -53,6 +53,7 @@ async def test_quiet_symbols_close_on_pongs_and_are_never_reconnected(tmp_path: 
             streamer = asyncio.create_task(run(settings))
             expected = await streamed_to_the_end(redis, keys, server, tapes, files)
             report = await collect_status(redis, settings)
+            limits = server.ws_limits.snapshot()
             streamer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await streamer
@@ -76,6 +77,8 @@ async def test_quiet_symbols_close_on_pongs_and_are_never_reconnected(tmp_path: 
     assert btc["closed_by_trade"] > btc["closed_by_liveness"] + btc["closed_by_rest"]
     # Measured, but meaningful only at real speed: against this replay (5x) the clock estimate lags.
     assert btc["delivery_max_ms"] >= btc["delivery_p99_ms"] >= btc["delivery_p50_ms"]
+    # Pings and subscriptions stay within Binance's 5 messages a second per connection.
+    assert limits["message_violations"] == 0 and limits["peak_messages_per_s"] <= 3
     # volcast status shows it.
     closing = {f["symbol"]: f["closing"] for f in report["feeds"]}
     assert closing["XRP/ETH"]["closed_by_liveness"] is not None

@@ -75,11 +75,11 @@ class _Connection:
 
 async def test_a_pong_proves_the_send_time_of_its_ping_and_settles_older_ones() -> None:
     connection = _Connection()
-    probe = ConnectionProbe(SimpleNamespace(connection=connection, throttle=None))
-    await probe.ping(None)
+    probe = ConnectionProbe(SimpleNamespace(connection=connection))
+    await probe.ping()
     first_sent = probe.proven_local_ms
     assert first_sent == -1 and probe.unanswered_s(probe.last_ping + 5) >= 5
-    await probe.ping(None)
+    await probe.ping()
     assert probe.on_pong(b"") is False  # ccxt's own keep-alive: no proof
     assert probe.on_pong(connection.pings[1]) is True
     assert probe.proven_local_ms > 0
@@ -88,8 +88,18 @@ async def test_a_pong_proves_the_send_time_of_its_ping_and_settles_older_ones() 
     assert (probe.pings, probe.pongs) == (2, 1)
 
 
+async def test_pings_keep_the_connection_within_two_messages_a_second() -> None:
+    connection = _Connection()
+    probe = ConnectionProbe(SimpleNamespace(connection=connection))
+    probe.sent_message()  # ccxt sent a subscription
+    assert probe.pace_s() == 0
+    await probe.ping()
+    assert probe.pace_s() > 0.9  # two within the last second: the next waits for the first to age
+    assert len(connection.pings) == 1
+
+
 def test_a_probe_pings_when_a_wanted_moment_has_come_unless_a_ping_covers_it() -> None:
-    probe = ConnectionProbe(SimpleNamespace(connection=_Connection(), throttle=None))
+    probe = ConnectionProbe(SimpleNamespace(connection=_Connection()))
     probe.needs[1] = T0 + 2 * SEC
     assert not probe.due(T0 + SEC, 0)
     assert probe.due(T0 + 2 * SEC, 0)
@@ -98,7 +108,7 @@ def test_a_probe_pings_when_a_wanted_moment_has_come_unless_a_ping_covers_it() -
 
 
 def test_subscription_answers_are_noted() -> None:
-    probe = ConnectionProbe(SimpleNamespace(connection=None, throttle=None))
+    probe = ConnectionProbe(SimpleNamespace(connection=None))
     probe.on_text('{"result":null,"id":7}')
     probe.on_text('{"result":["btcusdt@trade"],"id":8}')  # an answer to LIST_SUBSCRIPTIONS
     probe.on_text('{"e":"trade","t":1}')
@@ -108,9 +118,10 @@ def test_subscription_answers_are_noted() -> None:
 def test_the_clock_bound_never_overstates() -> None:
     clock = ExchangeClock()
     assert clock.now_low() is None
-    clock.note_reading(server_ms=T0 + 500, after_ms=T0)  # the answer came at our T0
-    clock.note_reading(server_ms=T0 + 300, after_ms=T0)  # a slower round trip: a lower bound only
-    assert clock.low_ms == 500
+    clock.note_reading(server_ms=T0 + 500, before_ms=T0 - 2, after_ms=T0)  # the answer came at our T0
+    clock.note_reading(server_ms=T0 + 300, before_ms=T0 - 200, after_ms=T0)  # a slower round trip
+    assert clock.low_ms == 500  # a lower bound: the best of them
+    assert clock.mid_ms == 501  # the midpoint of the shortest round trip
 
 
 def test_close_figures() -> None:
@@ -130,3 +141,15 @@ def test_close_figures() -> None:
         delivery.record(delay)
     assert delivery.fields()["delivery_max_ms"] == 100
     assert delivery.fields()["delivery_p50_ms"] == 4
+
+
+def test_a_bar_is_backfilled_only_for_trades_the_websocket_never_delivered() -> None:
+    bars: list[Bar] = []
+    agg = BarAggregator(SEC, 0, bars.append)
+    agg.add(_trade(1, T0 + 1), backfilled=True)
+    agg.add(_trade(2, T0 + 2), backfilled=True)
+    assert agg.add(_trade(1, T0 + 1)).value == "duplicate"  # the live copy of a REST trade
+    agg.delivered_live(2, T0 + 2)  # one the feed dropped itself as "REST had it first"
+    agg.add(_trade(3, T0 + SEC + 1), backfilled=True)  # REST only
+    agg.close_until(T0 + 2 * SEC)
+    assert [b.status.value for b in bars] == ["complete", "backfilled"]

@@ -39,6 +39,7 @@ from streamer.simulator import (
     synthetic_tape,
 )
 from streamer.simulator.timeline import DAY_MS
+from streamer.simulator.ws_limits import WebsocketLimits
 
 DATA = Path(__file__).parent / "data"
 BTC = DATA / "binance_BTCUSDT_trades_2021-01-08_000000-000046.csv.gz"
@@ -359,7 +360,9 @@ async def test_raw_websocket_protocol(btc: Tape) -> None:
     UNSUBSCRIBE, bad requests, pings, and the /ws path."""
     eth = load_tape(ETH)
     async with (
-        ReplayServer([btc, eth], speed=float("inf"), start_on_subscribe=True) as server,
+        # Several requests within a second, more than Binance allows: counted, not enforced here.
+        ReplayServer([btc, eth], speed=float("inf"), start_on_subscribe=True,
+                     ws_limits=WebsocketLimits(enforce=False)) as server,
         aiohttp.ClientSession() as session,
         session.ws_connect(f"ws://127.0.0.1:{server.port}/ws") as ws,
     ):

@@ -8,6 +8,9 @@ Every fault is off by default. What each one does (per websocket connection unle
 - ``silent_after_s=A,silent_for_s=D``: server-wide, once: from A s after the replay started,
   for D s, send no trade on any connection (pings are still answered). The trades of that
   period are still published to REST, so a client can backfill them.
+- ``stall_after_s=A``: from A s after the replay started, every connection then open stops for
+  good without closing (a half-open connection, or a server that stopped reading): it sends no
+  frame and answers no ping. Connections opened later work. Its trades are published to REST.
 - ``duplicate_rate=P``: send a trade frame twice (back to back) with probability P.
 - ``reorder_window=K``: shuffle the trades due at the same moment in chunks of K.
 - ``malformed_rate=P``: with probability P, put a broken frame before a trade (added, never
@@ -45,6 +48,7 @@ class FaultSpec:
     drop_every_s: float = 0.0
     silent_after_s: float = 0.0
     silent_for_s: float = 0.0
+    stall_after_s: float = 0.0
     duplicate_rate: float = 0.0
     reorder_window: int = 0
     malformed_rate: float = 0.0
@@ -57,7 +61,7 @@ class FaultSpec:
         for name in ("drop_every_trades", "reorder_window"):
             if getattr(self, name) < 0:
                 raise FaultSpecError(f"{name} must be >= 0")
-        for name in ("drop_every_s", "silent_after_s", "silent_for_s"):
+        for name in ("drop_every_s", "silent_after_s", "silent_for_s", "stall_after_s"):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise FaultSpecError(f"{name} must be >= 0 seconds")
         for name in ("duplicate_rate", "malformed_rate", "rest_error_rate", "klines_error_rate"):

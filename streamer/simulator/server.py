@@ -40,7 +40,7 @@ import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
 from streamer.simulator.bar_files import BarFile
 from streamer.simulator.clock import ReplayClock
@@ -51,8 +51,9 @@ from streamer.simulator.published import PublishedTrades
 from streamer.simulator.rest import BinanceRest
 from streamer.simulator.tape import Tape
 from streamer.simulator.timeline import Timeline
-from streamer.simulator.websocket import Subscriber, handle_request
+from streamer.simulator.websocket import Subscriber, serve_messages
 from streamer.simulator.weights import BINANCE_LIMIT, RequestWeights
+from streamer.simulator.ws_limits import WebsocketLimits
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,7 @@ class ReplayServer:
         history: Mapping[str, BarFile] | None = None,
         weight_limit: int | None = BINANCE_LIMIT,
         weight_window_s: float = 60.0,
+        ws_limits: WebsocketLimits | None = None,
     ) -> None:
         if not tapes:
             raise ValueError("nothing to replay: no tapes")
@@ -129,6 +131,8 @@ class ReplayServer:
             list(self.tapes), self._stores, self.clock.now_ms, self.faults, seed,
             klines=books, weights=RequestWeights(weight_limit, weight_window_s),
         )
+        self.ws_limits = ws_limits or WebsocketLimits()
+        """Binance's websocket limits (ws_limits.py): counted, enforced, shown at GET /debug/limits."""
         self._subscribers: set[Subscriber] = set()
         self._connections = itertools.count(1)
         self._all_subscribed = asyncio.Event()
@@ -192,6 +196,7 @@ class ReplayServer:
         self._rest.add_routes(app)
         for path in ("/ws", "/ws/{index}", "/stream/ws", "/stream/ws/{index}"):
             app.router.add_get(path, self._websocket)
+        app.router.add_get("/debug/limits", self._debug_limits)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self._requested_port)
@@ -214,21 +219,30 @@ class ReplayServer:
         if all(any(s.wants(m) for s in self._subscribers) for m in self._market_ids):
             self._all_subscribed.set()
 
-    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+    async def _debug_limits(self, request: web.Request) -> web.Response:
+        """What the exchange's limits saw: websocket messages and connections, REST weight."""
+        weights = self._rest.weights
+        rest = {"limit": weights.limit, "window_s": weights.window_s, "used": weights.used, "peak": weights.peak,
+                "total": weights.total, "refused": weights.refused, "bans": weights.bans}
+        return web.json_response({"websocket": self.ws_limits.snapshot(), "rest": rest})
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        if not self.ws_limits.attempt():
+            return web.json_response({"code": -1003, "msg": "Too many connection attempts."}, status=429,
+                                     headers={"Retry-After": "60"})
         # Binance does not compress; ccxt offers permessage-deflate, which would cost the flood dearly.
-        ws = web.WebSocketResponse(compress=False, autoping=True, max_msg_size=1 << 20)
+        # Pings are answered by serve_messages, which counts them against the message rate limit.
+        ws = web.WebSocketResponse(compress=False, autoping=False, max_msg_size=1 << 20)
         await ws.prepare(request)
         number = next(self._connections)
         self.connections_opened += 1
         sub = Subscriber(number, ws, request, self.faults, self.seed)
+        if self.faults.stall_after_s:
+            sub.stalled = lambda: self._stalled(sub)
         self._subscribers.add(sub)
         pump = asyncio.create_task(sub.pump(), name=f"replay-ws-{number}")
         try:
-            async for msg in ws:
-                if msg.type == WSMsgType.TEXT:
-                    handle_request(sub, msg.data, self._check_subscribed)
-                if pump.done():
-                    break
+            await serve_messages(ws, sub, self.ws_limits, self._check_subscribed, pump)
         finally:
             self._subscribers.discard(sub)
             sub.flushed.set()
@@ -236,6 +250,13 @@ class ReplayServer:
             with contextlib.suppress(asyncio.CancelledError, ConnectionError):
                 await pump
         return ws
+
+    def _stalled(self, sub: Subscriber) -> bool:
+        """The ``stall_after_s`` fault: connections open at that moment stop for good."""
+        if self.started_mono is None:
+            return False
+        stall_at = self.started_mono + self.faults.stall_after_s
+        return time.monotonic() >= stall_at and sub.opened < stall_at
 
     def _frames(self, ti: int, loop: int, start: int, stop: int) -> list[bytes]:
         """Frames of tape ``ti``'s trades ``start:stop`` in pass ``loop``."""

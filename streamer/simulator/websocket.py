@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable, Sequence
 
 import orjson
-from aiohttp import web
+from aiohttp import WSMsgType, web
 
 from streamer.simulator.faults import FaultSpec
 from streamer.simulator.frames import malformed_frame
+from streamer.simulator.ws_limits import TOO_MANY_REQUESTS, ConnectionCounter, WebsocketLimits
 
 WRITE_CHUNK = 512
 HIGH_WATER = 1 << 20
@@ -53,6 +54,13 @@ class Subscriber:
         self.flushed.set()
         self._opened = time.monotonic()
         self._malformed_turn = 0
+        self.counter = ConnectionCounter(number)
+        self.stalled: Callable[[], bool] = lambda: False
+        """Set by the server: whether the ``stall_after_s`` fault has stopped this connection."""
+
+    @property
+    def opened(self) -> float:
+        return self._opened
 
     def wants(self, market_id: str) -> bool:
         return f"{market_id.lower()}@trade" in self.streams
@@ -116,6 +124,9 @@ class Subscriber:
                 self._drop()
                 return
             batch, self._queue = self._queue, []
+            if self.stalled():
+                self.flushed.set()
+                await asyncio.Event().wait()  # stopped for good, the socket left open
             for start in range(0, len(batch), WRITE_CHUNK):
                 chunk = batch[start : start + WRITE_CHUNK]
                 out: list[bytes] = []
@@ -139,7 +150,37 @@ class Subscriber:
                 self.flushed.set()
 
 
-def handle_request(sub: Subscriber, text: str, on_subscribe: Callable[[], None]) -> None:
+async def serve_messages(
+    ws: web.WebSocketResponse,
+    sub: Subscriber,
+    limits: WebsocketLimits,
+    on_subscribe: Callable[[], None],
+    pump: asyncio.Task[None],
+) -> None:
+    """Read the client's messages until it goes (or the pump ends the connection).
+
+    Pings are answered here (the response runs without aiohttp's autoping), so that pings, pongs
+    and requests all count against the message rate, as Binance counts them; a connection past the
+    limit is closed with 1008. A pong is written after every trade frame already written to the
+    socket, never before: what a client's liveness proof rests on (streamer/liveness.py).
+    """
+    async for msg in ws:
+        if sub.stalled():
+            continue  # a stalled server reads nothing and answers nothing
+        if msg.type in (WSMsgType.TEXT, WSMsgType.PING, WSMsgType.PONG) and not limits.message(sub.counter):
+            await ws.close(code=TOO_MANY_REQUESTS, message=b"Too many requests")
+            break
+        if msg.type == WSMsgType.PING:
+            await ws.pong(msg.data)
+        elif msg.type == WSMsgType.TEXT:
+            handle_request(sub, msg.data, on_subscribe, limits)
+        if pump.done():
+            break
+
+
+def handle_request(
+    sub: Subscriber, text: str, on_subscribe: Callable[[], None], limits: WebsocketLimits | None = None
+) -> None:
     """Answer one client message: SUBSCRIBE, UNSUBSCRIBE, LIST_SUBSCRIPTIONS, as Binance does."""
     try:
         message = orjson.loads(text)
@@ -154,6 +195,12 @@ def handle_request(sub: Subscriber, text: str, on_subscribe: Callable[[], None])
     params = message.get("params", [])
     if method in ("SUBSCRIBE", "UNSUBSCRIBE") and isinstance(params, list) and all(isinstance(p, str) for p in params):
         if method == "SUBSCRIBE":
+            adding = len(set(params) - sub.streams)
+            if limits is not None and not limits.streams(sub.counter, len(sub.streams), adding):
+                sub.send_control(orjson.dumps({"error": {"code": 2, "msg": (
+                    f"Invalid request: a connection may listen to at most {limits.streams_per_connection} streams"
+                )}, "id": request_id}))
+                return
             sub.streams.update(params)
             on_subscribe()
         else:
