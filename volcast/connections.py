@@ -11,13 +11,14 @@ from __future__ import annotations
 import socket
 import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
 import aiomqtt
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 from pydantic import SecretStr
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from volcast.aio import backport_wait_for
 from volcast.settings import MqttSettings, RedisSettings, TlsSettings
@@ -109,7 +110,34 @@ def redis_client(settings: RedisSettings, **overrides: Any) -> aioredis.Redis:
             options["ssl_cert_reqs"] = "none"
             options["ssl_check_hostname"] = False
     options.update(overrides)
+    if settings.cluster:
+        return _cluster_client(settings, url, options)
     return aioredis.Redis.from_url(url, **options)
+
+
+def _cluster_client(settings: RedisSettings, url: str, options: dict[str, Any]) -> aioredis.Redis:
+    """redis-py's cluster client: it learns the slot map from any node it reaches (``url``, then
+    ``cluster_nodes``), routes each command by its key's slot and follows MOVED/ASK and failovers.
+
+    Typed as ``aioredis.Redis``: it answers every command volcast sends with the same signature
+    and reply; what a cluster refuses (multi-key commands and scripts over several slots) volcast
+    does not send (docs/operations.md, "Redis Cluster"), and ``is_cluster`` tells the few places
+    that read differently on a cluster.
+    """
+    options.pop("health_check_interval", None)  # the cluster client checks its nodes itself
+    if settings.cluster_nodes:
+        extra = []
+        for node in settings.cluster_nodes:
+            host, _, port = node.rpartition(":")
+            extra.append(ClusterNode(host, int(port)))
+        parts = urlsplit(url)
+        options["startup_nodes"] = [ClusterNode(parts.hostname or "127.0.0.1", parts.port or 6379), *extra]
+    return cast(aioredis.Redis, RedisCluster.from_url(url, **options))
+
+
+def is_cluster(redis: object) -> bool:
+    """True for a client of ``redis_client`` on a Redis Cluster."""
+    return isinstance(redis, RedisCluster)
 
 
 def mqtt_credentials(settings: MqttSettings) -> tuple[str | None, str | None]:
@@ -170,12 +198,24 @@ def _is_tls_failure(exc: BaseException) -> bool:
     return False
 
 
+async def _is_cluster_node(client: aioredis.Redis) -> bool:
+    try:
+        info: Any = await client.info("cluster")
+    except redis_errors.ResponseError:  # an ACL without INFO: the first MOVED will say so
+        return False
+    return str(info.get("cluster_enabled", 0)) == "1"
+
+
 async def check_redis(settings: RedisSettings, *, timeout_s: float = 5.0) -> None:
     """PING Redis once; a failure raises ConnectionProblem saying which setting to check."""
     where = f"Redis at {redact_url(settings.url)}"
     client = redis_client(settings, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
     try:
         await client.ping()
+        if not settings.cluster and await _is_cluster_node(client):
+            raise ConnectionProblem(
+                f"{where} is a node of a Redis Cluster: set redis.cluster to true (VOLCAST_REDIS_CLUSTER=true), "
+                "or every command on a key of another node would be refused (MOVED)")
     except redis_errors.AuthenticationError as exc:
         text = str(exc)
         if "without any password configured" in text:
@@ -203,6 +243,15 @@ async def check_redis(settings: RedisSettings, *, timeout_s: float = 5.0) -> Non
                 "to a user allowed to run the commands volcast needs"
             ) from None
         raise ConnectionProblem(f"{where} answered PING with an error: {exc}") from None
+    except redis_errors.RedisClusterException as exc:
+        if "not enabled" in str(exc) or "disabled" in str(exc):
+            raise ConnectionProblem(
+                f"{where} is not a Redis Cluster ({exc}): set redis.cluster to false (or point redis.url at "
+                "a node of the cluster)") from None
+        raise ServerUnreachable(
+            f"cannot reach the Redis Cluster at {where} ({exc}): are its nodes running, is "
+            "cluster_state ok (redis-cli -p PORT cluster info), and are redis.url / redis.cluster_nodes right?"
+        ) from None
     except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
         if _is_tls_failure(exc):
             raise ConnectionProblem(

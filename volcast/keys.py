@@ -15,6 +15,11 @@ Layout (``P`` is ``redis.key_prefix``, ``T`` the feed's hash tag):
 - ``P:events:bars:I``  Stream of bar-closed events for interval ``I``, read by a consumer group.
 - ``P:events:bars:I:dead``  Stream of the events the forecaster could not handle (dead letters):
                        the event's fields, the error, how often it failed.
+- ``P:events:bars:I:{I:k}``, ``P:events:bars:I:{I:k}:dead``  The same, shard ``k`` of
+                       ``redis.event_shards`` > 1 (with 1, the two keys above): each shard and its
+                       dead letters in one hash slot of their own, feeds spread by ``event_shard``.
+- ``P:T:announced``    String: the open time of the feed's newest bar whose event is known written
+                       (Redis Cluster only, where a bar and its event are in different slots).
 - ``P:model``          Hash: the promoted model's name, version and scores.
 - ``P:refit``          Hash: the refit worker's last run, result and next run.
 - ``P:forecaster``     Hash: the forecaster's heartbeat and last batch.
@@ -25,6 +30,7 @@ Layout (``P`` is ``redis.key_prefix``, ``T`` the feed's hash tag):
 from __future__ import annotations
 
 import functools
+import zlib
 from dataclasses import dataclass, field
 
 from volcast.durations import format_duration_ms
@@ -60,6 +66,25 @@ def _tag(feed: Feed) -> str:
     return "{" + f"{feed.exchange}:{feed.symbol}:{feed.interval}" + "}"
 
 
+def event_shard(feed: Feed, shards: int) -> int:
+    """The feed's event shard: a hash of exchange and symbol that every process and version agrees
+    on (CRC-32; Python's own ``hash`` of a str differs from process to process)."""
+    if shards == 1:
+        return 0
+    return zlib.crc32(f"{feed.exchange}:{feed.symbol}".encode()) % shards
+
+
+def slot_tag(key: str) -> str:
+    """The part of ``key`` Redis Cluster hashes (its first non-empty ``{...}``, else all of it):
+    keys with equal tags share a slot."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1:end]
+    return key
+
+
 class RedisKeys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -85,11 +110,29 @@ class RedisKeys:
     def scores(self, feed: Feed) -> str:
         return f"{self.prefix}:{_tag(feed)}:scores"
 
-    def bar_events(self, interval_ms: int) -> str:
-        return f"{self.prefix}:events:bars:{format_duration_ms(interval_ms)}"
+    def announced(self, feed: Feed) -> str:
+        return f"{self.prefix}:{_tag(feed)}:announced"
 
-    def dead_events(self, interval_ms: int) -> str:
-        return f"{self.bar_events(interval_ms)}:dead"
+    def bar_events(self, interval_ms: int, shard: int = 0, shards: int = 1) -> str:
+        """Shard ``shard`` of ``shards`` event streams; one shard keeps the name of old."""
+        interval = format_duration_ms(interval_ms)
+        if shards == 1:
+            return f"{self.prefix}:events:bars:{interval}"
+        if not 0 <= shard < shards:
+            raise ValueError(f"event shard {shard} of {shards}")
+        return f"{self.prefix}:events:bars:{interval}:" + "{" + f"{interval}:{shard}" + "}"
+
+    def event_streams(self, interval_ms: int, shards: int) -> list[str]:
+        """Every event stream of an interval, shard 0 first."""
+        return [self.bar_events(interval_ms, k, shards) for k in range(shards)]
+
+    def feed_events(self, feed: Feed, shards: int) -> str:
+        """The event stream the feed's bar-closed events go to."""
+        return self.bar_events(feed.interval_ms, event_shard(feed, shards), shards)
+
+    def dead_events(self, interval_ms: int, shard: int = 0, shards: int = 1) -> str:
+        """The dead letters of one event stream, in the same hash slot."""
+        return f"{self.bar_events(interval_ms, shard, shards)}:dead"
 
     def model(self) -> str:
         return f"{self.prefix}:model"

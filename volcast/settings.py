@@ -165,6 +165,13 @@ class TlsSettings(_Frozen):
     insecure: StrictBool = False
 
 
+def _flag(value: Any) -> Any:
+    """A bool, or its spelling in an environment variable (VOLCAST_REDIS_CLUSTER=true)."""
+    if isinstance(value, str) and value.strip().lower() in {"true", "1", "yes", "false", "0", "no"}:
+        return value.strip().lower() in {"true", "1", "yes"}
+    return value
+
+
 class RedisSettings(_Frozen):
     # Out of the repr: a URL may embed a password (redis://:pw@host).
     url: str = Field(default="redis://127.0.0.1:6379/0", repr=False)
@@ -173,6 +180,13 @@ class RedisSettings(_Frozen):
     tls: TlsSettings = TlsSettings()
     # Every key starts with this, so several deployments can share one Redis.
     key_prefix: str = "volcast"
+    # Redis Cluster: ``url`` is one node of the cluster (redis:// or rediss://, database 0), and
+    # ``cluster_nodes`` ("host:port") more nodes to discover it from should that one be down.
+    cluster: Annotated[StrictBool, BeforeValidator(_flag)] = False
+    cluster_nodes: tuple[str, ...] = ()
+    # Bar-closed events of an interval go to this many streams, each in its own hash slot, a
+    # feed always to the same one (keys.event_shard). 1 keeps the single stream of old.
+    event_shards: StrictInt = Field(default=1, ge=1, le=1024)
 
     @field_validator("url")
     @classmethod
@@ -180,6 +194,30 @@ class RedisSettings(_Frozen):
         if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
             raise ValueError(f"expected a redis://host:port/db URL, got {value!r}")
         return value
+
+    @field_validator("cluster_nodes")
+    @classmethod
+    def _nodes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for node in value:
+            host, _, port = node.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"cluster node {node!r} is not host:port")
+        return value
+
+    @model_validator(mode="after")
+    def _cluster_url(self) -> RedisSettings:
+        if not self.cluster:
+            if self.cluster_nodes:
+                raise ValueError("cluster_nodes is set but cluster is false: set redis.cluster to true")
+            return self
+        parts = urlsplit(self.url)
+        if parts.scheme == "unix":
+            raise ValueError("a Redis Cluster is reached over TCP: redis.url must be redis://host:port "
+                             "(or rediss://), not a unix socket")
+        if parts.path.strip("/") not in ("", "0"):
+            raise ValueError(f"a Redis Cluster has only database 0, but redis.url names database "
+                             f"{parts.path.strip('/')}: drop it from the URL")
+        return self
 
 
 class MqttSettings(_Frozen):
@@ -338,6 +376,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "VOLCAST_REDIS_URL": ("redis", "url"),
     "VOLCAST_REDIS_USERNAME": ("redis", "username"),
     "VOLCAST_REDIS_PASSWORD": ("redis", "password"),
+    "VOLCAST_REDIS_CLUSTER": ("redis", "cluster"),
     "VOLCAST_MQTT_URL": ("mqtt", "url"),
     "VOLCAST_MQTT_USERNAME": ("mqtt", "username"),
     "VOLCAST_MQTT_PASSWORD": ("mqtt", "password"),
