@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from forecaster.bar_matrix import COLUMNS, BarMatrix, StoredBatch
 from forecaster.frame import BarFrame, FloatArray
 from forecaster.heap import collector_paused
+from volcast.connections import is_cluster
 from volcast.keys import Feed, RedisKeys
 
 log = logging.getLogger(__name__)
@@ -208,15 +209,18 @@ class BarHistories:
         one_off = BarMatrix(interval, look_back) if old else None
         if nexts or since:
             pipe = self._redis.pipeline(transaction=False)
-            if nexts:
-                after = f"{previous}-0"
-                pipe.xread(dict.fromkeys(nexts, after), count=1)
+            # One XREAD of every feed's next bar; on a cluster one per feed (an XREAD is one slot).
+            reads: list[dict[Any, Any]] = [dict.fromkeys(nexts, f"{previous}-0")] if nexts else []
+            if len(nexts) > 1 and is_cluster(self._redis):
+                reads = [{key: after} for key, after in reads[0].items()]
+            for streams in reads:
+                pipe.xread(streams, count=1)
             for feed in since:
                 pipe.xrange(self._keys.bars(feed), min=str(_held(apart.get(feed, main), feed) + 1), max=str(open_ms))
             replies: list[Any] = await pipe.execute()
             if nexts:
-                self._append_next(replies[0], nexts, open_ms)
-            for feed, entries in zip(since, replies[1:] if nexts else replies, strict=True):
+                self._append_next([item for reply in replies[:len(reads)] for item in reply or []], nexts, open_ms)
+            for feed, entries in zip(since, replies[len(reads):], strict=True):
                 self._write(apart.get(feed, main), feed, entries, continues=True)
         whole = fresh + [(feed, one_off) for feed in old if one_off is not None]
         if whole:

@@ -2,10 +2,12 @@
 ``keys.model()`` becomes the previous one, and both the model and the refit hashes say so.
 
 The switch is a compare-and-set in one Lua script: it happens only while the demoted version is
-still the one named in ``keys.model()``. Several workers of a group watch the same version (each
-its own feeds), and a refit or a rollback may have named another version meanwhile: the first
-verdict switches, the others find the version changed and do nothing. The forecasters then swap
-the previous version in at their next poll, as after a rollback.
+still the one named in ``keys.model()``. The refit hash is told after it, apart: on a Redis
+Cluster the two hashes are in different slots, and what the refit hash says is for people.
+Several workers of a group watch the same version (each its own feeds), and a refit or a rollback
+may have named another version meanwhile: the first verdict switches, the others find the version
+changed and do nothing. The forecasters then swap the previous version in at their next poll, as
+after a rollback.
 """
 
 from __future__ import annotations
@@ -24,17 +26,13 @@ from volcast.keys import RedisKeys
 log = logging.getLogger(__name__)
 
 DEMOTE_SCRIPT = """
--- KEYS[1]: the model hash, KEYS[2]: the refit hash.
+-- KEYS[1]: the model hash.
 -- ARGV: demoted version, new version ('' = the baseline), its scores (JSON), reason, time (ms).
 if redis.call('HGET', KEYS[1], 'version') ~= ARGV[1] then
   return 0
 end
 redis.call('HSET', KEYS[1], 'version', ARGV[2], 'scores', ARGV[3], 'promoted_ms', ARGV[5],
            'demoted_version', ARGV[1], 'demoted_ms', ARGV[5], 'demotion_reason', ARGV[4])
-local target = ARGV[2]
-if target == '' then target = 'baseline' end
-redis.call('HSET', KEYS[2], 'demoted_version', ARGV[1], 'demoted_to', target, 'demoted_ms', ARGV[5],
-           'demotion_reason', ARGV[4])
 return 1
 """
 
@@ -65,9 +63,13 @@ class Demoter:
             scores = self.store.info(demotion.to_version).get("scores") or {}
         now = time.time_ns() // 1_000_000
         switched: Any = await self.redis.eval(
-            DEMOTE_SCRIPT, 2, self.keys.model(), self.keys.refit(), demotion.version, demotion.to_version or "",
+            DEMOTE_SCRIPT, 1, self.keys.model(), demotion.version, demotion.to_version or "",
             orjson.dumps(scores).decode(), demotion.reason, str(now))
         self.pending = None
+        if int(switched):
+            await self.redis.hset(self.keys.refit(), mapping={
+                "demoted_version": demotion.version, "demoted_to": demotion.to_version or "baseline",
+                "demoted_ms": str(now), "demotion_reason": demotion.reason})
         if int(switched):
             log.warning("model version %s demoted to %s: %s", demotion.version,
                         demotion.to_version or "the baseline", demotion.reason)

@@ -7,8 +7,10 @@ commands argument by argument. Here the writes of a boundary go to Redis as a fe
 (orjson, a few ms) that one Lua script (``WRITE_SCRIPT``) unpacks and applies: the same keys,
 ids and fields as before, written by Redis itself.
 
-The script writes keys it is not given as KEYS, so it needs a single Redis node, not a Cluster
-(volcast's deployment: one Redis).
+On one Redis node a call holds writes of any keys (they are not passed as KEYS). On a Redis
+Cluster a script may only touch one hash slot: the writes are grouped by slot (a feed's keys share
+its hash tag; the status hash has its own) and each call names its keys, so the cluster client
+sends it to the node that holds them.
 
 With a ``demoter`` (forecaster/demotion_store.py), every recorded prediction and realised error
 also feeds its ``DemotionWatch``, and a demotion it decides is written before the next writes.
@@ -28,7 +30,8 @@ from redis.exceptions import NoScriptError, ResponseError
 from forecaster.demotion_store import Demoter
 from forecaster.live_scores import LiveScores, Realised
 from forecaster.payload import Prediction
-from volcast.keys import Feed, RedisKeys
+from volcast.connections import is_cluster
+from volcast.keys import Feed, RedisKeys, slot_tag
 
 log = logging.getLogger(__name__)
 
@@ -216,12 +219,13 @@ class Recorder:
                 self.demoter.pending = None
         if not writes:
             return Recorded(0, 0)
-        chunks = [orjson.dumps(writes[lo:lo + CHUNK]) for lo in range(0, len(writes), CHUNK)]
+        chunks = _by_slot(writes) if is_cluster(self.redis) else [
+            ([], orjson.dumps(writes[lo:lo + CHUNK])) for lo in range(0, len(writes), CHUNK)]
         for attempt in (1, 2):
             sha = self._sha or await self._load()
             pipe = self.redis.pipeline(transaction=False)
-            for chunk in chunks:
-                pipe.evalsha(sha, 0, str(self.kept), chunk)
+            for keys, chunk in chunks:
+                pipe.evalsha(sha, len(keys), *keys, str(self.kept), chunk)
             try:
                 replies: list[Any] = await pipe.execute()
             except NoScriptError:
@@ -233,7 +237,21 @@ class Recorder:
             return Recorded(len(writes), sum(int(r) for r in replies))
         raise AssertionError("unreachable")
 
-    async def _load(self) -> str:
+    async def _load(self) -> str:  # on a cluster: on every master
         sha: Any = await self.redis.script_load(WRITE_SCRIPT)
         self._sha = sha.decode() if isinstance(sha, bytes) else str(sha)
         return self._sha
+
+
+def _by_slot(writes: Sequence[list[str]]) -> list[tuple[list[str], bytes]]:
+    """Script calls of a cluster: the writes of one hash slot each (in order within the slot),
+    CHUNK at most, with the keys they write."""
+    groups: dict[str, list[list[str]]] = {}
+    for write in writes:
+        groups.setdefault(slot_tag(write[1]), []).append(write)
+    calls = []
+    for group in groups.values():
+        for lo in range(0, len(group), CHUNK):
+            chunk = group[lo:lo + CHUNK]
+            calls.append((list(dict.fromkeys(w[1] for w in chunk)), orjson.dumps(chunk)))
+    return calls

@@ -63,7 +63,7 @@ from volcast.backoff import Backoff
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys, forecast_topic
 from volcast.redis_problems import TRANSIENT, RedisDataProblem, first_of, key_problem, wrong_type
-from volcast.settings import Settings
+from volcast.settings import ConfigError, Settings
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +331,10 @@ class Worker:
         # healthy worker that is merely behind keeps its events (two workers claiming each
         # other's backlog did all of it twice, and fell further behind).
         owners = sorted({_text(row["consumer"]) for row in rows})
-        alive = dict(zip(owners, await self.redis.mget([self.keys.consumer_alive(c) for c in owners]), strict=True))
+        reads = self.redis.pipeline(transaction=False)  # GETs, not an MGET: on a cluster the keys are apart
+        for owner in owners:
+            reads.get(self.keys.consumer_alive(owner))
+        alive = dict(zip(owners, await reads.execute(), strict=True))
         rows = [row for row in rows if alive[_text(row["consumer"])] != b"1"]
         theirs = [row["message_id"] for row in rows]
         if not theirs:
@@ -985,6 +988,8 @@ class Worker:
 
 async def run(settings: Settings, *, consumer: str | None = None) -> None:
     """The forecaster service; ends only by cancellation (SIGINT/SIGTERM in the CLI)."""
+    if settings.redis.event_shards != 1:
+        raise ConfigError("redis.event_shards: the forecaster reads one event stream so far; set it to 1")
     publisher = Publisher(settings.mqtt, client_id=None)
     async with redis_client(settings.redis) as redis:
         worker = Worker(settings, redis, publisher, consumer)

@@ -97,6 +97,7 @@ async def run(settings: Settings) -> None:
             retention_bars=settings.bars.retention_bars,
             buffer_bars=streamer.buffer_bars,
             backoff=Backoff(streamer.backoff_initial / 1000, streamer.backoff_max / 1000),
+            event_shards=settings.redis.event_shards,
         )
         await _check_events_key(
             store, settings.bars.interval, Backoff(streamer.backoff_initial / 1000, streamer.backoff_max / 1000)

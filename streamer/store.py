@@ -7,7 +7,9 @@ Before writing after a (re)connection the writer reads each stream's last entry 
 already there, so a batch whose reply was lost is not written twice, nor its events sent twice.
 
 A bar and its event are written by one Lua script: both or neither (a bar whose event cannot be
-written is removed again). Redis errors that waiting does not fix (a key of the wrong type, an
+written is removed again). On a Redis Cluster they are in different hash slots: the bar first,
+then its event, with a mark that lets a restart send the events a stop left unsent
+(streamer/announce.py). Redis errors that waiting does not fix (a key of the wrong type, an
 ACL that forbids a key) become a ``KeyProblem`` naming the key and what to do: a feed's own key
 stops that feed (``on_feed_error``); the shared events stream stops the service. Errors that do
 pass (loading, OOM, read-only replica, ...) are retried like an outage.
@@ -29,10 +31,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from streamer.announce import EVENTS_MAXLEN, WRITE_BAR_ALONE, Announcer, event_fields
 from streamer.health import FeedHealth
 from volcast.backoff import Backoff
 from volcast.bar import Bar
-from volcast.connections import ConnectionProblem
+from volcast.connections import ConnectionProblem, is_cluster
 from volcast.keys import Feed, RedisKeys
 
 log = logging.getLogger(__name__)
@@ -113,7 +116,6 @@ end
 return 1
 """
 
-EVENTS_MAXLEN = 100_000
 _BATCH = 500
 # How far back the resume point looks for the last bar that had trades (for its last trade id).
 _ID_LOOKBACK = 1_000
@@ -166,6 +168,7 @@ class BarStore:
         retention_bars: int,
         buffer_bars: int,
         backoff: Backoff,
+        event_shards: int = 1,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -179,7 +182,11 @@ class BarStore:
         self._backoff = backoff
         self._last_written: dict[Feed, int] = {}
         self._connected = False
-        self._write_bar = redis.register_script(_WRITE_BAR)
+        self.event_shards = event_shards
+        # On a cluster a bar and its event are written one after the other (announce.py).
+        self.announcer = Announcer(redis, keys, event_shards) if is_cluster(redis) else None
+        self._write_bar = redis.register_script(WRITE_BAR_ALONE if self.announcer else _WRITE_BAR)
+        self._script_loaded = False  # a cluster pipeline does not load scripts itself
         self.failed: dict[Feed, KeyProblem] = {}
         self.on_feed_error: Callable[[Feed, KeyProblem], None] | None = None
         """Called once for a feed whose own key Redis refuses for good; its bars are dropped."""
@@ -206,8 +213,11 @@ class BarStore:
         self._feed_failed(feed, problem)
 
     async def check_events_key(self, interval_ms: int) -> None:
-        """Before anything is written: the shared events stream must be a stream (or absent)."""
-        key = self.keys.bar_events(interval_ms)
+        """Before anything is written: the shared events streams must be streams (or absent)."""
+        for key in self.keys.event_streams(interval_ms, self.event_shards):
+            await self._check_events_key(key)
+
+    async def _check_events_key(self, key: str) -> None:
         kind = await self.redis.type(key)
         kind = kind.decode() if isinstance(kind, bytes) else str(kind)
         if kind not in ("stream", "none"):
@@ -331,6 +341,9 @@ class BarStore:
             self._backoff.reset()
 
     async def _load_last_written(self, feeds: Iterable[Feed]) -> None:
+        feeds = list(feeds)
+        if self.announcer is not None:
+            await self._recover([feed for feed in feeds if feed not in self.failed])
         for feed in feeds:
             if feed in self.failed:
                 continue
@@ -358,24 +371,28 @@ class BarStore:
                 continue  # already in Redis (a retried batch, or a restart that re-closed it)
             minid = bar.open_time_ms - (self.retention_bars - 1) * feed.interval_ms
             fields = bar.to_fields()
-            event = {
-                "exchange": feed.exchange,
-                "symbol": feed.symbol,
-                "interval": feed.interval,
-                "open_time_ms": str(bar.open_time_ms),
-                "status": bar.status.value,
-            }
-            args: list[str | int] = [_stream_id(bar.open_time_ms), minid, EVENTS_MAXLEN, len(fields)]
-            for mapping in (fields, event):
-                for name, value in mapping.items():
+            args: list[str | int]
+            if self.announcer is None:
+                event = event_fields(feed, bar.open_time_ms, bar.status.value)
+                args = [_stream_id(bar.open_time_ms), minid, EVENTS_MAXLEN, len(fields)]
+                for mapping in (fields, event):
+                    for name, value in mapping.items():
+                        args += [name, value]
+                keys = [self.keys.bars(feed), self.keys.feed_events(feed, self.event_shards)]
+            else:  # the bar alone; its event once Redis confirmed it
+                args = [_stream_id(bar.open_time_ms), minid, bar.open_time_ms - 1]
+                for name, value in fields.items():
                     args += [name, value]
-            keys = [self.keys.bars(feed), self.keys.bar_events(feed.interval_ms)]
+                keys = [self.keys.bars(feed), self.keys.announced(feed)]
             await self._write_bar(keys=keys, args=args, client=pipe)  # queued: the pipeline sends it
             written.append((feed, bar))
             self._last_written[feed] = bar.open_time_ms
         if not written:
             return
         try:
+            if self.announcer is not None and not self._script_loaded:
+                await self.redis.script_load(WRITE_BAR_ALONE)  # on every master
+                self._script_loaded = True
             results = await pipe.execute(raise_on_error=False)
         except BaseException:
             self._last_written.clear()  # unknown what landed: re-read before the retry
@@ -388,14 +405,42 @@ class BarStore:
             self._last_written.clear()  # this bar (and maybe more) did not land: re-read before going on
             self.counters.bars_written += count
             if isinstance(result, NoScriptError):  # a Redis restarted between loading and running the script
+                self._script_loaded = False
                 raise RedisBusyError(f"the bar script is not loaded ({result})")
-            events = self.keys.bar_events(feed.interval_ms)
+            events = self.keys.feed_events(feed, self.event_shards)
             on_events = f"[key {events}]" in str(result) or f"WRONGTYPE {events} " in str(result)
             key = events if on_events else self.keys.bars(feed)
             self._refused(None if on_events else feed, key, result, f"writing bar {bar.open_time_ms} to")
             if feed not in self.failed:  # not refused for good: an error that passes was raised above
                 raise result
         self.counters.bars_written += count
+        if self.announcer is not None:
+            # Only bars this call wrote: one already there (a retried batch) was announced, or is
+            # newer than its feed's mark and ``recover`` sends its event.
+            await self._announce([(feed, bar.open_time_ms, bar.status.value)
+                                  for (feed, bar), result in zip(written, results, strict=True) if result == 1])
+
+    async def _announce(self, bars: list[tuple[Feed, int, str]]) -> None:
+        assert self.announcer is not None
+        try:
+            await self.announcer.announce(bars)
+        except ResponseError as exc:
+            self._last_written.clear()  # their events are not all out: recover before going on
+            key = str(exc).rpartition("[key ")[2].rstrip("]")
+            raise key_problem(key, exc, "announcing a bar on") from None
+        except BaseException:
+            self._last_written.clear()
+            raise
+
+    async def _recover(self, feeds: list[Feed]) -> None:
+        assert self.announcer is not None
+        for feed in feeds:
+            try:
+                await self.announcer.recover(feed)
+            except ResponseError as exc:
+                key = str(exc).rpartition("[key ")[2].rstrip("]")
+                own = key in (self.keys.bars(feed), self.keys.announced(feed))
+                self._refused(feed if own else None, key, exc, "announcing bars of")
 
     # -- open bars and health -----------------------------------------------------------------
 

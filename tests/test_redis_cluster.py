@@ -4,10 +4,15 @@ key layout (every multi-key write one slot) against a real local cluster (tests/
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from cluster import LocalCluster
+from worker_harness import MINUTE, symbol_bars
 
+from streamer.store import BarStore
+from volcast.backoff import Backoff
 from volcast.connections import ConnectionProblem, check_redis, is_cluster, redis_client
 from volcast.keys import Feed, RedisKeys, event_shard, slot_tag
 from volcast.settings import ConfigError, RedisSettings, settings_from_mapping
@@ -71,3 +76,40 @@ def test_one_event_shard_keeps_the_old_key_and_shards_have_their_own_slots() -> 
     assert event_shard(feeds[7], 4) == event_shard(Feed("binance", "S7/USDT", 60_000), 4)  # stable
     assert keys.feed_events(feeds[0], 1) == "p:events:bars:1m"
     assert slot_tag(keys.bars(feeds[0])) == slot_tag(keys.announced(feeds[0])) == "binance:S0/USDT:1m"
+
+
+async def test_bars_a_stop_left_without_their_event_get_it_before_the_next_bar(redis_cluster: LocalCluster) -> None:
+    """On a cluster a bar and its event are two writes (streamer/announce.py): bars written by a
+    streamer that stopped before their events get them from the next one, once."""
+    settings = RedisSettings(url=redis_cluster.url, cluster=True, event_shards=2)
+    keys = RedisKeys(f"test-cl-{uuid.uuid4().hex[:8]}")
+    feed = Feed("binance", "NEAR/USDT", MINUTE)
+    bars = symbol_bars(0)[:6]
+
+    def store(redis: aioredis.Redis) -> BarStore:
+        return BarStore(redis, keys, retention_bars=1000, buffer_bars=100, backoff=Backoff(0.01, 0.1),
+                        event_shards=2)
+
+    def announced(events: list[Any]) -> list[int]:
+        return [int(fields[b"open_time_ms"]) for _, fields in events]
+
+    async with redis_client(settings) as redis:
+        first = store(redis)
+        for bar in bars[:2]:
+            first.put(feed, bar)
+        await first.write_pending()
+        for bar in bars[2:4]:  # written, and the streamer stopped before their events
+            await redis.xadd(keys.bars(feed), bar.to_fields(), id=f"{bar.open_time_ms}-0")  # type: ignore[arg-type]
+        second = store(redis)
+        second.put(feed, bars[4])
+        await second.write_pending()
+        events = await redis.xrange(keys.feed_events(feed, 2))
+        assert announced(events) == [b.open_time_ms for b in bars[:5]]
+        assert second.announcer is not None and second.announcer.resent == 2
+        third = store(redis)
+        third.put(feed, bars[5])
+        await third.write_pending()
+        assert third.announcer is not None and third.announcer.resent == 0
+        assert announced(await redis.xrange(keys.feed_events(feed, 2))) == [b.open_time_ms for b in bars]
+        assert await redis.xlen(keys.bar_events(MINUTE, 1 - event_shard(feed, 2), 2)) == 0
+        await redis.delete(keys.bars(feed), keys.announced(feed), *keys.event_streams(MINUTE, 2))

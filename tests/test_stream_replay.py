@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from stream_harness import (
     PATIENCE_S,
     delete_prefix,
@@ -23,7 +23,9 @@ from streamer.service import run
 from streamer.simulator.server import ReplayServer
 from streamer.simulator.tape import load_tape
 from volcast.bar import BarStatus
+from volcast.connections import redis_client
 from volcast.keys import RedisKeys
+from volcast.settings import RedisSettings
 
 
 @pytest.fixture(autouse=True)
@@ -32,15 +34,17 @@ def _api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOLCAST_BINANCE_API_KEY", "simulator")
 
 
-async def test_three_symbols_equal_offline_bars(tmp_path: Path) -> None:
+async def test_three_symbols_equal_offline_bars(tmp_path: Path, redis_mode: str, redis_config: dict[str, Any]) -> None:
     files = write_windows(tmp_path, 60)
     tapes = [load_tape(f) for f in files]
     prefix = unique_prefix()
-    redis = aioredis.Redis()
+    shards = 3 if redis_mode == "cluster" else 1  # on the cluster, events in shards of their own slots
+    redis = redis_client(RedisSettings(**redis_config))
     keys = RedisKeys(prefix)
     try:
         async with ReplayServer(tapes, speed=10, start_on_subscribe=True) as server:
-            settings = stream_settings(server, [t.symbol for t in tapes], prefix)
+            settings = stream_settings(server, [t.symbol for t in tapes], prefix,
+                                       redis={**redis_config, "event_shards": shards})
             streamer = asyncio.create_task(run(settings))
             expected = await streamed_to_the_end(redis, keys, server, tapes, files)
             streamer.cancel()
@@ -55,19 +59,25 @@ async def test_three_symbols_equal_offline_bars(tmp_path: Path) -> None:
             assert health[b"state"] == b"stopped"
             assert int(health[b"trades"]) == sum(b.trades for b in bars)
             assert health[b"gaps"] == b"0" and health[b"duplicates"] == b"0"
-            events = await redis.xrange(keys.bar_events(1000))
-            assert len([e for e in events if e[1][b"symbol"] == feed.symbol.encode()]) == len(streamed)
+            for stream in keys.event_streams(1000, shards):
+                events = await redis.xrange(stream)
+                mine = [int(e[1][b"open_time_ms"]) for e in events if e[1][b"symbol"] == feed.symbol.encode()]
+                if stream == keys.feed_events(feed, shards):
+                    assert mine == [b.open_time_ms for b in streamed]  # one event per bar, in order
+                else:
+                    assert mine == []
     finally:
         await delete_prefix(redis, prefix)
         await redis.aclose()
 
 
-async def test_fresh_start_backfills_the_history_while_trades_stream(tmp_path: Path) -> None:
+async def test_fresh_start_backfills_the_history_while_trades_stream(tmp_path: Path,
+                                                                    redis_config: dict[str, Any]) -> None:
     """A new feed on a running exchange: REST history and websocket trades meet without a hole."""
     files = write_windows(tmp_path, 60)
     tapes = [load_tape(f) for f in files]
     prefix = unique_prefix()
-    redis = aioredis.Redis()
+    redis = redis_client(RedisSettings(**redis_config))
     keys = RedisKeys(prefix)
     try:
         async with ReplayServer(tapes, speed=10) as server:  # publishing before anyone listens
@@ -77,7 +87,8 @@ async def test_fresh_start_backfills_the_history_while_trades_stream(tmp_path: P
                 assert asyncio.get_running_loop().time() < deadline, "the replay did not start"
                 await asyncio.sleep(0.05)
             # Pages of 100: the history is several pages, so live trades arrive while it is fetched.
-            settings = stream_settings(server, [t.symbol for t in tapes], prefix, streamer={"backfill_page": 100})
+            settings = stream_settings(server, [t.symbol for t in tapes], prefix, streamer={"backfill_page": 100},
+                                       redis=redis_config)
             streamer = asyncio.create_task(run(settings))
             expected = await streamed_to_the_end(redis, keys, server, tapes, files)
             streamer.cancel()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -30,8 +31,9 @@ HISTORY = 300
 
 
 @pytest.fixture
-async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
-    s = settings_for(tmp_path / "models")
+async def settings(tmp_path: Path, redis_mode: str, redis_config: dict[str, Any]) -> AsyncIterator[Settings]:
+    # On the cluster with the events in shards of their own slots.
+    s = settings_for(tmp_path / "models", redis={**redis_config, "event_shards": 1})
     yield s
     await delete_prefix(s)
     await clear_retained(s)
@@ -39,6 +41,7 @@ async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
 
 async def test_one_prediction_per_symbol_per_bar_with_baseline_and_retained(settings: Settings) -> None:
     keys = RedisKeys(settings.redis.key_prefix)
+    shards = settings.redis.event_shards
     feeds = feeds_of(settings)
     series = {feed: symbol_bars(i) for i, feed in enumerate(feeds)}
     async with redis_client(settings.redis) as redis:
@@ -46,7 +49,7 @@ async def test_one_prediction_per_symbol_per_bar_with_baseline_and_retained(sett
             await write_bars(redis, keys, feed, series[feed][:HISTORY])
         async with worker(settings), listening(settings) as listener:
             for step in range(3):
-                await close_bars(redis, keys, [(feed, series[feed][HISTORY + step]) for feed in feeds])
+                await close_bars(redis, keys, [(feed, series[feed][HISTORY + step]) for feed in feeds], shards)
                 await listener.wait_for(len(feeds) * (step + 1))
             got = listener.received
             assert len(got) == 3 * len(feeds)
@@ -61,11 +64,12 @@ async def test_one_prediction_per_symbol_per_bar_with_baseline_and_retained(sett
                     assert p.volume > 0 and p.feed.exchange == "binance" and p.feed.interval_ms == MINUTE
                     assert p.last_volume == float(series[p.feed][HISTORY + step].volume)
             for _ in range(100):  # acknowledged once published and recorded
-                pending = await redis.xpending(keys.bar_events(MINUTE), settings.forecaster.group)
-                if pending["pending"] == 0:
+                pending = [(await redis.xpending(stream, settings.forecaster.group))["pending"]
+                           for stream in keys.event_streams(MINUTE, shards)]
+                if not any(pending):
                     break
                 await asyncio.sleep(0.05)
-            assert pending["pending"] == 0
+            assert not any(pending)
             # Redis: latest prediction, the predictions stream, realised errors and live scores.
             feed = feeds[0]
             latest = await redis.hgetall(keys.prediction(feed))
@@ -95,7 +99,8 @@ async def test_malformed_event_is_acknowledged_and_worker_goes_on(settings: Sett
     async with redis_client(settings.redis) as redis:
         await write_bars(redis, keys, feeds[0], bars[:HISTORY])
         async with worker(settings), listening(settings) as listener:
-            await redis.xadd(keys.bar_events(MINUTE), {"exchange": "binance"})
-            await close_bars(redis, keys, [(feeds[0], bars[HISTORY])])
+            shards = settings.redis.event_shards
+            await redis.xadd(keys.bar_events(MINUTE, shards - 1, shards), {"exchange": "binance"})
+            await close_bars(redis, keys, [(feeds[0], bars[HISTORY])], shards)
             (p,) = await listener.wait_for(1)
             assert isinstance(p, Prediction) and p.last_bar_ms == bars[HISTORY].open_time_ms

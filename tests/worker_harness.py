@@ -99,12 +99,17 @@ async def write_bars(redis: aioredis.Redis, keys: RedisKeys, feed: Feed, bars: S
         await pipe.execute()
 
 
-async def close_bars(redis: aioredis.Redis, keys: RedisKeys, closing: Sequence[tuple[Feed, Bar]]) -> None:
-    """What the streamer does when bars close: each bar and its event, in one pipeline."""
+async def close_bars(redis: aioredis.Redis, keys: RedisKeys, closing: Sequence[tuple[Feed, Bar]],
+                     shards: int = 1) -> None:
+    """What the streamer does when bars close: the bars, then their events (to ``shards`` event
+    streams; on a cluster the bar and its event are in different slots, written in this order)."""
     pipe = redis.pipeline(transaction=False)
     for feed, bar in closing:
         pipe.xadd(keys.bars(feed), bar.to_fields(), id=f"{bar.open_time_ms}-0")  # type: ignore[arg-type]
-        pipe.xadd(keys.bar_events(feed.interval_ms), {
+    await pipe.execute()
+    pipe = redis.pipeline(transaction=False)
+    for feed, bar in closing:
+        pipe.xadd(keys.feed_events(feed, shards), {
             "exchange": feed.exchange, "symbol": feed.symbol, "interval": feed.interval,
             "open_time_ms": str(bar.open_time_ms), "status": bar.status.value,
         }, maxlen=100_000, approximate=True)
@@ -186,7 +191,8 @@ async def worker(settings: Settings) -> AsyncIterator[asyncio.Task[None]]:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:  # the group exists once the worker is reading
             with contextlib.suppress(Exception):
-                if await redis.xinfo_groups(keys.bar_events(settings.bars.interval)):
+                streams = keys.event_streams(settings.bars.interval, settings.redis.event_shards)
+                if all([await redis.xinfo_groups(stream) for stream in streams]):
                     break
             await asyncio.sleep(0.02)
     try:
