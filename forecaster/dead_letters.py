@@ -27,10 +27,13 @@ DEAD_MAXLEN = 10_000
 
 
 class DeadLetters:
-    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, interval_ms: int, group: str, consumer: str) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, interval_ms: int, group: str, consumer: str,
+                 shards: int = 1) -> None:
         self._redis = redis
-        self._stream = keys.bar_events(interval_ms)
-        self.key = keys.dead_events(interval_ms)
+        # Per event shard its dead letters, in the shard's slot (one pipeline may then write both).
+        self._streams = keys.event_streams(interval_ms, shards)
+        self.keys = [keys.dead_events(interval_ms, k, shards) for k in range(shards)]
+        self.key = self.keys[0]
         self._status = keys.forecaster()
         self._group = group
         self._consumer = consumer
@@ -47,8 +50,9 @@ class DeadLetters:
             fields: dict[Any, Any] = dict(event.fields)
             fields.update({b"event_id": event.entry_id, b"error": reason[:1000], b"failures": str(failures),
                            b"consumer": self._consumer, b"dead_ms": now})
-            pipe.xadd(self.key, fields, maxlen=DEAD_MAXLEN, approximate=True)
-        pipe.xack(self._stream, self._group, *[event.entry_id for event, _, _ in dead])
+            pipe.xadd(self.keys[event.shard], fields, maxlen=DEAD_MAXLEN, approximate=True)
+        for shard in sorted({event.shard for event, _, _ in dead}):
+            pipe.xack(self._streams[shard], self._group, *[e.entry_id for e, _, _ in dead if e.shard == shard])
         last_event, last_reason, _ = dead[-1]
         pipe.hincrby(self._status, "dead_letters", len(dead))
         status: dict[Any, Any] = {
@@ -62,4 +66,4 @@ class DeadLetters:
             log.error("event %s dead-lettered after %d failure(s): %s", event.entry_id.decode(errors="replace"),
                       failures, reason)
         if len(dead) > 5:
-            log.error("... and %d more events dead-lettered (see %s)", len(dead) - 5, self.key)
+            log.error("... and %d more events dead-lettered (see %s)", len(dead) - 5, ", ".join(self.keys))

@@ -29,6 +29,7 @@ class Event:
     open_time_ms: int
     fields: Mapping[bytes, bytes]
     problem: str | None = None
+    shard: int = 0  # the event shard (redis.event_shards) it was read from
 
 
 class EventParser:
@@ -46,22 +47,22 @@ class EventParser:
         self.known = known
         self._feeds: dict[tuple[bytes, bytes], Feed] = {}
 
-    def parse(self, entry_id: bytes, fields: Mapping[bytes, bytes]) -> Event:
+    def parse(self, entry_id: bytes, fields: Mapping[bytes, bytes], shard: int = 0) -> Event:
         feed = self._feeds.get((fields.get(b"exchange", b""), fields.get(b"symbol", b"")))
         if feed is not None:  # the usual case: a feed seen before, only the open time to check
             open_ms = _int(fields.get(b"open_time_ms"))
             same_interval = fields.get(b"interval", self.interval) == self.interval
             if open_ms is not None and same_interval and self._on_grid(open_ms):
-                return Event(entry_id, feed, open_ms, fields)
+                return Event(entry_id, feed, open_ms, fields, None, shard)
         problem = self._problem(fields)
         if problem is not None:
-            return Event(entry_id, None, 0, fields, problem)
+            return Event(entry_id, None, 0, fields, problem, shard)
         exchange, symbol = fields[b"exchange"], fields[b"symbol"]
         feed = Feed(exchange.decode(), symbol.decode(), self.interval_ms)
         self._feeds[(exchange, symbol)] = feed
         open_ms = _int(fields[b"open_time_ms"])
         assert open_ms is not None  # _problem checked it
-        return Event(entry_id, feed, open_ms, fields)
+        return Event(entry_id, feed, open_ms, fields, None, shard)
 
     def _on_grid(self, open_ms: int) -> bool:
         return 0 <= open_ms <= LATEST_OPEN_MS and open_ms % self.interval_ms == 0

@@ -47,6 +47,7 @@ from forecaster.bar_reader import BarHistories, Histories
 from forecaster.dead_letters import DeadLetters
 from forecaster.demotion import DemotionWatch
 from forecaster.demotion_store import Demoter
+from forecaster.event_reads import Entries, ShardReader
 from forecaster.events import Event, EventParser
 from forecaster.fallback import FallbackBaseline
 from forecaster.features import Batch
@@ -63,7 +64,7 @@ from volcast.backoff import Backoff
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys, forecast_topic
 from volcast.redis_problems import TRANSIENT, RedisDataProblem, first_of, key_problem, wrong_type
-from volcast.settings import ConfigError, Settings
+from volcast.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,9 @@ class Worker:
         self.keys = RedisKeys(settings.redis.key_prefix)
         self.consumer = consumer or settings.forecaster.consumer or default_consumer()
         self.interval_ms = settings.bars.interval
-        self.stream = self.keys.bar_events(self.interval_ms)
+        # The event shards this worker's group reads (redis.event_shards; shard 0 names them in logs).
+        self.streams = self.keys.event_streams(self.interval_ms, settings.redis.event_shards)
+        self.stream = self.streams[0]
         self.group = settings.forecaster.group
         self.store = ModelStore(settings.refit.model_dir)
         self.fallback = FallbackBaseline()
@@ -161,7 +164,8 @@ class Worker:
         self._prepares: asyncio.Queue[tuple[int, Ticket]] = asyncio.Queue()
         self._newest_ms: int | None = None  # the newest boundary predicted
         self._prepared: tuple[Serving, int] | None = None  # the model and boundary last prepared
-        self._acks: asyncio.Queue[tuple[Ticket, list[bytes], asyncio.Event | None]] = asyncio.Queue()
+        # (ticket, [(event shard, entry id)], recorded): acknowledged once published and recorded.
+        self._acks: asyncio.Queue[tuple[Ticket, list[tuple[int, bytes]], asyncio.Event | None]] = asyncio.Queue()
         self._topics: dict[Feed, str] = {}
         self._stash: list[Event] = []  # events read ahead that belong to a later boundary
         self._idle = asyncio.Event()  # set while no boundary is being processed
@@ -170,7 +174,9 @@ class Worker:
         self._settle_due = True  # imports and the connections are lasting state too
         self._feed_keys: dict[Feed, str] = {}
         self.events = EventParser(self.interval_ms, frozenset(settings.feeds()))
-        self.dead = DeadLetters(redis, self.keys, self.interval_ms, self.group, self.consumer)
+        self.dead = DeadLetters(redis, self.keys, self.interval_ms, self.group, self.consumer,
+                                settings.redis.event_shards)
+        self.reader = ShardReader(redis, self.streams, self.group, self.consumer)
         self._dead_after = settings.forecaster.dead_letter_after
         # Feeds whose event failed recently: handled apart, so one bad feed does not send every
         # boundary through the split-and-retry of a failure.
@@ -211,93 +217,93 @@ class Worker:
         backoff = Backoff(0.1, 5.0)
         # After a restart under a fixed consumer name, our own pending list comes first: read on
         # from the last entry read (from "0" each time, a batch whose acks were still on their
-        # way was read and handled again, and new events were never reached).
-        pending_from: str | None = "0"
+        # way was read and handled again, and new events were never reached). Per event shard.
+        pending_from: dict[int, str] = dict.fromkeys(range(len(self.streams)), "0")
         group_ready = False  # created once, and again when Redis says it lost it (NOGROUP)
-        while True:
-            raise_if_cancelled()
-            try:
-                if not group_ready:
-                    await self.ensure_group()
-                    group_ready = True
-                await self.poll_model()
-                if self._stash:
-                    stashed, self._stash = self._stash, []
-                    await self.process(stashed)
-                    continue
-                if time.monotonic() - self._last_claim >= self._claim_every_s:
-                    await self.claim()
-                reply: Any = await self.redis.xreadgroup(
-                    self.group, self.consumer, {self.stream: pending_from or ">"}, count=READ_COUNT,
-                    block=None if pending_from is not None else self._block_ms)
-                # redis-py can return a blocking read's reply to a task being cancelled (seen in
-                # tests: the worker then read on for ever). What it read stays in our pending list.
+        try:
+            while True:
                 raise_if_cancelled()
-                entries = reply[0][1] if reply else []
-                if pending_from is not None:
-                    if not entries:
-                        pending_from = None
+                try:
+                    if not group_ready:
+                        await self.ensure_group()
+                        group_ready = True
+                    await self.poll_model()
+                    if self._stash:
+                        stashed, self._stash = self._stash, []
+                        await self.process(stashed)
                         continue
-                    pending_from = _text(entries[-1][0])
-                    entries = await self._redelivered(entries)
-                elif entries:
-                    entries += await self._drain(READ_COUNT - len(entries))
-                await self.process(await self._events_of(entries))
-                backoff.reset()
-            except ResponseError as exc:
-                group_ready = False
-                if "NOGROUP" in str(exc):
-                    continue  # Redis lost the group (restart without persistence): create it again
-                raise key_problem(self.stream, exc, expected="stream of bar-closed events") from None
-            except TRANSIENT as exc:
-                group_ready = False  # a Redis that restarted may have lost it
-                await self._retry(backoff, exc)
+                    if time.monotonic() - self._last_claim >= self._claim_every_s:
+                        await self.claim()
+                    if pending_from:
+                        read = await self.reader.read(pending_from, READ_COUNT)
+                        for shard in [k for k in pending_from if k not in dict(read)]:
+                            del pending_from[shard]  # its pending list is read
+                        events = []
+                        for shard, entries in read:
+                            pending_from[shard] = _text(entries[-1][0])
+                            events += await self._events_of(shard, await self._redelivered(shard, entries))
+                    else:
+                        # redis-py can return a blocking read's reply to a task being cancelled (seen
+                        # in tests: the worker then read on for ever). What it read stays pending.
+                        read = await self.reader.read(dict.fromkeys(range(len(self.streams)), ">"), READ_COUNT,
+                                                      block=self._block_ms)
+                        if read:
+                            read += await self._drain(READ_COUNT - sum(len(entries) for _, entries in read))
+                        events = [e for shard, entries in read for e in await self._events_of(shard, entries)]
+                    await self.process(events)
+                    backoff.reset()
+                except ResponseError as exc:
+                    group_ready = False
+                    if "NOGROUP" in str(exc):
+                        continue  # Redis lost the group (restart without persistence): create it again
+                    raise key_problem(self.stream, exc, expected="stream of bar-closed events") from None
+                except TRANSIENT as exc:
+                    group_ready = False  # a Redis that restarted may have lost it
+                    await self._retry(backoff, exc)
+        finally:
+            self.reader.close()
 
-    async def _events_of(self, entries: Sequence[Any]) -> list[Event]:
-        """Entries as events; an entry without fields (deleted from the stream while pending)
-        is acknowledged, or it would stay in the pending list for ever."""
+    async def _events_of(self, shard: int, entries: Sequence[Any]) -> list[Event]:
+        """Entries of one event shard as events; an entry without fields (deleted from the stream
+        while pending) is acknowledged, or it would stay in the pending list for ever."""
         gone = [entry_id for entry_id, fields in entries if not fields]
         if gone:
-            await self.redis.xack(self.stream, self.group, *gone)
-        return [self._event(i, f) for i, f in entries if f]
+            await self.redis.xack(self.streams[shard], self.group, *gone)
+        return [self.events.parse(i, f, shard) for i, f in entries if f]
 
-    async def _redelivered(self, entries: list[Any]) -> list[Any]:
+    async def _redelivered(self, shard: int, entries: list[Any]) -> list[Any]:
         """Our own pending entries, read again after a restart: those delivered more than
         ``dead_letter_after`` times are dead-lettered (every worker that took them stopped before
         acknowledging: a crash loop must not go on for ever), the rest handled again."""
-        rows: Any = await self.redis.xpending_range(self.stream, self.group, min=entries[0][0], max=entries[-1][0],
-                                                    count=len(entries), consumername=self.consumer)
+        rows: Any = await self.redis.xpending_range(self.streams[shard], self.group, min=entries[0][0],
+                                                    max=entries[-1][0], count=len(entries),
+                                                    consumername=self.consumer)
         tired = {row["message_id"]: row["times_delivered"] for row in rows
                  if row["times_delivered"] > self._dead_after}
         if not tired:
             return entries
-        await self._bury_redelivered([(i, f) for i, f in entries if i in tired], tired)
+        await self._bury_redelivered(shard, [(i, f) for i, f in entries if i in tired], tired)
         return [(i, f) for i, f in entries if i not in tired]
 
-    async def _bury_redelivered(self, entries: Sequence[Any], delivered: Mapping[bytes, int]) -> None:
-        events = await self._events_of(entries)
+    async def _bury_redelivered(self, shard: int, entries: Sequence[Any], delivered: Mapping[bytes, int]) -> None:
+        events = await self._events_of(shard, entries)
         await self.dead.bury([
             (e, e.problem or f"delivered {delivered[e.entry_id]} times without being acknowledged: "
                              "each worker that took it stopped before it was done", delivered[e.entry_id])
             for e in events])
 
-    async def _drain(self, room: int) -> list[Any]:
+    async def _drain(self, room: int) -> list[tuple[int, Entries]]:
         """What else has arrived, without blocking: a blocked read returns as soon as the first
         event of a burst is written (Redis serves it after that one command), and the rest of
         the burst belongs in the same batch rather than in a second forward pass after it."""
-        out: list[Any] = []
+        out: list[tuple[int, Entries]] = []
         while room > 0:
-            reply: Any = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=room)
-            raise_if_cancelled()
-            entries = reply[0][1] if reply else []
-            if not entries:
+            read = await self.reader.read(dict.fromkeys(range(len(self.streams)), ">"), room)
+            if not read:
                 break
-            out += entries
-            room -= len(entries)
+            out += read
+            room -= sum(len(entries) for _, entries in read)
         return out
-
-    def _event(self, entry_id: bytes, fields: Mapping[bytes, bytes]) -> Event:
-        return self.events.parse(entry_id, fields)
 
     async def _retry(self, backoff: Backoff, exc: BaseException) -> None:
         delay = backoff.next_delay()
@@ -305,12 +311,13 @@ class Worker:
         await asyncio.sleep(delay)
 
     async def ensure_group(self) -> None:
-        try:
-            # From "0": a group created after the streamer started still sees every event.
-            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in self.streams:
+            try:
+                # From "0": a group created after the streamer started still sees every event.
+                await self.redis.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
 
     async def claim(self) -> None:
         """Take over events another consumer has held longer than ``claim_idle`` when it died,
@@ -321,8 +328,13 @@ class Worker:
         cannot publish would keep its events forever instead of letting a healthy one take them.
         """
         self._last_claim = time.monotonic()
+        for shard in range(len(self.streams)):
+            await self._claim(shard)
+
+    async def _claim(self, shard: int) -> None:
+        stream = self.streams[shard]
         idle = self.settings.forecaster.claim_idle
-        rows: Any = await self.redis.xpending_range(self.stream, self.group, min="-", max="+",
+        rows: Any = await self.redis.xpending_range(stream, self.group, min="-", max="+",
                                                     count=READ_COUNT, idle=idle)
         rows = [row for row in rows if _text(row["consumer"]) != self.consumer]
         if not rows:
@@ -343,15 +355,15 @@ class Worker:
         # when the worker that held them is gone (it died on them, again), not merely offline.
         delivered = {row["message_id"]: row["times_delivered"] + 1 for row in rows
                      if row["times_delivered"] + 1 > self._dead_after and alive[_text(row["consumer"])] is None}
-        entries: Any = await self.redis.xclaim(self.stream, self.group, self.consumer, idle, theirs)
+        entries: Any = await self.redis.xclaim(stream, self.group, self.consumer, idle, theirs)
         claimed = {entry_id for entry_id, _ in entries}
         gone = [i for i in theirs if i not in claimed]
         if gone:  # trimmed from the stream before anyone processed them
-            await self.redis.xack(self.stream, self.group, *gone)
+            await self.redis.xack(stream, self.group, *gone)
         if delivered:
-            await self._bury_redelivered([(i, f) for i, f in entries if i in delivered], delivered)
+            await self._bury_redelivered(shard, [(i, f) for i, f in entries if i in delivered], delivered)
             entries = [(i, f) for i, f in entries if i not in delivered]
-        events = await self._events_of(entries)
+        events = await self._events_of(shard, entries)
         if events:
             log.info("claimed %d pending events of other consumers", len(events))
             await self.process(events)
@@ -367,7 +379,16 @@ class Worker:
             while True:
                 raise_if_cancelled()
                 try:
-                    await self.redis.xack(self.stream, self.group, *ids)
+                    if len(self.streams) == 1:
+                        await self.redis.xack(self.stream, self.group, *[i for _, i in ids])
+                    else:
+                        by_shard: dict[int, list[bytes]] = {}
+                        for shard, entry_id in ids:
+                            by_shard.setdefault(shard, []).append(entry_id)
+                        pipe = self.redis.pipeline(transaction=False)
+                        for shard, shard_ids in by_shard.items():
+                            pipe.xack(self.streams[shard], self.group, *shard_ids)
+                        await pipe.execute()
                     backoff.reset()
                     break
                 except (RedisError, OSError) as exc:
@@ -490,14 +511,14 @@ class Worker:
     async def _process(self, events: Sequence[Event]) -> None:
         by_time: dict[int, list[Event]] = {}
         invalid: list[tuple[Event, str, int]] = []
-        repeated: list[bytes] = []
+        repeated: list[tuple[int, bytes]] = []
         predicted = self._predicted
         for event in events:
             feed = event.feed
             if feed is None:
                 invalid.append((event, event.problem or "not a bar-closed event", 1))
             elif predicted.get(feed) == event.open_time_ms:
-                repeated.append(event.entry_id)  # the same bar's event again: one forecast per bar
+                repeated.append((event.shard, event.entry_id))  # the same bar's event again: one forecast per bar
             else:
                 by_time.setdefault(event.open_time_ms, []).append(event)
         if repeated:
@@ -643,7 +664,7 @@ class Worker:
                               submit_ms=submit_s * 1000)
         self.timings.update(record.timings)
         self._records.put_nowait(record)
-        self._acks.put_nowait((ticket, [e.entry_id for e in events], record.done))
+        self._acks.put_nowait((ticket, [(e.shard, e.entry_id) for e in events], record.done))
         if self._newest_ms is None or open_ms >= self._newest_ms:
             self._newest_ms = open_ms
             self._prepares.put_nowait((open_ms, ticket))
@@ -666,14 +687,12 @@ class Worker:
         the consume loop (from the stash) after it.
         """
         try:
-            reply: Any = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: ">"},
-                                                     count=READ_COUNT)
+            read = await self.reader.read(dict.fromkeys(range(len(self.streams)), ">"), READ_COUNT)
         except (RedisError, OSError) as exc:
             log.debug("no look-ahead for bar %d: %s", open_ms, exc)
             return None
-        raise_if_cancelled()
         same: list[Event] = []
-        for event in (self._event(i, f) for i, f in (reply[0][1] if reply else []) if f):
+        for event in (self.events.parse(i, f, shard) for shard, entries in read for i, f in entries if f):
             (same if event.feed is not None and event.open_time_ms == open_ms else self._stash).append(event)
         if not same:
             return None
@@ -988,12 +1007,10 @@ class Worker:
 
 async def run(settings: Settings, *, consumer: str | None = None) -> None:
     """The forecaster service; ends only by cancellation (SIGINT/SIGTERM in the CLI)."""
-    if settings.redis.event_shards != 1:
-        raise ConfigError("redis.event_shards: the forecaster reads one event stream so far; set it to 1")
     publisher = Publisher(settings.mqtt, client_id=None)
     async with redis_client(settings.redis) as redis:
         worker = Worker(settings, redis, publisher, consumer)
-        log.info("forecaster %s reading %s as group %s", worker.consumer, worker.stream, worker.group)
+        log.info("forecaster %s reading %s as group %s", worker.consumer, ", ".join(worker.streams), worker.group)
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(publisher.run(), name="publisher")

@@ -32,8 +32,9 @@ HISTORY = 300
 
 @pytest.fixture
 async def settings(tmp_path: Path, redis_mode: str, redis_config: dict[str, Any]) -> AsyncIterator[Settings]:
-    # On the cluster with the events in shards of their own slots.
-    s = settings_for(tmp_path / "models", redis={**redis_config, "event_shards": 1})
+    # Events in shards: on one node read by one XREADGROUP naming both, on the cluster (shards in
+    # slots of their own) shard by shard. The other worker tests run on the one stream of old.
+    s = settings_for(tmp_path / "models", redis={**redis_config, "event_shards": 3 if redis_mode == "cluster" else 2})
     yield s
     await delete_prefix(s)
     await clear_retained(s)
@@ -104,3 +105,13 @@ async def test_malformed_event_is_acknowledged_and_worker_goes_on(settings: Sett
             await close_bars(redis, keys, [(feeds[0], bars[HISTORY])], shards)
             (p,) = await listener.wait_for(1)
             assert isinstance(p, Prediction) and p.last_bar_ms == bars[HISTORY].open_time_ms
+            # Set aside beside its own shard, and acknowledged there.
+            dead = await redis.xrange(keys.dead_events(MINUTE, shards - 1, shards))
+            assert len(dead) == 1 and b"missing symbol" in dead[0][1][b"error"]
+            for _ in range(100):  # the bar's event is acknowledged once its forecast is recorded
+                pending = [(await redis.xpending(s, settings.forecaster.group))["pending"]
+                           for s in keys.event_streams(MINUTE, shards)]
+                if not any(pending):
+                    break
+                await asyncio.sleep(0.05)
+            assert not any(pending)
