@@ -9,6 +9,12 @@ worker passes when no model exists yet) and predicts at *target positions*: posi
 - ``tod``: mean log volume at the same time of day over the past days.
 - ``har``: least-squares regression of log volume on the last bar, trailing means (HAR_WINDOWS)
   and a per-symbol time-of-day profile learned on the training part.
+
+Multi-horizon (forecaster/horizons.py): ``predict_targets`` forecasts log1p of the volume summed
+over each target window of coming bars. naive: the last bar's volume times the window's bars;
+tod: the sum of the profile's volumes over the window's slots; HAR *direct*: one regression per
+target on the same regressors, the profile term being the mean profile over the target's slots
+(``Har(targets=...)``; its first target, the next bar, is the one-step HAR unchanged).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from forecaster.features import (
     trailing_means,
 )
 from forecaster.frame import BarFrame, FloatArray, IntArray
+from forecaster.horizons import NEXT_BAR, Horizons, Target, window_sums
 
 BASELINE_NAMES: tuple[str, ...] = ("naive", "ewma", "tod", "har")
 
@@ -80,6 +87,36 @@ class LogForecaster:
     @property
     def quantile_levels(self) -> tuple[float, ...]:
         return ()
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        """What ``predict_targets`` forecasts (forecaster/horizons.py); the next bar alone here."""
+        return NEXT_BAR
+
+    @property
+    def horizon_spec(self) -> Horizons:
+        """The targets with their names, for payloads: the next bar alone here."""
+        return Horizons(1, ())
+
+    def predict_targets(
+        self, batch: Batch, keys: Sequence[str], positions: IntArray
+    ) -> tuple[FloatArray, FloatArray | None]:
+        """``(point (S, P, T), quantiles (S, P, T, Q) or None)``: log1p of each target's volume,
+        from the same forward pass (``predict_log`` is its first target)."""
+        point, quants = self.predict_log(batch, keys, positions)
+        return point[..., None], None if quants is None else quants[..., None, :]
+
+
+def _log_window_volume(log_bar: FloatArray, targets: Sequence[Target]) -> FloatArray:
+    """``(..., T)`` log1p of a constant bar volume (log1p ``log_bar``) summed over each target's bars."""
+    bars = np.array([k for _, k in targets], dtype=np.float64)
+    out: FloatArray = np.log1p(np.expm1(log_bar)[..., None] * bars)
+    return out
+
+
+def naive_targets(batch: Batch, positions: IntArray, targets: Sequence[Target]) -> FloatArray:
+    """``(S, P, T)``: the naive forecast of each target (the last bar's volume, per bar of the window)."""
+    return _log_window_volume(batch.log_volume[:, positions - 1], targets)
 
 
 class Naive(LogForecaster):
@@ -175,6 +212,31 @@ class TimeOfDay(LogForecaster):
             mean = total / count[None, :]
         return np.where(count[None, :] > 0, mean, last), None
 
+    def targets_of(
+        self, batch: Batch, keys: Sequence[str], positions: IntArray, targets: Sequence[Target]
+    ) -> FloatArray:
+        """``(S, P, T)``: each target's volume as the sum of this profile's volumes over its bars
+        (each bar's slot on the past days that are before the forecast)."""
+        span = max(o + k for o, k in targets)
+        spd = slots_per_day(batch.interval_ms)
+        per_bar = np.empty((batch.volume.shape[0], len(positions), span))
+        last = batch.log_volume[:, positions - 1]
+        for h in range(span):
+            # The same slot of bar p + h on past days, only where that bar is before p (seen).
+            lv, count = np.zeros((batch.volume.shape[0], len(positions))), np.zeros(len(positions))
+            for d in range(1, self.days + 1):
+                idx = positions + h - d * spd
+                ok = (idx >= 0) & (idx < positions)
+                lv += np.where(ok[None, :], batch.log_volume[:, np.clip(idx, 0, None)], 0.0)
+                count += ok
+            with np.errstate(invalid="ignore", divide="ignore"):
+                per_bar[:, :, h] = np.where(count[None, :] > 0, lv / count[None, :], last)
+        volumes = np.expm1(per_bar)
+        cum = np.concatenate([np.zeros((*volumes.shape[:2], 1)), np.cumsum(volumes, axis=2)], axis=2)
+        out = np.stack([cum[..., o + k] - cum[..., o] for o, k in targets], axis=-1)
+        result: FloatArray = np.log1p(np.maximum(out, 0.0))
+        return result
+
 
 @dataclass
 class Har(LogForecaster):
@@ -186,10 +248,21 @@ class Har(LogForecaster):
     profiles: dict[str, FloatArray] = field(default_factory=dict)
     global_profile: FloatArray = field(default_factory=lambda: np.zeros(0))
     look_back: int = HAR_HISTORY
+    # Direct multi-horizon regressions: one coefficient row per target (forecaster/horizons.py);
+    # row 0 (the next bar) is ``coef``. Empty until fitted, or for a one-step HAR.
+    horizon_targets: tuple[Target, ...] = NEXT_BAR
+    target_coef: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
+    # Window means of the profiles per window length k: (profiles dict, {k: (rows, slots)}).
+    _windowed: tuple[dict[str, FloatArray], dict[int, FloatArray]] | None = field(
+        default=None, init=False, repr=False, compare=False)
     # profile_at's table: (the profiles dict it was built from, stacked rows, key -> row). fit
     # assigns a new dict, which makes a table built from the old one stale.
     _table: tuple[dict[str, FloatArray], FloatArray, dict[str, int]] | None = field(
         default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.target_coef):
+            self.coef = self.target_coef[0]  # as _fit_targets leaves it: one row, one array
 
     @property
     def fitted(self) -> bool:
@@ -244,10 +317,92 @@ class Har(LogForecaster):
             raise ValueError("HAR needs at least two bars to fit on")
         x: FloatArray = np.concatenate(xs)
         y: FloatArray = np.concatenate(ys)
-        # A tiny ridge keeps the solve stable when the means are nearly collinear.
-        gram = x.T @ x + 1e-6 * np.eye(x.shape[1]) * len(x)
-        gram[0, 0] -= 1e-6 * len(x)
-        self.coef = np.asarray(np.linalg.solve(gram, x.T @ y), dtype=np.float64)
+        self.coef = _least_squares(x, y)
+        if len(self.horizon_targets) > 1:
+            self._fit_targets(frames)
+
+    def _fit_targets(self, frames: Sequence[tuple[str, BarFrame]]) -> None:
+        """One regression per target, each on the positions whose window lies in the frame."""
+        span = max(o + k for o, k in self.horizon_targets)
+        bases: list[FloatArray] = []
+        tods: list[FloatArray] = []
+        ys: list[FloatArray] = []
+        for key, frame in frames:
+            pos = fit_positions(len(frame), HAR_HISTORY)
+            pos = pos[pos + span <= len(frame)]
+            if len(pos) == 0:
+                continue
+            bases.append(self.fitted_design(key, frame, pos)[:, :-1])
+            tods.append(self.fitted_target_tod(frame, pos))
+            ys.append(np.log1p(window_sums(np.maximum(frame.volume, 0.0), pos, self.horizon_targets)))
+        if not bases:
+            raise ValueError(f"HAR direct needs more than {HAR_HISTORY + span} bars of one feed to fit on")
+        base, tod, y = np.concatenate(bases), np.concatenate(tods), np.concatenate(ys)
+        rows = [_least_squares(np.concatenate([base, tod[:, j : j + 1]], axis=1), y[:, j])
+                for j in range(len(self.horizon_targets))]
+        rows[0] = self.coef  # the next bar: the one-step HAR, fitted on every position
+        self.target_coef = np.stack(rows)
+        self.coef = self.target_coef[0]  # one row, never two copies that could disagree
+
+    def fitted_target_tod(self, frame: BarFrame, positions: IntArray) -> FloatArray:
+        """``(P, T)``: the profile term of each target at positions of a frame this HAR was fitted
+        on, each bar's profile value leaving that bar out (as ``fitted_design``)."""
+        lv = np.log1p(np.maximum(frame.volume, 0.0))
+        slots = slot_of_day(frame.open_time_ms, frame.interval_ms)
+        spd = slots_per_day(frame.interval_ms)
+        sums = np.bincount(slots, weights=lv - lv.mean(), minlength=spd)
+        counts = np.bincount(slots, minlength=spd)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            loo = np.where(counts[slots] > 1, (sums[slots] - (lv - lv.mean())) / (counts[slots] - 1), 0.0)
+        bars = np.array([k for _, k in self.horizon_targets], dtype=np.float64)
+        out: FloatArray = window_sums(loo, positions, self.horizon_targets) / bars
+        return out
+
+    def target_tod(self, keys: Sequence[str], target_slots: IntArray, spd: int) -> FloatArray:
+        """``(S, P, T)``: each target's mean profile over its bars' slots (``target_slots``:
+        (S, P), the slot of the first coming bar)."""
+        profiles = self.profiles
+        if self._windowed is None or self._windowed[0] is not profiles:
+            self.profile_at(keys[:1], target_slots[:1, :1])  # builds profile_at's table
+            assert self._table is not None
+            table = self._table[1]
+            windowed: dict[int, FloatArray] = {}
+            for k in sorted({k for _, k in self.horizon_targets}):
+                wrapped = np.concatenate([table, table[:, : k - 1]], axis=1)
+                cum = np.concatenate([np.zeros((len(table), 1)), np.cumsum(wrapped, axis=1)], axis=1)
+                windowed[k] = (cum[:, k : k + spd] - cum[:, :spd]) / k
+            self._windowed = (profiles, windowed)
+        assert self._table is not None
+        rows = np.fromiter((self._table[2].get(k, 0) for k in keys), dtype=np.intp, count=len(keys))
+        out = np.empty((*target_slots.shape, len(self.horizon_targets)))
+        by_length: dict[int, list[int]] = {}
+        for j, (_, k) in enumerate(self.horizon_targets):
+            by_length.setdefault(k, []).append(j)
+        for k, js in by_length.items():
+            offsets = np.array([self.horizon_targets[j][0] for j in js])
+            slots = (target_slots[..., None] + offsets) % spd
+            out[..., js] = self._windowed[1][k][rows[:, None, None], slots]
+        return out
+
+    def targets_from(self, design: FloatArray, tod: FloatArray) -> FloatArray:
+        """``(S, P, T)`` forecasts from the next bar's ``design`` (S, P, 8) and ``target_tod``."""
+        c = self.target_coef
+        out: FloatArray = design[..., :-1] @ c[:, :-1].T + tod * c[:, -1]
+        return out
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return self.horizon_targets if len(self.target_coef) else NEXT_BAR
+
+    def predict_targets(
+        self, batch: Batch, keys: Sequence[str], positions: IntArray
+    ) -> tuple[FloatArray, FloatArray | None]:
+        if len(self.target_coef) == 0:
+            return super().predict_targets(batch, keys, positions)
+        design = self.design(batch, keys, positions)
+        slots = slot_of_day(target_open_times(batch, positions), batch.interval_ms)
+        tod = self.target_tod(keys, slots, slots_per_day(batch.interval_ms))
+        return self.targets_from(design, tod), None
 
     def fitted_design(self, key: str, frame: BarFrame, positions: IntArray) -> FloatArray:
         """``design`` at positions of a frame this HAR was fitted on, honest about the profile.
@@ -283,7 +438,11 @@ class Har(LogForecaster):
         }
         if keys:
             tensors["har.profiles"] = np.stack([self.profiles[k] for k in keys]).astype(np.float64)
-        return tensors, {"interval_ms": self.interval_ms, "profile_keys": keys}
+        meta: dict[str, Any] = {"interval_ms": self.interval_ms, "profile_keys": keys}
+        if len(self.target_coef):
+            tensors["har.target_coef"] = self.target_coef.astype(np.float64)
+            meta["targets"] = [list(t) for t in self.horizon_targets]
+        return tensors, meta
 
     @classmethod
     def from_state(cls, tensors: dict[str, npt.NDArray[Any]], meta: dict[str, Any]) -> Har:
@@ -296,7 +455,16 @@ class Har(LogForecaster):
             if profiles is not None
             else {},
             global_profile=np.asarray(tensors["har.global_profile"], dtype=np.float64),
+            horizon_targets=tuple((int(o), int(k)) for o, k in meta.get("targets", NEXT_BAR)),
+            target_coef=np.asarray(tensors.get("har.target_coef", np.zeros((0, 0))), dtype=np.float64),
         )
+
+
+def _least_squares(x: FloatArray, y: FloatArray) -> FloatArray:
+    # A tiny ridge keeps the solve stable when the means are nearly collinear.
+    gram = x.T @ x + 1e-6 * np.eye(x.shape[1]) * len(x)
+    gram[0, 0] -= 1e-6 * len(x)
+    return np.asarray(np.linalg.solve(gram, x.T @ y), dtype=np.float64)
 
 
 def make_baseline(name: str, interval_ms: int = 60_000) -> LogForecaster:

@@ -5,7 +5,9 @@
   against the time-of-day profile) and static inputs at the target: HAR's own regressors, the
   signed price moves over ``RETURN_WINDOWS`` and the target's minute of the hour. Quantiles by pinball loss;
   the point forecast is a separate head trained with MSE (the conditional mean of log volume,
-  which is what minimises rmse_log; the median would not).
+  which is what minimises rmse_log; the median would not). With horizons (forecaster/horizons.py)
+  the same forward pass forecasts every target: each coming bar and each cumulative window, as a
+  correction of HAR's *direct* forecast of that target (one regression per target).
 - ``SeedModel`` (``seed``): the design note's model, faithfully (raw volume in and out, MSE).
 - ``EnsembleModel`` (``ensemble``): the LSTM and HAR blended with a weight fitted on validation.
 """
@@ -22,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from forecaster.baselines import Har, LogForecaster, fit_positions
+from forecaster.baselines import Har, LogForecaster, fit_positions, target_open_times
 from forecaster.features import (
     HAR_HISTORY,
     HAR_NAMES,
@@ -33,10 +35,12 @@ from forecaster.features import (
     per_bar,
     signed_return,
     slot_of_day,
+    slots_per_day,
     trailing_returns,
     usable_features,
 )
 from forecaster.frame import BarFrame, FloatArray, IntArray
+from forecaster.horizons import Horizons, Target, resolve, window_sums
 from forecaster.lstm_prefix import Prefix, window_values
 from forecaster.networks import MemberAverage, SeedNet, VolumeLSTM
 from volcast.settings import Feature, ModelSettings, TrainingSettings
@@ -93,7 +97,8 @@ def cap_frames(frames: Sequence[tuple[str, BarFrame]], max_bars: int) -> list[tu
 
 
 def _pinball(pred: torch.Tensor, target: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    diff = target.unsqueeze(1) - pred
+    """pred (..., Q), target (...) -> mean pinball loss."""
+    diff = target.unsqueeze(-1) - pred
     return torch.maximum(levels * diff, (levels - 1) * diff).mean()
 
 
@@ -127,7 +132,8 @@ class LstmModel(LogForecaster):
         )
         self.interval_ms = interval_ms
         self.look_back = max(settings.look_back, HAR_HISTORY)
-        self.har = Har(interval_ms=interval_ms)
+        self._horizons = resolve(settings, interval_ms)
+        self.har = Har(interval_ms=interval_ms, horizon_targets=self._horizons.targets)
         c = len(self.columns)
         self.col_mean = np.zeros(c)
         self.col_std = np.ones(c)
@@ -156,7 +162,16 @@ class LstmModel(LogForecaster):
             dropout=self.settings.dropout,
             n_quantiles=len(self.settings.quantiles),
             attention=self.settings.attention,
+            n_targets=len(self._horizons.targets),
         )
+
+    @property
+    def horizon_spec(self) -> Horizons:
+        return self._horizons
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return self._horizons.targets
 
     @property
     def quantile_levels(self) -> tuple[float, ...]:
@@ -237,7 +252,8 @@ class LstmModel(LogForecaster):
     def _inputs(
         self, batch: Batch, keys: Sequence[str], positions: IntArray, fitted: BarFrame | None = None
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], FloatArray]:
-        """Normalised windows (S*P, L, C), static regressors (S*P, H) and HAR's forecast (S, P).
+        """Normalised windows (S*P, L, C), static regressors (S*P, H) and HAR's forecast of each
+        target (S, P, T).
 
         ``fitted``: the (single) frame ``batch`` was stacked from, when HAR was fitted on it; its
         profile values then leave each target out (``Har.fitted_design``), so that training sees
@@ -263,12 +279,21 @@ class LstmModel(LogForecaster):
     def _statics(
         self, batch: Batch, keys: Sequence[str], positions: IntArray, fitted: BarFrame | None = None
     ) -> tuple[npt.NDArray[np.float32], FloatArray]:
-        """Normalised static regressors (S*P, H) and HAR's forecast (S, P); ``fitted`` as in ``_inputs``."""
+        """Normalised static regressors (S*P, H) and HAR's forecast of each target (S, P, T);
+        ``fitted`` as in ``_inputs``."""
         if fitted is not None:
             design = self.har.fitted_design(keys[0], fitted, positions)[None]
         else:
             design = self.har.design(batch, keys, positions)
-        har = design @ self.har.coef
+        if self._horizons.multi:
+            if fitted is not None:
+                tod = self.har.fitted_target_tod(fitted, positions)[None]
+            else:
+                slots = slot_of_day(target_open_times(batch, positions), batch.interval_ms)
+                tod = self.har.target_tod(keys, slots, slots_per_day(batch.interval_ms))
+            har = self.har.targets_from(design, tod)
+        else:
+            har = (design @ self.har.coef)[..., None]
         static = self._raw_static(batch, keys, positions, design)
         static = ((static - self.static_mean) * self._static_scale).reshape(-1, static.shape[-1])
         np.clip(static, -INPUT_CLIP, INPUT_CLIP, out=static)
@@ -307,28 +332,36 @@ class LstmModel(LogForecaster):
         self.har.fit(frames)
         self._fit_normalisation(frames)
         parts: dict[str, list[Any]] = {k: [] for k in ("xt", "st", "yt", "xv", "sv", "yv")}
+        targets = self._horizons.targets
+        span = self._horizons.span
         for key, frame in frames:
             batch = Batch.stack([frame])
             pos = fit_positions(len(frame), self.look_back)
-            pos = pos[pos >= self.settings.look_back]
+            # Every target's window must lie in the frame (the next bar alone: every position).
+            pos = pos[(pos >= self.settings.look_back) & (pos + span <= len(frame))]
             if len(pos) < 2:
                 continue
             split = len(pos) - max(1, int(len(pos) * training.validation_fraction))
-            for name, sel in (("t", pos[:split]), ("v", pos[split:])):
+            # Training targets must not read validation bars: span - 1 positions between them.
+            for name, sel in (("t", pos[: max(1, split - (span - 1))]), ("v", pos[split:])):
                 x, s, har = self._inputs(batch, [key], sel, fitted=frame)
+                y = np.log1p(window_sums(np.maximum(frame.volume, 0.0), sel, targets))
                 parts["x" + name].append(x)
                 parts["s" + name].append(s)
-                parts["y" + name].append((batch.log_volume[0, sel] - har[0]).astype(np.float32))
+                parts["y" + name].append((y - har[0]).astype(np.float32))
         if not parts["xt"]:
             raise ValueError(f"not enough bars to train: need more than {self.look_back} per symbol")
         xt, st, yt = (torch.from_numpy(np.concatenate(parts[k])) for k in ("xt", "st", "yt"))
         xv, sv, yv = (torch.from_numpy(np.concatenate(parts[k])) for k in ("xv", "sv", "yv"))
         levels = torch.tensor(self.settings.quantiles, dtype=torch.float32)
+        n_targets = len(targets)
 
         def loss_of(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-            loss = torch.mean((out[:, 0] - y) ** 2)
+            # out (B, T * (1 + Q)) target-major, y (B, T): every target weighs the same.
+            out = out.view(len(out), n_targets, -1)
+            loss = torch.mean((out[..., 0] - y) ** 2)
             if len(self.settings.quantiles):
-                loss = loss + _pinball(out[:, 1:], y, levels)
+                loss = loss + _pinball(out[..., 1:], y, levels)
             return loss
 
         # The feature pipeline above is shared; each member then trains alone from its own seed
@@ -424,11 +457,17 @@ class LstmModel(LogForecaster):
             x, s, har = self._inputs(batch, [key], pos, fitted=frame)
             with torch.inference_mode():
                 out = self.net(torch.from_numpy(x), torch.from_numpy(s)).numpy().astype(np.float64)
-            points.append(out[:, 0] + har[0])
-            hars.append(har[0])
+            points.append(out[:, 0] + har[0, :, 0])
+            hars.append(har[0, :, 0])
         return np.concatenate(points), np.concatenate(hars)
 
     def predict_log(
+        self, batch: Batch, keys: Sequence[str], positions: IntArray
+    ) -> tuple[FloatArray, FloatArray | None]:
+        point, quants = self.predict_targets(batch, keys, positions)
+        return point[..., 0], None if quants is None else quants[..., 0, :]
+
+    def predict_targets(
         self, batch: Batch, keys: Sequence[str], positions: IntArray
     ) -> tuple[FloatArray, FloatArray | None]:
         prefix = self.prefix  # read once: prepare_next may replace it from another thread
@@ -438,8 +477,9 @@ class LstmModel(LogForecaster):
         s_count, p_count = batch.volume.shape[0], len(positions)
         if live:
             self.prefix_misses += s_count
-        points = np.empty((s_count, p_count))
-        quants = np.empty((s_count, p_count, len(self.settings.quantiles)))
+        t_count = len(self._horizons.targets)
+        points = np.empty((s_count, p_count, t_count))
+        quants = np.empty((s_count, p_count, t_count, len(self.settings.quantiles)))
         self.net.eval()
         step = max(1, _CHUNK // s_count)
         for lo in range(0, p_count, step):
@@ -451,7 +491,8 @@ class LstmModel(LogForecaster):
         return points, quants if len(self.settings.quantiles) else None
 
     def _outputs(self, out: FloatArray, har: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """The network's rows (S*P, 1 + Q), residuals on HAR's (S, P) -> points (S, P), sorted quantiles (S, P, Q)."""
+        """The network's rows (S*P, T * (1 + Q)), residuals on HAR's (S, P, T) -> points (S, P, T),
+        sorted quantiles (S, P, T, Q)."""
         full = out.reshape(*har.shape, -1) + har[..., None]
         return full[..., 0], np.sort(full[..., 1:], axis=-1)
 
@@ -489,7 +530,8 @@ class LstmModel(LogForecaster):
         n = batch.volume.shape[1]
         rows, hit = prefix.match(keys, window_values(batch, n - lb - 1, n - 1))
         static, har = self._statics(batch, keys, positions)
-        out = np.empty((len(keys), 1 + len(self.settings.quantiles)), dtype=np.float32)
+        out = np.empty((len(keys), len(self._horizons.targets) * (1 + len(self.settings.quantiles))),
+                       dtype=np.float32)
         reuse = np.flatnonzero(hit)
         fresh = np.flatnonzero(~hit)
         self.net.eval()
@@ -524,6 +566,7 @@ class LstmModel(LogForecaster):
             "columns": list(self.columns),
             "static": list(self.static_names),
             "interval_ms": self.interval_ms,
+            "horizons": {"bars": self._horizons.bars, "sums": [list(s) for s in self._horizons.sums]},
             "normalisation": {
                 "column_mean": self.col_mean.tolist(),
                 "column_std": self.col_std.tolist(),
@@ -544,6 +587,14 @@ class LstmModel(LogForecaster):
         cls, settings: ModelSettings, tensors: dict[str, npt.NDArray[Any]], meta: dict[str, Any]
     ) -> LstmModel:
         model = cls(settings, meta["features"], int(meta["interval_ms"]))
+        # An artifact from before horizons forecasts the next bar only.
+        recorded = meta.get("horizons", {"bars": 1, "sums": []})
+        trained = Horizons(int(recorded["bars"]), tuple((str(lb), int(k)) for lb, k in recorded["sums"]))
+        if trained != model.horizon_spec:
+            raise ValueError(
+                f"trained for {_describe(trained)}, the running settings ask for {_describe(model.horizon_spec)}: "
+                "retrain it (volcast train), or set model.horizons and model.horizon_sums to what it was "
+                "trained for (a model from before horizons: horizons 1, horizon_sums [])")
         if list(meta.get("columns", [])) != list(model.columns):
             raise ValueError(f"per-bar columns {meta.get('columns')} are not this volcast's {list(model.columns)}")
         if list(meta.get("static", [])) != list(model.static_names):
@@ -561,6 +612,9 @@ class LstmModel(LogForecaster):
         model.har = Har.from_state(tensors, meta["har"])
         if model.har.coef.shape != (len(HAR_NAMES) + 1,):
             raise ValueError(f"HAR coefficients have shape {model.har.coef.shape}")
+        if trained.multi and (model.har.horizon_targets != trained.targets
+                              or model.har.target_coef.shape != (len(trained.targets), len(HAR_NAMES) + 1)):
+            raise ValueError(f"HAR's direct coefficients {model.har.target_coef.shape} do not fit {_describe(trained)}")
         state = {k.removeprefix("net."): torch.from_numpy(v.copy()) for k, v in tensors.items() if k.startswith("net.")}
         model.net.load_state_dict(state, strict=True)
         model.net.eval()
@@ -675,6 +729,14 @@ class EnsembleModel(LogForecaster):
     def min_history(self) -> int:
         return self.lstm.min_history
 
+    @property
+    def horizon_spec(self) -> Horizons:
+        return self.lstm.horizon_spec
+
+    @property
+    def targets(self) -> tuple[Target, ...]:
+        return self.lstm.targets
+
     def fit_weight(self, frames: Sequence[tuple[str, BarFrame]], validation_fraction: float) -> float:
         a_parts, b_parts, y_parts = [], [], []
         for key, frame in frames:
@@ -707,12 +769,23 @@ class EnsembleModel(LogForecaster):
     def predict_log(
         self, batch: Batch, keys: Sequence[str], positions: IntArray
     ) -> tuple[FloatArray, FloatArray | None]:
-        lstm_point, quants = self.lstm.predict_log(batch, keys, positions)
-        har_point = self.lstm.har.predict_log(batch, keys, positions)[0]
+        point, quants = self.predict_targets(batch, keys, positions)
+        return point[..., 0], None if quants is None else quants[..., 0, :]
+
+    def predict_targets(
+        self, batch: Batch, keys: Sequence[str], positions: IntArray
+    ) -> tuple[FloatArray, FloatArray | None]:
+        lstm_point, quants = self.lstm.predict_targets(batch, keys, positions)
+        har_point = self.lstm.har.predict_targets(batch, keys, positions)[0]
         point = self.weight * lstm_point + (1 - self.weight) * har_point
         if quants is not None:
             quants = quants + (point - lstm_point)[..., None]
         return point, quants
+
+
+def _describe(horizons: Horizons) -> str:
+    sums = ", ".join(label for label, _ in horizons.sums)
+    return f"{horizons.bars} horizon(s)" + (f" and sums over {sums}" if sums else "")
 
 
 def build_untrained(settings: ModelSettings, features: Sequence[Feature], interval_ms: int) -> LogForecaster:

@@ -14,6 +14,11 @@ setting), and ten times leaves room for quantiles of a quiet feed. The refit wor
 challenger's holdout forecasts against the same bound (``rolling_bounds``), so a model that would
 be guarded live is never promoted.
 
+A multi-horizon forecast (forecaster/horizons.py) is checked the same way at every target: each
+coming bar against the same bound, each cumulative window of k bars against ``log(k)`` above it
+(k bars each within the bound), every quantile in order. A forecast any of whose published
+numbers fails is replaced whole, its reason prefixed ``horizon_`` when only a horizon failed.
+
 A failing forecast is replaced by the naive forecast on the same window (its last bar's volume,
 0 when that is not a volume) in ``ModelPredictor``, marked with the reason; the worker then tries
 the feed's fallback baseline (``replace``). Everything here is vectorised over a batch: the
@@ -52,6 +57,8 @@ QUANTILE_OUT_OF_RANGE = "quantile_out_of_range"
 QUANTILES_OUT_OF_ORDER = "quantiles_out_of_order"
 REASONS: tuple[str, ...] = (NOT_FINITE, NEGATIVE, ABOVE_BOUND, QUANTILE_NOT_FINITE, QUANTILE_OUT_OF_RANGE,
                             QUANTILES_OUT_OF_ORDER)
+HORIZON = "horizon_"
+"""Prefix of a reason found at a horizon or cumulative window rather than at the next bar."""
 BoolArray = npt.NDArray[np.bool_]
 
 
@@ -93,6 +100,32 @@ def passing_log(point: FloatArray, quantiles: FloatArray | None, log_bound: Floa
         if quantiles.shape[1] > 1:
             ok &= (quantiles[:, 1:] >= quantiles[:, :-1]).all(axis=1)
     return ok
+
+
+def target_log_bounds(log_bound: FloatArray, bars: Sequence[int]) -> FloatArray:
+    """``(N, T)``: the log1p bound of each target, a window of ``bars[j]`` coming bars."""
+    out: FloatArray = log_bound[:, None] + np.log(np.asarray(bars, dtype=np.float64))[None, :]
+    return out
+
+
+def passing_targets_log(point: FloatArray, quantiles: FloatArray | None, bound: FloatArray) -> BoolArray:
+    """``passing_log`` at every target: ``point`` and ``bound`` (N, T), ``quantiles`` (N, T, Q)."""
+    ok: BoolArray = np.asarray((point <= bound).all(axis=1))
+    if quantiles is not None and quantiles.shape[-1]:
+        ok &= (quantiles <= bound[..., None]).all(axis=(1, 2))
+        if quantiles.shape[-1] > 1:
+            ok &= (quantiles[..., 1:] >= quantiles[..., :-1]).all(axis=(1, 2))
+    return ok
+
+
+def target_reason_log(point: Sequence[float], quantiles: Sequence[Sequence[float]] | None,
+                      bound: Sequence[float]) -> str:
+    """Why a row failing ``passing_targets_log`` fails: its first failing target's reason."""
+    for j, (p, b) in enumerate(zip(point, bound, strict=True)):
+        qs = [] if quantiles is None else list(quantiles[j])
+        if not passing_log(np.array([p]), np.array([qs]) if qs else None, np.array([b]))[0]:
+            return HORIZON + reason_log(p, qs, b)
+    return HORIZON + QUANTILES_OUT_OF_ORDER
 
 
 def rolling_bounds(volume: FloatArray, positions: IntArray, factor: float = GUARD_FACTOR) -> FloatArray:

@@ -85,8 +85,11 @@ class VolumeLSTM(nn.Module):
     """LSTM over normalised per-bar features, plus static regressors, to a residual on HAR.
 
     Inputs: ``seq`` (batch, look_back, n_features) and ``static`` (batch, n_static), both
-    normalised. Output: (batch, 1 + n_quantiles) in log1p space *relative to HAR's forecast*:
-    column 0 is the conditional mean (trained with MSE), the rest the quantiles (pinball loss).
+    normalised. Output: (batch, n_targets * (1 + n_quantiles)) in log1p space *relative to HAR's
+    forecast of each target*, target-major: for each target (forecaster/horizons.py; target 0 is
+    the next bar) the conditional mean (trained with MSE) then the quantiles (pinball loss). All
+    targets come from one shared LSTM state through one head: direct multi-horizon forecasts in
+    one forward pass, nothing fed back.
     With ``attention``, a learned softmax over the LSTM outputs of every step is concatenated to
     the last hidden state.
     """
@@ -100,6 +103,7 @@ class VolumeLSTM(nn.Module):
         dropout: float,
         n_quantiles: int,
         attention: bool,
+        n_targets: int = 1,
     ) -> None:
         super().__init__()
         self.lstm = nn.LSTM(
@@ -108,7 +112,8 @@ class VolumeLSTM(nn.Module):
         self.attention = nn.Linear(hidden, 1) if attention else None
         width = hidden * (2 if attention else 1) + n_static
         self.head = nn.Sequential(
-            nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1 + n_quantiles)
+            nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, n_targets * (1 + n_quantiles)),
         )
         # Start at "no correction to HAR": the net only has to learn what HAR misses.
         with torch.no_grad():
@@ -118,7 +123,7 @@ class VolumeLSTM(nn.Module):
             last.bias.zero_()
 
     def forward(self, seq: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
-        """seq: (batch, look_back, n_features), static: (batch, n_static) -> (batch, 1 + n_quantiles)."""
+        """seq: (batch, look_back, n_features), static: (batch, n_static) -> (batch, n_targets * (1 + n_quantiles))."""
         outputs, _ = self.lstm(seq)  # (batch, look_back, hidden)
         return self._head_of(outputs, static)
 
@@ -129,13 +134,13 @@ class VolumeLSTM(nn.Module):
 
     def resume(self, state: LstmState, last: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
         """The rest of ``forward``: ``last`` (batch, 1, n_features) is each window's final step,
-        ``state`` what ``begin`` returned for the steps before it -> (batch, 1 + n_quantiles)."""
+        ``state`` what ``begin`` returned for the steps before it -> (batch, n_targets * (1 + n_quantiles))."""
         out, _ = self.lstm(last, (state.h, state.c))
         outputs = out if state.outputs is None else torch.cat([state.outputs, out], dim=1)
         return self._head_of(outputs, static)
 
     def _head_of(self, outputs: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
-        """outputs: (batch, steps, hidden) of the LSTM over whole windows -> (batch, 1 + n_quantiles)."""
+        """outputs: (batch, steps, hidden) of the LSTM over whole windows -> (batch, n_targets * (1 + n_quantiles))."""
         parts = [outputs[:, -1]]
         if self.attention is not None:
             weights = torch.softmax(self.attention(outputs).squeeze(-1), dim=1)
@@ -159,7 +164,7 @@ class MemberAverage(nn.Module):
         self.members = nn.ModuleList(members)
 
     def forward(self, seq: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
-        """seq: (batch, look_back, n_features), static: (batch, n_static) -> (batch, 1 + n_quantiles)."""
+        """seq: (batch, look_back, n_features), static: (batch, n_static) -> (batch, n_targets * (1 + n_quantiles))."""
         out: torch.Tensor = torch.stack([m(seq, static) for m in self.members]).mean(dim=0)
         return out
 

@@ -1,8 +1,11 @@
 """The prediction record: what goes to MQTT, to the ``prediction`` hash and to the predictions stream.
 
 The MQTT payload is JSON with a ``schema`` number, so that subscribers can refuse a layout they do
-not know instead of misreading it. Schema 1 is documented field by field in docs/forecaster.md;
-adding a field keeps the number, renaming or removing one bumps it (``guard`` was added so).
+not know instead of misreading it. The schema is documented field by field in README's payload
+table; adding a field keeps the number, renaming or removing one bumps it (``guard`` was added so).
+Schema 2 added ``horizons`` (the forecast of each coming bar and of cumulative windows, from
+the same forward pass) and keeps every schema 1 field as it was, so a reader of schema 1 fields
+that does not insist on the number reads a schema 2 payload unchanged; ``from_json`` reads both.
 
 No payload carries a number that is not finite: orjson writes NaN and infinities as ``null``, and
 ``to_json`` refuses any payload with a null in it (``NonFiniteError``), the last line of defence
@@ -23,7 +26,8 @@ from volcast.keys import Feed
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = frozenset({1, 2})
 
 
 class NonFiniteError(ValueError):
@@ -38,6 +42,40 @@ class Guarded:
     reason: str
     model_name: str
     model_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class HorizonValues:
+    """A multi-horizon forecast: ``volume[h]`` of the bar h intervals after the predicted one
+    (``volume[0]`` is the predicted bar), each quantile level's values in the same order, and
+    per cumulative window (label such as ``"15m"``: the next 15 minutes of bars from the predicted
+    one on) its volume and quantiles."""
+
+    volume: Sequence[float]
+    quantiles: Mapping[float, Sequence[float]]
+    sums: Mapping[str, tuple[float, Mapping[float, float]]]
+
+    def document(self) -> dict[str, object]:
+        return {
+            "volume": self.volume,
+            "quantiles": {_quantile_key(q): v for q, v in self.quantiles.items()},
+            "sums": {label: {"volume": v, "quantiles": {_quantile_key(q): x for q, x in qs.items()}}
+                     for label, (v, qs) in self.sums.items()},
+        }
+
+    @classmethod
+    def from_document(cls, raw: Mapping[str, object]) -> HorizonValues:
+        volume = raw["volume"]
+        quantiles = raw["quantiles"]
+        sums = raw["sums"]
+        if not isinstance(volume, list) or not isinstance(quantiles, dict) or not isinstance(sums, dict):
+            raise TypeError("horizons needs a volume list, a quantiles map and a sums map")
+        qs = {float(q): [float(x) for x in v] for q, v in quantiles.items()}
+        if any(len(v) != len(volume) for v in qs.values()):
+            raise ValueError("horizons: every quantile needs one value per horizon")
+        return cls([float(v) for v in volume], qs,
+                   {str(label): (float(w["volume"]), {float(q): float(x) for q, x in w["quantiles"].items()})
+                    for label, w in sums.items()})
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +98,7 @@ class Prediction:
     baseline: bool
     created_ms: int
     guard: Guarded | None = None
+    horizons: HorizonValues | None = None  # None: the serving model forecasts the next bar only
 
     def to_json(self) -> bytes:
         """The MQTT payload; NonFiniteError if any number in it is not finite."""
@@ -80,6 +119,8 @@ class Prediction:
         if self.guard is not None:
             document["guard"] = {"reason": self.guard.reason,
                                  "replaced": {"name": self.guard.model_name, "version": self.guard.model_version}}
+        if self.horizons is not None:
+            document["horizons"] = self.horizons.document()
         out = orjson.dumps(document)
         # orjson writes NaN and +-inf as null, and no field here is ever null: one substring search
         # (about 0.1 us) instead of a test of every number.
@@ -113,16 +154,17 @@ class Prediction:
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Prediction:
-        """Parse a schema 1 payload; anything else raises ValueError naming the problem."""
+        """Parse a schema 1 or 2 payload; anything else raises ValueError naming the problem."""
         try:
             raw = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
             raise ValueError(f"prediction payload is not JSON: {exc}") from None
-        if not isinstance(raw, dict) or raw.get("schema") != SCHEMA_VERSION:
+        if not isinstance(raw, dict) or raw.get("schema") not in READABLE_SCHEMAS:
             raise ValueError(f"unknown prediction schema {raw.get('schema') if isinstance(raw, dict) else raw!r}")
         try:
             model = raw["model"]
             guard = raw.get("guard")
+            horizons = raw.get("horizons")
             return cls(
                 feed=Feed(str(raw["exchange"]), str(raw["symbol"]), int(raw["interval_ms"])),
                 open_time_ms=int(raw["open_time_ms"]),
@@ -136,6 +178,7 @@ class Prediction:
                 created_ms=int(raw["created_ms"]),
                 guard=None if guard is None else Guarded(str(guard["reason"]), str(guard["replaced"]["name"]),
                                                          str(guard["replaced"]["version"])),
+                horizons=None if horizons is None else HorizonValues.from_document(horizons),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed prediction payload: {exc!r}") from None

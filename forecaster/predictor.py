@@ -18,7 +18,18 @@ from forecaster.artifact import ArtifactError
 from forecaster.baselines import BASELINE_NAMES, Har, LogForecaster, make_baseline
 from forecaster.features import Batch
 from forecaster.frame import BarFrame, FloatArray, IntArray
-from forecaster.guard import MAX_LOG, log_bounds, naive_volumes, passing_log, reason_log
+from forecaster.guard import (
+    MAX_LOG,
+    log_bounds,
+    naive_volumes,
+    passing_log,
+    passing_targets_log,
+    reason_log,
+    target_log_bounds,
+    target_reason_log,
+)
+from forecaster.horizons import Horizons
+from forecaster.payload import HorizonValues
 from volcast.settings import ModelSettings
 
 __all__ = [
@@ -38,6 +49,9 @@ class Forecast:
     # Set when the model's own forecast failed the output guard (forecaster/guard.py): why, and
     # the values are then the naive forecast on the same window, without quantiles.
     guard: str | None = None
+    # Every horizon and cumulative window (forecaster/horizons.py) from the same forward pass;
+    # None for a model of the next bar only, and for a guarded forecast.
+    horizons: HorizonValues | None = None
 
 
 @runtime_checkable
@@ -112,6 +126,14 @@ class ModelPredictor:
         if self._fit_on_predict:
             raise ValueError(f"{self.name} is not fitted: call predict with frames first")
         positions = np.array([batch.volume.shape[1]], dtype=np.int64)
+        spec = self.model.horizon_spec
+        if spec.multi:
+            # One forward pass: the next bar is the first target.
+            point, quants = self.model.predict_targets(batch, keys, positions)
+            point, quants = point[:, 0], None if quants is None else quants[:, 0]
+            return forecasts_from_log(point[:, 0], None if quants is None else quants[:, 0],
+                                      self.model.quantile_levels, batch.log_volume, batch.volume,
+                                      (point, quants, spec))
         point, quants = self.model.predict_log(batch, keys, positions)
         return forecasts_from_log(point[:, 0], None if quants is None else quants[:, 0], self.model.quantile_levels,
                                   batch.log_volume, batch.volume)
@@ -138,17 +160,64 @@ class ModelPredictor:
         return volume, None if quants is None else np.expm1(np.minimum(quants[0], MAX_LOG))
 
 
+HorizonArrays = tuple[FloatArray, FloatArray | None, Horizons]
+"""A batch's log1p forecasts of every target (N, T), their quantiles (N, T, Q), and what the
+targets are."""
+HORIZON_DIGITS = 5
+"""Significant digits of the horizons in a payload: 60 bars of full floats are 4.8 kB a feed,
+and a forecast's error is far above 1e-5 of it (the next-bar fields keep every digit)."""
+
+
+def round_significant(values: FloatArray, digits: int = HORIZON_DIGITS) -> FloatArray:
+    """``values`` (finite, >= 0) to ``digits`` significant digits, as the shortest decimals: a
+    scale below 1 is applied as a division by an exact power of ten (0.01 is not exact)."""
+    with np.errstate(divide="ignore"):
+        magnitude = np.floor(np.log10(np.where(values > 0, values, 1.0)))
+    shift = digits - 1 - magnitude
+    up = 10.0 ** np.maximum(shift, 0)
+    down = 10.0 ** np.maximum(-shift, 0)
+    out: FloatArray = np.where(shift >= 0, np.round(values * up) / up, np.round(values / down) * down)
+    return out
+
+
+def _horizon_values(point: FloatArray, quants: FloatArray | None, spec: Horizons,
+                    levels: Sequence[float]) -> list[HorizonValues]:
+    """Each row's payload horizons from log1p ``point`` (N, T) and ``quants`` (N, T, Q) (passed
+    by the guard: clamped only against an overflow)."""
+    bars, labels = spec.bars, [label for label, _ in spec.sums]
+    volume = round_significant(np.maximum(np.expm1(np.minimum(point, MAX_LOG)), 0.0)).tolist()
+    qs = [float(q) for q in levels]
+    if quants is None or not qs:
+        return [HorizonValues(row[:bars], {}, {label: (row[bars + i], {}) for i, label in enumerate(labels)})
+                for row in volume]
+    # (N, Q, T): each level's values of a row in one list.
+    qv = round_significant(np.maximum(np.expm1(np.minimum(quants, MAX_LOG)), 0.0)).transpose(0, 2, 1).tolist()
+    out = []
+    for row, qrow in zip(volume, qv, strict=True):
+        out.append(HorizonValues(
+            row[:bars], {q: values[:bars] for q, values in zip(qs, qrow, strict=True)},
+            {label: (row[bars + i], {q: values[bars + i] for q, values in zip(qs, qrow, strict=True)})
+             for i, label in enumerate(labels)}))
+    return out
+
+
 def forecasts_from_log(
     point: FloatArray, quants: FloatArray | None, levels: Sequence[float], log_window: FloatArray,
-    window: FloatArray,
+    window: FloatArray, horizons: HorizonArrays | None = None,
 ) -> list[Forecast]:
     """Forecasts of a batch from log1p values ``point`` (N,) and ``quants`` (N, Q), guarded against
     the bound of each history's log1p volumes ``log_window`` (N, bars): a failing row is the naive
-    forecast on the same volumes ``window``, marked with the reason (forecaster/guard.py)."""
+    forecast on the same volumes ``window``, marked with the reason (forecaster/guard.py).
+    ``horizons``: every target of the same rows, each guarded too (a failing one fails the row)."""
     # Checked in log space, before expm1, where the models work (and the bars' log volumes are
     # stored): NaN and inf fail the comparisons.
     log_bound = log_bounds(log_window)
     ok = passing_log(point, quants, log_bound)
+    target_ok = None
+    if horizons is not None:
+        h_point, h_quants, spec = horizons
+        target_bound = target_log_bounds(log_bound, [k for _, k in spec.targets])
+        target_ok = passing_targets_log(h_point, h_quants, target_bound)
     # Clamped in log space: expm1 overflows past about 709.78 (a model fed inputs it never saw
     # in training forecast 1.4e28 and inf); such a value is above the bound anyway.
     volume = np.maximum(np.expm1(np.minimum(point, MAX_LOG)), 0.0)
@@ -161,10 +230,19 @@ def forecasts_from_log(
     else:
         rows = quantile.tolist()
         out = [Forecast(v, dict(zip(qs, row, strict=True))) for v, row in zip(volumes, rows, strict=True)]
-    if not ok.all():
+    if horizons is not None:
+        values = _horizon_values(horizons[0], horizons[1], horizons[2], levels)
+        out = [Forecast(f.volume, f.quantiles, None, v) for f, v in zip(out, values, strict=True)]
+    bad = ~ok if target_ok is None else ~(ok & target_ok)
+    if bad.any():
         naive = naive_volumes(window)
-        for i in np.flatnonzero(~ok).tolist():
-            why = reason_log(float(point[i]), [] if quants is None else quants[i].tolist(), float(log_bound[i]))
+        for i in np.flatnonzero(bad).tolist():
+            if not ok[i]:
+                why = reason_log(float(point[i]), [] if quants is None else quants[i].tolist(), float(log_bound[i]))
+            else:
+                assert horizons is not None
+                h_quant = None if horizons[1] is None else horizons[1][i].tolist()
+                why = target_reason_log(horizons[0][i].tolist(), h_quant, target_bound[i].tolist())
             out[i] = Forecast(float(naive[i]), {}, why)
     return out
 

@@ -739,6 +739,7 @@ class Worker:
                 model_version=serving.predictor.version if serving.version else "baseline",
                 baseline=serving.baseline,
                 created_ms=created,
+                horizons=forecast.horizons,
             )
             for feed, last_volume, (forecast, serving) in zip(feeds, last_volumes, results, strict=True)
         ]

@@ -67,9 +67,11 @@ def test_prediction_payload_round_trip_and_schema() -> None:
     feed = Feed("binance", "BTC/USDT", 60_000)
     p = Prediction(feed, 120_000, 60_000, 5.0, 7.5, {0.1: 1.0, 0.5: 7.0, 0.9: 20.0}, "lstm", "4", False, 99)
     assert Prediction.from_json(p.to_json()) == p
-    assert b'"0.1":1.0' in p.to_json() and b'"schema":1' in p.to_json()
+    assert b'"0.1":1.0' in p.to_json() and b'"schema":2' in p.to_json()
+    # Schema 2 only added fields: a schema 1 payload (no horizons) still reads the same.
+    assert Prediction.from_json(p.to_json().replace(b'"schema":2', b'"schema":1')) == p
     with pytest.raises(ValueError, match="schema"):
-        Prediction.from_json(p.to_json().replace(b'"schema":1', b'"schema":2'))
+        Prediction.from_json(p.to_json().replace(b'"schema":2', b'"schema":3'))
 
 
 def test_live_scores_roll_over_the_window() -> None:

@@ -152,3 +152,14 @@ async def test_prepared_boundaries_forecast_what_whole_windows_do(settings: Sett
         [want] = reference.predict([(feed_key(p.feed), frame)])
         assert p.volume == pytest.approx(want.volume, rel=1e-5)
         assert p.quantiles == pytest.approx(want.quantiles, rel=1e-5)
+        # The default model's horizons (60 bars, three windows) from the same batched pass; the
+        # payload rounds them to 5 significant digits (a prepared state may move the fifth).
+        assert p.horizons is not None and want.horizons is not None
+        assert len(p.horizons.volume) == 60 and list(p.horizons.sums) == ["5m", "15m", "1h"]
+        assert p.horizons.volume == pytest.approx(want.horizons.volume, rel=2e-4)
+        assert p.horizons.volume[0] == pytest.approx(p.volume, rel=5e-5)
+        for q in (0.1, 0.5, 0.9):
+            assert p.horizons.quantiles[q] == pytest.approx(want.horizons.quantiles[q], rel=2e-4)
+        for label, (volume, quantiles) in p.horizons.sums.items():
+            assert volume == pytest.approx(want.horizons.sums[label][0], rel=2e-4)
+            assert quantiles == pytest.approx(want.horizons.sums[label][1], rel=2e-4)

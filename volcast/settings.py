@@ -281,6 +281,20 @@ class ModelSettings(_Frozen):
     # averaging cuts the seed-to-seed variance of the correction (docs/accuracy.md).
     members: StrictInt = Field(default=1, ge=1, le=16)
     quantiles: tuple[StrictFloat, ...] = (0.1, 0.5, 0.9)
+    # Direct multi-horizon forecasts (lstm, ensemble; seed stays one step): the expected volume
+    # of each of the next ``horizons`` bars from one forward pass. None: the bars of the next
+    # hour at bars.interval (60 at 1m), at most 120 (forecaster/horizons.py). 1: next bar only.
+    horizons: StrictInt | None = Field(default=None, ge=1, le=1_440)
+    # Cumulative volume over the next ... (each a multiple of bars.interval), each with its own
+    # head. None: those of 5m, 15m, 1h that span at least two bars.
+    horizon_sums: tuple[PositiveDurationMs, ...] | None = None
+
+    @field_validator("horizon_sums")
+    @classmethod
+    def _sums(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and list(value) != sorted(set(value)):
+            raise ValueError("horizon_sums must be increasing and distinct")
+        return value
 
     @field_validator("quantiles")
     @classmethod
@@ -363,6 +377,14 @@ class Settings(_Frozen):
             raise ValueError(
                 f"bars.retention keeps {self.bars.retention_bars} bars, fewer than model.look_back "
                 f"({self.model.look_back}): no forecast could ever read its window; raise bars.retention")
+        return self
+
+    @model_validator(mode="after")
+    def _sums_whole_bars(self) -> Settings:
+        odd = [format_duration_ms(ms) for ms in self.model.horizon_sums or () if ms % self.bars.interval]
+        if odd:
+            raise ValueError(f"model.horizon_sums {odd} are not whole multiples of bars.interval "
+                             f"({format_duration_ms(self.bars.interval)})")
         return self
 
     def feeds(self) -> list[tuple[str, str]]:
