@@ -151,14 +151,15 @@ async def bare_ccxt(count: int) -> float:
             await ex.close()
 
 
-async def pipeline(count: int, prefix: str) -> tuple[float, int, int]:
-    """(trades/s, trades aggregated, trades in the bars written to Redis)."""
+async def pipeline(count: int, prefix: str, *, leases: bool = False) -> tuple[float, int, int]:
+    """(trades/s, trades aggregated, trades in the bars written to Redis); ``leases``: with
+    ``streamer.leases`` (the feed held through a lease, every write fenced)."""
     async with _flood(count) as port:
         settings = settings_from_mapping({
             "exchanges": [{"id": "binance", "symbols": ["BTC/USDT"], "urls": _urls(port),
                            "options": {"fetchMarkets": {"types": ["spot"]}}}],
             "bars": {"interval": "1s", "grace": "100ms", "open_bar_update": "20ms"},
-            "streamer": {"watchdog": "2s"},
+            "streamer": {"watchdog": "2s", "leases": leases},
             "redis": {"key_prefix": prefix},
         }, env={"VOLCAST_BINANCE_API_KEY": "benchmark"})
         os.environ["VOLCAST_BINANCE_API_KEY"] = "benchmark"

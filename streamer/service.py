@@ -11,6 +11,11 @@ exchange refuses it) stops alone: one log line, state ``error`` and the reason i
 hash; the others go on. The service itself stops with one message and a non-zero exit when
 nothing can go on: the shared events stream is unusable (no bar may be written unannounced), or
 every feed has stopped.
+
+With ``streamer.leases`` several streamers share the feeds: the feed tasks come and go with the
+leases this one holds (streamer/shards.py), every write is fenced by the feed's token, and a clean
+shutdown releases the leases after the last bars are written, so another streamer takes over at
+its next round.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection
 
 from streamer.feed import ExchangeLink, FeedRunner
 from streamer.health import FeedState
 from streamer.history import load_history
+from streamer.shards import FeedOwnership
 from streamer.source import create_exchange
-from streamer.store import REDIS_DOWN, BarStore, KeyProblem
+from streamer.store import REDIS_DOWN, BarStore, KeyProblem, ResumePoint
 from volcast.backoff import Backoff
 from volcast.connections import ConnectionProblem, redis_client
 from volcast.keys import Feed, RedisKeys
@@ -45,7 +51,7 @@ def heartbeat_ttl_ms(settings: Settings) -> int:
     return 3 * max(settings.streamer.watchdog, settings.bars.open_bar_update)
 
 
-async def _write_status(store: BarStore, runners: Sequence[FeedRunner], ttl_ms: int) -> None:
+async def _write_status(store: BarStore, runners: Collection[FeedRunner], ttl_ms: int) -> None:
     for runner in runners:
         runner.sync_health()
         runner.health.redis_buffered = store.pending
@@ -56,7 +62,7 @@ async def _write_status(store: BarStore, runners: Sequence[FeedRunner], ttl_ms: 
     )
 
 
-async def _status_loop(store: BarStore, runners: Sequence[FeedRunner], settings: Settings) -> None:
+async def _status_loop(store: BarStore, runners: Collection[FeedRunner], settings: Settings) -> None:
     ttl = heartbeat_ttl_ms(settings)
     while True:
         try:
@@ -78,7 +84,7 @@ async def _check_events_key(store: BarStore, interval_ms: int, backoff: Backoff)
             await asyncio.sleep(delay)
 
 
-async def _until_no_feed_left(runners: Sequence[FeedRunner], none_left: asyncio.Event) -> None:
+async def _until_no_feed_left(runners: Collection[FeedRunner], none_left: asyncio.Event) -> None:
     await none_left.wait()
     reasons = "; ".join(f"{r.feed.exchange} {r.feed.symbol}: {r.health.error}" for r in runners)
     raise StreamerStopped(f"every feed stopped with an error, nothing left to stream ({reasons})")
@@ -102,17 +108,8 @@ async def run(settings: Settings) -> None:
         await _check_events_key(
             store, settings.bars.interval, Backoff(streamer.backoff_initial / 1000, streamer.backoff_max / 1000)
         )
-        # Before any feed starts: a new feed's history must be in its stream before its first live bar.
-        await load_history(settings, redis, keys, heartbeat_ttl_ms(settings))
-        runners: list[FeedRunner] = []
         links: list[ExchangeLink] = []
-        by_feed: dict[Feed, FeedRunner] = {}
-        none_left = asyncio.Event()
-
-        def feed_failed(_runner: FeedRunner) -> None:
-            if all(r.failed for r in runners):
-                none_left.set()
-
+        feeds: dict[Feed, ExchangeLink] = {}
         for exchange_settings in settings.exchanges:
             exchange = create_exchange(exchange_settings)
             stack.push_async_callback(exchange.close)
@@ -120,48 +117,87 @@ async def run(settings: Settings) -> None:
             link = ExchangeLink(exchange, exchange_settings, markets_max_age_s=watchdog_s, watchdog_s=watchdog_s)
             links.append(link)
             for symbol in exchange_settings.symbols:
-                feed = Feed(exchange_settings.id, symbol, settings.bars.interval)
+                feeds[Feed(exchange_settings.id, symbol, settings.bars.interval)] = link
+        by_feed: dict[Feed, FeedRunner] = {}
+        ownership: FeedOwnership | None = None
+        none_left = asyncio.Event()
+
+        def feed_failed(_runner: FeedRunner) -> None:
+            if ownership is None and all(r.failed for r in by_feed.values()):
+                none_left.set()
+
+        def make_runner(feed: Feed, link: ExchangeLink, resume: ResumePoint | None) -> FeedRunner:
+            runner = FeedRunner(feed, link, settings, store.put, resume)
+            runner.on_error = feed_failed
+            return runner
+
+        if streamer.leases:
+            ownership = FeedOwnership(
+                settings, redis, keys, store, feeds, by_feed, heartbeat_ttl_ms(settings), make_runner
+            )
+        else:
+            # Before any feed starts: a new feed's history must be in its stream before its first live bar.
+            await load_history(settings, redis, keys, heartbeat_ttl_ms(settings))
+            for feed, link in feeds.items():
                 problem: KeyProblem | None = None
                 try:
                     resume = await store.resume_point(feed)
                 except KeyProblem as exc:
                     resume, problem = None, exc
-                runner = FeedRunner(feed, link, settings, store.put, resume)
-                runners.append(runner)
-                by_feed[feed] = runner
+                runner = by_feed[feed] = FeedRunner(feed, link, settings, store.put, resume)
                 if problem is not None:
                     runner.fail(str(problem))
                     continue
                 log.info(
-                    "%s %s: %s", feed.exchange, symbol,
+                    "%s %s: %s", feed.exchange, feed.symbol,
                     f"resuming at bar {resume.start_ms}" if resume else "new feed",
                 )
-        for runner in runners:
-            runner.on_error = feed_failed
-        store.on_feed_error = lambda feed, problem: by_feed[feed].fail(str(problem))
-        if runners and all(r.failed for r in runners):
-            none_left.set()
+            for runner in by_feed.values():
+                runner.on_error = feed_failed
+            if by_feed and all(r.failed for r in by_feed.values()):
+                none_left.set()
+
+        def feed_error(feed: Feed, problem: KeyProblem) -> None:
+            runner = by_feed.get(feed)
+            if runner is not None:
+                runner.fail(str(problem))
+
+        store.on_feed_error = feed_error
+        runners = by_feed.values()  # a live view: with leases, feeds come and go
         fatal: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as group:
-                for runner in runners:
-                    if not runner.failed:
-                        group.create_task(runner.run(), name=f"feed {runner.feed.exchange} {runner.feed.symbol}")
+                if ownership is not None:
+                    group.create_task(ownership.run(group), name="leases")
+                else:
+                    for runner in runners:
+                        if not runner.failed:
+                            group.create_task(runner.run(), name=f"feed {runner.feed.exchange} {runner.feed.symbol}")
+                    group.create_task(_until_no_feed_left(runners, none_left), name="feeds left")
                 for link in links:  # the pings whose pongs close quiet feeds' bars (streamer/liveness.py)
                     group.create_task(link.liveness.run(), name=f"liveness {link.exchange.id}")
                 group.create_task(store.run_writer(), name="bar writer")
                 group.create_task(_status_loop(store, runners, settings), name="status")
-                group.create_task(_until_no_feed_left(runners, none_left), name="feeds left")
         except* (KeyProblem, StreamerStopped) as failures:
             fatal = failures.exceptions[0]
         finally:
-            await _flush(store, runners, settings, fatal)
+            await _flush(store, list(runners), settings, fatal)
+            if ownership is not None:
+                await _release_leases(ownership)
         if fatal is not None:
             raise fatal
 
 
+async def _release_leases(ownership: FeedOwnership) -> None:
+    """After the last bars are written: another streamer may take the feeds at once."""
+    try:
+        await asyncio.wait_for(ownership.release_all(), _FLUSH_TIMEOUT_S)
+    except (TimeoutError, *REDIS_DOWN) as exc:
+        log.error("shutdown: leases not released, they lapse after streamer.lease_ttl (%s)", exc)
+
+
 async def _flush(
-    store: BarStore, runners: Sequence[FeedRunner], settings: Settings, fatal: BaseException | None
+    store: BarStore, runners: Collection[FeedRunner], settings: Settings, fatal: BaseException | None
 ) -> None:
     """Write what is queued and mark the feeds stopped; give up after a bounded time.
 

@@ -33,6 +33,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamer.announce import EVENTS_MAXLEN, WRITE_BAR_ALONE, Announcer, event_fields
 from streamer.health import FeedHealth
+from streamer.leases import FENCE_CHECK, FENCED_HSET, is_stale
 from volcast.backoff import Backoff
 from volcast.bar import Bar
 from volcast.connections import ConnectionProblem, is_cluster
@@ -155,6 +156,7 @@ class StoreCounters:
     dropped_bars: int = 0  # closed bars lost because the buffer overflowed during an outage
     redis_errors: int = 0
     redis_reconnects: int = 0
+    stale_writes: int = 0  # writes Redis refused because another streamer took the feed (leases)
 
 
 class BarStore:
@@ -185,8 +187,16 @@ class BarStore:
         self.event_shards = event_shards
         # On a cluster a bar and its event are written one after the other (announce.py).
         self.announcer = Announcer(redis, keys, event_shards) if is_cluster(redis) else None
-        self._write_bar = redis.register_script(WRITE_BAR_ALONE if self.announcer else _WRITE_BAR)
+        self._bar_script = WRITE_BAR_ALONE if self.announcer else _WRITE_BAR
+        self._write_bar = redis.register_script(self._bar_script)
         self._script_loaded = False  # a cluster pipeline does not load scripts itself
+        # With leases (streamer/leases.py): each held feed's fencing token; its writes carry it, a
+        # feed without one is not ours and its bars are not queued.
+        self.tokens: dict[Feed, str] | None = None
+        self._write_bar_fenced = redis.register_script(FENCE_CHECK + self._bar_script)
+        self._fenced_hset = redis.register_script(FENCED_HSET)
+        self.on_stale: Callable[[Feed], None] | None = None
+        """Called when Redis refuses a feed's write for a stale token: the feed is no longer ours."""
         self.failed: dict[Feed, KeyProblem] = {}
         self.on_feed_error: Callable[[Feed, KeyProblem], None] | None = None
         """Called once for a feed whose own key Redis refuses for good; its bars are dropped."""
@@ -203,6 +213,21 @@ class BarStore:
             self.on_feed_error(feed, problem)
         else:
             log.error("%s: %s", feed.symbol, problem)
+
+    def _stale(self, feed: Feed, error: ResponseError) -> None:
+        """A write refused by the fence: count it; the first for this token drops the feed's queue."""
+        self.counters.stale_writes += 1
+        if self.tokens is None or feed not in self.tokens:
+            return
+        del self.tokens[feed]
+        self._last_written.pop(feed, None)
+        dropped = sum(1 for f, _ in self._buffer if f == feed)
+        if dropped:
+            self._buffer = deque((f, b) for f, b in self._buffer if f != feed)
+        log.warning("%s %s: write refused, the lease passed to another streamer (%s); %d queued bars left "
+                    "to the new owner", feed.exchange, feed.symbol, error, dropped)
+        if self.on_stale is not None:
+            self.on_stale(feed)
 
     def _refused(self, feed: Feed | None, key: str, error: ResponseError, action: str) -> None:
         """Raise what a refused command means (RedisBusyError or a shared key's KeyProblem); a feed's own
@@ -286,6 +311,8 @@ class BarStore:
         """Queue a closed bar (synchronous: the aggregator's callback)."""
         if feed in self.failed:
             return  # its key cannot take it; the feed is stopping
+        if self.tokens is not None and feed not in self.tokens:
+            return  # not (or no longer) ours: its owner writes it
         self._buffer.append((feed, bar))
         if len(self._buffer) > self._buffer_bars:
             dropped_feed, dropped = self._buffer.popleft()
@@ -358,8 +385,9 @@ class BarStore:
     async def _write_batch(self, batch: list[tuple[Feed, Bar]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
         written: list[tuple[Feed, Bar]] = []
+        tokens = self.tokens
         for feed, bar in batch:
-            if feed in self.failed:
+            if feed in self.failed or (tokens is not None and feed not in tokens):
                 continue
             last = self._last_written.get(feed)
             if last is None:
@@ -384,7 +412,12 @@ class BarStore:
                 for name, value in fields.items():
                     args += [name, value]
                 keys = [self.keys.bars(feed), self.keys.announced(feed)]
-            await self._write_bar(keys=keys, args=args, client=pipe)  # queued: the pipeline sends it
+            if tokens is None:
+                await self._write_bar(keys=keys, args=args, client=pipe)  # queued: the pipeline sends it
+            else:
+                keys.append(self.keys.fence(feed))
+                args.append(tokens[feed])
+                await self._write_bar_fenced(keys=keys, args=args, client=pipe)
             written.append((feed, bar))
             self._last_written[feed] = bar.open_time_ms
         if not written:
@@ -392,6 +425,7 @@ class BarStore:
         try:
             if self.announcer is not None and not self._script_loaded:
                 await self.redis.script_load(WRITE_BAR_ALONE)  # on every master
+                await self.redis.script_load(FENCE_CHECK + WRITE_BAR_ALONE)
                 self._script_loaded = True
             results = await pipe.execute(raise_on_error=False)
         except BaseException:
@@ -401,6 +435,9 @@ class BarStore:
         for (feed, bar), result in zip(written, results, strict=True):
             if not isinstance(result, ResponseError):
                 count += result == 1
+                continue
+            if is_stale(result):
+                self._stale(feed, result)
                 continue
             self._last_written.clear()  # this bar (and maybe more) did not land: re-read before going on
             self.counters.bars_written += count
@@ -455,23 +492,38 @@ class BarStore:
         now = int(time.time() * 1000)
         pipe = self.redis.pipeline(transaction=False)
         targets: list[tuple[Feed, str]] = []
+        tokens = self.tokens
+
+        async def write(feed: Feed, key: str, fields: dict[str, str]) -> None:
+            if tokens is None:
+                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+                pipe.pexpire(key, ttl_ms)
+                targets.extend([(feed, key)] * 2)
+                return
+            args: list[str | int] = [ttl_ms]
+            for name, value in fields.items():
+                args += [name, value]
+            await self._fenced_hset(keys=[key, self.keys.fence(feed)], args=[*args, tokens[feed]], client=pipe)
+            targets.append((feed, key))
+
         for feed, bar in open_bars:
-            if bar is None or feed in self.failed:
+            if bar is None or feed in self.failed or (tokens is not None and feed not in tokens):
                 continue
-            fields: dict[str, str] = {**bar.to_fields(), "updated_ms": str(now)}
-            key = self.keys.open_bar(feed)
-            pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
-            pipe.pexpire(key, ttl_ms)
-            targets += [(feed, key)] * 2
+            await write(feed, self.keys.open_bar(feed), {**bar.to_fields(), "updated_ms": str(now)})
         for feed, state in health:
             key = self.keys.health(feed)
             if feed in self.failed and self.failed[feed].key == key:
                 continue  # the hash that would say so is the unusable key
-            pipe.hset(key, mapping=state.to_fields(now))  # type: ignore[arg-type]
-            pipe.pexpire(key, ttl_ms)
-            targets += [(feed, key)] * 2
+            if tokens is not None and feed not in tokens:
+                continue
+            await write(feed, key, state.to_fields(now))
+        if not targets:
+            return
         results = await pipe.execute(raise_on_error=False)
         for (feed, key), result in zip(targets, results, strict=True):
+            if is_stale(result):
+                self._stale(feed, cast(ResponseError, result))
+                continue
             if isinstance(result, ResponseError) and feed not in self.failed:
                 problem = key_problem(key, result, "writing")
                 if isinstance(problem, RedisBusyError):

@@ -119,6 +119,11 @@ def _populate(settings: Settings, now: int) -> Feed:
     client.hset(keys.refit(), mapping={"last_run_ms": str(now - 3_600_000), "result": "promoted",
                                        "next_run_ms": str(now + 7_200_000), "message": "challenger 7 beat 6"})
     client.hset(keys.forecaster(), mapping={**FORECASTER, "updated_ms": str(now - 2_000)})
+    client.hset(keys.lease(feed), mapping={"owner": "host-1:42:ab12", "token": "3", "since_ms": str(now - 9_000)})
+    client.pexpire(keys.lease(feed), 6_000)
+    client.zadd(keys.streamers(), {"host-1:42:ab12": now + 60_000, "gone:1:0000": now - 60_000})
+    client.hset(keys.streamer("host-1:42:ab12"), mapping={"feeds": "1", "stale_writes": "2", "acquired": "3",
+                                                          "lost": "1", "released": "0", "host": "host-1", "pid": "42"})
     client.close()
     return feed
 
@@ -166,6 +171,11 @@ def test_json_shows_every_field_from_the_contract_keys(prefix: str, tmp_path: Pa
     assert eth["state"] is None and eth["trades"] is None and eth["trades_per_s"] is None
     assert eth["bars"] == {"count": None, "first_open_ms": None, "last_open_ms": None, "last": None}
     assert eth["prediction"] is None and eth["scores"] is None and eth["open_bar"] is None
+    # Leases (streamer.leases): BTC's owner and token; nobody holds ETH; one live streamer.
+    assert (btc["lease"]["owner"], btc["lease"]["token"]) == ("host-1:42:ab12", 3)
+    assert 0 < btc["lease"]["expires_in_ms"] <= 6_000 and eth["lease"] is None
+    assert report["streamers"] == [{"name": "host-1:42:ab12", "feeds": 1, "stale_writes": 2, "acquired": 3,
+                                    "lost": 1, "released": 0, "host": "host-1", "pid": 42}]
 
 
 def status_now() -> int:
@@ -193,6 +203,10 @@ def test_table_lines_up_the_same_facts(prefix: str, tmp_path: Path, capsys: pyte
     assert "0.125" in bars_line and "120" in bars_line
     forecast_line = next(line for line in lines if line.startswith("binance BTC/USDT") and "lstm 7" in line)
     assert "0.750" in forecast_line and "0.412" in forecast_line and "0.875" in forecast_line
+    lease_header = next(i for i, line in enumerate(lines) if line.startswith("LEASE"))
+    assert lines[lease_header + 1].split()[:4] == ["binance", "BTC/USDT", "host-1:42:ab12", "3"]
+    assert lines[lease_header + 2].split()[2:4] == ["-", "(nobody)"]
+    assert "streamer host-1:42:ab12: 1 feeds, 2 stale writes refused, pid 42 on host-1" in lines
     assert any(line.startswith("model") and "lstm version 7" in line for line in lines)
     assert any(line.startswith("refit") and "promoted" in line and "next run in" in line for line in lines)
 

@@ -147,6 +147,25 @@ class StreamerSettings(_Frozen):
     buffer_bars: StrictInt = Field(default=100_000, gt=0)
     # Page size of REST trade requests during backfill.
     backfill_page: StrictInt = Field(default=1_000, gt=0, le=1_000)
+    # Several `volcast stream` processes share the feeds (streamer/leases.py): each feed is streamed
+    # by the one holding its lease. Off: this process streams every feed, as a single machine does.
+    leases: StrictBool = False
+    # A lease not renewed for this long passes to another streamer; a dead streamer's feeds are
+    # taken over within lease_ttl + lease_renew (default 8 s).
+    lease_ttl: PositiveDurationMs = 6_000
+    # How often leases are renewed, live streamers counted and free feeds looked for.
+    lease_renew: PositiveDurationMs = 2_000
+    # This streamer's name in the leases and `volcast status` (default: host:pid:random).
+    name: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[^\s{}]+$")
+
+    @model_validator(mode="after")
+    def _renew_within_ttl(self) -> StreamerSettings:
+        if self.lease_renew * 2 > self.lease_ttl:
+            raise ValueError(
+                f"lease_renew ({format_duration_ms(self.lease_renew)}) must be at most half of lease_ttl "
+                f"({format_duration_ms(self.lease_ttl)}), so that one late renewal does not lose a lease"
+            )
+        return self
 
 
 class HistorySettings(_Frozen):

@@ -294,7 +294,7 @@ async def collect_status(
     keys = RedisKeys(settings.redis.key_prefix)
     interval_ms = settings.bars.interval
     feeds = [Feed(exchange, symbol, interval_ms) for exchange, symbol in settings.feeds()]
-    per_feed = 5
+    per_feed = 7
     async with redis.pipeline(transaction=False) as pipe:
         for feed in feeds:
             pipe.hgetall(keys.health(feed))
@@ -302,9 +302,12 @@ async def collect_status(
             pipe.hgetall(keys.open_bar(feed))
             pipe.hgetall(keys.prediction(feed))
             pipe.hgetall(keys.scores(feed))
+            pipe.hgetall(keys.lease(feed))
+            pipe.pttl(keys.lease(feed))
         pipe.hgetall(keys.model())
         pipe.hgetall(keys.refit())
         pipe.hgetall(keys.forecaster())
+        pipe.zrangebyscore(keys.streamers(), f"({now}", "+inf")
         replies = await pipe.execute(raise_on_error=False)
     for reply in replies:
         # "no such key" (XINFO on a missing stream) and WRONGTYPE mean "nothing to show"; a lost
@@ -316,16 +319,18 @@ async def collect_status(
     previous_feeds = {(f["exchange"], f["symbol"]): f for f in (previous or {}).get("feeds", [])}
     feed_reports: list[dict[str, Any]] = []
     for index, feed in enumerate(feeds):
-        health, info, open_bar, prediction, scores = replies[index * per_feed : (index + 1) * per_feed]
+        replied = replies[index * per_feed : (index + 1) * per_feed]
+        health, info, open_bar, prediction, scores, lease, lease_ttl = replied
         report: dict[str, Any] = {"exchange": feed.exchange, "symbol": feed.symbol, "interval": feed.interval}
         report.update(_health(_text(health), now))
         report["bars"] = _bars(info, interval_ms)
         report["open_bar"] = _open_bar(_text(open_bar))
         report["prediction"] = _prediction(_text(prediction))
         report["scores"] = _scores(_text(scores))
+        report["lease"] = _lease(_text(lease), lease_ttl)
         _trade_rate(report, previous_feeds.get((feed.exchange, feed.symbol)), interval_ms)
         feed_reports.append(report)
-    model, refit, forecaster = replies[len(feeds) * per_feed :]
+    model, refit, forecaster, streamer_names = replies[len(feeds) * per_feed :]
     model_report = _model(_text(model))
     forecaster_report = _forecaster(_text(forecaster))
     for report in feed_reports:
@@ -340,7 +345,34 @@ async def collect_status(
         "model": model_report,
         "forecaster": forecaster_report,
         "refit": _refit(_text(refit)),
+        "streamers": await _streamers(redis, keys, streamer_names),
     }
+
+
+def _lease(raw: dict[str, str] | None, ttl: Any) -> dict[str, Any] | None:
+    """Which streamer holds the feed (``streamer.leases``), its fencing token and the lease's time left."""
+    if raw is None:
+        return None
+    return {"owner": raw.get("owner"), "token": _int(raw.get("token")),
+            "expires_in_ms": ttl if isinstance(ttl, int) and ttl >= 0 else None}
+
+
+async def _streamers(redis: aioredis.Redis, keys: RedisKeys, names: Any) -> list[dict[str, Any]]:
+    """The live streamers sharing the feeds (empty without leases): feeds held, refused stale writes."""
+    if not isinstance(names, list) or not names:
+        return []
+    texts = [n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in names]
+    async with redis.pipeline(transaction=False) as pipe:
+        for name in texts:
+            pipe.hgetall(keys.streamer(name))
+        replies = await pipe.execute(raise_on_error=False)
+    out = []
+    for name, reply in zip(texts, replies, strict=True):
+        info = _text(reply) or {}
+        out.append({"name": name, "feeds": _int(info.get("feeds")), "stale_writes": _int(info.get("stale_writes")),
+                    "acquired": _int(info.get("acquired")), "lost": _int(info.get("lost")),
+                    "released": _int(info.get("released")), "host": info.get("host"), "pid": _int(info.get("pid"))})
+    return out
 
 
 def model_history(name: str | None, settings: Settings) -> tuple[int, str]:
@@ -470,6 +502,20 @@ def render_table(report: Report) -> str:
         "",
     ]
     names = [f"{f['exchange']} {f['symbol']}" for f in feeds]
+    if any(f.get("lease") for f in feeds):  # several streamers share the feeds (streamer.leases)
+        lines += _table(
+            ["LEASE", "OWNER", "TOKEN", "EXPIRES IN"],
+            [
+                [name, _cell(lease["owner"]), _cell(lease["token"]), format_age(lease["expires_in_ms"])]
+                if (lease := f.get("lease")) else [name, "- (nobody)", DASH, DASH]
+                for name, f in zip(names, feeds, strict=True)
+            ],
+        )
+        for streamer in report.get("streamers") or []:
+            lines.append(f"streamer {streamer['name']}: {_cell(streamer['feeds'])} feeds, "
+                         f"{_cell(streamer['stale_writes'])} stale writes refused, pid {_cell(streamer['pid'])} "
+                         f"on {_cell(streamer['host'])}")
+        lines.append("")
     lines += _table(
         ["FEED", "STATE", "LAST TRADE AGE", "TRADES/S", "TRADES", "DUPLICATES", "LATE", "GAPS", "RECONNECTS",
          "BACKFILLED", "HEARTBEAT", "CLOSED TRADE/PONG/REST", "CLOSE DELAY LAST/P99/MAX", "DELIVERY P50/P99/MAX"],

@@ -1,7 +1,8 @@
 """``volcast stream``: run the ingester (exchange trades -> exact bars in Redis) until SIGINT/SIGTERM.
 
 A signal cancels the service, which then flushes its closed bars (bounded) before exiting 0, so
-a restart loses nothing.
+a restart loses nothing. ``--leases`` (or ``streamer.leases: true``) shares the feeds with the other
+streamers started so (README "Scaling out").
 """
 
 from __future__ import annotations
@@ -14,6 +15,14 @@ from volcast.commands.common import add_config_argument, check_services, setting
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
+    parser.add_argument(
+        "--leases", action="store_true",
+        help="share the configured feeds with the other `volcast stream --leases` processes on the same Redis: "
+        "each feed is streamed by one of them, a dead one's feeds are taken over within "
+        "streamer.lease_ttl + streamer.lease_renew (as streamer.leases: true)",
+    )
+    parser.add_argument("--name", help="this streamer's name in the leases and `volcast status` "
+                        "(as streamer.name; default host:pid:random)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -21,5 +30,11 @@ def main(args: argparse.Namespace) -> int:
     from volcast.signals import until_signalled
 
     settings = settings_from_args(args)
+    if args.leases or args.name:
+        updates: dict[str, object] = {"leases": True} if args.leases else {}
+        if args.name:
+            updates["name"] = args.name
+        streamer = type(settings.streamer).model_validate({**settings.streamer.model_dump(), **updates})
+        settings = settings.model_copy(update={"streamer": streamer})
     check_services(settings, redis=True)
     return asyncio.run(until_signalled(run(settings), "stream"))
