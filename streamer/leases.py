@@ -27,6 +27,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from volcast.connections import is_cluster
 from volcast.keys import Feed, RedisKeys
 
 STALE = "STALE"
@@ -132,6 +133,7 @@ class Leases:
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self._heartbeat = redis.register_script(_HEARTBEAT)
+        self._renew_loaded = not is_cluster(redis)  # a cluster pipeline does not load scripts itself
 
     def _feed_keys(self, feed: Feed) -> list[str]:
         return [self.keys.lease(feed), self.keys.fence(feed)]
@@ -149,6 +151,9 @@ class Leases:
         """
         if not held:
             return []
+        if not self._renew_loaded:
+            await self.redis.script_load(_RENEW)  # on every master
+            self._renew_loaded = True
         pipe = self.redis.pipeline(transaction=False)
         feeds = list(held)
         for feed in feeds:

@@ -195,6 +195,7 @@ class BarStore:
         self.tokens: dict[Feed, str] | None = None
         self._write_bar_fenced = redis.register_script(FENCE_CHECK + self._bar_script)
         self._fenced_hset = redis.register_script(FENCED_HSET)
+        self._hset_loaded = False
         self.on_stale: Callable[[Feed], None] | None = None
         """Called when Redis refuses a feed's write for a stale token: the feed is no longer ours."""
         self.failed: dict[Feed, KeyProblem] = {}
@@ -519,6 +520,9 @@ class BarStore:
             await write(feed, key, state.to_fields(now))
         if not targets:
             return
+        if tokens is not None and self.announcer is not None and not self._hset_loaded:
+            await self.redis.script_load(FENCED_HSET)  # a cluster pipeline does not load scripts itself
+            self._hset_loaded = True
         results = await pipe.execute(raise_on_error=False)
         for (feed, key), result in zip(targets, results, strict=True):
             if is_stale(result):

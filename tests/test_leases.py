@@ -1,35 +1,43 @@
-"""Feed leases and fencing against real Redis: one owner at a time, tokens that only grow, and
-writes with a stale token refused by the store's scripts (bar + event, open bar, health), counted."""
+"""Feed leases and fencing against real Redis (the single node and the local cluster): one owner at
+a time, tokens that only grow, and writes with a stale token refused by the store's scripts (bar +
+event, open bar, health), counted."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from stream_harness import delete_prefix, unique_prefix
+from stream_harness import unique_prefix
 
 from streamer.health import FeedHealth
 from streamer.leases import Leases, fair_share, lease_holders, live_streamers
 from streamer.store import BarStore
 from volcast.backoff import Backoff
 from volcast.bar import Bar, BarStatus
+from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
+from volcast.settings import RedisSettings
 
 FEED = Feed("binance", "BTC/USDT", 1000)
 OTHER = Feed("binance", "ETH/USDT", 1000)
 
 
 @pytest.fixture
-async def redis() -> AsyncIterator[tuple[aioredis.Redis, RedisKeys]]:
-    client = aioredis.Redis()
-    prefix = unique_prefix()
-    try:
-        yield client, RedisKeys(prefix)
-    finally:
-        await delete_prefix(client, prefix)
-        await client.aclose()
+async def redis(redis_config: dict[str, Any]) -> AsyncIterator[tuple[aioredis.Redis, RedisKeys]]:
+    """A client of the single Redis or of the local cluster (each test runs on both)."""
+    keys = RedisKeys(unique_prefix())
+    async with redis_client(RedisSettings(**redis_config)) as client:
+        try:
+            yield client, keys
+        finally:
+            for key in [keys.streamers(), *(keys.streamer(n) for n in "ab"), keys.bar_events(1000)]:
+                await client.delete(key)
+            for feed in (FEED, OTHER):
+                for name in ("bars", "open_bar", "health", "lease", "fence", "announced"):
+                    await client.delete(getattr(keys, name)(feed))
 
 
 async def _lapse(client: aioredis.Redis, key: str) -> None:
