@@ -38,6 +38,7 @@ from forecaster.feeds import configured_feeds, feed_key
 from forecaster.frame import BarFrame
 from forecaster.model_store import ModelRecord, ModelStore, current_model, promote
 from forecaster.predictor import ModelPredictor, Predictor, baseline_predictor, load_predictor
+from forecaster.refit_metrics import RefitMetrics
 from forecaster.scoring import score
 from forecaster.training import TrainedModel, clean_frame, min_training_bars, train_model
 from volcast.aio import raise_if_cancelled
@@ -45,6 +46,7 @@ from volcast.backoff import Backoff
 from volcast.bar import Bar
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
+from volcast.metrics_server import new_registry, serving_metrics
 from volcast.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -257,7 +259,9 @@ async def _until_first_model_data(settings: Settings, redis: aioredis.Redis, key
 async def run(settings: Settings, *, once: bool = False) -> RefitOutcome | None:
     """The refit worker: one refit every ``refit.every`` (or exactly one with ``once``)."""
     keys = RedisKeys(settings.redis.key_prefix)
-    async with redis_client(settings.redis) as redis:
+    metrics = RefitMetrics()
+    served = settings.metrics.model_copy(update={"enabled": settings.metrics.enabled and not once})
+    async with redis_client(settings.redis) as redis, serving_metrics(served, "refit", new_registry([metrics])):
         if once:
             return await refit_once(settings, redis)
         backoff = Backoff(1.0, 60.0)
@@ -273,7 +277,8 @@ async def run(settings: Settings, *, once: bool = False) -> RefitOutcome | None:
                 elif wait_ms > 0:
                     log.info("next refit in %.0f s", wait_ms / 1000)
                     await asyncio.sleep(wait_ms / 1000)
-                await refit_once(settings, redis)
+                started = time.monotonic()
+                metrics.observe(await refit_once(settings, redis), time.monotonic() - started)
                 backoff.reset()
             except (RedisError, OSError) as exc:
                 delay = backoff.next_delay()

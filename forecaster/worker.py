@@ -33,7 +33,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, cast
@@ -54,6 +54,7 @@ from forecaster.features import Batch
 from forecaster.feeds import feed_key
 from forecaster.guard import GuardCounts, clean_volume
 from forecaster.guard_fallback import baseline_forecasts
+from forecaster.metrics import serve_metrics
 from forecaster.model_store import ModelStore, current_version
 from forecaster.payload import Guarded, Prediction, encode_all
 from forecaster.predictor import Forecast, Predictor, baseline_predictor, load_predictor
@@ -203,6 +204,8 @@ class Worker:
         self.predictions = 0
         self.record_errors = 0
         self.timings: dict[str, float] = {}
+        # Called with each published boundary's predictions and timings once recorded (metrics).
+        self.recorded: list[Callable[[Sequence[Prediction], Mapping[str, float]], None]] = []
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -954,6 +957,8 @@ class Worker:
                 except (RedisError, OSError) as exc:
                     await self._retry(backoff, exc)
             job.done.set()
+            for observe in self.recorded:
+                observe(job.predictions, job.timings)
             self.timings["record_ms"] = (time.perf_counter() - started) * 1000
             if self._settle_due and self._records.empty():
                 await self._until_idle()
@@ -1020,6 +1025,7 @@ async def run(settings: Settings, *, consumer: str | None = None) -> None:
                 tasks.create_task(worker.prepare(), name="prepare")
                 tasks.create_task(worker.acknowledge(), name="acknowledge")
                 tasks.create_task(worker.heartbeat(), name="heartbeat")
+                tasks.create_task(serve_metrics(worker), name="metrics")
         except BaseExceptionGroup as group:
             # A key Redis refuses ends the service with its one message (the CLI prints it), not
             # with the traceback of a task group.

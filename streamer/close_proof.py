@@ -9,6 +9,7 @@ a liveness proof trusts every trade older than the proven moment minus the grace
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
 from enum import StrEnum
 
@@ -29,6 +30,10 @@ class CloseProof(StrEnum):
 _BAR_SAMPLES = 256
 _DELIVERY_SAMPLES = 1024
 _EWMA_WEIGHT = 1 / 64
+# Upper bounds (ms) of the close-delay histogram buckets served as Prometheus metrics
+# (streamer/metrics.py), counted here as bars close: around the default 2 s grace, where quiet
+# feeds' liveness closes land, and up to a minute for closes after a stall.
+CLOSE_DELAY_BUCKETS_MS = (25, 50, 100, 250, 500, 1_000, 2_000, 2_500, 3_000, 5_000, 10_000, 30_000, 60_000)
 
 
 def percentile(samples: list[int], fraction: float) -> int:
@@ -47,17 +52,22 @@ class CloseStats:
     (history, the first backfill) would otherwise read as a latency.
     """
 
-    __slots__ = ("_delays", "counts", "last_delay_ms", "max_delay_ms")
+    __slots__ = ("_delays", "buckets", "counts", "delay_sum_ms", "last_delay_ms", "max_delay_ms")
 
     def __init__(self) -> None:
         self.counts = dict.fromkeys(CloseProof, 0)
         self._delays: deque[int] = deque(maxlen=_BAR_SAMPLES)
         self.last_delay_ms = 0
         self.max_delay_ms = 0
+        # Per proof: delays counted per bucket of CLOSE_DELAY_BUCKETS_MS (the last: above them all).
+        self.buckets = {proof: [0] * (len(CLOSE_DELAY_BUCKETS_MS) + 1) for proof in CloseProof}
+        self.delay_sum_ms = dict.fromkeys(CloseProof, 0)
 
     def record(self, proof: CloseProof, delay_ms: int | None) -> None:
         self.counts[proof] += 1
         if delay_ms is not None:
+            self.buckets[proof][bisect_left(CLOSE_DELAY_BUCKETS_MS, delay_ms)] += 1
+            self.delay_sum_ms[proof] += delay_ms
             self._delays.append(delay_ms)
             self.last_delay_ms = delay_ms
             self.max_delay_ms = max(self.max_delay_ms, delay_ms)

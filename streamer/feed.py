@@ -291,6 +291,8 @@ class FeedRunner:
         self.health.bars_closed += 1
         if bar.status.value == "gap":
             self.health.gap_bars += 1
+        elif bar.status.value == "backfilled":
+            self.health.backfilled_bars += 1
         end = bar.open_time_ms + self.aggregator.interval_ms
         live_since = self._live_since_ms
         delay = None if live_since is None or end <= live_since else max(0, now_ms() + self._figures_offset() - end)

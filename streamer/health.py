@@ -40,8 +40,9 @@ class FeedHealth:
     malformed_side: int = 0
     malformed_price: int = 0
     malformed_amount: int = 0
-    bars_closed: int = 0
+    bars_closed: int = 0  # complete + backfilled + gap
     gap_bars: int = 0
+    backfilled_bars: int = 0
     redis_buffered: int = 0  # closed bars (of all feeds) waiting for Redis
     dropped_bars: int = 0  # closed bars (of all feeds) lost to a full buffer
     redis_reconnects: int = 0  # times the bar writer got Redis back after an outage

@@ -28,12 +28,14 @@ from collections.abc import Collection
 from streamer.feed import ExchangeLink, FeedRunner
 from streamer.health import FeedState
 from streamer.history import load_history
+from streamer.metrics import StreamerCollector
 from streamer.shards import FeedOwnership
 from streamer.source import create_exchange
 from streamer.store import REDIS_DOWN, BarStore, KeyProblem, ResumePoint
 from volcast.backoff import Backoff
 from volcast.connections import ConnectionProblem, redis_client
 from volcast.keys import Feed, RedisKeys
+from volcast.metrics_server import new_registry, serving_metrics
 from volcast.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,9 @@ async def run(settings: Settings) -> None:
             backoff=Backoff(streamer.backoff_initial / 1000, streamer.backoff_max / 1000),
             event_shards=settings.redis.event_shards,
         )
+        by_feed: dict[Feed, FeedRunner] = {}
+        collector = StreamerCollector(by_feed, store, per_feed=settings.metrics.per_feed)
+        await stack.enter_async_context(serving_metrics(settings.metrics, "stream", new_registry([collector])))
         await _check_events_key(
             store, settings.bars.interval, Backoff(streamer.backoff_initial / 1000, streamer.backoff_max / 1000)
         )
@@ -118,7 +123,6 @@ async def run(settings: Settings) -> None:
             links.append(link)
             for symbol in exchange_settings.symbols:
                 feeds[Feed(exchange_settings.id, symbol, settings.bars.interval)] = link
-        by_feed: dict[Feed, FeedRunner] = {}
         ownership: FeedOwnership | None = None
         none_left = asyncio.Event()
 

@@ -371,6 +371,32 @@ class ForecasterSettings(_Frozen):
     demotion_ratio: StrictFloat = Field(default=1.0, gt=0.0)
 
 
+Port = Annotated[int, Field(ge=0, le=65_535)]
+
+
+class MetricsSettings(_Frozen):
+    """Prometheus endpoints (``/metrics``), one per service, so that one scrape config serves
+    three processes on one machine and ``volcast run`` (stream and forecast in one process, refit
+    in a child) alike. Port 0 picks a free port (logged)."""
+
+    enabled: StrictBool = False
+    host: str = "127.0.0.1"  # 0.0.0.0 to be scraped from another machine or container
+    stream_port: Port = 9464
+    forecast_port: Port = 9465
+    refit_port: Port = 9466
+    # exchange/symbol/interval labels on the streamer's per-feed metrics: about 20 series a feed.
+    # False sums them per exchange (for thousands of feeds); latency histograms are never per feed.
+    per_feed: StrictBool = True
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> MetricsSettings:
+        ports = [p for p in (self.stream_port, self.forecast_port, self.refit_port) if p]
+        if self.enabled and len(set(ports)) != len(ports):
+            raise ValueError("metrics: stream_port, forecast_port and refit_port must differ (volcast run serves "
+                             "all three from one machine); 0 picks a free port")
+        return self
+
+
 class Settings(_Frozen):
     exchanges: tuple[ExchangeSettings, ...] = Field(min_length=1)
     bars: BarSettings = BarSettings()
@@ -382,6 +408,7 @@ class Settings(_Frozen):
     training: TrainingSettings = TrainingSettings()
     refit: RefitSettings = RefitSettings()
     forecaster: ForecasterSettings = ForecasterSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @model_validator(mode="after")
     def _distinct_exchanges(self) -> Settings:

@@ -32,9 +32,34 @@ def add_config_argument(parser: argparse.ArgumentParser, *, inherited: bool = Fa
     )
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65_535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give 1-65535, or 0 for a free one")
+    return port
+
+
+def add_metrics_argument(parser: argparse.ArgumentParser, service: str) -> None:
+    """``--metrics-port N``: serve Prometheus metrics at http://<metrics.host>:N/metrics."""
+    parser.add_argument(
+        "--metrics-port", type=_port, default=None, metavar="N",
+        help=f"serve Prometheus metrics at http://<metrics.host>:N/metrics (0: a free port, logged); "
+             f"overrides metrics.enabled and metrics.{service}_port of the config (README \"Metrics\")")
+    parser.set_defaults(metrics_service=service)
+
+
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Load --config; a bad file raises ConfigError, which the CLI turns into exit code 2."""
-    return load_settings(args.config)
+    settings = load_settings(args.config)
+    port = getattr(args, "metrics_port", None)
+    if port is not None:
+        from volcast.metrics_server import with_metrics_port
+
+        settings = with_metrics_port(settings, args.metrics_service, port)
+    return settings
 
 
 async def _collect_clients() -> None:

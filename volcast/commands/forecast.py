@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from volcast.commands.common import add_config_argument, check_services, settings_from_args
+from volcast.commands.common import add_config_argument, add_metrics_argument, check_services, settings_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
+    add_metrics_argument(parser, "forecast")
     parser.add_argument("--consumer", default=None,
                         help="consumer name in the Redis group (default: forecaster.consumer or <host>-<pid>)")
 

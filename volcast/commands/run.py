@@ -9,6 +9,9 @@ from volcast.commands.common import add_config_argument, check_services, setting
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
+    parser.epilog = ("Prometheus metrics: with metrics.enabled in the config, the streamer, the forecaster and "
+                     "the refit child serve /metrics on metrics.stream_port, forecast_port and refit_port, as "
+                     "three separate processes would (README \"Metrics\").")
 
 
 def main(args: argparse.Namespace) -> int:

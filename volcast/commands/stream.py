@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from volcast.commands.common import add_config_argument, check_services, settings_from_args
+from volcast.commands.common import add_config_argument, add_metrics_argument, check_services, settings_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -23,6 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--name", help="this streamer's name in the leases and `volcast status` "
                         "(as streamer.name; default host:pid:random)")
+    add_metrics_argument(parser, "stream")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -1,0 +1,177 @@
+"""`volcast stream --metrics-port 0` serves Prometheus metrics that agree with Redis: a real
+scrape over HTTP of the real command (a subprocess) streaming the simulator through ccxt."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+import yaml
+from metrics_scrape import Samples, scrape, value
+from stream_harness import PATIENCE_S, delete_prefix, stream_settings, streamed_to_the_end, unique_prefix, write_windows
+
+from streamer.simulator.faults import parse_faults
+from streamer.simulator.server import ReplayServer
+from streamer.simulator.tape import load_tape
+from volcast.bar import Bar
+from volcast.keys import Feed, RedisKeys
+
+ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = pytest.mark.slow
+
+async def port_from_log(stderr: asyncio.StreamReader, lines: list[str]) -> int:
+    """The port the service logged ("stream metrics on http://127.0.0.1:N/metrics")."""
+    while True:
+        line = (await stderr.readline()).decode(errors="replace")
+        if not line:
+            raise AssertionError("the streamer exited before serving metrics:\n" + "".join(lines))
+        lines.append(line)
+        found = re.search(r"stream metrics on http://127\.0\.0\.1:(\d+)/metrics", line)
+        if found:
+            return int(found.group(1))
+
+
+async def drain(stderr: asyncio.StreamReader, lines: list[str]) -> None:
+    while line := await stderr.readline():
+        lines.append(line.decode(errors="replace"))
+
+
+async def redis_view(redis: aioredis.Redis, keys: RedisKeys, feeds: list[Feed]) -> dict[Feed, dict[str, int]]:
+    """Each feed's health counters and its bars' statuses, read in one transaction."""
+    pipe = redis.pipeline(transaction=True)
+    for feed in feeds:
+        pipe.hgetall(keys.health(feed))
+        pipe.xrange(keys.bars(feed))
+    replies = await pipe.execute()
+    view: dict[Feed, dict[str, int]] = {}
+    for feed, health, entries in zip(feeds, replies[0::2], replies[1::2], strict=True):
+        fields = {k.decode(): v.decode() for k, v in health.items()}
+        numbers = {k: int(v) for k, v in fields.items() if v.lstrip("-").isdigit()}
+        for _, bar_fields in entries:
+            status = Bar.from_fields(bar_fields).status.value
+            numbers[f"stream_{status}"] = numbers.get(f"stream_{status}", 0) + 1
+        view[feed] = numbers
+    return view
+
+
+def disagreements(samples: Samples, view: Mapping[Feed, Mapping[str, int]]) -> list[str]:
+    """Where the scrape differs from the health hashes and bar streams (empty: they agree)."""
+    wrong: list[str] = []
+
+    def check(what: str, got: float, want: int) -> None:
+        if got != want:
+            wrong.append(f"{what}: metrics {got}, redis {want}")
+
+    written = 0
+    for feed, numbers in view.items():
+        labels = {"exchange": feed.exchange, "symbol": feed.symbol, "interval": "1s"}
+        for metric, field in (("trades", "trades"), ("duplicate_trades", "duplicates"), ("late_trades", "late"),
+                              ("malformed_trades", "malformed"), ("backfilled_trades", "backfilled_trades"),
+                              ("gaps", "gaps"), ("reconnects", "reconnects")):
+            check(f"{feed.symbol} {metric}", value(samples, f"volcast_stream_{metric}_total", **labels),
+                  numbers[field])
+        for proof in ("trade", "liveness", "rest"):
+            check(f"{feed.symbol} closes by {proof}",
+                  value(samples, "volcast_stream_closes_total", **labels, proof=proof), numbers[f"closed_by_{proof}"])
+        for status in ("complete", "backfilled", "gap"):
+            in_stream = numbers.get(f"stream_{status}", 0)
+            written += in_stream
+            check(f"{feed.symbol} {status} bars", value(samples, "volcast_stream_bars_total", **labels, status=status),
+                  in_stream)
+        check(f"{feed.symbol} bars closed", sum(
+            value(samples, "volcast_stream_bars_total", **labels, status=s) for s in ("complete", "backfilled", "gap")),
+            numbers["bars_closed"])
+    check("bars written", value(samples, "volcast_stream_bars_written_total"), written)
+    return wrong
+
+
+async def test_stream_metrics_agree_with_redis(tmp_path: Path) -> None:
+    files = write_windows(tmp_path, 20)
+    tapes = [load_tape(f) for f in files]
+    prefix = unique_prefix()
+    keys = RedisKeys(prefix)
+    redis = aioredis.Redis()
+    env = {**os.environ, "VOLCAST_BINANCE_API_KEY": "simulator"}
+    lines: list[str] = []
+    try:
+        # Dropped connections (backfills, backfilled bars, reconnects), repeated and malformed frames:
+        # counters that are not all zero to compare.
+        faults = parse_faults("drop_every_trades=300,duplicate_rate=0.03,malformed_rate=0.02")
+        async with ReplayServer(tapes, speed=4, faults=faults, seed=7, start_on_subscribe=True) as server:
+            settings = stream_settings(server, [t.symbol for t in tapes], prefix, history={"days": 0})
+            raw = settings.model_dump(mode="json", include={"exchanges", "bars", "streamer", "redis", "history"})
+            (tmp_path / "config.yml").write_text(yaml.safe_dump(raw), encoding="utf-8")
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "volcast.cli", "stream", "--config", str(tmp_path / "config.yml"),
+                "--metrics-port", "0", cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            assert process.stderr is not None
+            drained: asyncio.Task[None] | None = None
+            try:
+                port = await asyncio.wait_for(port_from_log(process.stderr, lines), PATIENCE_S)
+                drained = asyncio.create_task(drain(process.stderr, lines))
+                expected = await streamed_to_the_end(redis, keys, server, tapes, files)
+                feeds = list(expected)
+                # Bars keep closing (quiet feeds on pongs): wait for a scrape between two equal reads.
+                deadline = time.monotonic() + PATIENCE_S
+                wrong: list[str] = ["not compared yet"]
+                while wrong and time.monotonic() < deadline:
+                    before = await redis_view(redis, keys, feeds)
+                    samples = await asyncio.to_thread(scrape, port)
+                    after = await redis_view(redis, keys, feeds)
+                    wrong = disagreements(samples, after) if before == after else ["redis moved during the scrape"]
+                    if wrong:
+                        await asyncio.sleep(0.05)
+                assert not wrong, wrong
+            finally:
+                process.send_signal(signal.SIGTERM)
+                code = await asyncio.wait_for(process.wait(), PATIENCE_S)
+                if drained is not None:
+                    await asyncio.wait_for(drained, PATIENCE_S)
+        assert code == 0, "".join(lines)
+        # Every trade of the tapes counted once; the quiet feed's bars closed on pongs; the whole
+        # family set is served, with the feeds' states and the close-delay histogram.
+        for feed, bars in expected.items():
+            labels = {"exchange": "binance", "symbol": feed.symbol, "interval": "1s"}
+            assert value(samples, "volcast_stream_trades_total", **labels) == sum(b.trades or 0 for b in bars)
+        for metric in ("reconnects", "backfilled_trades", "duplicate_trades", "malformed_trades"):
+            assert sum(value(samples, f"volcast_stream_{metric}_total", exchange="binance", symbol=f.symbol,
+                             interval="1s") for f in expected) > 0, metric
+        assert sum(value(samples, "volcast_stream_bars_total", exchange="binance", symbol=f.symbol, interval="1s",
+                         status="backfilled") for f in expected) > 0
+        xrp = {"exchange": "binance", "symbol": "XRP/ETH", "interval": "1s"}
+        assert value(samples, "volcast_stream_closes_total", **xrp, proof="liveness") > 0
+        assert value(samples, "volcast_stream_feeds", exchange="binance", state="live") == len(expected)
+        closes = sum(value(samples, "volcast_stream_closes_total", exchange="binance", symbol=f.symbol, interval="1s",
+                           proof=p) for f in expected for p in ("trade", "liveness", "rest"))
+        timed = sum(value(samples, "volcast_stream_close_delay_seconds_count", exchange="binance", interval="1s",
+                          proof=p) for p in ("trade", "liveness", "rest"))
+        assert 0 < timed <= closes
+        for name in ("volcast_stream_lag_seconds", "volcast_stream_delivery_delay_p99_seconds"):
+            assert (name, frozenset(xrp.items())) in samples
+        assert ("process_resident_memory_bytes", frozenset()) in samples
+    finally:
+        await delete_prefix(redis, prefix)
+        await redis.aclose()
+
+
+def test_metrics_off_by_default_and_port_checked(capsys: pytest.CaptureFixture[str]) -> None:
+    """No endpoint unless asked; a bad --metrics-port is a usage error naming the option."""
+    from volcast.cli import build_parser
+    from volcast.settings import settings_from_mapping
+
+    settings = settings_from_mapping({"exchanges": [{"id": "binance", "symbols": ["BTC/USDT"]}]}, env={})
+    assert settings.metrics.enabled is False
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args(["stream", "--metrics-port", "70000"])
+    assert exit_info.value.code == 2
+    assert "--metrics-port" in capsys.readouterr().err
