@@ -3,16 +3,22 @@ key layout (every multi-key write one slot) against a real local cluster (tests/
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import uuid
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 from cluster import LocalCluster
 from worker_harness import MINUTE, symbol_bars
 
+from streamer.health import FeedHealth, FeedState
 from streamer.store import BarStore
 from volcast.backoff import Backoff
+from volcast.commands import status
 from volcast.connections import ConnectionProblem, check_redis, is_cluster, redis_client
 from volcast.keys import Feed, RedisKeys, event_shard, slot_tag
 from volcast.settings import ConfigError, RedisSettings, settings_from_mapping
@@ -113,3 +119,44 @@ async def test_bars_a_stop_left_without_their_event_get_it_before_the_next_bar(r
         assert announced(await redis.xrange(keys.feed_events(feed, 2))) == [b.open_time_ms for b in bars]
         assert await redis.xlen(keys.bar_events(MINUTE, 1 - event_shard(feed, 2), 2)) == 0
         await redis.delete(keys.bars(feed), keys.announced(feed), *keys.event_streams(MINUTE, 2))
+
+
+def test_status_reads_a_cluster(redis_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """``volcast status`` (and its redis check) on a cluster: the bars and health the streamer wrote."""
+    for name in ("VOLCAST_REDIS_URL", "VOLCAST_REDIS_PASSWORD", "VOLCAST_REDIS_USERNAME", "VOLCAST_REDIS_CLUSTER"):
+        monkeypatch.delenv(name, raising=False)
+    prefix = f"test-cl-{uuid.uuid4().hex[:8]}"
+    config = tmp_path / "config.yml"
+    config.write_text("exchanges: [{id: binance, symbols: [NEAR/USDT, ALGO/USDT]}]\nbars: {interval: 1m}\n"
+                      f"redis: {{url: '{redis_cluster.url}', cluster: true, key_prefix: '{prefix}'}}\n",
+                      encoding="utf-8")
+    settings = RedisSettings(url=redis_cluster.url, cluster=True, key_prefix=prefix)
+    keys = RedisKeys(prefix)
+    near = Feed("binance", "NEAR/USDT", MINUTE)
+    bars = symbol_bars(0)[:5]
+
+    async def populate() -> None:
+        async with redis_client(settings) as redis:
+            store = BarStore(redis, keys, retention_bars=1000, buffer_bars=100, backoff=Backoff(0.01, 0.1))
+            for bar in bars:
+                store.put(near, bar)
+            await store.write_pending()
+            await store.write_status([], [(near, FeedHealth(state=FeedState.LIVE, trades=42))], 60_000)
+
+    asyncio.run(populate())
+    parser = argparse.ArgumentParser()
+    status.add_arguments(parser)
+    assert status.main(parser.parse_args(["--config", str(config), "--json"])) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    first, second = report["feeds"]
+    assert first["symbol"] == "NEAR/USDT" and first["state"] == "live" and first["trades"] == 42
+    assert first["bars"]["count"] == 5 and first["bars"]["last_open_ms"] == bars[-1].open_time_ms
+    assert second["symbol"] == "ALGO/USDT" and second["bars"]["count"] is None  # no bars yet
+    assert status.main(parser.parse_args(["--config", str(config), "--check", "redis"])) == 0
+
+    async def clean() -> None:
+        async with redis_client(settings) as redis:
+            await redis.delete(*[k async for k in redis.scan_iter(match=f"{prefix}:*")])
+
+    asyncio.run(clean())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from worker_harness import delete_prefix, feeds_of, settings_for, symbol_bars, write_bars
 
@@ -15,8 +16,9 @@ from volcast.keys import RedisKeys
 BARS = 2400
 
 
-async def test_refit_promotes_only_a_better_challenger_and_prunes_the_store(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path / "models", refit={"keep": 1})
+async def test_refit_promotes_only_a_better_challenger_and_prunes_the_store(tmp_path: Path,
+                                                                          redis_config: dict[str, Any]) -> None:
+    settings = settings_for(tmp_path / "models", refit={"keep": 1}, redis=redis_config)
     keys = RedisKeys(settings.redis.key_prefix)
     store = ModelStore(settings.refit.model_dir)
     try:
