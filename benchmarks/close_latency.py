@@ -260,11 +260,12 @@ def percentiles(values: list[int]) -> dict[str, Any]:
 
 
 def service_config(*, replay_port: int, redis_port: int, mqtt_port: int, prefix: str, symbols: list[str],
-                   model_dir: Path, grace: str) -> dict[str, Any]:
+                   model_dir: Path, grace: str, exchange_grace: str | None) -> dict[str, Any]:
     return {
         "exchanges": [{
             "id": "binance",
             "symbols": symbols,
+            **({} if exchange_grace is None else {"grace": exchange_grace}),
             "options": {"fetchMarkets": {"types": ["spot"]}},
             "urls": {"api": {"public": f"http://127.0.0.1:{replay_port}/api/v3",
                              "ws": {"spot": f"ws://127.0.0.1:{replay_port}/stream/ws"}}},
@@ -309,6 +310,77 @@ def check_bars(client: Any, keys: Any, tapes: dict[str, tuple[Path, str]], until
                                                                     status=BarStatus.COMPLETE):
                 inexact += 1
     return {"bars_checked": checked, "inexact": inexact, "gap": gap}
+
+
+def first_trade_at_or_after(path: Path, ends: list[int]) -> dict[int, int]:
+    """For each bar end, the time of the tape's first trade stamped at or after it (absent: none)."""
+    import bisect
+
+    times = [row[0] for row in read_rows(path)]
+    found: dict[int, int] = {}
+    for end in ends:
+        i = bisect.bisect_left(times, end)
+        if i < len(times):
+            found[end] = times[i]
+    return found
+
+
+def decompose(tapes: dict[str, tuple[Path, str]], written: dict[tuple[str, int], int],
+              forecast: dict[tuple[str, int], int], offset_ms: int, from_ms: int, to_ms: int) -> dict[str, Any]:
+    """Per busy bar ending in [from_ms, to_ms]: where the time from its end to its forecast goes.
+
+    ``tape_wait``: the tape's first trade at or after the end, minus the end (what a close on the
+    trade proof must wait for at least); ``to_redis``: the bar's event written in Redis (its stream
+    id: Redis's clock, this machine's) minus the end, i.e. tape wait + delivery to the streamer +
+    close + write (on the trade proof a bar closes when that trade arrives); ``to_subscriber``: the
+    next bar's forecast at the subscriber minus the end. All on the exchange's clock.
+    """
+    rows: list[dict[str, Any]] = []
+    for symbol, (path, kind) in tapes.items():
+        if kind != "liquid":
+            continue
+        ends = [end for (s, open_ms) in written if s == symbol
+                if from_ms <= (end := open_ms + MINUTE_MS) <= to_ms]
+        nexts = first_trade_at_or_after(path, ends)
+        topic_symbol = symbol.replace("/", "-")
+        for end in sorted(ends):
+            at_redis = written[(symbol, end - MINUTE_MS)] + offset_ms - end
+            arrival = forecast.get((topic_symbol, end))
+            next_trade = nexts.get(end)
+            rows.append({"symbol": symbol, "end_ms": end,
+                         "tape_wait_ms": None if next_trade is None else next_trade - end,
+                         "to_redis_ms": at_redis,
+                         "to_subscriber_ms": None if arrival is None else arrival + offset_ms - end})
+
+    def values(name: str) -> list[int]:
+        return [v for r in rows if isinstance(v := r[name], int)]
+
+    waits = values("tape_wait_ms")
+    pairs = [(r["tape_wait_ms"], r["to_redis_ms"]) for r in rows
+             if isinstance(r["tape_wait_ms"], int) and isinstance(r["to_redis_ms"], int)]
+    return {
+        "bars": len(rows),
+        "tape_wait": percentiles(waits),
+        "tape_wait_over_300ms": sum(w > 300 for w in waits),
+        "to_redis": percentiles(values("to_redis_ms")),
+        "to_subscriber": percentiles(values("to_subscriber_ms")),
+        # to_redis - tape_wait: delivery of the proving trade + close + write, for bars closed on it
+        # (a bar closed on a pong before its next trade has this negative).
+        "to_redis_minus_tape_wait": percentiles([b - a for a, b in pairs if isinstance(a, int) and isinstance(b, int)]),
+        "redis_to_subscriber": percentiles([
+            int(s) - int(t) for r in rows if isinstance(s := r["to_subscriber_ms"], int)
+            and isinstance(t := r["to_redis_ms"], int)]),
+        "slowest": sorted(rows, key=lambda r: -(r["to_subscriber_ms"] or 0))[:8],
+    }
+
+
+def written_at(client: Any, keys: Any) -> dict[tuple[str, int], int]:
+    """(symbol, open_time_ms) -> when its bar-closed event was written (the event's stream id, ms)."""
+    out: dict[tuple[str, int], int] = {}
+    for entry_id, fields in client.xrange(keys.bar_events(MINUTE_MS)):
+        symbol = fields[b"symbol"].decode()
+        out.setdefault((symbol, int(fields[b"open_time_ms"])), int(entry_id.split(b"-")[0]))
+    return out
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -364,7 +436,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         config = work / "config.yml"
         config.write_text(yaml.safe_dump(service_config(
             replay_port=replay_port, redis_port=redis_port, mqtt_port=mqtt_port, prefix=prefix,
-            symbols=list(tapes), model_dir=work / "models", grace=args.grace)))
+            symbols=list(tapes), model_dir=work / "models", grace=args.grace, exchange_grace=args.exchange_grace)))
         started_wall = time.time()
         add("stream", volcast("stream", "--config", str(config)))
         add("forecast", volcast("forecast", "--config", str(config)))
@@ -391,6 +463,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name in ("stream", "forecast", "subscriber"):
             next(s for s in services if s.name == name).stop(20.0)
         bars = check_bars(client, keys, tapes, measure_to_ms)
+        written = written_at(client, keys)
         client.close()
 
     first_arrival: dict[tuple[str, int], int] = {}
@@ -423,6 +496,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "streamer_close_delay_p99_ms_max": max((int(h.get("close_delay_p99_ms") or 0) for h in feeds), default=0),
             "streamer_close_delay_max_ms": max((int(h.get("close_delay_max_ms") or 0) for h in feeds), default=0),
             "delivery_p99_ms_max": max((int(h.get("delivery_p99_ms") or 0) for h in feeds), default=0),
+            "delivery_max_ms_max": max((int(h.get("delivery_max_ms") or 0) for h in feeds), default=0),
+            # The grace the closing proofs used at the end (exchanges[].grace: auto moves it).
+            "grace_ms_at_end": sorted({int(h.get("grace_ms") or 0) for h in feeds}),
+            "grace_auto_at_end": sorted({int(h.get("grace_auto") or 0) for h in feeds}),
             "watchdog_reconnects": total("watchdog_timeouts"),
             "reconnects": total("reconnects"),
             "stalls": total("stalls"),
@@ -430,6 +507,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "late": total("late"),
         }
 
+    forecast_at = {(topic.split("/")[-3], open_ms): arrival for (topic, open_ms), arrival in first_arrival.items()}
+    breakdown = decompose(tapes, written, forecast_at, offset_ms, measure_from_ms, measure_to_ms)
     per_minute = weights.per_minute(started_wall)
     after_start = weights.per_minute(started_wall + args.warmup_s)
     return {
@@ -437,11 +516,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "minutes_measured": args.minutes,
         "warmup_s": args.warmup_s,
         "grace": args.grace,
+        "exchange_grace": args.exchange_grace,
         "liquid_source": args.liquid_source,
         "exchange_offset_ms": offset_ms,
         "clock_read_rtt_ms": rtt_ms,
         "liquid": per_class("liquid"),
         "quiet": per_class("quiet"),
+        "liquid_breakdown": breakdown,
         "rest_weight_per_minute": per_minute,
         "rest_weight_per_minute_after_warmup_max": max(after_start, default=None),
         "rest_weight_limit": 6000,
@@ -462,7 +543,9 @@ def main() -> int:
     parser.add_argument("--warmup-s", type=float, default=90.0)
     parser.add_argument("--liquid", type=int, default=10)
     parser.add_argument("--quiet", type=int, default=90)
-    parser.add_argument("--grace", default="2s")
+    parser.add_argument("--grace", default="2s", help="bars.grace")
+    parser.add_argument("--exchange-grace", default=None,
+                        help="exchanges[].grace: a duration or auto (absent: bars.grace)")
     parser.add_argument("--liquid-source", default="btc", choices=["btc", "eth", "btc+eth"])
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -9,8 +9,10 @@ a liveness proof trusts every trade older than the proven moment minus the grace
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Callable
 from enum import StrEnum
 
 
@@ -107,3 +109,100 @@ class DeliveryStats:
             "delivery_max_ms": self.max_ms,
             "delivery_ewma_ms": round(self.ewma_ms),
         }
+
+
+# ``exchanges[].grace: auto``: the grace is this many times the largest delivery delay seen on the
+# exchange in the last _AUTO_WINDOW_S (plus the clock reading's round trip), within
+# [_AUTO_FLOOR_MS, bars.grace]. Before _AUTO_MIN_SAMPLES websocket trades over _AUTO_MIN_SPAN_S it
+# is bars.grace: a handful of trades says nothing about the tail.
+AUTO = "auto"
+_AUTO_FACTOR = 2
+_AUTO_FLOOR_MS = 100
+_AUTO_WINDOW_S = 600
+_AUTO_MIN_SAMPLES = 200
+_AUTO_MIN_SPAN_S = 60.0
+
+
+class Grace:
+    """The grace of one exchange's closing proofs: how late after its time a trade may still arrive.
+
+    A pong (or a REST read) proves every trade stamped up to the proven moment minus this grace
+    (liveness.py), so it must exceed the exchange's delivery delay. Fixed (``bars.grace``, or
+    ``exchanges[].grace`` as a duration), or ``auto``: twice the largest delivery delay its
+    websocket trades showed in the last 10 minutes plus the clock reading's round trip, never below
+    100 ms nor above ``bars.grace``. The measured delay includes our own event loop's lag and the
+    network, so it overstates what the exchange's writing takes: a loaded machine raises the grace,
+    it never lowers it. A trade that arrives for a bar already closed (``late``) ends ``auto`` at
+    once: from then on the exchange uses ``bars.grace`` (logged; counted in its feed's ``late``).
+    """
+
+    __slots__ = ("_buckets", "_clock", "_first_s", "_largest", "_rtt", "_samples", "auto", "ceiling_ms",
+                 "fallen_back", "fixed_ms")
+
+    def __init__(self, ceiling_ms: int, setting: int | str | None = None, *,
+                 rtt_ms: Callable[[], int] = lambda: 0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ceiling_ms = ceiling_ms  # bars.grace
+        self.auto = setting == AUTO
+        self.fixed_ms = ceiling_ms if setting is None or isinstance(setting, str) else int(setting)
+        self.fallen_back = False
+        self._rtt = rtt_ms  # the exchange clock's best round trip: the error of the delays measured
+        self._clock = clock
+        self._buckets: deque[list[int]] = deque()  # [second, largest delay in it], oldest first
+        self._largest = 0  # the largest delay in the buckets
+        self._samples = 0
+        self._first_s: float | None = None
+
+    @property
+    def ms(self) -> int:
+        """The grace now (called on every close attempt: no scan)."""
+        if not self.auto or self.fallen_back:
+            return self.fixed_ms
+        now = self._clock()
+        first = self._first_s
+        if first is None or self._samples < _AUTO_MIN_SAMPLES or now - first < _AUTO_MIN_SPAN_S:
+            return self.ceiling_ms
+        buckets = self._buckets
+        if buckets and int(now) - buckets[0][0] >= _AUTO_WINDOW_S:
+            self._prune(int(now))
+        if not buckets:
+            return self.ceiling_ms  # nothing measured for a window: no grounds for less
+        return max(_AUTO_FLOOR_MS, min(self.ceiling_ms, _AUTO_FACTOR * (self._largest + max(0, self._rtt()))))
+
+    def note_delivery(self, delay_ms: int) -> None:
+        """A websocket trade's delivery delay (exchange clock). On every trade: a few operations."""
+        if not self.auto:
+            return
+        now = self._clock()
+        second = int(now)
+        buckets = self._buckets
+        delay_ms = max(0, delay_ms)
+        if buckets and buckets[-1][0] == second:
+            if delay_ms > buckets[-1][1]:
+                buckets[-1][1] = delay_ms
+        else:
+            buckets.append([second, delay_ms])
+            self._prune(second)
+        if delay_ms > self._largest:
+            self._largest = delay_ms
+        self._samples += 1
+        if self._first_s is None:
+            self._first_s = now
+
+    def note_late(self) -> bool:
+        """A trade came for a bar already closed; True if this ends ``auto`` (the first one does)."""
+        if not self.auto or self.fallen_back:
+            return False
+        self.fallen_back = True
+        return True
+
+    def fields(self) -> dict[str, int]:
+        return {"grace_ms": self.ms, "grace_auto": int(self.auto and not self.fallen_back)}
+
+    def _prune(self, second: int) -> None:
+        buckets = self._buckets
+        pruned = False
+        while buckets and second - buckets[0][0] >= _AUTO_WINDOW_S:
+            buckets.popleft()
+            pruned = True
+        if pruned:
+            self._largest = max((bucket[1] for bucket in buckets), default=0)

@@ -36,7 +36,7 @@ from typing import Any
 import ccxt.pro
 
 from streamer.aggregator import BarAggregator, Outcome
-from streamer.close_proof import CloseProof, CloseStats, DeliveryStats
+from streamer.close_proof import CloseProof, CloseStats, DeliveryStats, Grace
 from streamer.dial_budget import DialBudget
 from streamer.health import FeedHealth, FeedState
 from streamer.liveness import ConnectionProbe, Liveness
@@ -157,6 +157,14 @@ class ExchangeLink:
 
         exchange.on_rest_response = on_rest_response
         guard_frames(exchange, self._bad_frame, self.liveness.on_frame, self.liveness.on_send)
+        self._grace: Grace | None = None
+
+    def grace(self, bars_grace_ms: int) -> Grace:
+        """The exchange's grace for closing proofs (one for all its feeds: the delivery delay it
+        measures is the exchange's path, and one late trade ends ``auto`` for all of them)."""
+        if self._grace is None:
+            self._grace = Grace(bars_grace_ms, self.settings.grace, rtt_ms=self.liveness.clock.best_rtt_ms)
+        return self._grace
 
     def _proof(self, probe: ConnectionProbe) -> None:
         """A pong came: the feeds of that connection may close their bars now, not at their next tick."""
@@ -267,7 +275,7 @@ class FeedRunner:
         """Called once when the feed stops for good (state ``error``)."""
         self._watchdog_s = settings.streamer.watchdog / 1000
         self._backoff = Backoff(settings.streamer.backoff_initial / 1000, settings.streamer.backoff_max / 1000)
-        self._grace_ms = bars.grace
+        self._grace = link.grace(bars.grace)
         self.close_stats = CloseStats()
         self.delivery = DeliveryStats()
         self._closing = CloseProof.TRADE  # the proof of the bars being closed now (read by _closed)
@@ -338,7 +346,9 @@ class FeedRunner:
 
     def _note_arrival(self, timestamp_ms: int) -> None:
         """A websocket trade's delivery delay, and its time as the newest of its flows."""
-        self.delivery.record(now_ms() + self._figures_offset() - timestamp_ms)
+        delay = now_ms() + self._figures_offset() - timestamp_ms
+        self.delivery.record(delay)
+        self._grace.note_delivery(delay)
         liveness = self.link.liveness
         if timestamp_ms > liveness.flow.newest_ms:
             liveness.flow.newest_ms = liveness.clock.newest_trade_ms = timestamp_ms
@@ -359,10 +369,26 @@ class FeedRunner:
                 return  # the websocket already delivered it
             self._track_id(trade)
         outcome = self._add(trade, backfilled)
-        if outcome is Outcome.ADDED:
+        if outcome is Outcome.LATE:
+            self._late(trade, backfilled)
+        elif outcome is Outcome.ADDED:
             if backfilled:
                 self._backfill_high = max(self._backfill_high, trade.trade_id)
             self.health.last_trade_ms = max(self.health.last_trade_ms, trade.timestamp_ms)
+
+    def _late(self, trade: Placed, backfilled: bool) -> None:
+        """A trade for a bar already closed (counted ``late`` by the aggregator): a proof was wrong,
+        most likely a grace below the exchange's delivery delay. Logged, and ``auto`` grace ends."""
+        grace = self._grace
+        ended_auto = grace.note_late()
+        if self.aggregator.late <= 10 or self.aggregator.late % 1000 == 0 or ended_auto:
+            delay = now_ms() + self._figures_offset() - trade.timestamp_ms
+            log.warning(
+                "%s: trade %s of %d ms (%s, arrived %d ms after its time) is for a bar already closed; "
+                "counted in late (%d), its bar lacks it%s", self.symbol, trade.trade_id, trade.timestamp_ms,
+                "REST" if backfilled else "websocket", delay, self.aggregator.late,
+                f"; grace auto ended: {self.link.exchange.id} closes with bars.grace ({grace.ceiling_ms} ms) from "
+                "now on" if ended_auto else "; if this repeats, raise the grace above the delivery delay in health")
 
     def _add(self, trade: Placed, backfilled: bool) -> Outcome:
         """Into the aggregator: a trade into its bar's sums, a refused one as its bar's mark."""
@@ -454,7 +480,7 @@ class FeedRunner:
             # No id known yet (the catch-up's REST had no trade): the websocket's first trade is the
             # start only if it missed none before it, which a stalled stream can break. One REST
             # read back to where REST left off decides (_fill_holes), as for a hole.
-            known = self._rest_proof_ms - self._grace_ms if self._rest_proof_ms is not None else None
+            known = self._rest_proof_ms - self._grace.ms if self._rest_proof_ms is not None else None
             self._history = _History(known or self._first_since or self.start_ms or trade.timestamp_ms)
         elif self.frontier is not None and tid == self.frontier + 1:
             self._advance_frontier(tid, trade.timestamp_ms)
@@ -576,7 +602,7 @@ class FeedRunner:
             self._want(None)
             return
         self._close_by_trades()
-        grace = self._grace_ms
+        grace = self._grace.ms
         proven = self._capped_liveness_ms()
         if proven is not None:
             self._close_until(proven - grace, CloseProof.LIVENESS)
@@ -590,7 +616,7 @@ class FeedRunner:
             if self.frontier is not None:
                 self._close_until(self.frontier_ms, CloseProof.TRADE)
         elif self.health.last_trade_ms:
-            self._close_until(self.health.last_trade_ms - self._grace_ms, CloseProof.TRADE)
+            self._close_until(self.health.last_trade_ms - self._grace.ms, CloseProof.TRADE)
 
     def _close_until(self, end_ms: int, proof: CloseProof) -> None:
         next_end = self.aggregator.next_end_ms
@@ -661,7 +687,7 @@ class FeedRunner:
         proven = self._liveness_ms()
         if end is None or proven is None or not self._may_close():
             return False
-        due = end + self._grace_ms
+        due = end + self._grace.ms
         capped = self._capped_liveness_ms()
         if proven < due or (capped is not None and capped >= due):
             return False
@@ -702,7 +728,7 @@ class FeedRunner:
         """Copy the counters and figures into the health record (kept off the per-trade path)."""
         self._sync_counters()
         health = self.health
-        for name, value in (self.close_stats.fields() | self.delivery.fields()).items():
+        for name, value in (self.close_stats.fields() | self.delivery.fields() | self._grace.fields()).items():
             setattr(health, name, value)
         probe = self._probe
         if probe is not None:

@@ -60,6 +60,10 @@ class FeedHealth:
     delivery_p99_ms: int = 0
     delivery_max_ms: int = 0
     delivery_ewma_ms: int = 0
+    # The grace the closing proofs use now (bars.grace, exchanges[].grace, or its auto value) and
+    # whether it is auto (0 once a late trade ended auto).
+    grace_ms: int = 0
+    grace_auto: int = 0
     pings: int = 0  # pings sent on the feed's current connection (shared by its symbols)
     pongs: int = 0
     stalls: int = 0  # trade flows (its connection's or the exchange's) that stopped implausibly

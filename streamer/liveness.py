@@ -97,6 +97,10 @@ class ExchangeClock:
         such as delivery delays; proofs use ``low_ms``."""
         return None if self._best is None else self._best[0]
 
+    def best_rtt_ms(self) -> int:
+        """The round trip of the reading behind ``mid_ms``: the error bound of delays measured with it."""
+        return 0 if self._best is None else self._best[1]
+
     def now_low(self) -> int | None:
         """The exchange's time now is at least this (None before the first reading)."""
         return None if self.low_ms is None else now_ms() + self.low_ms

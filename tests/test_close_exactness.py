@@ -205,3 +205,28 @@ def test_trades_rest_gave_first_and_the_websocket_delivered_too_leave_the_bar_co
     harness.pong(t0 + 3 * SEC)
     assert [(b.trades, b.status.value) for b in harness.bars[:2]] == [(4, "complete"), (4, "backfilled")]
     assert runner.aggregator.duplicates == 0  # the websocket's copies are not duplicates the exchange sent
+
+
+def test_a_bar_the_catch_up_completes_before_the_websocket_copies_come_is_backfilled() -> None:
+    """Why ``backfilled`` depends on load (test_stream_restart, test_stream_replay): the catch-up
+    reads REST after the server confirmed the subscription, so its page overlaps what the websocket
+    will deliver. Where REST's page reaches past a bar's end, that bar closes on the trade proof at
+    once; if the websocket's copies of its trades are still on their way (a loaded machine: the
+    websocket lags REST), the bar holds trades only REST had given at its close, and says so. The
+    copies that come later are neither duplicates nor late; the values are exact either way."""
+    t0 = 1_700_000_000_000 - 1_700_000_000_000 % SEC
+    first = [_trade(FIRST_ID + i, t0 + 100 * i) for i in range(4)]
+    second = [_trade(FIRST_ID + 4 + i, t0 + SEC + 100 * i) for i in range(4)]
+    harness = _Harness(t0)
+    runner = harness.runner
+    for trade in first + second:
+        runner._take(trade, backfilled=True)  # the catch-up's page
+    runner.try_close()  # live again: 5004 (past the first bar's end, no hole before it) closes it
+    assert [(b.trades, b.status.value) for b in harness.bars] == [(4, "backfilled")]
+    for trade in first + second:  # the websocket's copies, after the close
+        runner._on_raw(_raw(trade))
+    runner._on_raw(_raw(_trade(FIRST_ID + 8, t0 + 2 * SEC)))
+    assert [(b.trades, b.status.value) for b in harness.bars] == [(4, "backfilled"), (4, "complete")]
+    assert runner.aggregator.duplicates == 0 and runner.aggregator.late == 0
+    expected, _ = aggregate_trades(first + second, SEC)
+    same_bars(harness.bars, expected, statuses=False)

@@ -64,6 +64,14 @@ def _ccxt_pro_exchanges() -> frozenset[str]:
     return frozenset(ccxt.pro.exchanges)
 
 
+def _grace_setting(value: Any) -> int | str | None:
+    if value is None or value == "auto":
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, str | int) and not isinstance(value, bool):
+        return parse_duration_ms(value)
+    raise ValueError("grace must be a duration such as '250ms' or 'auto'")
+
+
 class ExchangeSettings(_Frozen):
     """One exchange and the symbols to stream from it."""
 
@@ -75,6 +83,10 @@ class ExchangeSettings(_Frozen):
     urls: dict[str, Any] = Field(default_factory=dict)
     # Binance numbers its trades consecutively per symbol, so a jump in ids proves a lost trade.
     consecutive_trade_ids: StrictBool = True
+    # How late after its time a trade of this exchange can arrive, for closing a bar on a pong or a
+    # REST read: a duration, or "auto" (twice the largest delivery delay measured in the last
+    # 10 minutes, within 100 ms..bars.grace; docs/streamer.md "Grace"). Absent: bars.grace.
+    grace: Annotated[int | Literal["auto"] | None, BeforeValidator(_grace_setting)] = None
 
     @field_validator("id")
     @classmethod
@@ -415,6 +427,13 @@ class Settings(_Frozen):
         ids = [exchange.id for exchange in self.exchanges]
         if len(set(ids)) != len(ids):
             raise ValueError("an exchange is listed twice: put all its symbols under one entry")
+        return self
+
+    @model_validator(mode="after")
+    def _exchange_grace_shorter_than_interval(self) -> Settings:
+        for exchange in self.exchanges:
+            if isinstance(exchange.grace, int) and exchange.grace >= self.bars.interval:
+                raise ValueError(f"exchanges[{exchange.id}].grace must be shorter than bars.interval")
         return self
 
     @model_validator(mode="after")

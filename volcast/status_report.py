@@ -45,6 +45,8 @@ CLOSING_FIELDS: tuple[str, ...] = (
     "delivery_p50_ms",
     "delivery_p99_ms",
     "delivery_max_ms",
+    "grace_ms",
+    "grace_auto",
     "pings",
     "pongs",
     "stalls",
@@ -478,6 +480,13 @@ def _milliseconds(*values: int | None) -> str:
     return counts if counts == DASH else counts + "ms"
 
 
+def _grace(ms: int | None, auto: int | None) -> str:
+    """``2000ms``, ``240ms auto``; a dash before a streamer that reports it."""
+    if not ms:
+        return DASH
+    return f"{ms}ms auto" if auto else f"{ms}ms"
+
+
 def _ago(now: int, ms: int | None) -> str:
     return DASH if ms is None else f"{format_age(now - ms)} ago"
 
@@ -518,7 +527,8 @@ def render_table(report: Report) -> str:
         lines.append("")
     lines += _table(
         ["FEED", "STATE", "LAST TRADE AGE", "TRADES/S", "TRADES", "DUPLICATES", "LATE", "GAPS", "RECONNECTS",
-         "BACKFILLED", "HEARTBEAT", "CLOSED TRADE/PONG/REST", "CLOSE DELAY LAST/P99/MAX", "DELIVERY P50/P99/MAX"],
+         "BACKFILLED", "HEARTBEAT", "CLOSED TRADE/PONG/REST", "CLOSE DELAY LAST/P99/MAX", "DELIVERY P50/P99/MAX",
+         "GRACE"],
         [
             [
                 name,
@@ -538,6 +548,7 @@ def render_table(report: Report) -> str:
                               f["closing"]["close_delay_max_ms"]),
                 _milliseconds(f["closing"]["delivery_p50_ms"], f["closing"]["delivery_p99_ms"],
                               f["closing"]["delivery_max_ms"]),
+                _grace(f["closing"]["grace_ms"], f["closing"]["grace_auto"]),
             ]
             for name, f in zip(names, feeds, strict=True)
         ],
