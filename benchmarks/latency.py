@@ -26,7 +26,13 @@ before the first publish to each arrival.
 batch (its debug log): ``read_ms`` events to histories, ``predict_ms`` the forward passes,
 ``submit_ms`` payloads handed to MQTT, ``record_ms`` the Redis bookkeeping (after the hand-over).
 
-    .venv/bin/python benchmarks/latency.py --json [--symbols 100 1000] [--boundaries 20]
+Bands are calibrated (``forecaster.calibrate_bands``, the default): every feed starts with a
+calibrator state past its warm-up in Redis, so each payload carries a calibrated band and each
+realised bar updates and writes the state, as in a steady live run. ``--calibration-ratio``
+measures each size twice in the same run, without and with calibration, and gives the ratios
+(``calibration``: p99 and the worker's timings, with / without).
+
+    .venv/bin/python benchmarks/latency.py --json [--symbols 100 1000] [--boundaries 20] [--calibration-ratio]
 """
 
 from __future__ import annotations
@@ -159,6 +165,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from forecaster.calibration import WARM_UP as CALIBRATION_WARM_UP  # noqa: E402
 from forecaster.estimator import quiet  # noqa: E402
 from forecaster.frame import BarFrame  # noqa: E402
 from forecaster.model_store import ModelRecord, ModelStore, promote  # noqa: E402
@@ -213,7 +220,7 @@ def mosquitto(port: int, workdir: Path) -> Iterator[None]:
         process.wait(5)
 
 
-def raw_settings(port: int, model_dir: Path, redis_url: str, n: int) -> dict[str, Any]:
+def raw_settings(port: int, model_dir: Path, redis_url: str, n: int, calibrate: bool = True) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     return {
         "exchanges": [{"id": "binance", "symbols": [f"S{i:04d}/USDT" for i in range(n)]}],
@@ -222,7 +229,7 @@ def raw_settings(port: int, model_dir: Path, redis_url: str, n: int) -> dict[str
         "model": {},  # the default shape: hidden 50, look_back 60, all features
         "training": {"epochs": 1, "batch_size": 256, "patience": 0, "max_bars": 3000},
         "refit": {"model_dir": str(model_dir)},
-        "forecaster": {"threads": 1},
+        "forecaster": {"threads": 1, "calibrate_bands": calibrate},
     }
 
 
@@ -338,8 +345,8 @@ def worker_timings(log: Path, boundaries: int, n: int) -> dict[str, Any]:
 
 
 async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: str, model: Path,
-                  log_dir: Path) -> dict[str, Any]:
-    raw = raw_settings(port, workdir / f"models-{n}", redis_url, n)
+                  log_dir: Path, calibrate: bool = True) -> dict[str, Any]:
+    raw = raw_settings(port, workdir / f"models-{n}-{calibrate}", redis_url, n, calibrate)
     settings = settings_from_mapping(raw, env={})
     config = workdir / f"config-{n}.yml"
     config.write_text(yaml.safe_dump(raw))
@@ -353,7 +360,7 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
     # and the baseline's publisher for 100+ ms at a time (it did).
     gc.collect()
     gc.freeze()
-    log_path = log_dir / f"worker-{n}.log"
+    log_path = log_dir / f"worker-{n}{'' if calibrate else '-uncalibrated'}.log"
     log = log_path.open("wb")
     worker = subprocess.Popen(  # noqa: ASYNC220 - started once, before measuring
         [sys.executable, "-m", "volcast.cli", "-v", "forecast", "--config", str(config)],
@@ -366,6 +373,13 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
     try:
         async with redis_client(settings.redis) as redis:
             await promote(redis, keys, ModelRecord("lstm", "1", {}, 0))
+            if calibrate:  # steady state: every feed's band is past its warm-up
+                pipe = redis.pipeline(transaction=False)
+                for feed in feeds:
+                    pipe.hset(keys.calibration(feed), mapping={
+                        "horizons": "1", "c_low": "0.125", "c_high": "0.25", "n": str(CALIBRATION_WARM_UP),
+                        "to_ms": "-1", "step": "0.02", "warm_up": str(CALIBRATION_WARM_UP)})
+                await pipe.execute()
             for lo in range(0, HISTORY, 250):
                 pipe = redis.pipeline(transaction=False)
                 for i, feed in enumerate(feeds):
@@ -390,6 +404,7 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
                         parsed = [orjson.loads(p) for _, _, p in got]
                         assert all(p["last_bar_ms"] == times[j] for p in parsed)
                         assert all(p["model"]["version"] == "1" for p in parsed)
+                        assert all(p["calibrated"] is calibrate for p in parsed)
                         assert len({p["symbol"] for p in parsed}) == n
                         ms = [(t - written) / 1e6 for t, _, _ in got]
                         latency += ms
@@ -421,6 +436,20 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
     return result
 
 
+def calibration_ratio(on: dict[str, Any], off: dict[str, Any]) -> dict[str, Any]:
+    """With calibration / without, measured in the same run: p50 and p99, and the worker's own
+    per-batch timings (the band is made in submit_ms, learnt and written in record_ms)."""
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return round(a / b, 3) if a is not None and b else None
+
+    out: dict[str, Any] = {"without": {k: off[k] for k in ("p50_ms", "p99_ms")}, "without_worker_ms": off["worker_ms"]}
+    out["ratio_p50"] = ratio(on["p50_ms"], off["p50_ms"])
+    out["ratio_p99"] = ratio(on["p99_ms"], off["p99_ms"])
+    for name in ("read_ms", "predict_ms", "submit_ms", "record_ms"):
+        out[f"ratio_{name}"] = ratio(on["worker_ms"][name], off["worker_ms"][name])
+    return out
+
+
 def stop_worker(worker: subprocess.Popen[bytes]) -> None:
     if worker.poll() is None:
         worker.terminate()
@@ -442,6 +471,8 @@ async def main() -> None:
     parser.add_argument("--boundaries", type=int, default=20)
     parser.add_argument("--redis", default="redis://127.0.0.1:6379/0")
     parser.add_argument("--log-dir", type=Path, default=None, help="keep the worker logs (debug timings) here")
+    parser.add_argument("--calibration-ratio", action="store_true",
+                        help="also measure each size without band calibration, and give the ratios")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="volcast-latency-") as tmp:
         workdir = Path(tmp)
@@ -452,7 +483,12 @@ async def main() -> None:
             for n in args.symbols:
                 log_dir = args.log_dir or workdir
                 log_dir.mkdir(parents=True, exist_ok=True)
+                off = None
+                if args.calibration_ratio:
+                    off = await measure(n, args.boundaries, port, workdir, args.redis, model, log_dir, calibrate=False)
                 results[str(n)] = await measure(n, args.boundaries, port, workdir, args.redis, model, log_dir)
+                if off is not None:
+                    results[str(n)]["calibration"] = calibration_ratio(results[str(n)], off)
                 if not args.json:
                     print(n, results[str(n)], file=sys.stderr)
         print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())

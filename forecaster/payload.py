@@ -99,6 +99,10 @@ class Prediction:
     created_ms: int
     guard: Guarded | None = None
     horizons: HorizonValues | None = None  # None: the serving model forecasts the next bar only
+    # The band in ``quantiles`` was corrected by the feed's calibrator (forecaster/calibration.py);
+    # ``raw_quantiles`` then holds the model's own, for traceability.
+    calibrated: bool = False
+    raw_quantiles: Mapping[float, float] | None = None
 
     def to_json(self) -> bytes:
         """The MQTT payload; NonFiniteError if any number in it is not finite."""
@@ -115,7 +119,10 @@ class Prediction:
             "quantiles": {_quantile_key(q): v for q, v in self.quantiles.items()},
             "model": {"name": self.model_name, "version": self.model_version, "baseline": self.baseline},
             "created_ms": self.created_ms,
+            "calibrated": self.calibrated,
         }
+        if self.raw_quantiles is not None:
+            document["raw_quantiles"] = {_quantile_key(q): v for q, v in self.raw_quantiles.items()}
         if self.guard is not None:
             document["guard"] = {"reason": self.guard.reason,
                                  "replaced": {"name": self.guard.model_name, "version": self.guard.model_version}}
@@ -179,6 +186,9 @@ class Prediction:
                 guard=None if guard is None else Guarded(str(guard["reason"]), str(guard["replaced"]["name"]),
                                                          str(guard["replaced"]["version"])),
                 horizons=None if horizons is None else HorizonValues.from_document(horizons),
+                calibrated=bool(raw.get("calibrated", False)),
+                raw_quantiles=None if raw.get("raw_quantiles") is None
+                else {float(q): float(v) for q, v in raw["raw_quantiles"].items()},
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed prediction payload: {exc!r}") from None

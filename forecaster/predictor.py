@@ -7,6 +7,7 @@ batched pass (features with numpy over the batch, one forward of the network).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,9 @@ class Forecast:
     # Every horizon and cumulative window (forecaster/horizons.py) from the same forward pass;
     # None for a model of the next bar only, and for a guarded forecast.
     horizons: HorizonValues | None = None
+    # The output guard's bound on this forecast (volume; inf when unknown): the calibrated band
+    # (forecaster/calibration.py) is widened only up to it.
+    bound: float = math.inf
 
 
 @runtime_checkable
@@ -229,10 +233,12 @@ def forecasts_from_log(
         out = [Forecast(v, {}) for v in volumes]
     else:
         rows = quantile.tolist()
-        out = [Forecast(v, dict(zip(qs, row, strict=True))) for v, row in zip(volumes, rows, strict=True)]
+        limits = np.expm1(np.minimum(log_bound, MAX_LOG)).tolist()
+        out = [Forecast(v, dict(zip(qs, row, strict=True)), bound=b)
+               for v, row, b in zip(volumes, rows, limits, strict=True)]
     if horizons is not None:
         values = _horizon_values(horizons[0], horizons[1], horizons[2], levels)
-        out = [Forecast(f.volume, f.quantiles, None, v) for f, v in zip(out, values, strict=True)]
+        out = [Forecast(f.volume, f.quantiles, None, v, f.bound) for f, v in zip(out, values, strict=True)]
     bad = ~ok if target_ok is None else ~(ok & target_ok)
     if bad.any():
         naive = naive_volumes(window)

@@ -14,11 +14,15 @@ sends it to the node that holds them.
 
 With a ``demoter`` (forecaster/demotion_store.py), every recorded prediction and realised error
 also feeds its ``DemotionWatch``, and a demotion it decides is written before the next writes.
+With a ``calibration`` (forecaster/calibration_store.py), each realised bar also teaches the
+feed's band calibrator, whose new state is written with the rest; the realised entry then
+records the band that was published and whether the bar fell inside it (live coverage).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +31,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError
 
+from forecaster.calibration_store import Calibration
 from forecaster.demotion_store import Demoter
 from forecaster.live_scores import LiveScores, Realised
 from forecaster.payload import Prediction
@@ -64,6 +69,16 @@ end
 return replayed
 """
 
+_Earlier = tuple[float, float, str, Mapping[float, float], Mapping[float, float] | None]
+"""A prediction of a bar that closed: volume, last volume, model version, the band published,
+the model's own band (the calibrator learns from it; None: no band)."""
+
+
+def _raw_band(prediction: Prediction) -> Mapping[float, float] | None:
+    raw = prediction.raw_quantiles if prediction.raw_quantiles is not None else prediction.quantiles
+    return raw or None
+
+
 CHUNK = 1000
 """Writes per script call: Redis serves other clients between two calls."""
 SLICE = 100
@@ -97,6 +112,7 @@ class Recorder:
         self._predicted: dict[Feed, Prediction] = {}
         self._sha: str | None = None
         self.demoter: Demoter | None = None  # set by the worker when self-demotion is on
+        self.calibration: Calibration | None = None  # set by the worker: calibrated bands
 
     def forget(self, feed: Feed) -> None:
         self._predicted.pop(feed, None)
@@ -137,7 +153,9 @@ class Recorder:
                     served[key] = served.get(key, 0) + 1
             before = earlier.get(p.feed)
             if before is not None:
-                realised = Realised(p.last_bar_ms, before[0], actual, before[1], before[2])
+                band = before[3]
+                realised = Realised(p.last_bar_ms, before[0], actual, before[1], before[2],
+                                    band.get(0.1, math.nan), band.get(0.9, math.nan))
                 if not realised.finite:
                     # An entry written before values were checked (NaN read back from Redis):
                     # it would turn the feed's running scores into NaN for good.
@@ -152,9 +170,13 @@ class Recorder:
                     group[0].append(realised.predicted)
                     group[1].append(realised.actual)
                     group[2].append(realised.naive)
+                if self.calibration is not None:
+                    self.calibration.realised(p.feed, p.last_bar_ms, before[4], actual)
                 scores = self.scores.add(p.feed, realised)
                 scores["updated_ms"] = str(p.created_ms)
                 out.append(_flat("h", keys.scores(p.feed), scores))
+        if self.calibration is not None:
+            out += self.calibration.writes()
         if self.demoter is not None:
             for (version, open_ms, guarded), count in served.items():
                 self.demoter.watch.served(version, open_ms, guarded=guarded, count=count)
@@ -163,26 +185,33 @@ class Recorder:
             self.demoter.decide()
         return out
 
-    async def _earlier(self, predictions: Sequence[Prediction]) -> dict[Feed, tuple[float, float, str]]:
-        """(volume, last_volume, version) of each feed's prediction of the bar that just closed.
+    async def _earlier(self, predictions: Sequence[Prediction]) -> dict[Feed, _Earlier]:
+        """(volume, last_volume, version, published band, raw band) of each feed's prediction of
+        the bar that just closed.
 
         Read back from Redis when this process did not make it (another worker of the group did,
-        or this one restarted), together with the feed's window of realised errors.
+        or this one restarted), together with the feed's window of realised errors and the state
+        of its band calibrator.
         """
-        earlier: dict[Feed, tuple[float, float, str]] = {}
+        earlier: dict[Feed, _Earlier] = {}
+        calibration = self.calibration
         lookups: list[tuple[str, Feed]] = []
         reads = self.redis.pipeline(transaction=False)
         for p in predictions:
             closed = p.last_bar_ms
             mine = self._predicted.get(p.feed)
             if mine is not None and mine.open_time_ms == closed:
-                earlier[p.feed] = (mine.volume, mine.last_volume, mine.model_version)
+                earlier[p.feed] = (mine.volume, mine.last_volume, mine.model_version, mine.quantiles,
+                                   _raw_band(mine))
             else:
                 reads.xrange(self.keys.predictions(p.feed), min=f"{closed}-0", max=f"{closed}-0")
                 lookups.append(("prediction", p.feed))
             if not self.scores.follows(p.feed, closed):
                 reads.xrevrange(self.keys.realised(p.feed), max=f"{closed - 1}", count=self.scores.window - 1)
                 lookups.append(("scores", p.feed))
+            if calibration is not None and calibration.stale(p.feed, closed):
+                reads.hgetall(self.keys.calibration(p.feed))
+                lookups.append(("calibration", p.feed))
         if not lookups:
             return earlier
         replies: list[Any] = await reads.execute()
@@ -190,10 +219,18 @@ class Recorder:
             if kind == "prediction" and reply:
                 fields = reply[0][1]
                 try:
+                    band: Mapping[float, float] = {}
+                    raw: Mapping[float, float] | None = None
+                    if b"json" in fields:
+                        made = Prediction.from_json(fields[b"json"])
+                        band, raw = made.quantiles, _raw_band(made)
                     earlier[feed] = (float(fields[b"volume"]), float(fields[b"last_volume"]),
-                                     fields.get(b"model_version", b"").decode())
+                                     fields.get(b"model_version", b"").decode(), band, raw)
                 except (KeyError, ValueError):
                     log.warning("unreadable prediction entry for %s at %s", feed, reply[0][0])
+            elif kind == "calibration":
+                assert calibration is not None
+                calibration.load_fields(feed, reply)
             elif kind == "scores":
                 records = []
                 for _, entry in reversed(reply):

@@ -44,6 +44,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from forecaster import heap
 from forecaster.bar_reader import BarHistories, Histories
+from forecaster.calibration_store import Calibration
 from forecaster.dead_letters import DeadLetters
 from forecaster.demotion import DemotionWatch
 from forecaster.demotion_store import Demoter
@@ -157,6 +158,10 @@ class Worker:
         self.bars = BarHistories(redis, self.keys, self.interval_ms, self.fallback.look_back)
         self.recorder = Recorder(redis, self.keys, kept=settings.forecaster.predictions_kept,
                                  score_window=settings.forecaster.score_window)
+        # Calibrated bands: the state is read at a boundary, used at the hand-over, learnt in the bookkeeping.
+        self.calibration: Calibration | None = None
+        if settings.forecaster.calibrate_bands:
+            self.calibration = self.recorder.calibration = Calibration(redis, self.keys, self.interval_ms)
         if settings.forecaster.demotion_window:  # self-demotion, fed and applied by the bookkeeping
             self.recorder.demoter = Demoter(redis, self.keys, self.store, DemotionWatch(
                 settings.forecaster.demotion_window, settings.forecaster.demotion_ratio))
@@ -440,6 +445,7 @@ class Worker:
             "prepared_forecasts": str(prepared),
             "window_forecasts": str(whole),
             **self.guards.status(),
+            **(self.calibration.status() if self.calibration is not None else {}),
             **(self.recorder.demoter.watch.status() if self.recorder.demoter is not None else {}),
             **{f"last_{k}": f"{v:.2f}" for k, v in self.timings.items()},
         }
@@ -628,6 +634,8 @@ class Worker:
         histories = await self.bars.at(feeds, open_ms)
         if self.bars.full_reads != full_reads:
             self._settle_due = True  # lasting state was built: freeze it, see heap.py
+        if self.calibration is not None:  # a round trip only for feeds new to this process
+            await self.calibration.ensure(histories.ready)
         read = time.perf_counter()
         ready = histories.ready
         if len(ready) < len(feeds):
@@ -730,6 +738,8 @@ class Worker:
         guards: dict[int, Guarded] = {}
         if any(forecast.guard is not None for forecast, _ in results):
             results, guards = self._replace_guarded(open_ms, feeds, results, histories, created)
+        bands = (self.calibration.bands(feeds, [forecast for forecast, _ in results]) if self.calibration is not None
+                 else [(forecast.quantiles, None, False) for forecast, _ in results])
         predictions = [
             Prediction(
                 feed=feed,
@@ -737,14 +747,17 @@ class Worker:
                 last_bar_ms=open_ms,
                 last_volume=last_volume,
                 volume=forecast.volume,
-                quantiles=forecast.quantiles,
+                quantiles=published,
                 model_name=serving.predictor.name,
                 model_version=serving.predictor.version if serving.version else "baseline",
                 baseline=serving.baseline,
                 created_ms=created,
                 horizons=forecast.horizons,
+                calibrated=calibrated,
+                raw_quantiles=raw,
             )
-            for feed, last_volume, (forecast, serving) in zip(feeds, last_volumes, results, strict=True)
+            for feed, last_volume, (forecast, serving), (published, raw, calibrated)
+            in zip(feeds, last_volumes, results, bands, strict=True)
         ]
         for i, guard in guards.items():
             predictions[i] = dataclasses.replace(predictions[i], guard=guard)

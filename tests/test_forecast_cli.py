@@ -43,6 +43,9 @@ def test_train_then_backtest_the_artifact(tmp_path: Path, config: Path) -> None:
     assert set(result["models"]) == {"naive", "ewma", "tod", "har", "lstm"}
     assert result["models"]["naive"]["mase"] == pytest.approx(1.0)
     assert "coverage_80" in result["models"]["lstm"]
+    # The band as published live: calibrated online through the test part, past its warm-up.
+    assert 0.0 <= result["models"]["lstm"]["coverage_80_calibrated"] <= 1.0
+    assert result["models"]["lstm"]["calibrated_share"] > 0.9
     assert plot.stat().st_size > 10_000
     from PIL import Image
 

@@ -81,7 +81,9 @@ def _bar(open_time_ms: int, volume: str, trades: int, status_: BarStatus = BarSt
 # The scores and forecaster hashes as the worker writes them (text; copied from a running stack).
 SCORES = {"n": "1440", "rmse_log": "0.4125", "mae": "12.5", "naive_mae": "14.25", "mase": "0.875",
           "from_ms": str(T0 - 1440 * MINUTE), "to_ms": str(T0), "guarded": "2", "last_guard_reason": "overflow",
-          "last_guard_ms": str(T0 - MINUTE)}
+          "last_guard_ms": str(T0 - MINUTE), "banded": "1000", "covered": "801", "coverage_80": "0.801"}
+CALIBRATION = {"horizons": "1", "c_low": "0.125", "c_high": "-0.25", "n": "75", "to_ms": str(T0),
+               "step": "0.02", "warm_up": "60"}
 FORECASTER = {
     "consumer": "host-1", "model_name": "lstm", "model_version": "7", "baseline": "0", "fallback_fits": "1",
     "mqtt_connected": "1", "unpublished": "0", "record_errors": "0", "prepared_forecasts": "12",
@@ -115,6 +117,7 @@ def _populate(settings: Settings, now: int) -> Feed:
     )
     client.hset(keys.prediction(feed), mapping=prediction.to_fields())  # type: ignore[arg-type]
     client.hset(keys.scores(feed), mapping=SCORES)
+    client.hset(keys.calibration(feed), mapping=CALIBRATION)
     client.hset(keys.model(), mapping=ModelRecord("lstm", "7", {"rmse_log": 0.4}, now - 3_600_000).to_fields())  # type: ignore[arg-type]
     client.hset(keys.refit(), mapping={"last_run_ms": str(now - 3_600_000), "result": "promoted",
                                        "next_run_ms": str(now + 7_200_000), "message": "challenger 7 beat 6"})
@@ -156,6 +159,12 @@ def test_json_shows_every_field_from_the_contract_keys(prefix: str, tmp_path: Pa
         0.75, "lstm", "7")
     assert (btc["scores"]["rmse_log"], btc["scores"]["mase"], btc["scores"]["n"]) == (0.4125, 0.875, 1440)
     assert isinstance(btc["scores"]["n"], int) and btc["scores"]["from_ms"] == T0 - 1440 * MINUTE
+    # Live coverage of the published band, per feed and over all feeds; the calibrator's state.
+    assert (btc["scores"]["coverage_80"], btc["scores"]["banded"], btc["scores"]["covered"]) == (0.801, 1000, 801)
+    assert btc["calibration"] == {"calibrated": True, "n": 75, "warm_up": 60, "c_low": 0.125, "c_high": -0.25,
+                                  "to_ms": T0}
+    assert eth["calibration"] is None and eth["scores"] is None
+    assert report["coverage"] == {"coverage_80": 0.801, "banded": 1000, "covered": 801, "feeds": 1, "nominal": 0.8}
     assert report["model"] == {"name": "lstm", "version": "7", "promoted_ms": now - 3_600_000,
                                "scores": {"rmse_log": 0.4}}
     assert report["refit"] == {"last_run_ms": now - 3_600_000, "result": "promoted",
@@ -203,6 +212,8 @@ def test_table_lines_up_the_same_facts(prefix: str, tmp_path: Path, capsys: pyte
     assert "0.125" in bars_line and "120" in bars_line
     forecast_line = next(line for line in lines if line.startswith("binance BTC/USDT") and "lstm 7" in line)
     assert "0.750" in forecast_line and "0.412" in forecast_line and "0.875" in forecast_line
+    assert forecast_line.rstrip().endswith("0.801 of 1000  calibrated"), forecast_line
+    assert "80% band coverage, all feeds: 0.801 of 1000 bars of 1 feed(s) (nominal 0.80)" in lines
     lease_header = next(i for i, line in enumerate(lines) if line.startswith("LEASE"))
     assert lines[lease_header + 1].split()[:4] == ["binance", "BTC/USDT", "host-1:42:ab12", "3"]
     assert lines[lease_header + 2].split()[2:4] == ["-", "(nobody)"]

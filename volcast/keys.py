@@ -11,13 +11,14 @@ Layout (``P`` is ``redis.key_prefix``, ``T`` the feed's hash tag):
 - ``P:T:prediction``   Hash: the latest prediction for this feed.
 - ``P:T:predictions``  Stream of predictions (entry id = predicted bar open time), with realised error.
 - ``P:T:realised``     Stream of realised errors (entry id = the predicted bar's open time).
-- ``P:T:scores``       Hash: rolling live scores (rmse_log, MASE against naive).
+- ``P:T:scores``       Hash: rolling live scores (rmse_log, MASE against naive, 80% band coverage).
 - ``P:T:lease``        Hash with a TTL (``streamer.lease_ttl``): the streamer that streams this feed
                        (``owner``) and its fencing token (``token``); only with ``streamer.leases``.
 - ``P:T:fence``        String: the feed's fencing counter, INCR on every lease acquisition; a bar,
                        open-bar or health write carrying another token is refused.
 - ``P:{streamers}``    Sorted set: live streamers by name, scored by when their registration lapses.
 - ``P:{streamers}:N``  Hash with a TTL: streamer ``N``'s feeds held, refused stale writes, pid, host.
+- ``P:T:calibration``  Hash: the band calibrator's state per horizon (forecaster/calibration.py).
 - ``P:events:bars:I``  Stream of bar-closed events for interval ``I``, read by a consumer group.
 - ``P:events:bars:I:dead``  Stream of the events the forecaster could not handle (dead letters):
                        the event's fields, the error, how often it failed.
@@ -131,6 +132,9 @@ class RedisKeys:
 
     def streamer(self, name: str) -> str:
         return f"{self.streamers()}:{name}"
+
+    def calibration(self, feed: Feed) -> str:
+        return f"{self.prefix}:{_tag(feed)}:calibration"
 
     def bar_events(self, interval_ms: int, shard: int = 0, shards: int = 1) -> str:
         """Shard ``shard`` of ``shards`` event streams; one shard keeps the name of old."""

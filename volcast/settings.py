@@ -381,6 +381,9 @@ class ForecasterSettings(_Frozen):
     # version (or the baseline). 0: never demote.
     demotion_window: StrictInt = Field(default=240, ge=0)
     demotion_ratio: StrictFloat = Field(default=1.0, gt=0.0)
+    # Publish the 80% band calibrated online per feed from its realised bars
+    # (forecaster/calibration.py); false: the model's own band, as trained.
+    calibrate_bands: StrictBool = True
 
 
 Port = Annotated[int, Field(ge=0, le=65_535)]

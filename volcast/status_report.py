@@ -182,7 +182,7 @@ def _prediction(raw: dict[str, str] | None) -> dict[str, Any] | None:
 
 # The per-feed scores hash (forecaster/live_scores.py, forecaster/recorder.py): counts and times
 # are integers, the text fields text, every other field a float.
-SCORE_INTEGERS = frozenset({"n", "from_ms", "to_ms", "guarded", "last_guard_ms"})
+SCORE_INTEGERS = frozenset({"n", "from_ms", "to_ms", "guarded", "last_guard_ms", "banded", "covered"})
 SCORE_TEXT = frozenset({"last_guard_reason"})
 
 
@@ -198,6 +198,39 @@ def _scores(raw: dict[str, str] | None) -> dict[str, Any] | None:
         else:
             scores[name] = _number_or_text(value, _float(value))
     return scores
+
+
+def _calibration(raw: dict[str, str] | None) -> dict[str, Any] | None:
+    """The feed's band calibrator (forecaster/calibration.py) at the next bar's horizon: whether
+    its band is published calibrated (past the warm-up), how many realised bars taught it, and
+    the corrections of the band's ends in log1p volume (positive: widened)."""
+    if raw is None:
+        return None
+    def first(name: str) -> str | None:
+        value = raw.get(name)
+        return value.split(",")[0] if value else None
+    n, warm_up = _int(first("n")), _int(raw.get("warm_up"))
+    return {
+        "calibrated": n >= warm_up if n is not None and warm_up is not None else None,
+        "n": n,
+        "warm_up": warm_up,
+        "c_low": _float(first("c_low")),
+        "c_high": _float(first("c_high")),
+        "to_ms": _int(first("to_ms")),
+    }
+
+
+def coverage_summary(feeds: Sequence[Report]) -> dict[str, Any]:
+    """Live coverage of the published 80% band over every feed's scored window."""
+    banded = covered = counted = 0
+    for feed in feeds:
+        scores = feed.get("scores") or {}
+        if isinstance(scores.get("banded"), int) and isinstance(scores.get("covered"), int) and scores["banded"]:
+            banded += scores["banded"]
+            covered += scores["covered"]
+            counted += 1
+    return {"coverage_80": covered / banded if banded else None, "banded": banded, "covered": covered,
+            "feeds": counted, "nominal": 0.8}
 
 
 def _number_or_text(value: str, number: int | float | None) -> Any:
@@ -296,7 +329,7 @@ async def collect_status(
     keys = RedisKeys(settings.redis.key_prefix)
     interval_ms = settings.bars.interval
     feeds = [Feed(exchange, symbol, interval_ms) for exchange, symbol in settings.feeds()]
-    per_feed = 7
+    per_feed = 8
     async with redis.pipeline(transaction=False) as pipe:
         for feed in feeds:
             pipe.hgetall(keys.health(feed))
@@ -306,6 +339,7 @@ async def collect_status(
             pipe.hgetall(keys.scores(feed))
             pipe.hgetall(keys.lease(feed))
             pipe.pttl(keys.lease(feed))
+            pipe.hgetall(keys.calibration(feed))
         pipe.hgetall(keys.model())
         pipe.hgetall(keys.refit())
         pipe.hgetall(keys.forecaster())
@@ -322,7 +356,7 @@ async def collect_status(
     feed_reports: list[dict[str, Any]] = []
     for index, feed in enumerate(feeds):
         replied = replies[index * per_feed : (index + 1) * per_feed]
-        health, info, open_bar, prediction, scores, lease, lease_ttl = replied
+        health, info, open_bar, prediction, scores, lease, lease_ttl, calibration = replied
         report: dict[str, Any] = {"exchange": feed.exchange, "symbol": feed.symbol, "interval": feed.interval}
         report.update(_health(_text(health), now))
         report["bars"] = _bars(info, interval_ms)
@@ -330,6 +364,7 @@ async def collect_status(
         report["prediction"] = _prediction(_text(prediction))
         report["scores"] = _scores(_text(scores))
         report["lease"] = _lease(_text(lease), lease_ttl)
+        report["calibration"] = _calibration(_text(calibration))
         _trade_rate(report, previous_feeds.get((feed.exchange, feed.symbol)), interval_ms)
         feed_reports.append(report)
     model, refit, forecaster, streamer_names = replies[len(feeds) * per_feed :]
@@ -344,6 +379,7 @@ async def collect_status(
         "interval": feeds[0].interval if feeds else None,
         "interval_ms": interval_ms,
         "feeds": feed_reports,
+        "coverage": coverage_summary(feed_reports),
         "model": model_report,
         "forecaster": forecaster_report,
         "refit": _refit(_text(refit)),
@@ -491,6 +527,22 @@ def _ago(now: int, ms: int | None) -> str:
     return DASH if ms is None else f"{format_age(now - ms)} ago"
 
 
+def _coverage(scores: Report | None) -> str:
+    """``0.803 of 1440``: the share of the window's bars inside their published band."""
+    if not scores or not isinstance(scores.get("coverage_80"), float) or not scores.get("banded"):
+        return DASH
+    return f"{scores['coverage_80']:.3f} of {scores['banded']}"
+
+
+def _band(calibration: Report | None) -> str:
+    """``calibrated`` or ``raw 12/60`` (warming up), from the feed's calibrator state."""
+    if calibration is None or calibration["calibrated"] is None:
+        return DASH
+    if calibration["calibrated"]:
+        return "calibrated"
+    return f"raw {calibration['n']}/{calibration['warm_up']}"
+
+
 def refit_outcome(result: str | None, message: str | None) -> str:
     """A refit's result and message in one phrase, the result said once: the refit worker's
     messages often name it already ("version 3 promoted: ...")."""
@@ -573,7 +625,7 @@ def render_table(report: Report) -> str:
     )
     lines.append("")
     lines += _table(
-        ["FORECAST", "FOR BAR (UTC)", "VOLUME", "MODEL", "MADE", "RMSE_LOG", "MASE"],
+        ["FORECAST", "FOR BAR (UTC)", "VOLUME", "MODEL", "MADE", "RMSE_LOG", "MASE", "COVERAGE 80%", "BAND"],
         [
             [
                 name,
@@ -583,10 +635,16 @@ def render_table(report: Report) -> str:
                 _ago(now, p["created_ms"]) if p else DASH,
                 _cell(f["scores"]["rmse_log"]) if f["scores"] else DASH,
                 _cell(f["scores"]["mase"]) if f["scores"] else DASH,
+                _coverage(f["scores"]),
+                _band(f["calibration"]),
             ]
             for name, f in zip(names, feeds, strict=True)
         ],
     )
+    total = report["coverage"]
+    if total["banded"]:
+        lines.append(f"80% band coverage, all feeds: {total['coverage_80']:.3f} of {total['banded']} bars of "
+                     f"{total['feeds']} feed(s) (nominal 0.80)")
     reasons = [(name, f["baseline_reason"]) for name, f in zip(names, feeds, strict=True) if f.get("baseline_reason")]
     for name, reason in reasons:
         lines.append(f"{name}: baseline because {reason}")

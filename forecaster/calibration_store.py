@@ -1,0 +1,154 @@
+"""The worker's band calibrator (forecaster/calibration.py) with its state in Redis.
+
+Each feed's state is a hash, ``keys.calibration(feed)``, in the feed's hash tag, written with the
+boundary's other records (forecaster/recorder.py) after each realised bar, so a restarted worker,
+or another worker of the group, goes on from it:
+
+- ``ensure`` (at a boundary, before the forward pass): feeds this process has no state for yet
+  (a start, a new feed) are read back in one pipeline; at 1000 feeds that is one round trip
+  after a start and none after it.
+- ``bands`` (at the hand-over): the published band of each forecast, vectorised over the chunk.
+- ``realised`` / ``writes`` (in the bookkeeping): the raw band and the realised volume of each
+  predicted bar that closed folded in, and the new states as hash writes. A state that another
+  worker moved on since this one last held it is read back first (``stale``/``load``), as the
+  live scores are; the hand-over may meanwhile use a state a few bars old, which differs by at
+  most a few ``STEP``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import redis.asyncio as aioredis
+
+from forecaster.calibration import HIGH, LOW, BandCalibrator
+from forecaster.guard import passing
+from forecaster.predictor import Forecast
+from volcast.keys import Feed, RedisKeys
+
+MID = 0.5
+
+Band = tuple[Mapping[float, float], Mapping[float, float] | None, bool]
+"""What a payload carries: the published quantiles, the model's own when they differ, and
+whether the band is calibrated."""
+
+
+def _text(raw: Any) -> dict[str, str]:
+    return {(k.decode() if isinstance(k, bytes) else str(k)): (v.decode() if isinstance(v, bytes) else str(v))
+            for k, v in (raw or {}).items()}
+
+
+class Calibration:
+    """Band calibration for one worker: the calibrator, where its state lives, and counters."""
+
+    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, interval_ms: int, horizons: int = 1) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.interval_ms = interval_ms
+        self.calibrator = BandCalibrator(horizons)
+        self.calibrated = 0  # bands published calibrated since the start
+        self.refused = 0  # calibrated bands the guard refused (the raw band was published)
+        self._pending: list[tuple[Feed, int, float, float, float]] = []
+
+    # -- before the forward pass ----------------------------------------------------------------
+
+    async def ensure(self, feeds: Sequence[Feed]) -> None:
+        """Read back the state of feeds this process holds none for (a new feed has none)."""
+        calibrator = self.calibrator
+        missing = [f for f in feeds if f not in calibrator]
+        if not missing:
+            return
+        await self.load(missing)
+
+    async def load(self, feeds: Sequence[Feed]) -> None:
+        """Replace the state of ``feeds`` by what Redis holds (fresh where it holds none)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for feed in feeds:
+            pipe.hgetall(self.keys.calibration(feed))
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+        calibrator = self.calibrator
+        for feed, reply in zip(feeds, replies, strict=True):
+            fields = _text(reply) if isinstance(reply, Mapping) else {}
+            if not calibrator.load(feed, fields):
+                calibrator.rows([feed])  # a fresh row, or the one it had
+
+    # -- at the hand-over -----------------------------------------------------------------------
+
+    def bands(self, feeds: Sequence[Feed], forecasts: Sequence[Forecast], horizon: int = 0) -> list[Band]:
+        """The band each forecast is published with: calibrated when the model gave a 0.1/0.5/0.9
+        band and the feed is past its warm-up; otherwise the forecast's own quantiles."""
+        out: list[Band] = [(fc.quantiles, None, False) for fc in forecasts]
+        idx = [i for i, fc in enumerate(forecasts) if LOW in fc.quantiles and HIGH in fc.quantiles
+               and MID in fc.quantiles]
+        if not idx:
+            return out
+        picked = [forecasts[i] for i in idx]
+        raw = np.array([(fc.quantiles[LOW], fc.quantiles[MID], fc.quantiles[HIGH], fc.bound) for fc in picked])
+        with np.errstate(invalid="ignore"):
+            logs = np.log1p(np.maximum(raw, 0.0))
+        rows = self.calibrator.rows([feeds[i] for i in idx])
+        lo, hi, calibrated = self.calibrator.band(rows, horizon, logs[:, 0], logs[:, 2], logs[:, 1], logs[:, 3])
+        if not calibrated.any():
+            return out
+        low, high = np.expm1(lo), np.expm1(hi)
+        # The guard's rules again on what is published: finite, not negative, in order, bounded.
+        band = np.stack([low, raw[:, 1], high], axis=1)
+        ok = passing(raw[:, 1], band, raw[:, 3])
+        self.refused += int((calibrated & ~ok).sum())
+        calibrated &= ok
+        for j in np.flatnonzero(calibrated).tolist():
+            fc = picked[j]
+            published = dict(fc.quantiles)
+            published[LOW] = float(low[j])
+            published[HIGH] = float(high[j])
+            out[idx[j]] = (published, fc.quantiles, True)
+        self.calibrated += int(calibrated.sum())
+        return out
+
+    # -- in the bookkeeping ---------------------------------------------------------------------
+
+    def stale(self, feed: Feed, closed_ms: int) -> bool:
+        """Whether the feed's state must be read back before bar ``closed_ms`` is folded in."""
+        return not self.calibrator.follows(feed, closed_ms, self.interval_ms)
+
+    def load_fields(self, feed: Feed, raw: Any) -> None:
+        """A state read back in the recorder's own pipeline (fresh where Redis holds none)."""
+        fields = _text(raw) if isinstance(raw, Mapping) else {}
+        if not self.calibrator.load(feed, fields):
+            self.calibrator.rows([feed])
+
+    def realised(self, feed: Feed, closed_ms: int, raw: Mapping[float, float] | None, actual: float) -> None:
+        """Queue bar ``closed_ms`` of ``feed`` with the raw band it was predicted with (None:
+        the forecast had no band, which teaches nothing but moves the state's bar on)."""
+        if raw is None or LOW not in raw or HIGH not in raw:
+            row = int(self.calibrator.rows([feed])[0])
+            self.calibrator.to_ms[row, 0] = max(int(self.calibrator.to_ms[row, 0]), closed_ms)
+            return
+        self._pending.append((feed, closed_ms, raw[LOW], raw[HIGH], actual))
+
+    def writes(self) -> list[list[str]]:
+        """Fold in what ``realised`` queued; the new states as the recorder's hash writes."""
+        pending, self._pending = self._pending, []
+        if not pending:
+            return []
+        calibrator = self.calibrator
+        feeds = [p[0] for p in pending]
+        rows = calibrator.rows(feeds)
+        values = np.array([(p[2], p[3], p[4]) for p in pending])
+        with np.errstate(invalid="ignore"):
+            logs = np.log1p(np.maximum(values, 0.0))
+        opens = np.array([p[1] for p in pending], dtype=np.int64)
+        calibrator.update(rows, 0, logs[:, 0], logs[:, 1], logs[:, 2], opens)
+        out: list[list[str]] = []
+        for feed, row in dict(zip(feeds, rows.tolist(), strict=True)).items():
+            flat = ["h", self.keys.calibration(feed)]
+            for name, value in calibrator.fields(row).items():
+                flat += [name, value]
+            out.append(flat)
+        return out
+
+    def status(self) -> dict[str, str]:
+        """Fields of the forecaster status hash."""
+        return {"calibrated_bands": str(self.calibrated), "calibration_refused": str(self.refused)}

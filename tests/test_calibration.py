@@ -1,0 +1,189 @@
+"""The band calibrator: coverage converges to nominal on heavy-tailed and drifting streams, the
+published band stays sane, and its state survives a restart through real Redis."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from forecaster.calibration import STEP, WARM_UP, BandCalibrator, replay
+from forecaster.calibration_store import Calibration
+from forecaster.predictor import Forecast
+from volcast.connections import redis_client
+from volcast.keys import Feed, RedisKeys
+from volcast.settings import settings_from_mapping
+
+FEED = Feed("binance", "NEAR/USDT", 60_000)
+
+
+def heavy_tailed(n: int, seed: int, *, drift: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A model whose 0.1/0.9 band (log1p) is far too narrow for Student-t(2) errors whose scale
+    also changes over time when ``drift``: raw coverage well below 0.8."""
+    rng = np.random.default_rng(seed)
+    level = 5.0 + np.sin(np.arange(n) / 500.0)
+    scale = 0.3 * (1.0 + 2.0 * (np.arange(n) > n // 2)) if drift else np.full(n, 0.3)
+    actual = np.maximum(level + scale * rng.standard_t(2, n), 0.0)
+    return level - 0.2, level + 0.2, level, actual
+
+
+@pytest.mark.parametrize("drift", [False, True])
+def test_coverage_converges_to_nominal_on_a_heavy_tailed_stream(drift: bool) -> None:
+    low, high, mid, actual = heavy_tailed(20_000, seed=7, drift=drift)
+    raw = np.mean((actual >= low) & (actual <= high))
+    lo, hi, calibrated = replay(low, high, mid, actual)
+    assert raw < 0.6  # the raw band is badly miscalibrated
+    assert not calibrated[:WARM_UP].any() and calibrated[WARM_UP:].all()
+    late = slice(2_000, None)
+    coverage = np.mean((actual[late] >= lo[late]) & (actual[late] <= hi[late]))
+    below = np.mean(actual[late] < lo[late])
+    assert abs(coverage - 0.8) < 0.015, coverage
+    assert abs(below - 0.1) < 0.01, below  # each side on its own, not only the total
+    # Over the second half alone (after a tripling of the error scale when drifting) as well.
+    half = slice(12_000, None)
+    assert abs(np.mean((actual[half] >= lo[half]) & (actual[half] <= hi[half])) - 0.8) < 0.02
+
+
+def test_a_too_wide_band_is_narrowed() -> None:
+    low, high, mid, actual = heavy_tailed(10_000, seed=3)
+    lo, hi, _ = replay(low - 2.0, high + 2.0, mid, actual)
+    assert np.mean((actual >= low - 2.0) & (actual <= high + 2.0)) > 0.95
+    assert abs(np.mean((actual[1000:] >= lo[1000:]) & (actual[1000:] <= hi[1000:])) - 0.8) < 0.02
+    assert np.mean(hi - lo) < 4.4
+
+
+def test_one_step_moves_by_step_and_the_band_stays_sane() -> None:
+    calibrator = BandCalibrator(horizons=2, warm_up=1)
+    rows = calibrator.rows(["a", "b"])
+    # a: the bar fell below the band (a miss low); b: inside.
+    calibrator.update(rows, 0, np.array([2.0, 2.0]), np.array([3.0, 3.0]), np.array([1.0, 2.5]), 60_000)
+    assert calibrator.c_low[rows[0], 0] == pytest.approx(STEP * 0.9)
+    assert calibrator.c_low[rows[1], 0] == pytest.approx(-STEP * 0.1)
+    assert calibrator.c_high[rows[0], 0] == pytest.approx(-STEP * 0.1)
+    assert calibrator.n[rows, 1].tolist() == [0, 0]  # the other horizon untouched
+    # A huge correction: low end not below 0 nor above the median, high end at most the bound.
+    calibrator.c_low[rows, 0] = [-50.0, 50.0]
+    calibrator.c_high[rows, 0] = [50.0, -50.0]
+    lo, hi, ok = calibrator.band(rows, 0, np.array([2.0, 2.0]), np.array([3.0, 3.0]), np.array([2.5, 2.5]),
+                                 np.array([4.0, 4.0]))
+    assert ok.tolist() == [True, True]
+    assert lo.tolist() == [2.5, 0.0] and hi.tolist() == [4.0, 2.5]
+    # Not finite values are skipped by the update and keep the raw band.
+    used = calibrator.update(rows, 1, np.array([math.nan, 1.0]), np.array([2.0, 2.0]), np.array([1.0, math.inf]))
+    assert used == 0
+    lo, hi, ok = calibrator.band(rows, 1, np.array([1.0, 1.0]), np.array([2.0, 2.0]), np.array([1.5, 1.5]),
+                                 np.array([9.0, 9.0]))
+    assert not ok.any() and lo.tolist() == [1.0, 1.0]
+
+
+def test_a_bar_seen_again_is_not_learnt_twice() -> None:
+    calibrator = BandCalibrator()
+    row = calibrator.rows(["x"])
+    one = (np.array([1.0]), np.array([2.0]), np.array([0.0]))
+    assert calibrator.update(row, 0, *one, 60_000) == 1
+    learnt = calibrator.c_low[row[0], 0]
+    assert calibrator.update(row, 0, *one, 60_000) == 0  # the same bar (an event handled again)
+    assert calibrator.update(row, 0, *one, 0) == 0  # an older one
+    assert calibrator.c_low[row[0], 0] == learnt and calibrator.n[row[0], 0] == 1
+    assert calibrator.update(row, 0, *one, 120_000) == 1
+
+
+def test_a_row_twice_in_one_update_is_applied_in_order() -> None:
+    once, twice = BandCalibrator(), BandCalibrator()
+    a = once.rows(["x"])
+    for actual in (0.0, 5.0):
+        once.update(a, 0, np.array([1.0]), np.array([2.0]), np.array([actual]))
+    b = twice.rows(["x"])
+    twice.update(np.array([b[0], b[0]]), 0, np.array([1.0, 1.0]), np.array([2.0, 2.0]), np.array([0.0, 5.0]))
+    assert twice.c_low[b[0], 0] == once.c_low[a[0], 0] and twice.c_high[b[0], 0] == once.c_high[a[0], 0]
+    assert twice.n[b[0], 0] == 2
+    # With the bars named: in order, and a bar repeated in the same update learnt once.
+    named = BandCalibrator()
+    c = named.rows(["x"])
+    named.update(np.array([c[0]] * 3), 0, np.full(3, 1.0), np.full(3, 2.0), np.array([0.0, 5.0, 5.0]),
+                 np.array([60_000, 120_000, 120_000]))
+    assert named.c_low[c[0], 0] == once.c_low[a[0], 0] and named.n[c[0], 0] == 2
+
+
+def test_state_fields_round_trip_and_bad_fields_are_refused() -> None:
+    calibrator = BandCalibrator(horizons=3)
+    row = int(calibrator.rows([FEED])[0])
+    calibrator.c_low[row] = [0.1, -0.25, 1e-17]
+    calibrator.c_high[row] = [0.3, 0.0, -2.5]
+    calibrator.n[row] = [70, 3, 0]
+    calibrator.to_ms[row] = [123_000, 60_000, -1]
+    fields = calibrator.fields(row)
+    other = BandCalibrator(horizons=3)
+    assert other.load(FEED, fields)
+    back = int(other.rows([FEED])[0])
+    assert other.c_low[back].tolist() == calibrator.c_low[row].tolist()
+    assert other.c_high[back].tolist() == calibrator.c_high[row].tolist()
+    assert other.n[back].tolist() == [70, 3, 0] and other.to_ms[back].tolist() == [123_000, 60_000, -1]
+    # Fewer horizons than saved: the first ones are kept.
+    one = BandCalibrator(horizons=1)
+    assert one.load(FEED, fields) and one.n[one.rows([FEED])[0]].tolist() == [70]
+    for bad in ({}, {**fields, "c_low": "0.1,nan,0"}, {**fields, "n": "1,2"}, {**fields, "c_high": "x"}):
+        assert not BandCalibrator(horizons=3).load(FEED, bad)
+
+
+@pytest.fixture
+async def redis_keys() -> AsyncIterator[tuple[object, RedisKeys]]:
+    settings = settings_from_mapping({"exchanges": [{"id": "binance", "symbols": ["NEAR/USDT"]}],
+                                     "redis": {"key_prefix": f"test-cal-{uuid.uuid4().hex[:10]}"}}, env={})
+    keys = RedisKeys(settings.redis.key_prefix)
+    async with redis_client(settings.redis) as redis:
+        yield redis, keys
+        found = [k async for k in redis.scan_iter(match=f"{settings.redis.key_prefix}:*")]
+        if found:
+            await redis.delete(*found)
+
+
+async def test_restart_restores_the_state_from_redis(redis_keys: tuple[object, RedisKeys]) -> None:
+    redis, keys = redis_keys
+    low, high, mid, actual = heavy_tailed(WARM_UP + 40, seed=11)
+    raw = [{0.1: float(np.expm1(lo)), 0.5: float(np.expm1(m)), 0.9: float(np.expm1(hi))}
+           for lo, hi, m in zip(low, high, mid, strict=True)]
+    first = Calibration(redis, keys, 60_000)  # type: ignore[arg-type]
+    await first.ensure([FEED])
+    for t in range(WARM_UP + 20):
+        first.realised(FEED, t * 60_000, raw[t], float(np.expm1(actual[t])))
+        writes = first.writes()
+        for write in writes:  # as the recorder's script applies them
+            assert write[0] == "h"
+            await redis.hset(write[1], mapping=dict(zip(write[2::2], write[3::2], strict=True)))  # type: ignore[attr-defined]
+    forecast = Forecast(raw[-1][0.5], raw[-1], bound=1e12)
+    published, kept, calibrated = first.bands([FEED], [forecast])[0]
+    assert calibrated and kept == raw[-1] and published != raw[-1]
+
+    # A new process: nothing in memory, the state is read back and gives the same band.
+    second = Calibration(redis, keys, 60_000)  # type: ignore[arg-type]
+    await second.ensure([FEED])
+    assert second.bands([FEED], [forecast])[0] == (published, kept, True)
+    row = int(second.calibrator.rows([FEED])[0])
+    assert second.calibrator.n[row, 0] == WARM_UP + 20
+    assert not second.stale(FEED, (WARM_UP + 20) * 60_000)  # it follows on from the last bar
+    assert second.stale(FEED, (WARM_UP + 25) * 60_000)  # another worker had the bars between
+
+    # A feed Redis holds no state for starts fresh, its band raw until the warm-up is over.
+    other = Feed("binance", "ALGO/USDT", 60_000)
+    await second.ensure([other])
+    assert second.bands([other], [forecast])[0] == (raw[-1], None, False)
+
+
+def test_a_band_the_guard_refuses_is_published_raw() -> None:
+    calibration = Calibration(None, RedisKeys("x"), 60_000)  # type: ignore[arg-type]
+    row = int(calibration.calibrator.rows([FEED])[0])
+    calibration.calibrator.n[row, 0] = WARM_UP
+    calibration.calibrator.c_high[row, 0] = 1.0
+    quantiles = {0.1: 5.0, 0.5: 10.0, 0.9: 20.0}
+    wide = calibration.bands([FEED], [Forecast(10.0, quantiles, bound=1e9)])[0]
+    assert wide[2] and wide[0][0.9] == pytest.approx(math.expm1(math.log1p(20.0) + 1.0))
+    capped = calibration.bands([FEED], [Forecast(10.0, quantiles, bound=30.0)])[0]
+    assert capped[2] and capped[0][0.9] == pytest.approx(30.0)  # up to the guard's bound
+    # A forecast without a band (a baseline) or with a quantile not finite: as it came.
+    assert calibration.bands([FEED], [Forecast(10.0, {})])[0] == ({}, None, False)
+    nan = {0.1: math.nan, 0.5: 10.0, 0.9: 20.0}
+    assert calibration.bands([FEED], [Forecast(10.0, nan, bound=1e9)])[0] == (nan, None, False)
