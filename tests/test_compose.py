@@ -8,6 +8,7 @@ Docker cannot run in CI; Debian's ``docker-compose`` (1.29) validates the file w
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 OFFLINE = ROOT / "deploy" / "compose.offline.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 VOLCAST_SERVICES = ("stream", "forecast", "refit")
+MONITORING = ("prometheus", "grafana")  # the `monitoring` profile
 DEFAULT_CONFIG = "/etc/volcast/config.yml"
 OFFLINE_CONFIG = "/etc/volcast/config.offline.yml"
 _VARIABLE = re.compile(r"\$\$|\$\{(\w+)(?::?-([^}]*))?\}")
@@ -81,10 +83,12 @@ def _mounts(service: dict[str, Any]) -> dict[str, str]:
 
 def test_services_and_ports() -> None:
     services = _compose()["services"]
-    assert set(services) == {"redis", "mosquitto", *VOLCAST_SERVICES}
-    assert set(_offline()["services"]) == {"redis", "mosquitto", *VOLCAST_SERVICES, "replay"}
+    assert set(services) == {"redis", "mosquitto", *VOLCAST_SERVICES, *MONITORING}
+    assert set(_offline()["services"]) == {"redis", "mosquitto", *VOLCAST_SERVICES, *MONITORING, "replay"}
+    profiles = {name: s["profiles"] for name, s in services.items() if "profiles" in s}
+    assert profiles == {name: ["monitoring"] for name in MONITORING}  # the stack itself runs without one
     published = {name: s["ports"] for name, s in services.items() if s.get("ports")}
-    assert published == {"mosquitto": ["1883:1883"]}
+    assert published == {"mosquitto": ["1883:1883"], "grafana": ["127.0.0.1:3000:3000"]}
     for name, service in services.items():
         assert service.get("restart") == "unless-stopped", name
         assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
@@ -109,7 +113,7 @@ def test_redis_and_mosquitto_services() -> None:
 
 def test_the_volcast_services_share_one_image_built_once() -> None:
     for services in (_compose()["services"], _offline()["services"]):
-        volcast = {name: s for name, s in services.items() if name not in ("redis", "mosquitto")}
+        volcast = {name: s for name, s in services.items() if name not in ("redis", "mosquitto", *MONITORING)}
         assert {s["image"] for s in volcast.values()} == {"volcast:latest"}
         builders = [name for name, s in volcast.items() if "build" in s]
         assert builders == ["stream"]
@@ -177,7 +181,7 @@ def test_every_service_command_is_a_real_verb_with_valid_options(stack: str, mon
     monkeypatch.setenv("VOLCAST_CONFIG", config)
     parser = build_parser()
     for name, service in services.items():
-        if name in ("redis", "mosquitto"):
+        if name in ("redis", "mosquitto", *MONITORING):
             continue
         command = service["command"]
         assert command[0] == "volcast", name
@@ -229,17 +233,76 @@ def test_offline_config_points_the_streamer_at_the_replay_service() -> None:
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose (Debian 1.29) is not installed")
-@pytest.mark.parametrize("files", [[COMPOSE], [COMPOSE, OFFLINE]], ids=["online", "offline"])
-def test_docker_compose_validates_the_file(files: list[Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("files", "profiles"), [([COMPOSE], []), ([COMPOSE, OFFLINE], []),
+                                                 ([COMPOSE], ["monitoring"]), ([COMPOSE, OFFLINE], ["monitoring"])],
+                         ids=["online", "offline", "online-monitoring", "offline-monitoring"])
+def test_docker_compose_validates_the_file(files: list[Path], profiles: list[str], tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VOLCAST_", "COMPOSE_"))}
     result = subprocess.run(
-        ["docker-compose", *[a for f in files for a in ("-f", str(f))], "config"], capture_output=True, text=True,
-        env=env, cwd=tmp_path, timeout=60,
+        ["docker-compose", *[a for f in files for a in ("-f", str(f))],
+         *[a for p in profiles for a in ("--profile", p)], "config"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=60,
     )
     assert result.returncode == 0, result.stderr
     resolved = yaml.safe_load(result.stdout)
     assert set(resolved["services"]) >= {"redis", "mosquitto", *VOLCAST_SERVICES}
     assert ("replay" in resolved["services"]) == (OFFLINE in files)
+    if profiles:
+        assert set(resolved["services"]) >= set(MONITORING)
+        assert "prometheus-data" in resolved["volumes"] and "grafana-data" in resolved["volumes"]
+
+
+# -- the monitoring profile ------------------------------------------------------------------------
+
+def test_prometheus_scrapes_each_service_on_its_metrics_port() -> None:
+    """deploy/prometheus.yml names each volcast service at the port its settings serve metrics on,
+    and the compose environment turns metrics on, listening beyond the container's loopback."""
+    services = _compose()["services"]
+    env = services["stream"]["environment"]
+    settings = load_settings(ROOT / "config.yml", env=env)
+    assert settings.metrics.enabled and settings.metrics.host == "0.0.0.0"
+    ports = {"stream": settings.metrics.stream_port, "forecast": settings.metrics.forecast_port,
+             "refit": settings.metrics.refit_port}
+    for name in VOLCAST_SERVICES:
+        assert services[name]["environment"]["VOLCAST_METRICS_ENABLED"] == "true", name
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text(encoding="utf-8"))
+    targets = {job["job_name"]: [t for c in job["static_configs"] for t in c["targets"]]
+               for job in scrape["scrape_configs"]}
+    assert targets == {f"volcast-{name}": [f"{name}:{port}"] for name, port in ports.items()}
+    prometheus = services["prometheus"]
+    assert _mounts(prometheus)["/etc/prometheus/prometheus.yml"] == "./deploy/prometheus.yml"
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+
+
+def test_grafana_is_provisioned_with_prometheus_and_the_dashboard() -> None:
+    grafana = _compose()["services"]["grafana"]
+    mounts = _mounts(grafana)
+    datasources = yaml.safe_load((ROOT / mounts["/etc/grafana/provisioning/datasources"] / "prometheus.yml")
+                                 .read_text(encoding="utf-8"))["datasources"]
+    assert [(d["type"], d["url"]) for d in datasources] == [("prometheus", "http://prometheus:9090")]
+    providers = yaml.safe_load((ROOT / mounts["/etc/grafana/provisioning/dashboards"] / "volcast.yml")
+                               .read_text(encoding="utf-8"))["providers"]
+    folder = providers[0]["options"]["path"]
+    dashboard_file = mounts[f"{folder}/volcast-dashboard.json"]
+    assert grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == f"{folder}/volcast-dashboard.json"
+    assert grafana["depends_on"]["prometheus"] == {"condition": "service_healthy"}
+    dashboard = json.loads((ROOT / dashboard_file).read_text(encoding="utf-8"))
+    assert dashboard["uid"] == "volcast" and isinstance(dashboard["schemaVersion"], int)
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    titles = " | ".join(p["title"] for p in panels).lower()
+    for wanted in ("trades/s", "bars closed by status", "close delay p99", "forecast latency p99",
+                   "baseline and guard share", "reconnects", "refit results"):
+        assert wanted in titles, wanted
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    variable = dashboard["templating"]["list"][0]
+    assert (variable["type"], variable["query"]) == ("datasource", "prometheus")
+    for panel in panels:
+        assert panel["targets"] and panel["gridPos"]["w"] > 0, panel["title"]
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == "${" + variable["name"] + "}"
+            assert target["expr"].count("(") == target["expr"].count(")"), target["expr"]
+            assert re.search(r"\bvolcast_(stream|forecast|refit)_", target["expr"]), target["expr"]
 
 
 # -- the server config files start the real servers ----------------------------------------------

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from metrics_scrape import Samples, scrape, value
+from metrics_scrape import Samples, dashboard_names, scrape, served_names, value
 from worker_harness import (
     MINUTE,
     clear_retained,
@@ -103,3 +103,6 @@ async def test_forecaster_metrics_agree_with_redis(settings: Settings, caplog: p
     # The bars are from 2023: every forecast came more than a minute after its bar's end.
     assert value(samples, "volcast_forecast_latency_seconds_bucket", le="60.0") == 0
     assert value(samples, "volcast_forecast_latency_seconds_bucket", le="+Inf") == STEPS * len(feeds)
+    # Every forecaster metric the Grafana dashboard reads is served.
+    assert dashboard_names("volcast_forecast_") - served_names(samples) == set()
+    assert dashboard_names("volcast_forecast_")

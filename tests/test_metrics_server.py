@@ -7,7 +7,7 @@ import asyncio
 import socket
 
 import pytest
-from metrics_scrape import scrape, value
+from metrics_scrape import dashboard_names, scrape, served_names, value
 
 from forecaster.refit import RefitOutcome
 from forecaster.refit_metrics import RefitMetrics
@@ -35,6 +35,9 @@ async def test_refit_runs_by_result_and_last_scores_are_served() -> None:
     assert ("volcast_refit_last_scores", frozenset({("role", "champion"), ("score", "mase")})) not in samples
     assert value(samples, "volcast_refit_promoted_version") == 3
     assert value(samples, "volcast_refit_last_run_seconds") == 42.0
+    # Every refit metric the Grafana dashboard reads is served.
+    assert dashboard_names("volcast_refit_") - served_names(samples) == set()
+    assert dashboard_names("volcast_refit_")
 
 
 async def test_a_port_in_use_is_one_message_naming_the_setting() -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 import yaml
-from metrics_scrape import Samples, scrape, value
+from metrics_scrape import Samples, dashboard_names, scrape, served_names, value
 from stream_harness import PATIENCE_S, delete_prefix, stream_settings, streamed_to_the_end, unique_prefix, write_windows
 
 from streamer.simulator.faults import parse_faults
@@ -159,6 +159,9 @@ async def test_stream_metrics_agree_with_redis(tmp_path: Path) -> None:
         for name in ("volcast_stream_lag_seconds", "volcast_stream_delivery_delay_p99_seconds"):
             assert (name, frozenset(xrp.items())) in samples
         assert ("process_resident_memory_bytes", frozenset()) in samples
+        # Every stream metric the Grafana dashboard reads is served.
+        assert dashboard_names("volcast_stream_") - served_names(samples) == set()
+        assert dashboard_names("volcast_stream_")
     finally:
         await delete_prefix(redis, prefix)
         await redis.aclose()

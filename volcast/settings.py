@@ -394,8 +394,8 @@ class MetricsSettings(_Frozen):
     three processes on one machine and ``volcast run`` (stream and forecast in one process, refit
     in a child) alike. Port 0 picks a free port (logged)."""
 
-    enabled: StrictBool = False
-    host: str = "127.0.0.1"  # 0.0.0.0 to be scraped from another machine or container
+    enabled: Annotated[StrictBool, BeforeValidator(_flag)] = False  # also VOLCAST_METRICS_ENABLED
+    host: str = "127.0.0.1"  # 0.0.0.0 to be scraped from another machine or container (VOLCAST_METRICS_HOST)
     stream_port: Port = 9464
     forecast_port: Port = 9465
     refit_port: Port = 9466
@@ -471,6 +471,8 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "VOLCAST_MQTT_USERNAME": ("mqtt", "username"),
     "VOLCAST_MQTT_PASSWORD": ("mqtt", "password"),
     "VOLCAST_MODEL_DIR": ("refit", "model_dir"),
+    "VOLCAST_METRICS_ENABLED": ("metrics", "enabled"),
+    "VOLCAST_METRICS_HOST": ("metrics", "host"),
 }
 
 
