@@ -115,10 +115,11 @@ class BandCalibrator:
 
     # -- the band -----------------------------------------------------------------------------
 
-    def band(self, rows: IntArray, horizon: int, low: FloatArray, high: FloatArray, mid: FloatArray,
+    def band(self, rows: IntArray, horizon: int | IntArray, low: FloatArray, high: FloatArray, mid: FloatArray,
              bound: FloatArray) -> tuple[FloatArray, FloatArray, BoolArray]:
         """The published band of each row from the model's log1p ``low``, ``high`` and median
-        ``mid``; ``bound``: the log1p upper bound the output guard allows. Returns (low, high,
+        ``mid``; ``bound``: the log1p upper bound the output guard allows; ``horizon``: one index
+        for all rows, or one per row (the same row may then appear once per horizon). Returns (low, high,
         calibrated): rows still warming up, or with a value that is not finite, keep the raw band."""
         c_low = self.c_low[rows, horizon]
         c_high = self.c_high[rows, horizon]
@@ -227,4 +228,29 @@ def replay(low: FloatArray, high: FloatArray, mid: FloatArray, actual: FloatArra
         lo, hi, ok = calibrator.band(row, 0, low[t:t + 1], high[t:t + 1], mid[t:t + 1], limit[t:t + 1])
         out_low[t], out_high[t], calibrated[t] = lo[0], hi[0], ok[0]
         calibrator.update(row, 0, low[t:t + 1], high[t:t + 1], actual[t:t + 1])
+    return out_low, out_high, calibrated
+
+
+def replay_targets(low: FloatArray, high: FloatArray, mid: FloatArray, actual: FloatArray, delays: IntArray,
+                   bound: FloatArray | None = None) -> tuple[FloatArray, FloatArray, BoolArray]:
+    """``replay`` for a multi-horizon backtest: the forecasts of one series at consecutive
+    positions, each with T targets (arrays (P, T), log1p); target j of the forecast at position
+    p is realised ``delays[j]`` positions later (its window's offset plus its length in bars), so
+    it is learnt only then, as live. Horizon index j of the calibrator is target j."""
+    positions, targets = low.shape
+    calibrator = BandCalibrator(targets)
+    rows = np.zeros(targets, dtype=np.int64)
+    calibrator.rows(["series"])
+    js = np.arange(targets)
+    limit = np.full(low.shape, np.inf) if bound is None else bound
+    out_low, out_high = np.empty(low.shape), np.empty(low.shape)
+    calibrated = np.zeros(low.shape, dtype=np.bool_)
+    delays = np.asarray(delays, dtype=np.int64)
+    for p in range(positions):
+        earlier = p - delays
+        due = earlier >= 0
+        if due.any():
+            made, which = earlier[due], js[due]
+            calibrator.update(rows[due], which, low[made, which], high[made, which], actual[made, which])
+        out_low[p], out_high[p], calibrated[p] = calibrator.band(rows, js, low[p], high[p], mid[p], limit[p])
     return out_low, out_high, calibrated

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 
-from forecaster.calibration import STEP, WARM_UP, BandCalibrator, replay
+from forecaster.calibration import STEP, WARM_UP, BandCalibrator, replay, replay_targets
 from forecaster.calibration_store import Calibration
 from forecaster.predictor import Forecast
 from volcast.connections import redis_client
@@ -187,3 +187,23 @@ def test_a_band_the_guard_refuses_is_published_raw() -> None:
     assert calibration.bands([FEED], [Forecast(10.0, {})])[0] == ({}, None, False)
     nan = {0.1: math.nan, 0.5: 10.0, 0.9: 20.0}
     assert calibration.bands([FEED], [Forecast(10.0, nan, bound=1e9)])[0] == (nan, None, False)
+
+
+def test_every_target_of_a_multi_horizon_backtest_converges_learning_only_what_is_realised() -> None:
+    """Three targets: the next bar, the bar after it, and the sum of the next 5 (realised 1, 2
+    and 5 positions later); each band far too narrow, each calibrated to 0.80 on its own."""
+    rng = np.random.default_rng(5)
+    positions = 8_000
+    level = 4.0 + np.sin(np.arange(positions) / 300.0)
+    errors = rng.standard_t(3, (positions, 3)) * np.array([0.3, 0.5, 0.2])
+    actual = np.maximum(level[:, None] + errors, 0.0)
+    low, high, mid = level[:, None] - 0.1 + 0 * actual, level[:, None] + 0.1 + 0 * actual, level[:, None] + 0 * actual
+    lo, hi, calibrated = replay_targets(low, high, mid, actual, np.array([1, 2, 5]))
+    assert not calibrated[:WARM_UP].any() and calibrated[WARM_UP + 5:].all()
+    inside = (actual[1500:] >= lo[1500:]) & (actual[1500:] <= hi[1500:])
+    assert np.all(np.abs(inside.mean(axis=0) - 0.8) < 0.015), inside.mean(axis=0)
+    # Nothing realised later is learnt early: the first forecast's bands are the raw ones, and a
+    # target realised 5 positions later has learnt 5 fewer bars than the next bar by the end.
+    assert lo[0].tolist() == low[0].tolist()
+    single = replay_targets(low[:, :1], high[:, :1], mid[:, :1], actual[:, :1], np.array([1]))
+    assert np.array_equal(single[0][:, 0], lo[:, 0])  # the next bar's band as if alone
