@@ -518,9 +518,7 @@ class BarStore:
             if tokens is not None and feed not in tokens:
                 continue
             await write(feed, key, state.to_fields(now))
-        if not targets:
-            return
-        if tokens is not None and self.announcer is not None and not self._hset_loaded:
+        if tokens is not None and targets and self.announcer is not None and not self._hset_loaded:
             await self.redis.script_load(FENCED_HSET)  # a cluster pipeline does not load scripts itself
             self._hset_loaded = True
         results = await pipe.execute(raise_on_error=False)
