@@ -371,7 +371,9 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
     transit: list[float] = []
     per_boundary: list[float] = []
     try:
-        async with redis_client(settings.redis) as redis:
+        # redis-py 8 times a command out after 5 s: writing 1000 feeds' history in pipelines of
+        # 250,000 commands took longer than that on a loaded machine.
+        async with redis_client(settings.redis, socket_timeout=120) as redis:
             await promote(redis, keys, ModelRecord("lstm", "1", {}, 0))
             if calibrate:  # steady state: every feed's band is past its warm-up
                 pipe = redis.pipeline(transaction=False)

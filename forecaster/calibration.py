@@ -186,6 +186,23 @@ class BandCalibrator:
             "warm_up": str(self.warm_up),
         }
 
+    def flat_fields(self, rows: Sequence[int]) -> list[list[str]]:
+        """``fields`` of many rows as flat [name, value, ...] lists, without the settings
+        (``horizons``, ``step``, ``warm_up``: written once per row by the caller). Each array is
+        turned into Python numbers once for all rows: per row, that cost 30 us at 1000 feeds."""
+        picked = np.asarray(rows, dtype=np.int64)
+        lows, highs = self.c_low[picked].tolist(), self.c_high[picked].tolist()
+        counts, bars = self.n[picked].tolist(), self.to_ms[picked].tolist()
+        if self.horizons == 1:
+            return [["c_low", repr(lo[0]), "c_high", repr(hi[0]), "n", str(n[0]), "to_ms", str(t[0])]
+                    for lo, hi, n, t in zip(lows, highs, counts, bars, strict=True)]
+        return [["c_low", ",".join(map(repr, lo)), "c_high", ",".join(map(repr, hi)), "n", ",".join(map(str, n)),
+                 "to_ms", ",".join(map(str, t))] for lo, hi, n, t in zip(lows, highs, counts, bars, strict=True)]
+
+    def settings_fields(self) -> list[str]:
+        """The fields of a state that do not change (flat)."""
+        return ["horizons", str(self.horizons), "step", repr(self.step), "warm_up", str(self.warm_up)]
+
     def load(self, key: Hashable, fields: Mapping[str, str]) -> bool:
         """Replace the key's state with one read back from Redis; False (the state left as it
         was) when the fields are missing or unreadable. A state saved with fewer horizons fills

@@ -51,6 +51,7 @@ class Calibration:
         self.calibrated = 0  # bands published calibrated since the start
         self.refused = 0  # calibrated bands the guard refused (the raw band was published)
         self._pending: list[tuple[Feed, int, float, float, float]] = []
+        self._written: set[Feed] = set()  # feeds whose state's settings fields this process wrote
 
     # -- before the forward pass ----------------------------------------------------------------
 
@@ -141,12 +142,14 @@ class Calibration:
             logs = np.log1p(np.maximum(values, 0.0))
         opens = np.array([p[1] for p in pending], dtype=np.int64)
         calibrator.update(rows, 0, logs[:, 0], logs[:, 1], logs[:, 2], opens)
+        latest = dict(zip(feeds, rows.tolist(), strict=True))  # a feed twice (a backlog): written once
+        keys, settings, written = self.keys, calibrator.settings_fields(), self._written
         out: list[list[str]] = []
-        for feed, row in dict(zip(feeds, rows.tolist(), strict=True)).items():
-            flat = ["h", self.keys.calibration(feed)]
-            for name, value in calibrator.fields(row).items():
-                flat += [name, value]
-            out.append(flat)
+        for feed, fields in zip(latest, calibrator.flat_fields(list(latest.values())), strict=True):
+            if feed not in written:  # the settings once per feed and process
+                written.add(feed)
+                fields += settings
+            out.append(["h", keys.calibration(feed), *fields])
         return out
 
     def status(self) -> dict[str, str]:
