@@ -40,8 +40,9 @@ HISTORY = 2000
 
 
 @pytest.fixture
-async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
-    s = settings_for(tmp_path / "models")
+async def settings(tmp_path: Path, redis_config: dict[str, Any]) -> AsyncIterator[Settings]:
+    # On the shared single Redis and on the local Redis Cluster (tests/conftest.py).
+    s = settings_for(tmp_path / "models", redis=redis_config)
     yield s
     await delete_prefix(s)
     await clear_retained(s)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -34,8 +35,9 @@ def as_history(bars: list[Bar]) -> list[Bar]:
 
 
 @pytest.fixture
-async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
-    s = settings_for(tmp_path / "models", symbols=("NEAR/USDT",))
+async def settings(tmp_path: Path, redis_config: dict[str, Any]) -> AsyncIterator[Settings]:
+    # On the shared single Redis and on the local Redis Cluster (tests/conftest.py).
+    s = settings_for(tmp_path / "models", symbols=("NEAR/USDT",), redis=redis_config)
     yield s
     await delete_prefix(s)
 

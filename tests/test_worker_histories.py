@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -108,8 +109,9 @@ def test_a_rows_subset_is_copied_in_row_order() -> None:
 
 
 @pytest.fixture
-async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
-    s = settings_for(tmp_path / "models")
+async def settings(tmp_path: Path, redis_config: dict[str, Any]) -> AsyncIterator[Settings]:
+    # On the shared single Redis and on the local Redis Cluster (tests/conftest.py).
+    s = settings_for(tmp_path / "models", redis=redis_config)
     yield s
     await delete_prefix(s)
 

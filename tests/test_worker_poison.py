@@ -42,8 +42,9 @@ HISTORY = 300
 
 
 @pytest.fixture
-async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
-    s = settings_for(tmp_path / "models")
+async def settings(tmp_path: Path, redis_config: dict[str, Any]) -> AsyncIterator[Settings]:
+    # On the shared single Redis and on the local Redis Cluster (tests/conftest.py).
+    s = settings_for(tmp_path / "models", redis=redis_config)
     yield s
     await delete_prefix(s)
     await clear_retained(s)
@@ -241,7 +242,7 @@ async def test_a_wrong_type_events_key_ends_the_service_with_one_message_naming_
         # The command: exit code 1, the message, no traceback.
         config = tmp_path / "config.yml"
         config.write_text(yaml.safe_dump(raw_settings_for(tmp_path / "models") | {
-            "redis": {"key_prefix": settings.redis.key_prefix}}))
+            "redis": settings.redis.model_dump(mode="json", include={"url", "cluster", "key_prefix"})}))
         done = await asyncio.to_thread(
             subprocess.run, [sys.executable, "-m", "volcast.cli", "forecast", "--config", str(config)],
             capture_output=True, text=True, timeout=120, check=False)
@@ -339,10 +340,11 @@ async def test_only_a_gone_or_offline_workers_events_are_claimed(settings: Setti
             await until(lambda: _zero(pending(redis, keys)))
             assert await dead(redis, keys) == []
             # "gone" (no alive key at all) held the next bar and was given it three times.
-            # (In one transaction: the worker, blocked on its read, is served only after it.)
+            # (The event and its read in one transaction: the worker, blocked on its read, is served
+            # only after it. The bar before it: on a cluster a transaction is one slot.)
             bar = series[feeds[0]][HISTORY + 1]
+            await redis.xadd(keys.bars(feeds[0]), bar.to_fields(), id=f"{bar.open_time_ms}-0")  # type: ignore[arg-type]
             multi = redis.pipeline(transaction=True)
-            multi.xadd(keys.bars(feeds[0]), bar.to_fields(), id=f"{bar.open_time_ms}-0")  # type: ignore[arg-type]
             multi.xadd(stream, event(feeds[0], bar.open_time_ms))  # type: ignore[arg-type]
             multi.xreadgroup("forecasters", "gone", {stream: ">"})
             await multi.execute()
