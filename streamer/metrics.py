@@ -6,14 +6,19 @@ syncs and writes to each feed's health hash (so a scrape and ``volcast status`` 
 are ``StoreCounters``. Collected on the metrics server's thread (volcast/metrics_server.py):
 only reads, and dicts are copied before they are walked.
 
-Labels: ``exchange``, ``symbol``, ``interval`` on per-feed series (about 20 a feed), or, with
-``metrics.per_feed: false``, ``exchange`` and ``interval`` only, summed over the feeds (gauges:
-the worst feed). Histograms (close delay) and breakdowns by reason are never per feed.
+Cardinality, for thousands of feeds: only what a dashboard or an alert needs per feed carries
+``exchange``, ``symbol`` and ``interval`` labels (trades, bars by status, closes by proof,
+reconnects, lag: 9 series a feed), and ``metrics.per_feed: false`` sums even those per exchange
+and interval (gauges: the worst feed). Everything else is always per exchange and interval:
+refusals (and by reason), duplicates, late trades, backfills, gaps, watchdog timeouts, stalls,
+delivery delays (the worst feed), feeds by state, and the close-delay histogram (by proof). A
+feed's own figures for those are in its health hash (``volcast status``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -23,32 +28,32 @@ from streamer.health import FeedHealth, FeedState
 from streamer.trade_validation import Reason
 from volcast.durations import format_duration_ms
 from volcast.keys import Feed
-from volcast.metric_histogram import add_counts, cumulative
+from volcast.metric_histogram import cumulative
 
 if TYPE_CHECKING:
     from streamer.feed import FeedRunner
     from streamer.store import BarStore
 
-# (metric name without the prefix and _total, FeedHealth field, help)
+# (metric name without the prefix and _total, FeedHealth field, help): per feed (or per exchange).
 _FEED_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("trades", "trades", "Trades taken into bars (websocket and backfill), each once"),
+    ("reconnects", "reconnects", "Times the feed's connection went down and was retried"),
+)
+# Always summed per exchange and interval.
+_EXCHANGE_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("duplicate_trades", "duplicates", "Trades seen again (same id) and dropped"),
     ("late_trades", "late", "Trades for a bar already closed, kept out of it"),
     ("malformed_trades", "malformed", "Records refused as malformed (by reason: volcast_stream_malformed_by_reason)"),
     ("backfilled_trades", "backfilled_trades", "Trades read over REST after a disconnect or hole"),
     ("gaps", "gaps", "Holes in the trades that no backfill could fill (their bars close as gap)"),
-    ("reconnects", "reconnects", "Times the feed's connection went down and was retried"),
     ("watchdog_timeouts", "watchdog_timeouts", "Connections given up by the watchdog (no pong, or a stopped flow)"),
     ("stalls", "stalls", "Trade flows that stopped implausibly long"),
     ("rest_checks", "rest_checks", "REST reads that confirmed bars after a stall"),
 )
-_STATUS_FIELDS = {"backfilled": "backfilled_bars", "gap": "gap_bars"}
 _REASONS: tuple[Reason, ...] = ("frame", "id", "timestamp", "side", "price", "amount")
+_PROOF_FIELDS = tuple(f"closed_by_{proof.value}" for proof in CloseProof)
 _PREFIX = "volcast_stream_"
-
-
-def _label_names(per_feed: bool) -> list[str]:
-    return ["exchange", "symbol", "interval"] if per_feed else ["exchange", "interval"]
+_Key = tuple[str, ...]
 
 
 class StreamerCollector:
@@ -58,114 +63,134 @@ class StreamerCollector:
         self._runners = runners
         self._store = store
         self._per_feed = per_feed
+        self._intervals: dict[int, str] = {}
 
     def describe(self) -> list[Metric]:
         return []  # families are built at scrape time; nothing to check at registration
 
-    def _labels(self, runner: FeedRunner) -> tuple[str, ...]:
-        feed = runner.feed
-        interval = format_duration_ms(feed.interval_ms)
-        return (feed.exchange, feed.symbol, interval) if self._per_feed else (feed.exchange, interval)
+    def _interval(self, interval_ms: int) -> str:
+        name = self._intervals.get(interval_ms)
+        if name is None:
+            name = self._intervals[interval_ms] = format_duration_ms(interval_ms)
+        return name
 
     def collect(self) -> Iterator[Metric]:
         # A copy (one C call, not interrupted by the event loop's thread): with leases, feeds come
         # and go while a scrape runs; a feed that moved to another streamer leaves its series.
         runners = list(self._runners.values())
-        names = _label_names(self._per_feed)
-        yield from self._counters(runners, names)
-        yield from self._bars(runners, names)
-        yield from self._gauges(runners, names)
-        yield from self._by_exchange(runners)
+        exchange_keys: list[_Key] = [(r.feed.exchange, self._interval(r.feed.interval_ms)) for r in runners]
+        if self._per_feed:
+            feed_keys: list[_Key] = [(r.feed.exchange, r.feed.symbol, key[1])
+                                     for r, key in zip(runners, exchange_keys, strict=True)]
+            names = ["exchange", "symbol", "interval"]
+        else:
+            feed_keys, names = exchange_keys, ["exchange", "interval"]
+        healths = [r.health for r in runners]
+        yield from self._feed_metrics(healths, feed_keys, names)
+        yield from self._exchange_metrics(runners, healths, exchange_keys)
+        yield self._close_delays(runners, exchange_keys)
         yield from self._store_metrics()
 
-    def _summed(self, runners: Sequence[FeedRunner], value: Callable[[FeedHealth], int]) -> dict[tuple[str, ...], int]:
-        out: dict[tuple[str, ...], int] = {}
-        for runner in runners:
-            key = self._labels(runner)
-            out[key] = out.get(key, 0) + value(runner.health)
-        return out
+    @staticmethod
+    def _sums(healths: Sequence[FeedHealth], keys: Sequence[_Key], fields: Sequence[str]) -> dict[_Key, list[int]]:
+        """Per key, the sum over its feeds of each field (one pass)."""
+        get = attrgetter(*fields)
+        sums: dict[_Key, list[int]] = {}
+        for health, key in zip(healths, keys, strict=True):
+            values = get(health) if len(fields) > 1 else (get(health),)
+            total = sums.get(key)
+            if total is None:
+                sums[key] = list(values)
+            else:
+                for i, v in enumerate(values):
+                    total[i] += v
+        return sums
 
-    def _counters(self, runners: Sequence[FeedRunner], names: list[str]) -> Iterator[Metric]:
-        for name, field, text in _FEED_COUNTERS:
-            family = CounterMetricFamily(_PREFIX + name, text, labels=names)
-            for key, value in self._summed(runners, lambda h, f=field: int(getattr(h, f))).items():  # type: ignore[misc]
-                family.add_metric(key, value)
-            yield family
-
-    def _bars(self, runners: Sequence[FeedRunner], names: list[str]) -> Iterator[Metric]:
+    def _feed_metrics(self, healths: Sequence[FeedHealth], keys: Sequence[_Key], names: list[str]) -> Iterator[Metric]:
+        fields = (*(f for _, f, _ in _FEED_COUNTERS), "bars_closed", "gap_bars", "backfilled_bars", *_PROOF_FIELDS)
+        sums = self._sums(healths, keys, fields)
+        counters = [CounterMetricFamily(_PREFIX + name, text, labels=names) for name, _, text in _FEED_COUNTERS]
         bars = CounterMetricFamily(_PREFIX + "bars", "Bars closed, by status (history bars not included)",
                                    labels=[*names, "status"])
-        complete = self._summed(runners, lambda h: h.bars_closed - h.gap_bars - h.backfilled_bars)
-        for key, value in complete.items():
-            bars.add_metric([*key, "complete"], value)
-        for status, field in _STATUS_FIELDS.items():
-            for key, value in self._summed(runners, lambda h, f=field: int(getattr(h, f))).items():  # type: ignore[misc]
-                bars.add_metric([*key, status], value)
-        yield bars
         closes = CounterMetricFamily(_PREFIX + "closes", "Bars closed, by the proof that closed them "
                                      "(streamer/close_proof.py)", labels=[*names, "proof"])
-        for proof in CloseProof:
-            field = f"closed_by_{proof.value}"
-            for key, value in self._summed(runners, lambda h, f=field: int(getattr(h, f))).items():  # type: ignore[misc]
+        n = len(_FEED_COUNTERS)
+        for key, values in sums.items():
+            for family, value in zip(counters, values, strict=False):
+                family.add_metric(key, value)
+            closed, gap, backfilled = values[n:n + 3]
+            bars.add_metric([*key, "complete"], closed - gap - backfilled)
+            bars.add_metric([*key, "backfilled"], backfilled)
+            bars.add_metric([*key, "gap"], gap)
+            for proof, value in zip(CloseProof, values[n + 3:], strict=True):
                 closes.add_metric([*key, proof.value], value)
+        yield from counters
+        yield bars
         yield closes
+        lag = GaugeMetricFamily(_PREFIX + "lag_seconds", "Exchange time now minus the newest trade's time"
+                                + ("" if self._per_feed else " (the worst feed)"), labels=names)
+        for key, value in self._worst(healths, keys, "lag_ms").items():
+            lag.add_metric(key, value / 1000)
+        yield lag
 
-    def _gauges(self, runners: Sequence[FeedRunner], names: list[str]) -> Iterator[Metric]:
-        worst = "" if self._per_feed else " (the worst feed)"
+    @staticmethod
+    def _worst(healths: Sequence[FeedHealth], keys: Sequence[_Key], field: str) -> dict[_Key, int]:
+        get = attrgetter(field)
+        most: dict[_Key, int] = {}
+        for health, key in zip(healths, keys, strict=True):
+            value = get(health)
+            if key not in most or value > most[key]:  # delays can be negative (clock offsets)
+                most[key] = value
+        return most
+
+    def _exchange_metrics(self, runners: Sequence[FeedRunner], healths: Sequence[FeedHealth],
+                          keys: Sequence[_Key]) -> Iterator[Metric]:
+        names = ["exchange", "interval"]
+        sums = self._sums(healths, keys, [f for _, f, _ in _EXCHANGE_COUNTERS])
+        for i, (name, _, text) in enumerate(_EXCHANGE_COUNTERS):
+            family = CounterMetricFamily(_PREFIX + name, text, labels=names)
+            for key, values in sums.items():
+                family.add_metric(key, values[i])
+            yield family
+        reasons = CounterMetricFamily(_PREFIX + "malformed_by_reason", "Records refused as malformed, by reason",
+                                      labels=[*names, "reason"])
+        for key, values in self._sums(healths, keys, [f"malformed_{r}" for r in _REASONS]).items():
+            for reason, value in zip(_REASONS, values, strict=True):
+                reasons.add_metric([*key, reason], value)
+        yield reasons
         for name, field, text in (
-            ("lag_seconds", "lag_ms", "Exchange time now minus the newest trade's time"),
             ("delivery_delay_p50_seconds", "delivery_p50_ms", "Median trade delivery delay (recent websocket trades)"),
             ("delivery_delay_p99_seconds", "delivery_p99_ms", "p99 trade delivery delay (recent websocket trades)"),
         ):
-            family = GaugeMetricFamily(_PREFIX + name, text + worst, labels=names)
-            most: dict[tuple[str, ...], int] = {}
-            for runner in runners:
-                key = self._labels(runner)
-                most[key] = max(most.get(key, 0), int(getattr(runner.health, field)))
-            for key, value in most.items():
-                family.add_metric(key, value / 1000)
-            yield family
-
-    def _by_exchange(self, runners: Sequence[FeedRunner]) -> Iterator[Metric]:
-        """Series that are never per feed: states, refusals by reason, the close-delay histogram."""
-        states = GaugeMetricFamily(_PREFIX + "feeds", "Feeds by state", labels=["exchange", "state"])
-        counts: dict[tuple[str, str], int] = {}
-        for runner in runners:
-            for state in FeedState:
-                counts.setdefault((runner.feed.exchange, state.value), 0)
-            key = (runner.feed.exchange, runner.health.state.value)
-            counts[key] += 1
-        for key, value in counts.items():
-            states.add_metric(key, value)
+            gauge = GaugeMetricFamily(_PREFIX + name, text + ", the worst feed", labels=names)
+            for key, value in self._worst(healths, keys, field).items():
+                gauge.add_metric(key, value / 1000)
+            yield gauge
+        states = GaugeMetricFamily(_PREFIX + "feeds", "Feeds by state", labels=[*names, "state"])
+        counts: dict[tuple[str, ...], int] = {}
+        for health, key in zip(healths, keys, strict=True):
+            if (*key, FeedState.LIVE.value) not in counts:
+                counts.update({(*key, state.value): 0 for state in FeedState})
+            counts[(*key, health.state.value)] += 1
+        for state_key, value in counts.items():
+            states.add_metric(state_key, value)
         yield states
-        reasons = CounterMetricFamily(_PREFIX + "malformed_by_reason", "Records refused as malformed, by reason",
-                                      labels=["exchange", "reason"])
-        by_reason: dict[tuple[str, str], int] = {}
-        for runner in runners:
-            for reason in _REASONS:
-                key = (runner.feed.exchange, reason)
-                by_reason[key] = by_reason.get(key, 0) + int(getattr(runner.health, f"malformed_{reason}"))
-        for key, value in by_reason.items():
-            reasons.add_metric(key, value)
-        yield reasons
-        yield self._close_delays(runners)
 
-    def _close_delays(self, runners: Sequence[FeedRunner]) -> Metric:
+    def _close_delays(self, runners: Sequence[FeedRunner], keys: Sequence[_Key]) -> Metric:
         family = HistogramMetricFamily(
             _PREFIX + "close_delay_seconds", "Bar end to its close on the exchange's clock (bars that ended "
             "while the feed was live), by proof", labels=["exchange", "interval", "proof"])
-        buckets: dict[tuple[str, str, str], list[int]] = {}
-        sums: dict[tuple[str, str, str], int] = {}
-        slots = len(CLOSE_DELAY_BUCKETS_MS) + 1
-        for runner in runners:
-            stats = runner.close_stats
-            interval = format_duration_ms(runner.feed.interval_ms)
+        groups: dict[_Key, list[FeedRunner]] = {}
+        for runner, key in zip(runners, keys, strict=True):
+            groups.setdefault(key, []).append(runner)
+        for key, group in groups.items():
+            stats = [runner.close_stats for runner in group]
             for proof in CloseProof:
-                key = (runner.feed.exchange, interval, proof.value)
-                add_counts(buckets.setdefault(key, [0] * slots), list(stats.buckets[proof]))
-                sums[key] = sums.get(key, 0) + stats.delay_sum_ms[proof]
-        for key, counts in buckets.items():
-            family.add_metric(list(key), cumulative(CLOSE_DELAY_BUCKETS_MS, counts, 1000), sums[key] / 1000)
+                # Column sums in C (zip): a scrape of thousands of feeds stays a few ms.
+                counts = [sum(column) for column in zip(*[list(s.buckets[proof]) for s in stats], strict=True)]
+                total_ms = sum(s.delay_sum_ms[proof] for s in stats)
+                family.add_metric([*key, proof.value], cumulative(CLOSE_DELAY_BUCKETS_MS, counts, 1000),
+                                  total_ms / 1000)
         return family
 
     def _store_metrics(self) -> Iterator[Metric]:

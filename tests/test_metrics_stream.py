@@ -64,7 +64,13 @@ async def redis_view(redis: aioredis.Redis, keys: RedisKeys, feeds: list[Feed]) 
     return view
 
 
-def disagreements(samples: Samples, view: Mapping[Feed, Mapping[str, int]]) -> list[str]:
+def total(samples: Samples, name: str, /, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels`` (over feeds, or exchanges)."""
+    wanted = set(labels.items())
+    return sum(v for (n, got), v in samples.items() if n == name and wanted <= got)
+
+
+def disagreements(samples: Samples, view: Mapping[Feed, Mapping[str, int]], per_feed: bool) -> list[str]:
     """Where the scrape differs from the health hashes and bar streams (empty: they agree)."""
     wrong: list[str] = []
 
@@ -72,30 +78,39 @@ def disagreements(samples: Samples, view: Mapping[Feed, Mapping[str, int]]) -> l
         if got != want:
             wrong.append(f"{what}: metrics {got}, redis {want}")
 
-    written = 0
-    for feed, numbers in view.items():
-        labels = {"exchange": feed.exchange, "symbol": feed.symbol, "interval": "1s"}
-        for metric, field in (("trades", "trades"), ("duplicate_trades", "duplicates"), ("late_trades", "late"),
-                              ("malformed_trades", "malformed"), ("backfilled_trades", "backfilled_trades"),
-                              ("gaps", "gaps"), ("reconnects", "reconnects")):
-            check(f"{feed.symbol} {metric}", value(samples, f"volcast_stream_{metric}_total", **labels),
-                  numbers[field])
+    groups: dict[str, list[Mapping[str, int]]] = {}
+    for feed, numbers in view.items():  # per feed, or all the feeds of the exchange together
+        groups.setdefault(feed.symbol if per_feed else "", []).append(numbers)
+    for symbol, group in groups.items():
+        labels = {"exchange": "binance", "interval": "1s", **({"symbol": symbol} if per_feed else {})}
+
+        def summed(field: str, feeds: list[Mapping[str, int]] = group) -> int:
+            return sum(numbers.get(field, 0) for numbers in feeds)
+
+        for metric, field in (("trades", "trades"), ("reconnects", "reconnects")):
+            check(f"{symbol} {metric}", value(samples, f"volcast_stream_{metric}_total", **labels), summed(field))
         for proof in ("trade", "liveness", "rest"):
-            check(f"{feed.symbol} closes by {proof}",
-                  value(samples, "volcast_stream_closes_total", **labels, proof=proof), numbers[f"closed_by_{proof}"])
+            check(f"{symbol} closes by {proof}", value(samples, "volcast_stream_closes_total", **labels, proof=proof),
+                  summed(f"closed_by_{proof}"))
         for status in ("complete", "backfilled", "gap"):
-            in_stream = numbers.get(f"stream_{status}", 0)
-            written += in_stream
-            check(f"{feed.symbol} {status} bars", value(samples, "volcast_stream_bars_total", **labels, status=status),
-                  in_stream)
-        check(f"{feed.symbol} bars closed", sum(
-            value(samples, "volcast_stream_bars_total", **labels, status=s) for s in ("complete", "backfilled", "gap")),
-            numbers["bars_closed"])
-    check("bars written", value(samples, "volcast_stream_bars_written_total"), written)
+            check(f"{symbol} {status} bars", value(samples, "volcast_stream_bars_total", **labels, status=status),
+                  summed(f"stream_{status}"))
+        check(f"{symbol} bars closed", total(samples, "volcast_stream_bars_total", **labels), summed("bars_closed"))
+    every = list(view.values())
+    for metric, field in (("duplicate_trades", "duplicates"), ("late_trades", "late"),
+                          ("malformed_trades", "malformed"), ("backfilled_trades", "backfilled_trades"),
+                          ("gaps", "gaps"), ("watchdog_timeouts", "watchdog_timeouts")):
+        check(metric, value(samples, f"volcast_stream_{metric}_total", exchange="binance", interval="1s"),
+              sum(numbers[field] for numbers in every))
+    check("malformed by reason", total(samples, "volcast_stream_malformed_by_reason_total"),
+          sum(numbers["malformed"] for numbers in every))
+    check("bars written", value(samples, "volcast_stream_bars_written_total"),
+          sum(numbers.get(f"stream_{s}", 0) for numbers in every for s in ("complete", "backfilled", "gap")))
     return wrong
 
 
-async def test_stream_metrics_agree_with_redis(tmp_path: Path) -> None:
+@pytest.mark.parametrize("per_feed", [True, False], ids=["per-feed", "per-exchange"])
+async def test_stream_metrics_agree_with_redis(tmp_path: Path, per_feed: bool) -> None:
     files = write_windows(tmp_path, 20)
     tapes = [load_tape(f) for f in files]
     prefix = unique_prefix()
@@ -110,6 +125,7 @@ async def test_stream_metrics_agree_with_redis(tmp_path: Path) -> None:
         async with ReplayServer(tapes, speed=4, faults=faults, seed=7, start_on_subscribe=True) as server:
             settings = stream_settings(server, [t.symbol for t in tapes], prefix, history={"days": 0})
             raw = settings.model_dump(mode="json", include={"exchanges", "bars", "streamer", "redis", "history"})
+            raw["metrics"] = {"per_feed": per_feed}  # --metrics-port turns them on
             (tmp_path / "config.yml").write_text(yaml.safe_dump(raw), encoding="utf-8")
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "volcast.cli", "stream", "--config", str(tmp_path / "config.yml"),
@@ -128,7 +144,8 @@ async def test_stream_metrics_agree_with_redis(tmp_path: Path) -> None:
                     before = await redis_view(redis, keys, feeds)
                     samples = await asyncio.to_thread(scrape, port)
                     after = await redis_view(redis, keys, feeds)
-                    wrong = disagreements(samples, after) if before == after else ["redis moved during the scrape"]
+                    moved = before != after
+                    wrong = ["redis moved during the scrape"] if moved else disagreements(samples, after, per_feed)
                     if wrong:
                         await asyncio.sleep(0.05)
                 assert not wrong, wrong
@@ -140,24 +157,26 @@ async def test_stream_metrics_agree_with_redis(tmp_path: Path) -> None:
         assert code == 0, "".join(lines)
         # Every trade of the tapes counted once; the quiet feed's bars closed on pongs; the whole
         # family set is served, with the feeds' states and the close-delay histogram.
-        for feed, bars in expected.items():
-            labels = {"exchange": "binance", "symbol": feed.symbol, "interval": "1s"}
-            assert value(samples, "volcast_stream_trades_total", **labels) == sum(b.trades or 0 for b in bars)
+        trades = {feed.symbol: sum(b.trades or 0 for b in bars) for feed, bars in expected.items()}
+        for symbol, count in trades.items():
+            if per_feed:
+                assert value(samples, "volcast_stream_trades_total", exchange="binance", symbol=symbol,
+                             interval="1s") == count
+        assert total(samples, "volcast_stream_trades_total") == sum(trades.values())
         for metric in ("reconnects", "backfilled_trades", "duplicate_trades", "malformed_trades"):
-            assert sum(value(samples, f"volcast_stream_{metric}_total", exchange="binance", symbol=f.symbol,
-                             interval="1s") for f in expected) > 0, metric
-        assert sum(value(samples, "volcast_stream_bars_total", exchange="binance", symbol=f.symbol, interval="1s",
-                         status="backfilled") for f in expected) > 0
-        xrp = {"exchange": "binance", "symbol": "XRP/ETH", "interval": "1s"}
+            assert total(samples, f"volcast_stream_{metric}_total") > 0, metric
+        assert total(samples, "volcast_stream_bars_total", status="backfilled") > 0
+        xrp = {"exchange": "binance", "symbol": "XRP/ETH", "interval": "1s"} if per_feed else {
+            "exchange": "binance", "interval": "1s"}
         assert value(samples, "volcast_stream_closes_total", **xrp, proof="liveness") > 0
-        assert value(samples, "volcast_stream_feeds", exchange="binance", state="live") == len(expected)
-        closes = sum(value(samples, "volcast_stream_closes_total", exchange="binance", symbol=f.symbol, interval="1s",
-                           proof=p) for f in expected for p in ("trade", "liveness", "rest"))
-        timed = sum(value(samples, "volcast_stream_close_delay_seconds_count", exchange="binance", interval="1s",
-                          proof=p) for p in ("trade", "liveness", "rest"))
+        assert value(samples, "volcast_stream_feeds", exchange="binance", interval="1s", state="live") == len(expected)
+        closes = total(samples, "volcast_stream_closes_total")
+        timed = total(samples, "volcast_stream_close_delay_seconds_count", exchange="binance", interval="1s")
         assert 0 < timed <= closes
-        for name in ("volcast_stream_lag_seconds", "volcast_stream_delivery_delay_p99_seconds"):
-            assert (name, frozenset(xrp.items())) in samples
+        assert ("volcast_stream_lag_seconds", frozenset(xrp.items())) in samples
+        for quantile in ("p50", "p99"):  # the worst feed's, whatever its sign (clock offsets)
+            assert (f"volcast_stream_delivery_delay_{quantile}_seconds",
+                    frozenset({("exchange", "binance"), ("interval", "1s")})) in samples
         assert ("process_resident_memory_bytes", frozenset()) in samples
         # Every stream metric the Grafana dashboard reads is served.
         assert dashboard_names("volcast_stream_") - served_names(samples) == set()

@@ -39,8 +39,3 @@ def cumulative(bounds: Sequence[float], counts: Sequence[int], divisor: float = 
     out.append(("+Inf", running + sum(counts[len(bounds):])))
     return out
 
-
-def add_counts(into: list[int], counts: Sequence[int]) -> None:
-    """Sum one series' bucket counts into another's (the per-exchange sum of feeds)."""
-    for i, count in enumerate(counts):
-        into[i] += count
