@@ -16,7 +16,7 @@ from cluster import LocalCluster
 from worker_harness import MINUTE, symbol_bars
 
 from streamer.health import FeedHealth, FeedState
-from streamer.store import BarStore
+from streamer.store import BarStore, KeyProblem
 from volcast.backoff import Backoff
 from volcast.commands import status
 from volcast.connections import ConnectionProblem, check_redis, is_cluster, redis_client
@@ -160,3 +160,40 @@ def test_status_reads_a_cluster(redis_cluster: LocalCluster, tmp_path: Path, cap
             await redis.delete(*[k async for k in redis.scan_iter(match=f"{prefix}:*")])
 
     asyncio.run(clean())
+
+
+async def test_an_events_shard_refused_stops_the_writer_and_no_bar_stays_unannounced(
+        redis_cluster: LocalCluster) -> None:
+    """On one node a bar whose event cannot be written is not written either. On a cluster the bar
+    is in by then: the writer stops with the key named, and once the key is fixed the next
+    streamer sends the events of every bar it finds unannounced."""
+    settings = RedisSettings(url=redis_cluster.url, cluster=True, event_shards=2)
+    keys = RedisKeys(f"test-cl-{uuid.uuid4().hex[:8]}")
+    feed = Feed("binance", "NEAR/USDT", MINUTE)
+    bars = symbol_bars(0)[:6]
+    events = keys.feed_events(feed, 2)
+
+    def store(redis: aioredis.Redis) -> BarStore:
+        return BarStore(redis, keys, retention_bars=1000, buffer_bars=100, backoff=Backoff(0.01, 0.1),
+                        event_shards=2)
+
+    async with redis_client(settings) as redis:
+        first = store(redis)
+        for bar in bars[:2]:
+            first.put(feed, bar)
+        await first.write_pending()
+        await redis.delete(events)
+        await redis.set(events, "x")  # something else took the key
+        for bar in bars[2:4]:
+            first.put(feed, bar)
+        with pytest.raises(KeyProblem) as refused:
+            await first.write_pending()
+        assert events in str(refused.value) and "DEL it" in str(refused.value)
+        assert await redis.xlen(keys.bars(feed)) == 4  # the bars are in, their events are not
+        await redis.delete(events)  # what the message says to do
+        second = store(redis)
+        second.put(feed, bars[4])
+        await second.write_pending()
+        announced = [int(fields[b"open_time_ms"]) for _, fields in await redis.xrange(events)]
+        assert announced == [b.open_time_ms for b in bars[2:5]]  # the first two went with the old key
+        await redis.delete(keys.bars(feed), keys.announced(feed), events)

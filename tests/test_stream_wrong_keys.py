@@ -11,6 +11,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -28,8 +29,9 @@ from streamer.service import run
 from streamer.simulator.server import ReplayServer
 from streamer.simulator.tape import Tape, load_tape
 from streamer.store import KeyProblem
+from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
-from volcast.settings import Settings
+from volcast.settings import RedisSettings, Settings
 
 pytestmark = pytest.mark.slow
 
@@ -56,10 +58,10 @@ async def _health(redis: aioredis.Redis, keys: RedisKeys, feed: Feed) -> dict[st
 
 @pytest.mark.parametrize("kind", ["bars", "open", "health"])
 async def test_a_feeds_own_key_of_the_wrong_type_stops_that_feed_alone(
-    kind: str, tapes: list[Tape], caplog: pytest.LogCaptureFixture
+    kind: str, tapes: list[Tape], caplog: pytest.LogCaptureFixture, redis_config: dict[str, Any]
 ) -> None:
     prefix = unique_prefix()
-    redis = aioredis.Redis()
+    redis = redis_client(RedisSettings(**redis_config))
     keys = RedisKeys(prefix)
     btc, eth = (Feed("binance", t.symbol, 1000) for t in tapes)
     bad = {"bars": keys.bars, "open": keys.open_bar, "health": keys.health}[kind](btc)
@@ -68,7 +70,7 @@ async def test_a_feeds_own_key_of_the_wrong_type_stops_that_feed_alone(
     try:
         # Not held for subscribers: the failed feed never subscribes.
         async with ReplayServer(tapes, speed=10) as server:
-            settings = stream_settings(server, [t.symbol for t in tapes], prefix)
+            settings = stream_settings(server, [t.symbol for t in tapes], prefix, redis=redis_config)
             streamer = asyncio.create_task(run(settings))
             await asyncio.wait_for(server.started.wait(), PATIENCE_S)
             first_eth = tapes[1].trades[0].timestamp_ms + server.timeline.shifts_ms[1]
@@ -93,10 +95,10 @@ async def test_a_feeds_own_key_of_the_wrong_type_stops_that_feed_alone(
 
 
 async def test_a_bar_stream_spoiled_while_running_stops_its_feed_without_an_event(
-    tapes: list[Tape], caplog: pytest.LogCaptureFixture
+    tapes: list[Tape], caplog: pytest.LogCaptureFixture, redis_config: dict[str, Any]
 ) -> None:
     prefix = unique_prefix()
-    redis = aioredis.Redis()
+    redis = redis_client(RedisSettings(**redis_config))
     keys = RedisKeys(prefix)
     btc, eth = (Feed("binance", t.symbol, 1000) for t in tapes)
     events = keys.bar_events(1000)
@@ -106,7 +108,7 @@ async def test_a_bar_stream_spoiled_while_running_stops_its_feed_without_an_even
 
     try:
         async with ReplayServer(tapes, speed=5, start_on_subscribe=True) as server:
-            settings = stream_settings(server, [t.symbol for t in tapes], prefix)
+            settings = stream_settings(server, [t.symbol for t in tapes], prefix, redis=redis_config)
             streamer = asyncio.create_task(run(settings))
             while await redis.xlen(keys.bars(btc)) < 3:
                 assert not streamer.done(), streamer
@@ -131,17 +133,19 @@ async def test_a_bar_stream_spoiled_while_running_stops_its_feed_without_an_even
 
 
 async def test_an_events_stream_of_the_wrong_type_stops_the_service_before_any_bar(
-    tapes: list[Tape], caplog: pytest.LogCaptureFixture
+    tapes: list[Tape], caplog: pytest.LogCaptureFixture, redis_mode: str, redis_config: dict[str, Any]
 ) -> None:
     prefix = unique_prefix()
-    redis = aioredis.Redis()
+    redis = redis_client(RedisSettings(**redis_config))
     keys = RedisKeys(prefix)
-    events = keys.bar_events(1000)
+    shards = 3 if redis_mode == "cluster" else 1  # on the cluster: the last of three shards
+    events = keys.bar_events(1000, shards - 1, shards)
     await redis.set(events, "x")
     caplog.set_level(logging.INFO)
     try:
         async with ReplayServer(tapes, speed=10, start_on_subscribe=True) as server:
-            settings = stream_settings(server, [t.symbol for t in tapes], prefix)
+            settings = stream_settings(server, [t.symbol for t in tapes], prefix,
+                                       redis={**redis_config, "event_shards": shards})
             with pytest.raises(KeyProblem) as refused:
                 await asyncio.wait_for(run(settings), PATIENCE_S)
         assert events in str(refused.value) and "DEL it" in str(refused.value)
