@@ -151,4 +151,12 @@ def _diff(got: Bar, want: Bar | None) -> dict[str, tuple[str, str]]:
         return {"bar": ("present", "no reference bar: no trade sent before it")}
     have = replace(got, status=want.status).to_fields()
     expected = want.to_fields()
-    return {name: (have[name], expected[name]) for name in expected if have[name] != expected[name]}
+    # A history bar comes from the exchange's candle, which names no trade ids; every value it
+    # does carry must still be exact. (Under load the streamer starts later, so more of the
+    # replay's first bars are served as history.)
+    unnamed = _CANDLE_HAS_NO if got.status is BarStatus.HISTORY else ()
+    return {name: (have[name], expected[name]) for name in expected
+            if name not in unnamed and have[name] != expected[name]}
+
+
+_CANDLE_HAS_NO = ("first_trade_id", "last_trade_id")

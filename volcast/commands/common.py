@@ -76,7 +76,7 @@ async def _collect_clients() -> None:
     gc.collect()
 
 
-def check_services(
+async def checked_services(
     settings: Settings, *, redis: bool = True, mqtt: bool = False, keep_retrying: bool = True
 ) -> None:
     """Connect once before a service starts, so refused credentials or a TLS mismatch end it at
@@ -87,22 +87,42 @@ def check_services(
 
     from volcast.connections import ServerUnreachable, check_mqtt, check_redis
 
-    async def check() -> None:
-        probes: list[Callable[[], Awaitable[None]]] = []
-        if redis:
-            probes.append(lambda: check_redis(settings.redis))
-        if mqtt:
-            probes.append(lambda: check_mqtt(settings.mqtt))
-        try:
-            for probe in probes:
-                try:
-                    await probe()
-                except ServerUnreachable as exc:
-                    if not keep_retrying:
-                        raise
-                    logging.getLogger("volcast").warning(
-                        "%s; will keep retrying with backoff until it answers (Ctrl-C or SIGTERM stops)", exc)
-        finally:
-            await _collect_clients()
+    probes: list[Callable[[], Awaitable[None]]] = []
+    if redis:
+        probes.append(lambda: check_redis(settings.redis))
+    if mqtt:
+        probes.append(lambda: check_mqtt(settings.mqtt))
+    try:
+        for probe in probes:
+            try:
+                await probe()
+            except ServerUnreachable as exc:
+                if not keep_retrying:
+                    raise
+                logging.getLogger("volcast").warning(
+                    "%s; will keep retrying with backoff until it answers (Ctrl-C or SIGTERM stops)", exc)
+    finally:
+        await _collect_clients()
 
-    asyncio.run(check())
+
+def check_services(
+    settings: Settings, *, redis: bool = True, mqtt: bool = False, keep_retrying: bool = True
+) -> None:
+    """``checked_services`` for a one-shot job, in its own event loop."""
+    asyncio.run(checked_services(settings, redis=redis, mqtt=mqtt, keep_retrying=keep_retrying))
+
+
+def serve(
+    settings: Settings, service: Callable[[], Awaitable[None]], name: str, *, mqtt: bool = False
+) -> int:
+    """Check the servers, then run ``service()`` until SIGINT or SIGTERM, in ONE event loop whose
+    signal handlers are in place before anything else runs. With the check in a loop of its own,
+    a Ctrl-C that came between the two loops (while the check's clients were collected) was taken
+    by a destructor's ignored KeyboardInterrupt and lost under load: the service then ran on."""
+    from volcast.signals import until_signalled
+
+    async def checked_then_served() -> None:
+        await checked_services(settings, redis=True, mqtt=mqtt)
+        await service()
+
+    return asyncio.run(until_signalled(checked_then_served(), name))

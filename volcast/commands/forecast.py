@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from volcast.commands.common import add_config_argument, add_metrics_argument, check_services, settings_from_args
+from volcast.commands.common import add_config_argument, add_metrics_argument, serve, settings_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,15 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import asyncio
-
     import torch
 
     from forecaster.worker import run
-    from volcast.signals import until_signalled
 
     settings = settings_from_args(args)
-    check_services(settings, redis=True, mqtt=True)
     # Inference threads only; training runs in its own process (volcast refit) with its own count.
     torch.set_num_threads(settings.forecaster.threads)
-    return asyncio.run(until_signalled(run(settings, consumer=args.consumer), "forecast"))
+    return serve(settings, lambda: run(settings, consumer=args.consumer), "forecast", mqtt=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from volcast.commands.common import add_config_argument, add_metrics_argument, check_services, settings_from_args
+from volcast.commands.common import add_config_argument, add_metrics_argument, check_services, serve, settings_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -20,14 +20,13 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from forecaster.refit import run
-    from volcast.signals import until_signalled
     from volcast.status_report import refit_outcome
 
     settings = settings_from_args(args)
-    check_services(settings, redis=True, keep_retrying=not args.once)
     # Its own process and thread count, so training never competes with inference threads.
     torch.set_num_threads(settings.refit.threads)
     if args.once:
+        check_services(settings, redis=True, keep_retrying=False)
         outcome = asyncio.run(run(settings, once=True))
         if outcome is not None:
             print(refit_outcome(outcome.result, outcome.message))
@@ -36,4 +35,4 @@ def main(args: argparse.Namespace) -> int:
     async def forever() -> None:
         await run(settings)
 
-    return asyncio.run(until_signalled(forever(), "refit"))
+    return serve(settings, forever, "refit")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from volcast.commands.common import add_config_argument, check_services, settings_from_args
+from volcast.commands.common import add_config_argument, serve, settings_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,14 +15,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    import asyncio
-
     import torch
 
-    from volcast.signals import until_signalled
     from volcast.single_machine import run
 
     settings = settings_from_args(args)
-    check_services(settings, redis=True, mqtt=True)
     torch.set_num_threads(settings.forecaster.threads)
-    return asyncio.run(until_signalled(run(settings, args.config), "run"))
+    return serve(settings, lambda: run(settings, args.config), "run", mqtt=True)

@@ -8,9 +8,8 @@ streamers started so (README "Scaling out").
 from __future__ import annotations
 
 import argparse
-import asyncio
 
-from volcast.commands.common import add_config_argument, add_metrics_argument, check_services, settings_from_args
+from volcast.commands.common import add_config_argument, add_metrics_argument, serve, settings_from_args
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,7 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from streamer.service import run
-    from volcast.signals import until_signalled
 
     settings = settings_from_args(args)
     if args.leases or args.name:
@@ -37,5 +35,4 @@ def main(args: argparse.Namespace) -> int:
             updates["name"] = args.name
         streamer = type(settings.streamer).model_validate({**settings.streamer.model_dump(), **updates})
         settings = settings.model_copy(update={"streamer": streamer})
-    check_services(settings, redis=True)
-    return asyncio.run(until_signalled(run(settings), "stream"))
+    return serve(settings, lambda: run(settings), "stream")
