@@ -32,6 +32,7 @@ from volcast.metric_histogram import cumulative
 
 if TYPE_CHECKING:
     from streamer.feed import FeedRunner
+    from streamer.shards import FeedOwnership
     from streamer.store import BarStore
 
 # (metric name without the prefix and _total, FeedHealth field, help): per feed (or per exchange).
@@ -64,6 +65,7 @@ class StreamerCollector:
         self._store = store
         self._per_feed = per_feed
         self._intervals: dict[int, str] = {}
+        self.ownership: FeedOwnership | None = None  # with streamer.leases: the feeds this streamer holds
 
     def describe(self) -> list[Metric]:
         return []  # families are built at scrape time; nothing to check at registration
@@ -205,3 +207,15 @@ class StreamerCollector:
         ):
             yield CounterMetricFamily(_PREFIX + name, text, value=value)
         yield GaugeMetricFamily(_PREFIX + "redis_buffered_bars", "Closed bars waiting for Redis", value=store.pending)
+        yield CounterMetricFamily(_PREFIX + "stale_writes", "Writes refused for a lease that passed to another "
+                                  "streamer (streamer.leases)", value=counters.stale_writes)
+        ownership = self.ownership
+        if ownership is not None:
+            yield GaugeMetricFamily(_PREFIX + "leases_held", "Feeds whose lease this streamer holds",
+                                    value=len(ownership.held))
+            changes = CounterMetricFamily(_PREFIX + "lease_changes", "Leases acquired, lost (taken over or lapsed) "
+                                          "and released", labels=["change"])
+            for change, value in (("acquired", ownership.acquired), ("lost", ownership.lost),
+                                  ("released", ownership.released)):
+                changes.add_metric([change], value)
+            yield changes

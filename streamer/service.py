@@ -139,6 +139,7 @@ async def run(settings: Settings) -> None:
             ownership = FeedOwnership(
                 settings, redis, keys, store, feeds, by_feed, heartbeat_ttl_ms(settings), make_runner
             )
+            collector.ownership = ownership
         else:
             # Before any feed starts: a new feed's history must be in its stream before its first live bar.
             await load_history(settings, redis, keys, heartbeat_ttl_ms(settings))

@@ -126,10 +126,11 @@ async def test_stream_metrics_agree_with_redis(tmp_path: Path, per_feed: bool) -
             settings = stream_settings(server, [t.symbol for t in tapes], prefix, history={"days": 0})
             raw = settings.model_dump(mode="json", include={"exchanges", "bars", "streamer", "redis", "history"})
             raw["metrics"] = {"per_feed": per_feed}  # --metrics-port turns them on
+            leases = [] if per_feed else ["--leases"]  # the lease metrics, with the other labels
             (tmp_path / "config.yml").write_text(yaml.safe_dump(raw), encoding="utf-8")
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "volcast.cli", "stream", "--config", str(tmp_path / "config.yml"),
-                "--metrics-port", "0", cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                "--metrics-port", "0", *leases, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             assert process.stderr is not None
             drained: asyncio.Task[None] | None = None
             try:
@@ -178,6 +179,12 @@ async def test_stream_metrics_agree_with_redis(tmp_path: Path, per_feed: bool) -
             assert (f"volcast_stream_delivery_delay_{quantile}_seconds",
                     frozenset({("exchange", "binance"), ("interval", "1s")})) in samples
         assert ("process_resident_memory_bytes", frozenset()) in samples
+        assert value(samples, "volcast_stream_stale_writes_total") == 0
+        if leases:
+            assert value(samples, "volcast_stream_leases_held") == len(expected)
+            assert value(samples, "volcast_stream_lease_changes_total", change="acquired") >= len(expected)
+        else:
+            assert ("volcast_stream_leases_held", frozenset()) not in samples
         # Every stream metric the Grafana dashboard reads is served.
         assert dashboard_names("volcast_stream_") - served_names(samples) == set()
         assert dashboard_names("volcast_stream_")
