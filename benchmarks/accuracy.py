@@ -5,6 +5,11 @@ before the split), forecast one step ahead over the rest, and score naive, ewma,
 seed, lstm (default) and ensemble. Prints one JSON object (``--json``) or a Markdown table.
 
     .venv/bin/python benchmarks/accuracy.py --json > accuracy.json
+
+``--horizons``: instead, per file the default model (with its horizons, model.horizons) against
+naive, the time-of-day profile and HAR direct (one regression per horizon, fitted on the same
+training bars), scored at every horizon and cumulative window over the test part
+(forecaster/horizon_scoring.py): rmse_log, MASE, 80% coverage, and the model's rmse_log over HAR's.
 """
 
 from __future__ import annotations
@@ -83,6 +88,93 @@ def run_file(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def run_file_horizons(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from forecaster.estimator import quiet
+    from forecaster.frame import BarFrame
+    from forecaster.horizon_scoring import (
+        baseline_forecasts,
+        model_forecast,
+        ratios,
+        score_targets,
+        scoring_positions,
+    )
+    from forecaster.training import train_model
+    from volcast.settings import ModelSettings, TrainingSettings
+
+    torch.set_num_threads(1)
+    frame = BarFrame.from_csv(path)
+    n = len(frame)
+    split = int(n * args.train_frac)
+    start = max(0, split - args.train_days * 1440)
+    key = path.name.split("_")[1]
+    train = [(key, frame[start:split])]
+    training = TrainingSettings(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        patience=args.patience, threads=1,
+    )
+    trained = train_model(train, ModelSettings(members=args.members), training, progress=quiet)
+    model = trained.model
+    spec = model.horizon_spec
+    pos = scoring_positions(frame, (split, n), spec, model.min_history)
+    models = {name: score_targets(forecast, [(key, frame)], [pos], spec)
+              for name, forecast in baseline_forecasts(spec, train).items()}
+    models["lstm"] = score_targets(model_forecast(model), [(key, frame)], [pos], spec, model.quantile_levels)
+    return {"bars": n, "train_bars": split - start, "forecasts": len(pos), "horizons": spec.bars,
+            "sums": dict(spec.sums), "train_seconds": trained.scores["train_seconds"],
+            "epochs_run": trained.scores["epochs_run"], "models": models,
+            "ratio_to_har": ratios(models["lstm"], models["har"])}
+
+
+def summarise_horizons(per_file: dict[str, Any], args: argparse.Namespace, seconds: float) -> dict[str, Any]:
+    """Mean rmse_log over the files per horizon and window, lstm over HAR direct, and the goals."""
+    files = list(per_file.values())
+    bars = files[0]["horizons"]
+    labels = list(files[0]["sums"])
+
+    def mean(model: str, pick: Any) -> float:
+        return sum(pick(r["models"][model]) for r in files) / len(files)
+
+    per_h = [mean("lstm", lambda m, h=h: m["horizons"][h]["rmse_log"])
+             / mean("har", lambda m, h=h: m["horizons"][h]["rmse_log"]) for h in range(bars)]
+    per_sum = {label: mean("lstm", lambda m, x=label: m["sums"][x]["rmse_log"])
+               / mean("har", lambda m, x=label: m["sums"][x]["rmse_log"]) for label in labels}
+    return {
+        "files": len(files),
+        "ratio_lstm_to_har_per_horizon": per_h,
+        "ratio_lstm_to_har_per_sum": per_sum,
+        "worst_horizon": 1 + max(range(bars), key=lambda h: per_h[h]),
+        "worst_ratio": max(per_h),
+        "goal_every_horizon": 0.97,
+        "goal_met_every_horizon": max(per_h) <= 0.97,
+        "goal_sum_1h": 0.95,
+        "goal_met_sum_1h": per_sum.get("1h", float("inf")) <= 0.95,
+        "seconds": seconds,
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("json",)},
+    }
+
+
+def markdown_horizons(results: dict[str, Any]) -> str:
+    """Per file: lstm/HAR-direct rmse_log at a few horizons and per window; a mean row last."""
+    per_file = results["files"]
+    first = next(iter(per_file.values()))
+    bars = first["horizons"]
+    shown = [h for h in (1, 2, 5, 15, 30, 60) if h <= bars]
+    labels = list(first["sums"])
+    head = [f"+{h}" for h in shown] + labels
+    lines = ["| file | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+    for path in sorted(per_file):
+        r = per_file[path]["ratio_to_har"]
+        cells = [f"{r['horizons'][h - 1]:.4f}" for h in shown] + [f"{r['sums'][x]:.4f}" for x in labels]
+        lines.append(f"| {_short(path)} | " + " | ".join(cells) + " |")
+    summary = results["summary"]
+    cells = [f"**{summary['ratio_lstm_to_har_per_horizon'][h - 1]:.4f}**" for h in shown]
+    cells += [f"**{summary['ratio_lstm_to_har_per_sum'][x]:.4f}**" for x in labels]
+    lines.append("| mean | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def markdown(results: dict[str, Any]) -> str:
     """Per file: rmse_log and MASE of every model, then lstm/har; a mean row last. Then the
     coverage of lstm's 80% band, raw and calibrated."""
@@ -152,6 +244,10 @@ def summarise(per_file: dict[str, Any], args: argparse.Namespace, seconds: float
     }
 
 
+def summary_of(per_file: dict[str, Any], args: argparse.Namespace, seconds: float) -> dict[str, Any]:
+    return (summarise_horizons if args.horizons else summarise)(per_file, args, seconds)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DATA)
@@ -169,6 +265,8 @@ def main() -> int:
     parser.add_argument("--no-seed", action="store_true", help="skip the seed model (the slowest part)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--only", nargs="*", default=None, help="substrings of file names to run")
+    parser.add_argument("--horizons", action="store_true",
+                        help="score the default model at every horizon and window against HAR direct instead")
     args = parser.parse_args()
     if args.members is None:
         from volcast.settings import ModelSettings
@@ -183,30 +281,36 @@ def main() -> int:
     started = time.perf_counter()
     per_file: dict[str, Any] = {}
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = {pool.submit(run_file, p, args): p.name for p in paths}
+        futures = {pool.submit(run_file_horizons if args.horizons else run_file, p, args): p.name for p in paths}
         for fut in as_completed(futures):
             name = futures[fut]
             per_file[name] = fut.result()
             m = per_file[name]["models"]
-            print(
-                f"done {name}: lstm/har {m['lstm']['rmse_log'] / m['har']['rmse_log']:.4f}, 80% coverage raw "
-                f"{m['lstm'].get('coverage_80', float('nan')):.3f} calibrated "
-                f"{m['lstm'].get('coverage_80_calibrated', float('nan')):.3f}"
-                f" ({time.perf_counter() - started:.0f} s)",
-                file=sys.stderr,
-                flush=True,
-            )
+            if args.horizons:
+                r = per_file[name]["ratio_to_har"]
+                print(f"done {name}: lstm/har +1 {r['horizons'][0]:.4f}, worst {max(r['horizons']):.4f}, "
+                      + ", ".join(f"{x} {v:.4f}" for x, v in r["sums"].items())
+                      + f" ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
+            else:
+                print(
+                    f"done {name}: lstm/har {m['lstm']['rmse_log'] / m['har']['rmse_log']:.4f}, 80% coverage raw "
+                    f"{m['lstm'].get('coverage_80', float('nan')):.3f} calibrated "
+                    f"{m['lstm'].get('coverage_80_calibrated', float('nan')):.3f}"
+                    f" ({time.perf_counter() - started:.0f} s)",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if args.out is not None:
                 # Partial results survive a stopped run.
-                partial = {"files": per_file, "summary": summarise(per_file, args, time.perf_counter() - started)}
+                partial = {"files": per_file, "summary": summary_of(per_file, args, time.perf_counter() - started)}
                 args.out.write_text(json.dumps(partial, indent=2))
-    results = {"files": per_file, "summary": summarise(per_file, args, time.perf_counter() - started)}
+    results = {"files": per_file, "summary": summary_of(per_file, args, time.perf_counter() - started)}
     if args.out is not None:
         args.out.write_text(json.dumps(results, indent=2))
     if args.json:
         print(json.dumps(results, indent=2))
     else:
-        print(markdown(results))
+        print(markdown_horizons(results) if args.horizons else markdown(results))
         print(json.dumps(results["summary"], indent=2))
     return 0
 

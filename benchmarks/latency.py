@@ -33,6 +33,11 @@ measures each size twice in the same run, without and with calibration, and give
 (``calibration``: p99 and the worker's timings, with / without).
 
     .venv/bin/python benchmarks/latency.py --json [--symbols 100 1000] [--boundaries 20] [--calibration-ratio]
+
+The model has the default horizons (60 bars and three cumulative windows at 1m: every payload
+carries ``horizons``). ``--horizons-ratio`` also measures, in the same run, the same model shape
+trained with ``model.horizons: 1`` and no sums (what the worker did before horizons), and gives
+the ratios (``horizons``: with / without, as ``calibration``).
 """
 
 from __future__ import annotations
@@ -220,13 +225,17 @@ def mosquitto(port: int, workdir: Path) -> Iterator[None]:
         process.wait(5)
 
 
-def raw_settings(port: int, model_dir: Path, redis_url: str, n: int, calibrate: bool = True) -> dict[str, Any]:
+ONE_STEP: dict[str, Any] = {"horizons": 1, "horizon_sums": []}
+
+
+def raw_settings(port: int, model_dir: Path, redis_url: str, n: int, calibrate: bool = True,
+                 model: dict[str, Any] | None = None) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     return {
         "exchanges": [{"id": "binance", "symbols": [f"S{i:04d}/USDT" for i in range(n)]}],
         "redis": {"url": redis_url, "key_prefix": f"bench-{tag}"},
         "mqtt": {"url": f"mqtt://127.0.0.1:{port}", "topic_prefix": f"bench-{tag}"},
-        "model": {},  # the default shape: hidden 50, look_back 60, all features
+        "model": model or {},  # the default shape: hidden 50, look_back 60, all features
         "training": {"epochs": 1, "batch_size": 256, "patience": 0, "max_bars": 3000},
         "refit": {"model_dir": str(model_dir)},
         "forecaster": {"threads": 1, "calibrate_bands": calibrate},
@@ -345,8 +354,10 @@ def worker_timings(log: Path, boundaries: int, n: int) -> dict[str, Any]:
 
 
 async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: str, model: Path,
-                  log_dir: Path, calibrate: bool = True) -> dict[str, Any]:
-    raw = raw_settings(port, workdir / f"models-{n}-{calibrate}", redis_url, n, calibrate)
+                  log_dir: Path, calibrate: bool = True,
+                  model_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    tag = "" if model_settings is None else "-one-step"
+    raw = raw_settings(port, workdir / f"models-{n}-{calibrate}{tag}", redis_url, n, calibrate, model_settings)
     settings = settings_from_mapping(raw, env={})
     config = workdir / f"config-{n}.yml"
     config.write_text(yaml.safe_dump(raw))
@@ -360,7 +371,7 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
     # and the baseline's publisher for 100+ ms at a time (it did).
     gc.collect()
     gc.freeze()
-    log_path = log_dir / f"worker-{n}{'' if calibrate else '-uncalibrated'}.log"
+    log_path = log_dir / f"worker-{n}{'' if calibrate else '-uncalibrated'}{tag}.log"
     log = log_path.open("wb")
     worker = subprocess.Popen(  # noqa: ASYNC220 - started once, before measuring
         [sys.executable, "-m", "volcast.cli", "-v", "forecast", "--config", str(config)],
@@ -458,12 +469,12 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
         worker.wait(10)
 
 
-def train_artifact(workdir: Path) -> Path:
-    settings = settings_from_mapping(raw_settings(1883, workdir, "redis://127.0.0.1:6379/0", 1), env={})
+def train_artifact(workdir: Path, model: dict[str, Any] | None = None, version: str = "1") -> Path:
+    settings = settings_from_mapping(raw_settings(1883, workdir, "redis://127.0.0.1:6379/0", 1, model=model), env={})
     frame = BarFrame.from_csv(DATA)
     trained = train_model([("binance:S0000/USDT", frame)], settings.model, settings.training, progress=quiet)
     store = ModelStore(workdir / "trained")
-    return store.write("1", lambda d: trained.save(d, "1"), {"name": "lstm"})
+    return store.write(version, lambda d: trained.save(d, "1"), {"name": "lstm"})
 
 
 async def main() -> None:
@@ -475,10 +486,13 @@ async def main() -> None:
     parser.add_argument("--log-dir", type=Path, default=None, help="keep the worker logs (debug timings) here")
     parser.add_argument("--calibration-ratio", action="store_true",
                         help="also measure each size without band calibration, and give the ratios")
+    parser.add_argument("--horizons-ratio", action="store_true",
+                        help="also measure each size with a model of the next bar only, and give the ratios")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="volcast-latency-") as tmp:
         workdir = Path(tmp)
         model = await asyncio.to_thread(train_artifact, workdir)
+        one_step = await asyncio.to_thread(train_artifact, workdir, ONE_STEP, "2") if args.horizons_ratio else None
         port = free_port()
         results: dict[str, Any] = {}
         with mosquitto(port, workdir):
@@ -491,6 +505,10 @@ async def main() -> None:
                 results[str(n)] = await measure(n, args.boundaries, port, workdir, args.redis, model, log_dir)
                 if off is not None:
                     results[str(n)]["calibration"] = calibration_ratio(results[str(n)], off)
+                if one_step is not None:
+                    single = await measure(n, args.boundaries, port, workdir, args.redis, one_step, log_dir,
+                                           model_settings=ONE_STEP)
+                    results[str(n)]["horizons"] = calibration_ratio(results[str(n)], single)
                 if not args.json:
                     print(n, results[str(n)], file=sys.stderr)
         print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())

@@ -368,7 +368,7 @@ class Har(LogForecaster):
             table = self._table[1]
             windowed: dict[int, FloatArray] = {}
             for k in sorted({k for _, k in self.horizon_targets}):
-                wrapped = np.concatenate([table, table[:, : k - 1]], axis=1)
+                wrapped = np.tile(table, (1, 2 + k // spd))[:, : spd + k - 1]  # windows past the last slot wrap
                 cum = np.concatenate([np.zeros((len(table), 1)), np.cumsum(wrapped, axis=1)], axis=1)
                 windowed[k] = (cum[:, k : k + spd] - cum[:, :spd]) / k
             self._windowed = (profiles, windowed)

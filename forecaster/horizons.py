@@ -80,6 +80,12 @@ def resolve(model: ModelSettings, interval_ms: int) -> Horizons:
     return Horizons(bars, tuple((format_duration_ms(ms), ms // interval_ms) for ms in sums_ms))
 
 
+def slot_of_hour(open_time_ms: IntArray, interval_ms: int) -> IntArray:
+    """Which bar of its hour each open time is (the minute of the hour at 1m)."""
+    out: IntArray = (open_time_ms % HOUR_MS) // interval_ms
+    return out
+
+
 def window_sums(values: FloatArray, positions: IntArray, targets: tuple[Target, ...]) -> FloatArray:
     """``(P, T)``: the sum of ``values`` (one series) over each target's window from each position.
 

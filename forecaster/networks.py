@@ -89,7 +89,9 @@ class VolumeLSTM(nn.Module):
     forecast of each target*, target-major: for each target (forecaster/horizons.py; target 0 is
     the next bar) the conditional mean (trained with MSE) then the quantiles (pinball loss). All
     targets come from one shared LSTM state through one head: direct multi-horizon forecasts in
-    one forward pass, nothing fed back.
+    one forward pass, nothing fed back. The next bar keeps a head of its own (``head``, the one a
+    model of the next bar only has: its artifacts load unchanged); the other targets share
+    ``horizon_head``, so the 62 of them do not crowd the next bar out of one head's hidden layer.
     With ``attention``, a learned softmax over the LSTM outputs of every step is concatenated to
     the last hidden state.
     """
@@ -112,15 +114,21 @@ class VolumeLSTM(nn.Module):
         self.attention = nn.Linear(hidden, 1) if attention else None
         width = hidden * (2 if attention else 1) + n_static
         self.head = nn.Sequential(
-            nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout),
-            nn.Linear(hidden, n_targets * (1 + n_quantiles)),
+            nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, 1 + n_quantiles)
         )
+        self.horizon_head = nn.Sequential(
+            nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, (n_targets - 1) * (1 + n_quantiles)),
+        ) if n_targets > 1 else None
         # Start at "no correction to HAR": the net only has to learn what HAR misses.
         with torch.no_grad():
-            last = self.head[-1]
-            assert isinstance(last, nn.Linear)
-            last.weight.mul_(0.01)
-            last.bias.zero_()
+            for head in (self.head, self.horizon_head):
+                if head is None:
+                    continue
+                last = head[-1]
+                assert isinstance(last, nn.Linear)
+                last.weight.mul_(0.01)
+                last.bias.zero_()
 
     def forward(self, seq: torch.Tensor, static: torch.Tensor) -> torch.Tensor:
         """seq: (batch, look_back, n_features), static: (batch, n_static) -> (batch, n_targets * (1 + n_quantiles))."""
@@ -146,7 +154,10 @@ class VolumeLSTM(nn.Module):
             weights = torch.softmax(self.attention(outputs).squeeze(-1), dim=1)
             parts.append((weights.unsqueeze(-1) * outputs).sum(dim=1))
         parts.append(static)
-        out: torch.Tensor = self.head(torch.cat(parts, dim=1))
+        joined = torch.cat(parts, dim=1)
+        out: torch.Tensor = self.head(joined)
+        if self.horizon_head is not None:
+            out = torch.cat([out, self.horizon_head(joined)], dim=1)
         return out
 
 

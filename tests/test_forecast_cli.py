@@ -54,6 +54,24 @@ def test_train_then_backtest_the_artifact(tmp_path: Path, config: Path) -> None:
     lstm = result["models"]["lstm"]
     assert f"lstm rmse_log {lstm['rmse_log']:.4f}, MASE {lstm['mase']:.3f}" in title
     assert "har rmse_log" in title and "naive rmse_log" in title
+    # Every horizon and window of the same artifact against HAR direct on the same forecasts.
+    bt = run("backtest", str(NEAR), "--artifact", str(out), "--config", str(config), "--json", "--horizons",
+             cwd=tmp_path)
+    assert bt.returncode == 0, bt.stderr
+    horizons = json.loads(bt.stdout)["horizons"]
+    assert horizons["bars"] == 60 and horizons["sums"] == {"5m": 5, "15m": 15, "1h": 60}
+    assert set(horizons["models"]) == {"naive", "tod", "har", "lstm"}
+    for scores in horizons["models"].values():
+        assert len(scores["horizons"]) == 60 and set(scores["sums"]) == {"5m", "15m", "1h"}
+        assert scores["forecasts"] == horizons["models"]["har"]["forecasts"] > 1000
+    assert all(h["mase"] == pytest.approx(1.0) for h in horizons["models"]["naive"]["horizons"])
+    assert "coverage_80" in horizons["models"]["lstm"]["horizons"][59]
+    assert "sum_of_bars_rmse_log" in horizons["models"]["lstm"]["sums"]["1h"]
+    ratio = horizons["ratio_to_har"]["horizons"][0]
+    assert ratio == horizons["models"]["lstm"]["horizons"][0]["rmse_log"] / horizons["models"]["har"]["horizons"][0][
+        "rmse_log"]
+    table = run("backtest", str(NEAR), "--artifact", str(out), "--config", str(config), "--horizons", cwd=tmp_path)
+    assert table.returncode == 0 and "+60" in table.stdout and "1h" in table.stdout, table.stderr
     # The same artifact under other settings is refused with a clear message.
     refused = run("backtest", str(NEAR), "--artifact", str(out), "--config", str(config), "--json",
                   "--model", "seed", cwd=tmp_path)
@@ -65,6 +83,8 @@ def test_backtest_trains_the_seed(tmp_path: Path, config: Path) -> None:
              cwd=tmp_path)
     assert bt.returncode == 0, bt.stderr
     assert "seed" in json.loads(bt.stdout)["models"]
+    one_step = run("backtest", str(NEAR), "--model", "seed", "--horizons", "--config", str(config), cwd=tmp_path)
+    assert one_step.returncode == 2 and "forecasts the next bar only" in one_step.stderr
 
 
 def test_tune_prints_yaml(tmp_path: Path, config: Path) -> None:

@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-frac", type=float, default=0.7, help="share of bars to train on (default 0.7)")
     parser.add_argument("--epochs", type=int, default=None, help="override training.epochs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--horizons", action="store_true",
+                        help="also score every horizon and cumulative window (model.horizons) against naive, "
+                             "the time-of-day profile and HAR direct (one regression per horizon)")
     parser.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
                         help="plot actual vs forecast (80%% band) over the last day of the test part")
     add_model_config_argument(parser)
@@ -66,6 +69,11 @@ def main(args: argparse.Namespace) -> int:
 
     if split < 2 or n - split < 1:
         return too_few("every baseline needs at least 2 bars to fit on")
+    if args.horizons and not args.artifact:
+        from forecaster.horizons import resolve
+
+        if not resolve(model, frame.interval_ms).multi:
+            return no_horizons(model.name)
     scores: dict[str, dict[str, float]] = {}
     predictor: ModelPredictor
     try:
@@ -86,6 +94,29 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return too_few(exc)
     result: dict[str, Any] = {"bars": n, "test_bars": n - split, "models": scores}
+    if args.horizons:
+        from forecaster.horizon_scoring import (
+            baseline_forecasts,
+            model_forecast,
+            ratios,
+            score_targets,
+            scoring_positions,
+        )
+
+        spec = predictor.model.horizon_spec
+        if not spec.multi:
+            return no_horizons(predictor.name)
+        pos = scoring_positions(frame, test, spec, predictor.model.min_history)
+        by_model: dict[str, Any] = {}
+        try:
+            for name, forecast in baseline_forecasts(spec, train).items():
+                by_model[name] = score_targets(forecast, [(key, frame)], [pos], spec)
+            by_model[predictor.name] = score_targets(model_forecast(predictor.model), [(key, frame)], [pos], spec,
+                                                     predictor.model.quantile_levels)
+        except ValueError as exc:
+            return too_few(exc)
+        result["horizons"] = {"bars": spec.bars, "sums": dict(spec.sums), "models": by_model,
+                              "ratio_to_har": ratios(by_model[predictor.name], by_model["har"])}
     if args.plot:
         day = max(1, 86_400_000 // frame.interval_ms)
         pos = positions_for(frame, (max(split, n - day), n), predictor.model.min_history)
@@ -106,7 +137,35 @@ def main(args: argparse.Namespace) -> int:
         if any("coverage_80_calibrated" in s for s in scores.values()):
             print("cov80: share of test bars inside the model's own 10-90% band; cal80: inside the band as "
                   "published live, calibrated online from the bars before each one (nominal 0.80)")
+        if "horizons" in result:
+            print_horizons(result["horizons"], predictor.name)
     return 0
+
+
+def no_horizons(name: str) -> int:
+    print(f"volcast backtest: --horizons: {name} forecasts the next bar only (seed always does; otherwise set "
+          "model.horizons above 1 or model.horizon_sums in the config)", file=sys.stderr)
+    return 2
+
+
+def print_horizons(horizons: dict[str, Any], name: str) -> None:
+    """rmse_log / MASE per horizon (a few of them; --json has all) and per window, and the model's
+    rmse_log over HAR direct's. cov80: the model's own 10-90% band (before any calibration)."""
+    models = horizons["models"]
+    bars = horizons["bars"]
+    shown = sorted({h for h in (1, 2, 3, 5, 10, 15, 30, 45, 60, bars) if h <= bars})
+    first = next(iter(models.values()))
+    print(f"\nper horizon ({first['forecasts']} forecasts; rmse_log / MASE; {name}/har is rmse_log over HAR direct's)")
+    names = list(models)
+    print(f"{'horizon':<8} " + " ".join(f"{m:>16}" for m in names) + f" {name + '/har':>10} {'cov80':>6}")
+    rows = [(f"+{h}", [m["horizons"][h - 1] for m in models.values()], horizons["ratio_to_har"]["horizons"][h - 1])
+            for h in shown]
+    rows += [(label, [m["sums"][label] for m in models.values()], horizons["ratio_to_har"]["sums"][label])
+             for label in horizons["sums"]]
+    for label, cells, ratio in rows:
+        cov = cells[-1].get("coverage_80")
+        print(f"{label:<8} " + " ".join(f"{c['rmse_log']:>8.4f} / {c['mase']:<5.3f}" for c in cells)
+              + f" {ratio:>10.4f} {'-' if cov is None else f'{cov:.3f}':>6}")
 
 
 def plot_title(key: str, name: str, scores: dict[str, dict[str, float]], test_bars: int) -> str:

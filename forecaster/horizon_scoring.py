@@ -1,0 +1,128 @@
+"""Scores per horizon and per cumulative window (``volcast backtest --horizons``,
+``benchmarks/accuracy.py --horizons``).
+
+Every forecast made at position ``p`` sees only bars ``< p`` (each model's ``predict_targets``
+reads the bars before its positions, as ``forecaster/scoring.py``'s one-step scores do), and is
+scored on the target windows from ``p`` on; positions whose farthest window runs past the frame
+are left out, so every target of every model is scored on the same forecast positions.
+
+Per target: ``rmse_log`` (RMSE of log1p volume, the window's volume for a sum), ``mase`` (MAE
+over the naive forecast's MAE on the same windows: the last bar's volume per bar of the window)
+and ``coverage_80`` (share of windows inside the 0.1-0.9 quantiles) where the model has them.
+For each sum whose window lies within the per-bar horizons, ``sum_of_bars_rmse_log`` also scores
+the sum of the per-bar forecasts' volumes, the alternative to a dedicated head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from forecaster.baselines import Har, LogForecaster, TimeOfDay, naive_targets
+from forecaster.features import Batch
+from forecaster.frame import BarFrame, FloatArray, IntArray
+from forecaster.horizons import Horizons, window_sums
+
+TargetForecast = Callable[[Batch, Sequence[str], IntArray], tuple[FloatArray, FloatArray | None]]
+"""(batch, keys, positions) -> log1p forecasts (S, P, T) and quantiles (S, P, T, Q) or None."""
+_CHUNK = 2048
+
+
+def baseline_forecasts(spec: Horizons, train: Sequence[tuple[str, BarFrame]]) -> dict[str, TargetForecast]:
+    """naive, tod (the time-of-day profile over the past week) and HAR direct (fitted on
+    ``train``), each forecasting ``spec``'s targets."""
+    targets = spec.targets
+    har = Har(interval_ms=train[0][1].interval_ms, horizon_targets=targets)
+    har.fit(train)
+    tod = TimeOfDay(train[0][1].interval_ms)
+
+    def naive(batch: Batch, keys: Sequence[str], positions: IntArray) -> tuple[FloatArray, FloatArray | None]:
+        return naive_targets(batch, positions, targets), None
+
+    def profile(batch: Batch, keys: Sequence[str], positions: IntArray) -> tuple[FloatArray, FloatArray | None]:
+        return tod.targets_of(batch, keys, positions, targets), None
+
+    def direct(batch: Batch, keys: Sequence[str], positions: IntArray) -> tuple[FloatArray, FloatArray | None]:
+        if len(targets) == 1:
+            point, _ = har.predict_log(batch, keys, positions)
+            return point[..., None], None
+        return har.predict_targets(batch, keys, positions)
+
+    return {"naive": naive, "tod": profile, "har": direct}
+
+
+def model_forecast(model: LogForecaster) -> TargetForecast:
+    return model.predict_targets
+
+
+def scoring_positions(frame: BarFrame, test_range: tuple[int, int], spec: Horizons, history: int) -> IntArray:
+    """Forecast positions of the test range whose every target window lies in the frame."""
+    start, stop = test_range
+    return np.arange(max(start, history, 1), min(stop, len(frame)) - spec.span + 1, dtype=np.int64)
+
+
+def score_targets(forecast: TargetForecast, frames: Sequence[tuple[str, BarFrame]],
+                  positions: Sequence[IntArray], spec: Horizons, levels: Sequence[float] = ()) -> dict[str, Any]:
+    """Per-horizon and per-window scores of ``forecast`` over ``positions`` of each frame, pooled."""
+    targets = spec.targets
+    bars = np.array([k for _, k in targets], dtype=np.float64)
+    points, actuals, naives, lows, highs = [], [], [], [], []
+    for (key, frame), pos in zip(frames, positions, strict=True):
+        if len(pos) == 0:
+            continue
+        batch = Batch.stack([frame])
+        for lo in range(0, len(pos), _CHUNK):
+            p = pos[lo : lo + _CHUNK]
+            point, quants = forecast(batch, [key], p)
+            points.append(point[0])
+            if quants is not None and 0.1 in levels and 0.9 in levels:
+                lows.append(quants[0, :, :, list(levels).index(0.1)])
+                highs.append(quants[0, :, :, list(levels).index(0.9)])
+        actuals.append(window_sums(np.maximum(frame.volume, 0.0), pos, targets))
+        naives.append(np.maximum(frame.volume[pos - 1], 0.0)[:, None] * bars[None, :])
+    if not actuals:
+        raise ValueError("no forecast position in the test range has every horizon inside the bars")
+    log_point = np.concatenate(points)
+    actual = np.concatenate(actuals)
+    naive = np.concatenate(naives)
+    volume = np.maximum(np.expm1(np.minimum(log_point, 700.0)), 0.0)
+    rmse = np.sqrt(np.mean((np.log1p(volume) - np.log1p(actual)) ** 2, axis=0))
+    naive_mae = np.mean(np.abs(naive - actual), axis=0)
+    mase = np.mean(np.abs(volume - actual), axis=0) / np.where(naive_mae > 0, naive_mae, np.nan)
+    coverage = None
+    if lows and len(lows) == len(points):
+        lo_v = np.expm1(np.concatenate(lows))
+        hi_v = np.expm1(np.concatenate(highs))
+        coverage = np.mean((actual >= lo_v) & (actual <= hi_v), axis=0)
+
+    def cell(j: int) -> dict[str, float]:
+        out = {"rmse_log": float(rmse[j]), "mase": float(mase[j])}
+        if coverage is not None:
+            out["coverage_80"] = float(coverage[j])
+        return out
+
+    result: dict[str, Any] = {
+        "forecasts": len(actual),
+        "horizons": [cell(h) for h in range(spec.bars)],
+        "sums": {},
+    }
+    for i, (label, k) in enumerate(spec.sums):
+        j = spec.bars + i
+        result["sums"][label] = cell(j)
+        if k <= spec.bars:
+            summed = volume[:, :k].sum(axis=1)
+            result["sums"][label]["sum_of_bars_rmse_log"] = float(
+                np.sqrt(np.mean((np.log1p(summed) - np.log1p(actual[:, j])) ** 2)))
+    return result
+
+
+def ratios(model: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any]:
+    """rmse_log of ``model`` over ``reference``'s, per horizon and per window."""
+    return {
+        "horizons": [m["rmse_log"] / r["rmse_log"] for m, r in zip(model["horizons"], reference["horizons"],
+                                                                     strict=True)],
+        "sums": {label: model["sums"][label]["rmse_log"] / reference["sums"][label]["rmse_log"]
+                 for label in model["sums"]},
+    }
