@@ -24,7 +24,7 @@ from redis.exceptions import ResponseError
 
 from streamer.feed import ExchangeLink, FeedRunner
 from streamer.history import load_history
-from streamer.leases import Leases, default_name, fair_share
+from streamer.leases import Leases, default_name, fair_share, lease_holders
 from streamer.store import REDIS_DOWN, BarStore, KeyProblem, ResumePoint
 from volcast.keys import Feed, RedisKeys
 from volcast.settings import Settings
@@ -119,10 +119,15 @@ class FeedOwnership:
             for feed in list(self.held)[-excess:]:  # the latest acquired: the longest held stay put
                 await self._release(feed)
             return
+        if len(self.held) >= target:
+            return
+        # One read for all: only free or lapsed leases are worth a script each (a standby streamer
+        # would otherwise try every held feed every round).
+        taken = await lease_holders(self.redis, self.keys, [f for f in self._order if f not in self.held])
         for feed in self._order:
             if len(self.held) >= target:
                 break
-            if feed in self.held:
+            if feed in self.held or feed in taken:
                 continue
             token = await self.leases.acquire(feed)
             if token is not None:

@@ -1,0 +1,237 @@
+"""Work per CPU-second of one streamer against two sharing the feeds through leases, in one run.
+
+    .venv/bin/python benchmarks/streamers.py --json [--feeds 4] [--trades 50000] [--rounds 2]
+
+A flood server (the simulator at full speed, its own process) holds ``--feeds`` synthetic symbols
+of ``--trades`` trades each until every symbol has a subscriber, and one more, a gate symbol no
+streamer is configured for: this benchmark subscribes to it (a bare websocket) once the streamers
+are live and, with two, have split the feeds, so the flood starts only then. The streamers are
+real `volcast stream` processes:
+
+- ``one``: one streamer, default settings (no leases): every feed;
+- ``one_leases``: one streamer with ``--leases``;
+- ``two``: two streamers with ``--leases``, two feeds each.
+
+For each: trades/s (wall clock, gate to the last trade counted in the health hashes, written every
+``bars.open_bar_update``, the default 1 s, so a span may run up to 1 s long) and trades per
+CPU-second of the streamer processes (user + system, /proc, over the same span), and the feeds'
+reconnects and backfilled trades (a reconnect under load costs a REST backfill: it explains an
+outlier). The goal
+(issue 14): two processes do at least 0.9x the work per CPU-second of one; on a 2-core machine that
+also runs the flood server the wall clock cannot show a speed-up. Best of ``--rounds`` per variant.
+
+Needs Redis at 127.0.0.1:6379; every key is under a random prefix, deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import math
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from streamer.leases import lease_holders  # noqa: E402
+from streamer.simulator import ReplayServer, synthetic_tape  # noqa: E402
+from volcast.keys import Feed, RedisKeys  # noqa: E402
+
+GATE = "GATE/USDT"
+_WAIT_S = 180.0
+_TICK_S = os.sysconf("SC_CLK_TCK")
+
+
+def _symbols(feeds: int) -> list[str]:
+    return [f"F{i}/USDT" for i in range(feeds)]
+
+
+def _serve(feeds: int, trades: int, conn: Connection) -> None:
+    async def serve() -> None:
+        tapes = [synthetic_tape(s, trades, seed=i) for i, s in enumerate(_symbols(feeds))]
+        tapes.append(synthetic_tape(GATE, 1))
+        async with ReplayServer(tapes, speed=math.inf, start_on_subscribe=True) as server:
+            conn.send(server.port)
+            await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+
+    asyncio.run(serve())
+
+
+@contextlib.asynccontextmanager
+async def _flood(feeds: int, trades: int) -> AsyncIterator[int]:
+    context = multiprocessing.get_context("spawn")
+    ours, theirs = context.Pipe()
+    process = context.Process(target=_serve, args=(feeds, trades, theirs), daemon=True)
+    process.start()
+    loop = asyncio.get_running_loop()
+    try:
+        yield await loop.run_in_executor(None, ours.recv)
+    finally:
+        with contextlib.suppress(OSError):
+            ours.send("stop")
+        await loop.run_in_executor(None, process.join, 30)
+        if process.is_alive():
+            process.kill()
+
+
+def _open_gate(port: int) -> socket.socket:
+    """Subscribe to the gate symbol: the last subscriber the server waits for."""
+    sock = socket.create_connection(("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(f"GET /stream/ws/0 HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    payload = b'{"method":"SUBSCRIBE","params":["gateusdt@trade"],"id":1}'
+    mask = os.urandom(4)
+    sock.sendall(bytes([0x81, 0x80 | len(payload)]) + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+    return sock
+
+
+def _cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK_S  # utime, stime
+
+
+async def _poll(check: Any, what: str) -> None:
+    deadline = time.monotonic() + _WAIT_S
+    while not await check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not within {_WAIT_S:.0f}s: {what}")
+        await asyncio.sleep(0.05)
+
+
+async def one_run(variant: str, feeds: int, trades: int, directory: Path) -> dict[str, Any]:
+    prefix = f"bench-streamers-{uuid.uuid4().hex[:8]}"
+    keys = RedisKeys(prefix)
+    feed_list = [Feed("binance", s, 1000) for s in _symbols(feeds)]
+    redis = aioredis.Redis()
+    env = {**os.environ, "VOLCAST_BINANCE_API_KEY": "benchmark"}
+    processes: list[asyncio.subprocess.Process] = []
+    try:
+        async with _flood(feeds, trades) as port:
+            base = f"http://127.0.0.1:{port}"
+            config = {
+                "exchanges": [{"id": "binance", "symbols": _symbols(feeds),
+                               "urls": {"api": {"public": f"{base}/api/v3", "ws": {"spot": f"ws://127.0.0.1:{port}/stream/ws"}}},
+                               "options": {"fetchMarkets": {"types": ["spot"]}}}],
+                "bars": {"interval": "1s", "grace": "100ms"},  # open_bar_update: the default 1s
+                "streamer": {"watchdog": "5s"},
+                "history": {"days": 0},
+                "redis": {"key_prefix": prefix},
+            }
+            path = directory / "stream.yml"
+            path.write_text(yaml.safe_dump(config), encoding="utf-8")
+            names = {"one": [None], "one_leases": ["s1"], "two": ["s1", "s2"]}[variant]
+            for name in names:
+                extra = ["--leases", "--name", name] if name else []
+                log = (directory / f"{variant}-{name}.log").open("wb")
+                processes.append(await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "volcast.cli", "stream", "--config", str(path), *extra,
+                    cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+
+            async def ready() -> bool:
+                for feed in feed_list:
+                    if (await redis.hget(keys.health(feed), "state")) != b"live":
+                        return False
+                if variant == "two":
+                    owners = [h.owner for h in (await lease_holders(redis, keys, feed_list)).values()]
+                    return sorted(owners.count(n) for n in ("s1", "s2")) == [feeds // 2, feeds - feeds // 2]
+                return True
+
+            await _poll(ready, "the streamers live on their feeds")
+            cpu0 = sum(_cpu_s(p.pid) for p in processes)
+            started = time.monotonic()
+            gate = _open_gate(port)
+
+            async def counted() -> bool:
+                total = 0
+                for feed in feed_list:
+                    total += int(await redis.hget(keys.health(feed), "trades") or 0)
+                return total >= feeds * trades
+
+            await _poll(counted, "every trade counted")
+            wall = time.monotonic() - started
+            cpu = sum(_cpu_s(p.pid) for p in processes) - cpu0
+            gate.close()
+            reconnects = backfilled = 0
+            for feed in feed_list:
+                health = await redis.hgetall(keys.health(feed))
+                reconnects += int(health.get(b"reconnects", 0))
+                backfilled += int(health.get(b"backfilled_trades", 0))
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                await asyncio.wait_for(process.wait(), _WAIT_S)
+        total = feeds * trades
+        return {"trades_per_s": round(total / wall), "trades_per_cpu_s": round(total / cpu), "cpu_s": round(cpu, 2),
+                "wall_s": round(wall, 2), "reconnects": reconnects, "backfilled_trades": backfilled}
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        async for key in redis.scan_iter(match=f"{prefix}*", count=1000):
+            await redis.delete(key)
+        await redis.aclose()
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
+    best: dict[str, dict[str, Any]] = {}
+    for round_ in range(args.rounds):
+        for variant in ("one", "one_leases", "two"):
+            with tempfile.TemporaryDirectory(prefix="volcast-streamers-") as directory:
+                result = await one_run(variant, args.feeds, args.trades, Path(directory))
+            print(f"round {round_ + 1} {variant}: {result}", file=sys.stderr)
+            if variant not in best or result["trades_per_cpu_s"] > best[variant]["trades_per_cpu_s"]:
+                best[variant] = result
+    return {
+        "feeds": args.feeds,
+        "trades_per_feed": args.trades,
+        "rounds": args.rounds,
+        "streamers": {"1": best["one"], "1_leases": best["one_leases"], "2": best["two"]},
+        "efficiency_2_vs_1": round(best["two"]["trades_per_cpu_s"] / best["one"]["trades_per_cpu_s"], 3),
+        "efficiency_1_leases_vs_1": round(best["one_leases"]["trades_per_cpu_s"] / best["one"]["trades_per_cpu_s"], 3),
+        "goal": 0.9,
+        "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--feeds", type=int, default=4, help="flooded symbols (default 4)")
+    parser.add_argument("--trades", type=int, default=50_000, help="trades per symbol (default 50000)")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each variant (default 2); the best counts")
+    args = parser.parse_args()
+    result = asyncio.run(main_async(args))
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>26}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
