@@ -202,8 +202,6 @@ class StreamerCollector:
             ("bars_written", counters.bars_written, "Closed bars written to Redis (all feeds)"),
             ("dropped_bars", counters.dropped_bars, "Closed bars lost to a full buffer during a Redis outage"),
             ("redis_reconnects", counters.redis_reconnects, "Times the bar writer got Redis back after an outage"),
-            ("stale_writes", counters.stale_writes,
-             "Writes Redis refused for a stale lease token: another streamer had taken the feed (streamer.leases)"),
         ):
             yield CounterMetricFamily(_PREFIX + name, text, value=value)
         yield GaugeMetricFamily(_PREFIX + "redis_buffered_bars", "Closed bars waiting for Redis", value=store.pending)
