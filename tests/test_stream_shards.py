@@ -1,7 +1,8 @@
 """Several `volcast stream` processes share the feeds through leases (real Redis, the simulator,
 ccxt's real client, the real command as subprocesses): they split the feeds; a killed one's feeds
-are taken over; a paused one's writes after its lease passed on are refused and counted; and the
-bars stay equal to `volcast bars` of the same trades throughout."""
+are taken over; a paused one's writes after its lease passed on are refused and counted, and it
+takes its share back; a stopped one hands its feeds over; and the bars stay equal to `volcast
+bars` of the same trades throughout."""
 
 from __future__ import annotations
 
@@ -195,9 +196,16 @@ async def test_a_paused_streamer_cannot_write_after_its_lease_passed_on(tmp_path
                 return int(info.get("stale_writes", "0")) >= 1
 
             await _until(a_refused, "a's stale writes refused and counted", [a, b])
+            # a is live again: b gives up its excess and a takes its share back.
+            await _split(redis, keys, feeds, [a, b])
+            # A clean stop hands a's feeds over at once: released after its last bars, not lapsed.
+            code_a = await a.stop()
+            handover_s = await _until(all_b, "b holds every lease after a stopped", [a, b])
+            print(f"handover after SIGTERM: {handover_s:.1f}s (b's next round, lease_renew 2s)")
             expected = await streamed_to_the_end(redis, keys, server, tapes, files)
-            codes = [await a.stop(), await b.stop()]
+            codes = [code_a, await b.stop()]
         assert codes == [0, 0], a.log()[-3000:] + b.log()[-3000:]
+        assert "leases released" in a.log()
         assert a_feeds
         assert "write refused, the lease passed to another streamer" in a.log() or "renewal refused" in a.log()
         for feed, bars in expected.items():
