@@ -219,3 +219,12 @@ async def test_a_paused_streamer_cannot_write_after_its_lease_passed_on(tmp_path
                 await streamer.process.wait()
         await delete_prefix(redis, prefix)
         await redis.aclose()
+
+
+def test_a_bad_streamer_name_is_one_message() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "volcast.cli", "stream", "--config", str(ROOT / "config.yml"), "--leases",
+         "--name", "two words"], cwd=ROOT, capture_output=True, text=True, timeout=PATIENCE_S, check=False)
+    assert done.returncode == 2
+    assert "--name 'two words'" in done.stderr and "without spaces or braces" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 
+from pydantic import ValidationError
+
 from volcast.commands.common import add_config_argument, add_metrics_argument, serve, settings_from_args
+from volcast.settings import ConfigError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +36,11 @@ def main(args: argparse.Namespace) -> int:
         updates: dict[str, object] = {"leases": True} if args.leases else {}
         if args.name:
             updates["name"] = args.name
-        streamer = type(settings.streamer).model_validate({**settings.streamer.model_dump(), **updates})
+        try:
+            streamer = type(settings.streamer).model_validate({**settings.streamer.model_dump(), **updates})
+        except ValidationError as error:
+            reason = "; ".join(e["msg"] for e in error.errors())
+            raise ConfigError(f"--name {args.name!r}: {reason} (a name without spaces or braces, "
+                              "at most 100 characters)") from None
         settings = settings.model_copy(update={"streamer": streamer})
     return serve(settings, lambda: run(settings), "stream")
