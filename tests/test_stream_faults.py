@@ -7,9 +7,9 @@ import asyncio
 import contextlib
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from stream_harness import (
     TRADE_FILES,
     delete_prefix,
@@ -26,7 +26,9 @@ from streamer.simulator.faults import parse_faults
 from streamer.simulator.server import ReplayServer
 from streamer.simulator.tape import load_tape
 from volcast.bar import Bar, BarStatus
+from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
+from volcast.settings import RedisSettings
 
 pytestmark = pytest.mark.slow
 
@@ -37,12 +39,15 @@ def _api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def _stream_with_faults(
-    tmp_path: Path, faults: str, *, speed: float = 10, sources: Sequence[Path] = TRADE_FILES, **streamer: str
+    tmp_path: Path, faults: str, *, speed: float = 10, sources: Sequence[Path] = TRADE_FILES,
+    redis_config: dict[str, Any] | None = None, **streamer: str
 ) -> tuple[dict[Feed, list[Bar]], dict[Feed, list[Bar]], dict[Feed, dict[str, int]], ReplayServer]:
+    """The replay with ``faults`` streamed into Redis (``redis_config``: the shared single Redis)."""
     files = write_windows(tmp_path, 60, sources)
     tapes = [load_tape(f) for f in files]
     prefix = unique_prefix()
-    redis = aioredis.Redis()
+    redis_config = redis_config or {}
+    redis = redis_client(RedisSettings(**redis_config))
     keys = RedisKeys(prefix)
     expected: dict[Feed, list[Bar]] = {}
     streamed: dict[Feed, list[Bar]] = {}
@@ -50,7 +55,8 @@ async def _stream_with_faults(
     try:
         server = ReplayServer(tapes, speed=speed, faults=parse_faults(faults), seed=7, start_on_subscribe=True)
         async with server:
-            settings = stream_settings(server, [t.symbol for t in tapes], prefix, streamer=streamer)
+            settings = stream_settings(server, [t.symbol for t in tapes], prefix, streamer=streamer,
+                                       redis=redis_config)
             streamer = asyncio.create_task(run(settings))
             expected = await streamed_to_the_end(redis, keys, server, tapes, files)
             streamer.cancel()
@@ -73,8 +79,8 @@ def _no_gaps_and_equal(expected: dict[Feed, list[Bar]], streamed: dict[Feed, lis
 
 
 @pytest.mark.parametrize("faults", ["drop_every_trades=300", "drop_every_s=1.5"])
-async def test_dropped_connections_are_backfilled(tmp_path: Path, faults: str) -> None:
-    expected, streamed, health, server = await _stream_with_faults(tmp_path, faults)
+async def test_dropped_connections_are_backfilled(tmp_path: Path, faults: str, redis_config: dict[str, Any]) -> None:
+    expected, streamed, health, server = await _stream_with_faults(tmp_path, faults, redis_config=redis_config)
     _no_gaps_and_equal(expected, streamed)
     # Every connection after a feed's first follows a reconnect: a drop, or the watchdog once the
     # replay is over; each feed's last reconnect may not have its new connection open yet when
