@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from worker_harness import (
@@ -34,9 +35,12 @@ from volcast.settings import settings_from_mapping
 HISTORY = 300
 
 
-async def pending(redis: object, keys: RedisKeys, group: str) -> int:
-    info = await redis.xpending(keys.bar_events(MINUTE), group)  # type: ignore[attr-defined]
-    return int(info["pending"])
+async def pending(redis: object, keys: RedisKeys, group: str, shards: int = 1) -> int:
+    total = 0
+    for stream in keys.event_streams(MINUTE, shards):
+        info = await redis.xpending(stream, group)  # type: ignore[attr-defined]
+        total += int(info["pending"])
+    return total
 
 
 async def test_broker_restart_is_survived_and_the_kept_prediction_published(tmp_path: Path) -> None:
@@ -87,10 +91,14 @@ def start_worker(config: Path, name: str) -> subprocess.Popen[bytes]:
                              "--consumer", name], stdout=log, stderr=log)
 
 
-async def test_kill_9_of_one_of_two_workers_skips_no_bar(tmp_path: Path) -> None:
+async def test_kill_9_of_one_of_two_workers_skips_no_bar(tmp_path: Path, redis_mode: str,
+                                                         redis_config: dict[str, Any]) -> None:
     # In-order recovery needs claim_idle < the bar interval (30s vs 1m by default): the dead
     # worker's event is claimed before the feed's next bar closes. Here bars close every 1.2 s.
-    raw = raw_settings_for(tmp_path / "models", forecaster={"claim_idle": "500ms"})
+    # On the cluster the events are in 3 shards: the dead worker's are claimed shard by shard.
+    shards = 3 if redis_mode == "cluster" else 1
+    raw = raw_settings_for(tmp_path / "models", forecaster={"claim_idle": "500ms"},
+                           redis={**redis_config, "event_shards": shards})
     settings = settings_from_mapping(raw, env={})
     config = tmp_path / "config.yml"
     config.write_text(yaml.safe_dump(raw))
@@ -107,23 +115,26 @@ async def test_kill_9_of_one_of_two_workers_skips_no_bar(tmp_path: Path) -> None
         async with redis_client(settings.redis) as redis, listening(settings) as listener:
             for feed in feeds:
                 await write_bars(redis, keys, feed, series[feed][:HISTORY])
-            stream = keys.bar_events(MINUTE)
-            for _ in range(600):  # both consumers reading
+            streams = keys.event_streams(MINUTE, shards)
+            for _ in range(600):  # both consumers reading every shard
                 with contextlib.suppress(Exception):
-                    if len(await redis.xinfo_consumers(stream, settings.forecaster.group)) == 2:
+                    if all([len(await redis.xinfo_consumers(s, settings.forecaster.group)) == 2 for s in streams]):
                         break
                 await asyncio.sleep(0.05)
             held = 0
             for step in range(steps):
-                await close_bars(redis, keys, [(f, series[f][HISTORY + step]) for f in feeds])
-                if step == 2:
+                await close_bars(redis, keys, [(f, series[f][HISTORY + step]) for f in feeds], shards)
+                # From the third bar on, a is killed as soon as it holds events (which worker a
+                # blocked read serves first is a race: with event shards, one per shard).
+                if step >= 2 and not held:
                     for _ in range(100):
-                        held = await pending_of(redis, stream, settings.forecaster.group, "a")
+                        held = sum([await pending_of(redis, s, settings.forecaster.group, "a") for s in streams])
                         if held:
                             break
                         await asyncio.sleep(0.01)
-                    os.kill(workers["a"].pid, signal.SIGKILL)
-                    workers["a"].wait(10)
+                    if held or step == steps - 2:
+                        os.kill(workers["a"].pid, signal.SIGKILL)
+                        workers["a"].wait(10)
                 await asyncio.sleep(1.2)
             assert held > 0  # a really died holding events
             try:
@@ -134,10 +145,10 @@ async def test_kill_9_of_one_of_two_workers_skips_no_bar(tmp_path: Path) -> None
                 got = [p.last_bar_ms for p in listener.received if p.feed == feed]
                 assert got == [series[feed][HISTORY + s].open_time_ms for s in range(steps)], feed
             for _ in range(100):
-                if await pending(redis, keys, settings.forecaster.group) == 0:
+                if await pending(redis, keys, settings.forecaster.group, shards) == 0:
                     break
                 await asyncio.sleep(0.05)
-            assert await pending(redis, keys, settings.forecaster.group) == 0
+            assert await pending(redis, keys, settings.forecaster.group, shards) == 0
             assert workers["b"].poll() is None
     finally:
         for process in workers.values():
