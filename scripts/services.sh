@@ -31,10 +31,13 @@ apt_install() {
 
 here=$(cd "$(dirname "$0")/.." && pwd)
 
+# The tests also start servers of their own (a restarted Redis, the six nodes of a local Redis
+# Cluster made with redis-cli --cluster create), even when a Redis already answers on 6379.
+command -v redis-server >/dev/null && command -v redis-cli >/dev/null || apt_install redis-server redis-tools
+
 if port_open 127.0.0.1 6379; then
   echo "services: Redis answers on 127.0.0.1:6379"
 else
-  command -v redis-server >/dev/null || apt_install redis-server
   redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
     --dir /tmp --logfile /tmp/volcast-redis.log
   wait_port 127.0.0.1 6379 Redis

@@ -14,7 +14,7 @@ from cluster import HAS_CLUSTER_TOOLS, LocalCluster, cluster_session, redis_sect
 def redis_cluster() -> Iterator[LocalCluster]:
     if not HAS_CLUSTER_TOOLS:
         pytest.fail("redis-server and redis-cli are needed for the Redis Cluster tests: "
-                    "apt-get install redis-server (scripts/services.sh install)")
+                    "apt-get install redis-server redis-tools (scripts/services.sh installs them)")
     yield from cluster_session()
 
 
