@@ -127,8 +127,8 @@ class FlowGuard:
 
     _WINDOW = 64
 
-    __slots__ = ("_episode_open", "_froms", "_last", "_mean_gap", "episodes", "floor_s", "frames", "newest_ms",
-                 "ratio", "warm_frames", "warm_gap_s")
+    __slots__ = ("_episode_open", "_froms", "_last", "_mean_gap", "_newest_before", "episodes", "floor_s", "frames",
+                 "newest_ms", "ratio", "warm_frames", "warm_gap_s")
 
     def __init__(
         self, *, ratio: float = 20.0, floor_s: float = 1.0, warm_frames: int = 64, warm_gap_s: float = 0.1
@@ -139,6 +139,9 @@ class FlowGuard:
         self.warm_gap_s = warm_gap_s
         self.frames = 0
         self.newest_ms = 0  # newest trade time seen on this flow (fed by the feeds)
+        # newest_ms as the previous frame left it: the feeds note a frame's trades before ``note``
+        # sees the frame, so a silence found on the frame that ends it starts from this.
+        self._newest_before = 0
         self._last: float | None = None
         self._mean_gap = 0.0
         self._episode_open = False
@@ -164,13 +167,14 @@ class FlowGuard:
         last = self._last
         self._last = now
         frames = self.frames = self.frames + 1
+        before, self._newest_before = self._newest_before, self.newest_ms
         if last is None:
             return
         gap = now - last
         if gap > self.floor_s:  # only a silence past the floor can be a stall
             limit = self.limit_s()
             if gap > limit:
-                self._start_episode()  # a silence that ends now: register it if nobody looked
+                self._start_episode(before)  # a silence that ends now: register it if nobody looked
                 gap = limit  # a long silence moves the mean, but not all at once
         self._episode_open = False
         self._mean_gap += (gap - self._mean_gap) / (frames - 1 if frames <= self._WINDOW else self._WINDOW)
@@ -190,11 +194,11 @@ class FlowGuard:
             return 0.0
         return max(0.0, now - last - self.limit_s())
 
-    def _start_episode(self) -> None:
+    def _start_episode(self, newest_ms: int | None = None) -> None:
         if not self._episode_open:
             self._episode_open = True
             self.episodes += 1
-            self._froms.append((self.episodes, self.newest_ms))
+            self._froms.append((self.episodes, self.newest_ms if newest_ms is None else newest_ms))
 
     def first_since(self, seen: int) -> int | None:
         """The earliest "newest trade time before the silence" of the episodes after number ``seen``."""
@@ -344,11 +348,14 @@ class Liveness:
             if probe.on_pong(message.data or b""):
                 self._on_proof(probe)
             return
+        if kind is WSMsgType.TEXT and message.data[:10] == '{"result":':
+            # A subscription's answer is not the stream: counted as a frame of the flow, the answers
+            # of a reconnect cut a stall into silences too short to see (tests/test_close_faults.py).
+            probe.on_text(message.data)
+            return
         now = time.monotonic()
         probe.flow.note(now)
         self.flow.note(now)
-        if kind is WSMsgType.TEXT and message.data[:10] == '{"result":':
-            probe.on_text(message.data)
 
     # -- for the feeds ---------------------------------------------------------------------------
 

@@ -153,3 +153,34 @@ def test_a_bar_is_backfilled_only_for_trades_the_websocket_never_delivered() -> 
     agg.add(_trade(3, T0 + SEC + 1), backfilled=True)  # REST only
     agg.close_until(T0 + 2 * SEC)
     assert [b.status.value for b in bars] == ["complete", "backfilled"]
+
+
+def test_a_silence_found_on_the_frame_that_ends_it_starts_before_that_frames_trade() -> None:
+    """The feeds note a frame's trade (newest_ms) before the flow sees the frame: the stall must
+    start at the newest trade before the silence, not at the one that ended it (a pong would
+    otherwise prove the silence's trades in; tests/test_close_faults.py found it)."""
+    flow = FlowGuard(ratio=20, floor_s=1.0, warm_frames=10, warm_gap_s=0.1)
+    for i in range(20):
+        flow.newest_ms = T0 + i * 10
+        flow.note(i * 0.01)
+    flow.newest_ms = T0 + 9_000  # the trade of the frame that ends a 5 s silence nobody looked at
+    flow.note(5.0)
+    assert flow.episodes == 1 and flow.first_since(0) == T0 + 190
+
+
+def test_subscription_answers_are_not_frames_of_the_trade_flow() -> None:
+    """After a reconnect the answers to its subscriptions come while a stalled stream sends
+    nothing: counted as the flow's frames, they cut the stall into silences too short to see."""
+    from aiohttp import WSMsgType
+
+    from streamer.liveness import Liveness
+
+    exchange = SimpleNamespace(clients={}, id="binance", has={})
+    liveness = Liveness(exchange, keepalive_s=10.0, on_proof=lambda _p: None)
+    client = SimpleNamespace(connection=None, subscriptions={})
+    liveness.on_frame(client, SimpleNamespace(type=WSMsgType.TEXT, data='{"result":null,"id":3}'))
+    probe = liveness.probe(client)
+    assert liveness.flow.frames == 0 and probe.flow.frames == 0
+    assert 3 in probe.acked  # still noted as the subscription's confirmation
+    liveness.on_frame(client, SimpleNamespace(type=WSMsgType.TEXT, data='{"e":"trade","s":"BTCUSDT"}'))
+    assert liveness.flow.frames == 1 and probe.flow.frames == 1
