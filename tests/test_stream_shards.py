@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -34,7 +34,9 @@ from streamer.leases import lease_holders, live_streamers
 from streamer.simulator.server import ReplayServer
 from streamer.simulator.tape import load_tape
 from volcast.bar import BarStatus
+from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
+from volcast.settings import RedisSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,9 +97,23 @@ async def _owners(redis: aioredis.Redis, keys: RedisKeys, feeds: list[Feed]) -> 
     return {feed: holder.owner for feed, holder in (await lease_holders(redis, keys, feeds)).items()}
 
 
-def _raw(server: ReplayServer, symbols: list[str], prefix: str) -> dict[str, object]:
-    settings = stream_settings(server, symbols, prefix)
+def _raw(server: ReplayServer, symbols: list[str], prefix: str, redis: dict[str, Any]) -> dict[str, object]:
+    settings = stream_settings(server, symbols, prefix, redis=redis)
     return settings.model_dump(mode="json", include={"exchanges", "bars", "streamer", "redis"})
+
+
+def _shards(redis_mode: str) -> int:
+    return 3 if redis_mode == "cluster" else 1  # on the cluster, events in shards of their own slots
+
+
+async def _each_bar_announced(redis: aioredis.Redis, keys: RedisKeys, feed: Feed, redis_mode: str) -> None:
+    """Every streamed bar has its event, whoever wrote it: once on one node (bar and event in one
+    fenced script); on a cluster at least once (a takeover re-sends what a stop left unsent)."""
+    streamed = await redis_bars(redis, keys, feed)
+    events = [int(f[b"open_time_ms"]) for _, f in await redis.xrange(keys.feed_events(feed, _shards(redis_mode)))
+              if f[b"symbol"] == feed.symbol.encode()]
+    assert sorted(set(events)) == [b.open_time_ms for b in streamed]
+    assert len(events) == len(streamed) or redis_mode == "cluster"
 
 
 async def _split(redis: aioredis.Redis, keys: RedisKeys, feeds: list[Feed], streamers: list[Streamer]) -> None:
@@ -116,18 +132,20 @@ async def _busiest_first(redis: aioredis.Redis, keys: RedisKeys, a: Streamer, b:
     return (a, b) if owner == a.name else (b, a)
 
 
-async def test_two_streamers_split_the_feeds_and_one_takes_over_a_killed_ones(tmp_path: Path) -> None:
+async def test_two_streamers_split_the_feeds_and_one_takes_over_a_killed_ones(
+    tmp_path: Path, redis_mode: str, redis_config: dict[str, Any]
+) -> None:
     files = write_windows(tmp_path, 60)
     tapes = [load_tape(f) for f in files]
     prefix = unique_prefix()
     keys = RedisKeys(prefix)
-    redis = aioredis.Redis()
+    redis = redis_client(RedisSettings(**redis_config))
     feeds = [Feed("binance", t.symbol, 1000) for t in tapes]
     a, b = Streamer(tmp_path, "a"), Streamer(tmp_path, "b")
     try:
         # The replay waits for every symbol's subscriber: the two must have split the feeds.
         async with ReplayServer(tapes, speed=2, start_on_subscribe=True) as server:
-            raw = _raw(server, [t.symbol for t in tapes], prefix)
+            raw = _raw(server, [t.symbol for t in tapes], prefix, {**redis_config, "event_shards": _shards(redis_mode)})
             await a.start(raw)
             await b.start(raw)
             await _split(redis, keys, feeds, [a, b])
@@ -152,6 +170,7 @@ async def test_two_streamers_split_the_feeds_and_one_takes_over_a_killed_ones(tm
             streamed = await redis_bars(redis, keys, feed)
             same_bars(streamed, bars, statuses=False)
             assert all(bar.status is not BarStatus.GAP for bar in streamed)
+            await _each_bar_announced(redis, keys, feed, redis_mode)
         assert await _owners(redis, keys, feeds) == {}  # b released its leases on SIGTERM
         assert await live_streamers(redis, keys) == {}
         assert "lease acquired" in b.log()
@@ -164,17 +183,19 @@ async def test_two_streamers_split_the_feeds_and_one_takes_over_a_killed_ones(tm
         await redis.aclose()
 
 
-async def test_a_paused_streamer_cannot_write_after_its_lease_passed_on(tmp_path: Path) -> None:
+async def test_a_paused_streamer_cannot_write_after_its_lease_passed_on(
+    tmp_path: Path, redis_mode: str, redis_config: dict[str, Any]
+) -> None:
     files = write_windows(tmp_path, 60)
     tapes = [load_tape(f) for f in files]
     prefix = unique_prefix()
     keys = RedisKeys(prefix)
-    redis = aioredis.Redis()
+    redis = redis_client(RedisSettings(**redis_config))
     feeds = [Feed("binance", t.symbol, 1000) for t in tapes]
     a, b = Streamer(tmp_path, "a"), Streamer(tmp_path, "b")
     try:
         async with ReplayServer(tapes, speed=2, start_on_subscribe=True) as server:
-            raw = _raw(server, [t.symbol for t in tapes], prefix)
+            raw = _raw(server, [t.symbol for t in tapes], prefix, {**redis_config, "event_shards": _shards(redis_mode)})
             await a.start(raw)
             await b.start(raw)
             await _split(redis, keys, feeds, [a, b])
@@ -212,6 +233,7 @@ async def test_a_paused_streamer_cannot_write_after_its_lease_passed_on(tmp_path
             streamed = await redis_bars(redis, keys, feed)
             same_bars(streamed, bars, statuses=False)
             assert all(bar.status is not BarStatus.GAP for bar in streamed)
+            await _each_bar_announced(redis, keys, feed, redis_mode)
     finally:
         for streamer in (a, b):
             if streamer.process is not None and streamer.process.returncode is None:
