@@ -4,6 +4,10 @@ For each file: train on the first ``--train-frac`` (capped to the last ``--train
 before the split), forecast one step ahead over the rest, and score naive, ewma, tod, har,
 seed, lstm (default) and ensemble. Prints one JSON object (``--json``) or a Markdown table.
 
+``--market`` also trains ``lstm_market``: the default features plus the market-wide inputs
+(forecaster/market.py), computed across every selected file at each bar open time (files that
+overlap in time, e.g. ``--only 2023-02``), so each file's model reads what the others did.
+
     .venv/bin/python benchmarks/accuracy.py --json > accuracy.json
 
 ``--horizons``: instead, per file the default model (with its horizons, model.horizons) against
@@ -36,7 +40,7 @@ def files(data: Path) -> list[Path]:
     return out
 
 
-def run_file(path: Path, args: argparse.Namespace) -> dict[str, Any]:
+def run_file(path: Path, args: argparse.Namespace, group: list[Path] | None = None) -> dict[str, Any]:
     import torch
 
     from forecaster.baselines import BASELINE_NAMES, make_baseline
@@ -74,9 +78,26 @@ def run_file(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     result["models"]["lstm"]["epochs_run"] = trained.scores["epochs_run"]
     result["models"]["ensemble"] = score(ModelPredictor(ensemble, "ensemble", "bench"), [(key, frame)], test,
                                          calibrate=True)
+    result["models"]["ensemble"]["weight"] = ensemble.weight
+    if group:
+        from forecaster.market import MARKET_FEATURES, attach
+
+        keyed = [(p.name.split("_")[1], BarFrame.from_csv(p)) for p in group]
+        # The market inputs are computed on the whole files, then the frame is split as above.
+        exchanges = {k: p.name.split("_")[0] for (k, _), p in zip(keyed, group, strict=True)}
+        attached, coverage = attach(keyed, MARKET_FEATURES, exchanges)
+        market_frame = dict(attached)[key]
+        features = (*ModelSettings().features, *MARKET_FEATURES)
+        market_model = train_model([(key, market_frame[start:split])],
+                                   ModelSettings(features=features, members=args.members), training, progress=quiet)
+        scored = score(ModelPredictor(market_model.model, "lstm", "bench"), [(key, market_frame)], test,
+                       calibrate=True)
+        scored["train_seconds"] = market_model.scores["train_seconds"]
+        scored["epochs_run"] = market_model.scores["epochs_run"]
+        scored["market_coverage"] = coverage[key].as_dict()  # type: ignore[assignment]
+        result["models"]["lstm_market"] = scored
     if args.no_seed:
         return result
-    result["models"]["ensemble"]["weight"] = ensemble.weight
     seed_train = [(key, frame[max(start, split - args.seed_days * 1440) : split])]
     # The design note's training, cut short: batch 32, Adam at Keras' default rate, no early stop.
     seed_training = TrainingSettings(epochs=args.seed_epochs, batch_size=32, learning_rate=1e-3, patience=0, threads=1)
@@ -178,17 +199,19 @@ def markdown_horizons(results: dict[str, Any]) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """Per file: rmse_log and MASE of every model, then lstm/har; a mean row last. Then the
     coverage of lstm's 80% band, raw and calibrated."""
-    names = [k for k in ("naive", "ewma", "tod", "har", "seed", "lstm", "ensemble")
+    names = [k for k in ("naive", "ewma", "tod", "har", "seed", "lstm", "ensemble", "lstm_market")
              if all(k in r["models"] for r in results["files"].values())]
+    market = "lstm_market" in names
     lines = [
-        "| file | " + " | ".join(names) + " | lstm/har |",
-        "|---|" + "---:|" * (len(names) + 1),
+        "| file | " + " | ".join(names) + " | lstm/har |" + (" lstm_market/har |" if market else ""),
+        "|---|" + "---:|" * (len(names) + 1 + market),
     ]
     per_file = results["files"]
     for path in sorted(per_file):
         m = per_file[path]["models"]
         cells = " | ".join(f"{m[k]['rmse_log']:.4f} / {m[k]['mase']:.3f}" for k in names)
-        lines.append(f"| {_short(path)} | {cells} | {m['lstm']['rmse_log'] / m['har']['rmse_log']:.4f} |")
+        extra = f" {m['lstm_market']['rmse_log'] / m['har']['rmse_log']:.4f} |" if market else ""
+        lines.append(f"| {_short(path)} | {cells} | {m['lstm']['rmse_log'] / m['har']['rmse_log']:.4f} |{extra}")
     if per_file:
         means = {
             k: (
@@ -198,7 +221,8 @@ def markdown(results: dict[str, Any]) -> str:
             for k in names
         }
         cells = " | ".join(f"**{means[k][0]:.4f}** / {means[k][1]:.3f}" for k in names)
-        lines.append(f"| mean | {cells} | **{means['lstm'][0] / means['har'][0]:.4f}** |")
+        extra = f" **{means['lstm_market'][0] / means['har'][0]:.4f}** |" if market else ""
+        lines.append(f"| mean | {cells} | **{means['lstm'][0] / means['har'][0]:.4f}** |{extra}")
     lines += ["", coverage_markdown(per_file)]
     return "\n".join(lines)
 
@@ -225,6 +249,10 @@ def summarise(per_file: dict[str, Any], args: argparse.Namespace, seconds: float
     lstm = [r["models"]["lstm"]["rmse_log"] for r in per_file.values()]
     har = [r["models"]["har"]["rmse_log"] for r in per_file.values()]
     mean_lstm, mean_har = sum(lstm) / len(lstm), sum(har) / len(har)
+    market: dict[str, Any] = {}
+    if all("lstm_market" in r["models"] for r in per_file.values()):
+        mean_market = sum(r["models"]["lstm_market"]["rmse_log"] for r in per_file.values()) / len(per_file)
+        market = {"mean_rmse_log_lstm_market": mean_market, "ratio_lstm_market_to_har": mean_market / mean_har}
     raw = [r["models"]["lstm"].get("coverage_80") for r in per_file.values()]
     cal = [r["models"]["lstm"].get("coverage_80_calibrated") for r in per_file.values()]
     return {
@@ -236,6 +264,7 @@ def summarise(per_file: dict[str, Any], args: argparse.Namespace, seconds: float
         "mean_rmse_log_har": mean_har,
         "ratio_lstm_to_har": mean_lstm / mean_har,
         "goal_ratio": 0.97,
+        **market,
         "lstm_beats_seed_on_every_file": all(
             r["models"]["lstm"]["rmse_log"] < r["models"]["seed"]["rmse_log"] for r in per_file.values()
         ) if all("seed" in r["models"] for r in per_file.values()) else None,
@@ -267,6 +296,8 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=None, help="substrings of file names to run")
     parser.add_argument("--horizons", action="store_true",
                         help="score the default model at every horizon and window against HAR direct instead")
+    parser.add_argument("--market", action="store_true",
+                        help="also train lstm_market: + market-wide inputs across the selected files (same dates)")
     args = parser.parse_args()
     if args.members is None:
         from volcast.settings import ModelSettings
@@ -281,7 +312,10 @@ def main() -> int:
     started = time.perf_counter()
     per_file: dict[str, Any] = {}
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        futures = {pool.submit(run_file_horizons if args.horizons else run_file, p, args): p.name for p in paths}
+        if args.horizons:
+            futures = {pool.submit(run_file_horizons, p, args): p.name for p in paths}
+        else:
+            futures = {pool.submit(run_file, p, args, paths if args.market else None): p.name for p in paths}
         for fut in as_completed(futures):
             name = futures[fut]
             per_file[name] = fut.result()

@@ -37,7 +37,10 @@ measures each size twice in the same run, without and with calibration, and give
 The model has the default horizons (60 bars and three cumulative windows at 1m: every payload
 carries ``horizons``). ``--horizons-ratio`` also measures, in the same run, the same model shape
 trained with ``model.horizons: 1`` and no sums (what the worker did before horizons), and gives
-the ratios (``horizons``: with / without, as ``calibration``).
+the ratios (``horizons``: with / without, as ``calibration``). ``--market`` likewise measures the
+default model with the market-wide inputs added (forecaster/market.py: one reduction over every
+feed's day of bars per boundary), trained on two feeds so that the inputs are live, and gives
+the ratios (``market``: with / without).
 """
 
 from __future__ import annotations
@@ -173,6 +176,7 @@ sys.path.insert(0, str(ROOT))
 from forecaster.calibration import WARM_UP as CALIBRATION_WARM_UP  # noqa: E402
 from forecaster.estimator import quiet  # noqa: E402
 from forecaster.frame import BarFrame  # noqa: E402
+from forecaster.market import MARKET_FEATURES, attach  # noqa: E402
 from forecaster.model_store import ModelRecord, ModelStore, promote  # noqa: E402
 from forecaster.training import train_model  # noqa: E402
 from streamer.store import BarStore  # noqa: E402
@@ -180,7 +184,7 @@ from volcast.backoff import Backoff  # noqa: E402
 from volcast.bar import Bar, BarStatus  # noqa: E402
 from volcast.connections import redis_client  # noqa: E402
 from volcast.keys import Feed, RedisKeys, forecast_topic_filter  # noqa: E402
-from volcast.settings import Settings, settings_from_mapping  # noqa: E402
+from volcast.settings import ModelSettings, Settings, settings_from_mapping  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "binance-usdm_NEARUSDT_1m_2023-02-01_03.csv.gz"
 MINUTE = 60_000
@@ -226,6 +230,7 @@ def mosquitto(port: int, workdir: Path) -> Iterator[None]:
 
 
 ONE_STEP: dict[str, Any] = {"horizons": 1, "horizon_sums": []}
+MARKET: dict[str, Any] = {"features": [*ModelSettings().features, *MARKET_FEATURES]}
 
 
 def raw_settings(port: int, model_dir: Path, redis_url: str, n: int, calibrate: bool = True,
@@ -356,7 +361,7 @@ def worker_timings(log: Path, boundaries: int, n: int) -> dict[str, Any]:
 async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: str, model: Path,
                   log_dir: Path, calibrate: bool = True,
                   model_settings: dict[str, Any] | None = None) -> dict[str, Any]:
-    tag = "" if model_settings is None else "-one-step"
+    tag = "" if model_settings is None else "-market" if model_settings is MARKET else "-one-step"
     raw = raw_settings(port, workdir / f"models-{n}-{calibrate}{tag}", redis_url, n, calibrate, model_settings)
     settings = settings_from_mapping(raw, env={})
     config = workdir / f"config-{n}.yml"
@@ -472,7 +477,12 @@ def stop_worker(worker: subprocess.Popen[bytes]) -> None:
 def train_artifact(workdir: Path, model: dict[str, Any] | None = None, version: str = "1") -> Path:
     settings = settings_from_mapping(raw_settings(1883, workdir, "redis://127.0.0.1:6379/0", 1, model=model), env={})
     frame = BarFrame.from_csv(DATA)
-    trained = train_model([("binance:S0000/USDT", frame)], settings.model, settings.training, progress=quiet)
+    frames = [("binance:S0000/USDT", frame)]
+    if model is MARKET:
+        # A second feed over the same times (the real bars 3 hours on), so the inputs are not constant.
+        other = replace(frame, volume=np.roll(frame.volume, -180), close=np.roll(frame.close, -180))
+        frames, _ = attach([*frames, ("binance:S0001/USDT", other)], MARKET_FEATURES)
+    trained = train_model(frames, settings.model, settings.training, progress=quiet)
     store = ModelStore(workdir / "trained")
     return store.write(version, lambda d: trained.save(d, "1"), {"name": "lstm"})
 
@@ -488,11 +498,14 @@ async def main() -> None:
                         help="also measure each size without band calibration, and give the ratios")
     parser.add_argument("--horizons-ratio", action="store_true",
                         help="also measure each size with a model of the next bar only, and give the ratios")
+    parser.add_argument("--market", action="store_true",
+                        help="also measure each size with the market-wide inputs, and give the ratios")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="volcast-latency-") as tmp:
         workdir = Path(tmp)
         model = await asyncio.to_thread(train_artifact, workdir)
         one_step = await asyncio.to_thread(train_artifact, workdir, ONE_STEP, "2") if args.horizons_ratio else None
+        market = await asyncio.to_thread(train_artifact, workdir, MARKET, "3") if args.market else None
         port = free_port()
         results: dict[str, Any] = {}
         with mosquitto(port, workdir):
@@ -509,6 +522,11 @@ async def main() -> None:
                     single = await measure(n, args.boundaries, port, workdir, args.redis, one_step, log_dir,
                                            model_settings=ONE_STEP)
                     results[str(n)]["horizons"] = calibration_ratio(results[str(n)], single)
+                if market is not None:
+                    with_market = await measure(n, args.boundaries, port, workdir, args.redis, market, log_dir,
+                                                model_settings=MARKET)
+                    results[str(n)]["market"] = calibration_ratio(with_market, results[str(n)])
+                    results[str(n)]["market"]["with"] = {k: with_market[k] for k in ("p50_ms", "p99_ms", "worker_ms")}
                 if not args.json:
                     print(n, results[str(n)], file=sys.stderr)
         print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())

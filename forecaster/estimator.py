@@ -42,6 +42,7 @@ from forecaster.features import (
 from forecaster.frame import BarFrame, FloatArray, IntArray
 from forecaster.horizons import HOUR_MS, Horizons, Target, resolve, slot_of_hour, window_sums
 from forecaster.lstm_prefix import Prefix, window_values
+from forecaster.market import MARKET_FEATURES, input_names
 from forecaster.networks import MemberAverage, SeedNet, VolumeLSTM
 from volcast.settings import Feature, ModelSettings, TrainingSettings
 
@@ -61,7 +62,7 @@ INPUT_CLIP = 10.0
 """Normalised inputs are clipped to +-this many standard deviations, in training and live: a bar
 unlike any in the training span moves the forecast, it cannot blow it up."""
 _MINUTE_ONEHOT = np.eye(60)
-_NOT_PER_BAR = frozenset({"signed_return", "price_moves", "minute_of_hour"})
+_NOT_PER_BAR = frozenset({"signed_return", "price_moves", "minute_of_hour", *MARKET_FEATURES})
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,12 +124,15 @@ class LstmModel(LogForecaster):
             self.columns = (*self.columns, DESEASONALISED)
         self.return_windows = RETURN_WINDOWS if "price_moves" in self.features else ()
         self.minute_onehot = "minute_of_hour" in self.features
+        # What the other feeds did (forecaster/market.py), read from the batch: 0 without them.
+        self.market_names = input_names(self.features)
         # Static inputs at the target: HAR's regressors, the signed price moves over
-        # return_windows, and the target's minute of the hour (one-hot).
+        # return_windows, the target's minute of the hour (one-hot) and the market inputs.
         self.static_names: tuple[str, ...] = (
             *HAR_NAMES,
             *(f"return_{w}" for w in self.return_windows),
             *((f"minute_{m}" for m in range(60)) if self.minute_onehot else ()),
+            *self.market_names,
         )
         self.interval_ms = interval_ms
         self.look_back = max(settings.look_back, HAR_HISTORY)
@@ -230,6 +234,12 @@ class LstmModel(LogForecaster):
         if self.minute_onehot:
             minutes = minute_of_hour(batch.open_time_ms[:, positions - 1] + batch.interval_ms)
             parts.append(_MINUTE_ONEHOT[minutes])
+        if self.market_names:
+            market = batch.market
+            if market is None or market.values.shape[-1] != len(self.market_names):
+                parts.append(np.zeros((*static.shape[:2], len(self.market_names))))
+            else:
+                parts.append(market.at(positions))
         return np.concatenate(parts, axis=-1) if len(parts) > 1 else static
 
     @property

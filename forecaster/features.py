@@ -31,8 +31,38 @@ _BP = 1e4
 
 
 @dataclass(frozen=True, slots=True)
+class MarketInputs:
+    """Market-wide inputs (forecaster/market.py) of a batch's target positions.
+
+    ``values[:, j]`` are the inputs for a target at position ``start + j`` (computed from every
+    feed's bars before that position): ``(symbols, targets, inputs)``. A training frame covers
+    every position of the frame (``start`` 0); the live worker only the bar after the batch.
+    """
+
+    start: int
+    values: FloatArray
+
+    def at(self, positions: IntArray) -> FloatArray:
+        """``(symbols, positions, inputs)``; ValueError for a position it does not cover."""
+        index = positions - self.start
+        if len(index) and (index.min() < 0 or index.max() >= self.values.shape[1]):
+            raise ValueError(f"market inputs cover positions {self.start}..{self.start + self.values.shape[1] - 1}")
+        return self.values[:, index]
+
+    def from_position(self, start: int) -> MarketInputs:
+        """The same inputs with positions counted from ``start`` (``Batch.bars_from``)."""
+        if self.start >= start:
+            return MarketInputs(self.start - start, self.values)
+        return MarketInputs(0, self.values[:, start - self.start :])
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
-    """Equal-length histories of several symbols as ``(symbols, bars)`` arrays."""
+    """Equal-length histories of several symbols as ``(symbols, bars)`` arrays.
+
+    ``market``: the market-wide inputs of its targets when they were computed across feeds
+    (forecaster/market.py); None where there were none (a single feed), read as zeros.
+    """
 
     interval_ms: int
     open_time_ms: IntArray
@@ -43,6 +73,7 @@ class Batch:
     trades: FloatArray
     buy_volume: FloatArray
     known: frozenset[str]
+    market: MarketInputs | None = None
 
     @property
     def log_volume(self) -> FloatArray:
@@ -50,13 +81,15 @@ class Batch:
 
     def bars_from(self, start: int) -> Batch:
         """The same histories from bar ``start`` on (views, no copy)."""
-        return self._select((slice(None), slice(start, None)))
+        market = None if self.market is None else self.market.from_position(start)
+        return self._select((slice(None), slice(start, None)), market)
 
     def rows(self, index: IntArray) -> Batch:
         """The histories at ``index`` (fancy indexing: a copy)."""
-        return self._select(index)
+        market = None if self.market is None else MarketInputs(self.market.start, self.market.values[index])
+        return self._select(index, market)
 
-    def _select(self, index: IntArray | tuple[slice, slice]) -> Batch:
+    def _select(self, index: IntArray | tuple[slice, slice], market: MarketInputs | None) -> Batch:
         return Batch(
             interval_ms=self.interval_ms,
             open_time_ms=self.open_time_ms[index],
@@ -67,6 +100,7 @@ class Batch:
             trades=self.trades[index],
             buy_volume=self.buy_volume[index],
             known=self.known,
+            market=market,
         )
 
     @classmethod
@@ -84,6 +118,12 @@ class Batch:
         def col(name: str) -> FloatArray:
             return np.stack([getattr(f, name)[len(f) - n :] for f in frames])
 
+        # A frame's market inputs have a row per target position 0..len (forecaster/frame.py).
+        markets = [f.market[len(f) - n :] for f in frames if f.market is not None]
+        market = None
+        if len(markets) == len(frames) and len({m.shape[1] for m in markets}) == 1:
+            market = MarketInputs(0, np.stack(markets))
+
         return cls(
             interval_ms=interval,
             open_time_ms=np.stack([f.open_time_ms[len(f) - n :] for f in frames]),
@@ -94,6 +134,7 @@ class Batch:
             trades=col("trades"),
             buy_volume=col("buy_volume"),
             known=frozenset.intersection(*(f.known for f in frames)),
+            market=market,
         )
 
 

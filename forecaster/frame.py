@@ -49,9 +49,15 @@ class BarFrame:
     trades: FloatArray
     buy_volume: FloatArray
     known: frozenset[str] = field(default_factory=frozenset)
+    # Market-wide inputs (forecaster/market.py), one row per target position 0..len: row p is
+    # what a forecast of bar p reads, computed from every feed's bars before it (so the bar after
+    # the frame has a row too). None: computed from this feed alone, i.e. none.
+    market: FloatArray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.open_time_ms)
+        if self.market is not None and (self.market.ndim != 2 or self.market.shape[0] != n + 1):
+            raise FrameError(f"market inputs have shape {self.market.shape}, expected ({n + 1}, inputs)")
         for name in ("open", "high", "low", "close", "volume", "trades", "buy_volume"):
             if len(getattr(self, name)) != n:
                 raise FrameError(f"column {name} has {len(getattr(self, name))} rows, expected {n}")
@@ -67,6 +73,8 @@ class BarFrame:
     def __getitem__(self, index: slice) -> BarFrame:
         if not isinstance(index, slice) or (index.step not in (None, 1)):
             raise TypeError("a BarFrame is sliced by a contiguous slice of rows")
+        start, stop, _ = index.indices(len(self))
+        stop = max(start, stop)
         return BarFrame(
             interval_ms=self.interval_ms,
             open_time_ms=self.open_time_ms[index],
@@ -78,6 +86,7 @@ class BarFrame:
             trades=self.trades[index],
             buy_volume=self.buy_volume[index],
             known=self.known,
+            market=None if self.market is None else self.market[start : stop + 1],
         )
 
     def tail(self, n: int) -> BarFrame:

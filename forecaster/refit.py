@@ -36,6 +36,7 @@ from forecaster.baselines import Har
 from forecaster.estimator import quiet
 from forecaster.feeds import configured_feeds, feed_key
 from forecaster.frame import BarFrame
+from forecaster.market import attach_configured
 from forecaster.model_store import ModelRecord, ModelStore, current_model, promote
 from forecaster.predictor import ModelPredictor, Predictor, baseline_predictor, load_predictor
 from forecaster.refit_metrics import RefitMetrics
@@ -111,6 +112,8 @@ def _train_and_score(settings: Settings, frames: list[tuple[str, BarFrame]], cha
                      ) -> tuple[TrainedModel, dict[str, float], dict[str, float], str]:
     """The CPU-heavy part, run in a thread: train, then score challenger and champion."""
     holdout = settings.refit.holdout_bars
+    # The market-wide inputs, when configured, across every feed read (before the holdout split).
+    frames, _ = attach_configured(frames, settings.model.features)
     train = [(key, frame[: len(frame) - holdout]) for key, frame in frames]
     training = settings.training.model_copy(update={"threads": settings.refit.threads})
     trained = train_model(train, settings.model, training, progress=quiet)

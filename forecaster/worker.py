@@ -55,6 +55,7 @@ from forecaster.features import Batch
 from forecaster.feeds import feed_key
 from forecaster.guard import GuardCounts, clean_volume
 from forecaster.guard_fallback import baseline_forecasts
+from forecaster.market import BoundaryMarket, at_boundary, features_read_by
 from forecaster.metrics import serve_metrics
 from forecaster.model_store import ModelStore, current_version
 from forecaster.payload import Guarded, Prediction, encode_all
@@ -211,6 +212,11 @@ class Worker:
         self.timings: dict[str, float] = {}
         # Called with each published boundary's predictions and timings once recorded (metrics).
         self.recorded: list[Callable[[Sequence[Prediction], Mapping[str, float]], None]] = []
+        # The market-wide inputs of the boundary being predicted (forecaster/market.py), computed
+        # once per read of its bars; status says how many feeds the last aggregate had and left out.
+        self._market: tuple[Histories, BoundaryMarket] | None = None
+        self.market_feeds = 0
+        self.market_left_out = 0
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -444,6 +450,8 @@ class Worker:
             "handling_errors": str(self.handling_errors),
             "prepared_forecasts": str(prepared),
             "window_forecasts": str(whole),
+            "market_feeds": str(self.market_feeds),
+            "market_left_out": str(self.market_left_out),
             **self.guards.status(),
             **(self.calibration.status() if self.calibration is not None else {}),
             **(self.recorder.demoter.watch.status() if self.recorder.demoter is not None else {}),
@@ -840,9 +848,23 @@ class Worker:
             groups.setdefault((id(serving.predictor), length), (serving, []))[1].append(feed)
         if any(serving.baseline for serving, _ in groups.values()):
             self.fallback.served()
-        return [(serving, group_feeds, batch)
+        return [(serving, group_feeds, self._with_market(serving, group_feeds, batch, histories))
                 for (_, length), (serving, group) in groups.items()
                 for group_feeds, batch in histories.batches(group, length, PREDICT_CHUNK)]
+
+    def _with_market(self, serving: Serving, feeds: Sequence[Feed], batch: Batch, histories: Histories) -> Batch:
+        """``batch`` with its market-wide inputs when the serving model reads them: the aggregate
+        over every feed held with its bar of this boundary (one reduction per read of bars)."""
+        features = features_read_by(serving.predictor)
+        if not features:
+            return batch
+        cached = self._market
+        if cached is None or cached[0] is not histories:
+            market = at_boundary(histories.main, histories.open_ms, features)
+            self._market = cached = (histories, market)
+            self.market_feeds = len(market.rows)
+            self.market_left_out = sum(1 for f in histories.ready if f not in market.rows)
+        return dataclasses.replace(batch, market=cached[1].inputs(feeds, batch.volume.shape[1]))
 
     def _start(self, serving: Serving, feeds: Sequence[Feed], batch: Batch, *, inline: bool
                ) -> asyncio.Future[list[Forecast]]:

@@ -289,6 +289,8 @@ class MqttSettings(_Frozen):
 Feature = Literal[
     "log_volume", "trades", "buy_share", "abs_return", "range", "time_of_day", "day_of_week",
     "signed_return", "price_moves", "minute_of_hour",
+    # Across feeds (forecaster/market.py): off by default, see docs/accuracy.md.
+    "market_volume", "exchange_volume", "market_share",
 ]
 
 

@@ -1,4 +1,10 @@
-"""``volcast backtest``: train on the first part of a bars file, forecast the rest one step ahead."""
+"""``volcast backtest``: train on the first part of bars files, forecast the rest one step ahead.
+
+With several files (several symbols over the same dates), one model is trained on the first
+part of every file and each file is scored on its rest; the market-wide inputs
+(forecaster/market.py), when configured in ``model.features``, are computed across the files at
+each bar open time, and the output says how many other files each one had them from.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +17,14 @@ from typing import Any
 from volcast.commands._model_config import (
     BarsFileError,
     add_model_config_argument,
-    frame_key,
     model_settings,
-    read_frame,
+    read_frames,
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("bars", type=Path, metavar="BARS", help="bars CSV file (gzip or plain)")
+    parser.add_argument("bars", type=Path, nargs="+", metavar="BARS",
+                        help="bars CSV files (gzip or plain); several symbols: one model, each file scored")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--model", choices=("seed", "lstm", "ensemble"), default=None,
                        help="train this model on the first part (default: model.name from the config)")
@@ -39,6 +45,7 @@ def main(args: argparse.Namespace) -> int:
     from forecaster.artifact import ArtifactError
     from forecaster.baselines import BASELINE_NAMES, make_baseline
     from forecaster.estimator import print_progress
+    from forecaster.market import attach_configured, describe
     from forecaster.predictor import ModelPredictor, load_predictor
     from forecaster.scoring import forecast_range, positions_for, score
     from forecaster.training import train_model
@@ -52,48 +59,66 @@ def main(args: argparse.Namespace) -> int:
     if args.epochs:
         training = training.model_copy(update={"epochs": args.epochs})
     try:
-        frame = read_frame(args.bars)
+        frames = read_frames(args.bars)
     except BarsFileError as exc:
         print(f"volcast backtest: {exc}", file=sys.stderr)
         return 1
-    key = frame_key(args.bars)
-    n = len(frame)
-    split = int(n * args.train_frac)
-    train = [(key, frame[:split])]
-    test = (split, n)
+    if args.plot and len(frames) > 1:
+        print("volcast backtest: --plot draws one file: give one BARS file with it", file=sys.stderr)
+        return 2
+    # Computed on the whole files, before the split: a slice keeps its rows.
+    frames, coverage = attach_configured(frames, model.features)
+    for line in describe(coverage or {}):
+        print(line, file=sys.stderr)
+    splits = {key: int(len(frame) * args.train_frac) for key, frame in frames}
+    train = [(key, frame[: splits[key]]) for key, frame in frames]
+    tests = {key: (splits[key], len(frame)) for key, frame in frames}
+    names = ", ".join(str(p) for p in args.bars)
 
     def too_few(reason: object) -> int:
-        print(f"volcast backtest: {args.bars}: {n} bars are too few to backtest ({split} to train on, "
-              f"{n - split} to test; {reason}): give a longer bars file", file=sys.stderr)
+        counts = "; ".join(f"{key}: {len(f)} bars, {splits[key]} to train on, {len(f) - splits[key]} to test"
+                           for key, f in frames)
+        print(f"volcast backtest: {names}: too few bars to backtest ({counts}; {reason}): give longer bars files",
+              file=sys.stderr)
         return 1
 
-    if split < 2 or n - split < 1:
+    if any(split < 2 or len(f) - split < 1 for (_, f), split in zip(frames, splits.values(), strict=True)):
         return too_few("every baseline needs at least 2 bars to fit on")
+    interval = frames[0][1].interval_ms
     if args.horizons and not args.artifact:
         from forecaster.horizons import resolve
 
-        if not resolve(model, frame.interval_ms).multi:
+        if not resolve(model, interval).multi:
             return no_horizons(model.name)
-    scores: dict[str, dict[str, float]] = {}
+    per_file: dict[str, dict[str, dict[str, float]]] = {key: {} for key, _ in frames}
     predictor: ModelPredictor
     try:
         for name in BASELINE_NAMES:
-            baseline = make_baseline(name, frame.interval_ms)
+            baseline = make_baseline(name, interval)
             baseline.fit(train)
-            scores[name] = score(ModelPredictor(baseline, name, "baseline"), [(key, frame)], test)
+            for key, frame in frames:
+                per_file[key][name] = score(ModelPredictor(baseline, name, "baseline"), [(key, frame)], tests[key])
         if args.artifact:
             predictor = load_predictor(args.artifact, model)
         else:
             trained = train_model(train, model, training, progress=print_progress)
             predictor = ModelPredictor(trained.model, model.name, "backtest")
-        # Its band also as the live worker publishes it: calibrated online from the bars before.
-        scores[predictor.name] = score(predictor, [(key, frame)], test, calibrate=True)
+        for key, frame in frames:
+            # Its band also as the live worker publishes it: calibrated online from the bars before.
+            per_file[key][predictor.name] = score(predictor, [(key, frame)], tests[key], calibrate=True)
     except ArtifactError as exc:
         print(f"volcast backtest: {exc}", file=sys.stderr)
         return 1
     except ValueError as exc:
         return too_few(exc)
-    result: dict[str, Any] = {"bars": n, "test_bars": n - split, "models": scores}
+    n = sum(len(f) for _, f in frames)
+    tested = n - sum(splits.values())
+    scores = next(iter(per_file.values())) if len(frames) == 1 else _means(per_file)
+    result: dict[str, Any] = {"bars": n, "test_bars": tested, "models": scores}
+    if len(frames) > 1:
+        result["files"] = per_file
+    if coverage is not None:
+        result["market"] = {key: got.as_dict() for key, got in coverage.items()}
     if args.horizons:
         from forecaster.horizon_scoring import (
             baseline_forecasts,
@@ -106,18 +131,21 @@ def main(args: argparse.Namespace) -> int:
         spec = predictor.model.horizon_spec
         if not spec.multi:
             return no_horizons(predictor.name)
-        pos = scoring_positions(frame, test, spec, predictor.model.min_history)
+        # Pooled over the files.
+        targets = [scoring_positions(frame, tests[key], spec, predictor.model.min_history) for key, frame in frames]
         by_model: dict[str, Any] = {}
         try:
             for name, forecast in baseline_forecasts(spec, train).items():
-                by_model[name] = score_targets(forecast, [(key, frame)], [pos], spec)
-            by_model[predictor.name] = score_targets(model_forecast(predictor.model), [(key, frame)], [pos], spec,
+                by_model[name] = score_targets(forecast, frames, targets, spec)
+            by_model[predictor.name] = score_targets(model_forecast(predictor.model), frames, targets, spec,
                                                      predictor.model.quantile_levels)
         except ValueError as exc:
             return too_few(exc)
         result["horizons"] = {"bars": spec.bars, "sums": dict(spec.sums), "models": by_model,
                               "ratio_to_har": ratios(by_model[predictor.name], by_model["har"])}
     if args.plot:
+        key, frame = frames[0]
+        split = splits[key]
         day = max(1, 86_400_000 // frame.interval_ms)
         pos = positions_for(frame, (max(split, n - day), n), predictor.model.min_history)
         point, quants = forecast_range(predictor, key, frame, pos)
@@ -127,7 +155,8 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{n} bars, {n - split} tested one step ahead")
+        over = f" (scores: mean over {len(frames)} files)" if len(frames) > 1 else ""
+        print(f"{n} bars, {tested} tested one step ahead{over}")
         print(f"{'model':<10} {'rmse_log':>9} {'mae':>12} {'mape':>8} {'mase':>7} {'cov80':>6} {'cal80':>6}")
         for name, s in scores.items():
             cov = f"{s['coverage_80']:.3f}" if "coverage_80" in s else "-"
@@ -140,6 +169,17 @@ def main(args: argparse.Namespace) -> int:
         if "horizons" in result:
             print_horizons(result["horizons"], predictor.name)
     return 0
+
+
+def _means(per_file: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
+    """Each model's scores averaged over the files (``bars`` and ``out_of_bound`` summed)."""
+    out: dict[str, dict[str, float]] = {}
+    for name in next(iter(per_file.values())):
+        rows = [scores[name] for scores in per_file.values()]
+        out[name] = {metric: (sum(r[metric] for r in rows) if metric in ("bars", "out_of_bound")
+                              else sum(r[metric] for r in rows) / len(rows))
+                     for metric in rows[0] if all(metric in r for r in rows)}
+    return out
 
 
 def no_horizons(name: str) -> int:

@@ -22,6 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from forecaster.market import attach_configured, describe
     from forecaster.training import train_model
 
     model, training = model_settings(args)
@@ -34,6 +35,9 @@ def main(args: argparse.Namespace) -> int:
     except BarsFileError as exc:
         print(f"volcast train: {exc}", file=sys.stderr)
         return 1
+    frames, coverage = attach_configured(frames, model.features)
+    for line in describe(coverage or {}):
+        print(line, file=sys.stderr)
     bars = sum(len(f) for _, f in frames)
     print(f"training {model.name} on {len(frames)} symbol(s), {bars} bars", file=sys.stderr)
     try:
