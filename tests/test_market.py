@@ -147,7 +147,7 @@ def test_the_model_reads_the_batch_inputs_and_zeros_without_them() -> None:
     live = Batch.stack([frame[: 4000]], HAR_HISTORY)
     assert live.market is not None and live.market.start == 0
     point, _ = lstm.predict_log(live, [key], np.array([HAR_HISTORY]))
-    assert point[0, 0] == pytest.approx(with_market[0, 1], abs=1e-9)
+    assert point[0, 0] == pytest.approx(with_market[0, 1], rel=1e-6)  # float32 network, other batch shapes
 
 
 def write_csv(path: Path, frame: BarFrame) -> Path:
