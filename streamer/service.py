@@ -25,6 +25,8 @@ import contextlib
 import logging
 from collections.abc import Collection
 
+from redis.exceptions import ResponseError
+
 from streamer.feed import ExchangeLink, FeedRunner
 from streamer.health import FeedState
 from streamer.history import load_history
@@ -197,7 +199,7 @@ async def _release_leases(ownership: FeedOwnership) -> None:
     """After the last bars are written: another streamer may take the feeds at once."""
     try:
         await asyncio.wait_for(ownership.release_all(), _FLUSH_TIMEOUT_S)
-    except (TimeoutError, *REDIS_DOWN) as exc:
+    except (TimeoutError, ResponseError, *REDIS_DOWN) as exc:
         log.error("shutdown: leases not released, they lapse after streamer.lease_ttl (%s)", exc)
 
 

@@ -147,7 +147,12 @@ class FeedOwnership:
     async def _run_feed(self, feed: Feed) -> None:
         """As a restart does: history if the feed has none, the resume point, then stream."""
         link = self.feeds[feed]
-        await load_history(feed_settings(self.settings, feed), self.redis, self.keys, self._heartbeat_ttl_ms)
+        try:
+            await load_history(feed_settings(self.settings, feed), self.redis, self.keys, self._heartbeat_ttl_ms)
+        except (*REDIS_DOWN, ResponseError) as exc:
+            # History is best effort (docs/streamer.md): the feed streams without it rather than
+            # take the whole streamer down, as an error here would (its task is in the service's group).
+            log.warning("%s %s: history not loaded (%r); streaming live bars only", feed.exchange, feed.symbol, exc)
         problem: KeyProblem | None = None
         try:
             resume = await self.store.resume_point(feed)
