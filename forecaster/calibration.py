@@ -71,12 +71,17 @@ class BandCalibrator:
         self.low = low
         self.high = high
         self._rows: dict[Hashable, int] = {}
+        self.keys: list[Hashable] = []  # row -> key
         self.c_low: FloatArray = np.zeros((0, horizons))
         self.c_high: FloatArray = np.zeros((0, horizons))
         self.n: IntArray = np.zeros((0, horizons), dtype=np.int64)
         # The newest realised bar folded in per horizon (-1: none): a bar seen again (an event
         # handled again after a restart) is not learnt twice.
         self.to_ms: IntArray = np.zeros((0, horizons), dtype=np.int64)
+        # Live coverage per horizon (``count``): realised bars whose published band was known, and
+        # those inside it.
+        self.banded: IntArray = np.zeros((0, horizons), dtype=np.int64)
+        self.covered: IntArray = np.zeros((0, horizons), dtype=np.int64)
 
     # -- rows -------------------------------------------------------------------------------
 
@@ -106,11 +111,16 @@ class BandCalibrator:
             self.c_high = np.concatenate([self.c_high, np.zeros((grow, self.horizons))])
             self.n = np.concatenate([self.n, np.zeros((grow, self.horizons), dtype=np.int64)])
             self.to_ms = np.concatenate([self.to_ms, np.full((grow, self.horizons), -1, dtype=np.int64)])
+            self.banded = np.concatenate([self.banded, np.zeros((grow, self.horizons), dtype=np.int64)])
+            self.covered = np.concatenate([self.covered, np.zeros((grow, self.horizons), dtype=np.int64)])
         self._rows[key] = row
+        self.keys.append(key)
         self.c_low[row] = 0.0
         self.c_high[row] = 0.0
         self.n[row] = 0
         self.to_ms[row] = -1
+        self.banded[row] = 0
+        self.covered[row] = 0
         return row
 
     # -- the band -----------------------------------------------------------------------------
@@ -166,6 +176,11 @@ class BandCalibrator:
             self.to_ms[rows, h] = bars
         return len(rows)
 
+    def count(self, rows: IntArray, horizon: IntArray, inside: npt.NDArray[np.bool_]) -> None:
+        """Count realised bars of (row, horizon) pairs, ``inside`` their published band."""
+        np.add.at(self.banded, (rows, horizon), 1)
+        np.add.at(self.covered, (rows, horizon), inside.astype(np.int64))
+
     # -- state in Redis -------------------------------------------------------------------------
 
     def follows(self, key: Hashable, open_ms: int, interval_ms: int) -> bool:
@@ -196,8 +211,10 @@ class BandCalibrator:
         if self.horizons == 1:
             return [["c_low", repr(lo[0]), "c_high", repr(hi[0]), "n", str(n[0]), "to_ms", str(t[0])]
                     for lo, hi, n, t in zip(lows, highs, counts, bars, strict=True)]
+        banded, covered = self.banded[picked].tolist(), self.covered[picked].tolist()
         return [["c_low", ",".join(map(repr, lo)), "c_high", ",".join(map(repr, hi)), "n", ",".join(map(str, n)),
-                 "to_ms", ",".join(map(str, t))] for lo, hi, n, t in zip(lows, highs, counts, bars, strict=True)]
+                 "to_ms", ",".join(map(str, t)), "banded", ",".join(map(str, b)), "covered", ",".join(map(str, c))]
+                for lo, hi, n, t, b, c in zip(lows, highs, counts, bars, banded, covered, strict=True)]
 
     def settings_fields(self) -> list[str]:
         """The fields of a state that do not change (flat)."""
@@ -228,6 +245,16 @@ class BandCalibrator:
         self.c_high[row, :k] = np.clip(c_high[:k], -LIMIT, LIMIT)
         self.n[row, :k] = np.maximum(n[:k], 0)
         self.to_ms[row, :k] = to_ms[:k]
+        self.banded[row] = 0
+        self.covered[row] = 0
+        try:
+            banded = [int(v) for v in fields["banded"].split(",")]
+            covered = [int(v) for v in fields["covered"].split(",")]
+        except (KeyError, ValueError):
+            return True  # a state without per-horizon counts (one horizon): nothing to restore
+        if len(banded) == len(covered) == len(n):
+            self.banded[row, :k] = banded[:k]
+            self.covered[row, :k] = covered[:k]
         return True
 
 

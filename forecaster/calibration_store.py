@@ -18,13 +18,16 @@ or another worker of the group, goes on from it:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import redis.asyncio as aioredis
 
 from forecaster.calibration import HIGH, LOW, BandCalibrator
+from forecaster.calibration_horizons import HorizonBands, has_band
 from forecaster.guard import passing
+from forecaster.horizons import Horizons
+from forecaster.payload import HorizonValues
 from forecaster.predictor import Forecast
 from volcast.keys import Feed, RedisKeys
 
@@ -43,11 +46,15 @@ def _text(raw: Any) -> dict[str, str]:
 class Calibration:
     """Band calibration for one worker: the calibrator, where its state lives, and counters."""
 
-    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, interval_ms: int, horizons: int = 1) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: RedisKeys, interval_ms: int, spec: Horizons | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.interval_ms = interval_ms
-        self.calibrator = BandCalibrator(horizons)
+        self.spec = spec if spec is not None and spec.multi else None
+        self.calibrator = BandCalibrator(len(self.spec.targets) if self.spec is not None else 1)
+        # Every target of a multi-horizon forecast (forecaster/calibration_horizons.py).
+        self.horizons = HorizonBands(self.calibrator, self.spec, interval_ms) if self.spec is not None else None
+        self._closed: list[tuple[Feed, int, float]] = []
         self.calibrated = 0  # bands published calibrated since the start
         self.refused = 0  # calibrated bands the guard refused (the raw band was published)
         self._pending: list[tuple[Feed, int, float, float, float]] = []
@@ -108,6 +115,22 @@ class Calibration:
         self.calibrated += int(calibrated.sum())
         return out
 
+    def horizon_bands(self, feeds: Sequence[Feed], forecasts: Sequence[Forecast], issued_ms: int
+                      ) -> list[HorizonValues | None]:
+        """Each forecast's horizons with calibrated bands, None where its own are published (no
+        horizons, a target still warming up); remembered until each target is realised."""
+        out: list[HorizonValues | None] = [None] * len(forecasts)
+        horizons, spec = self.horizons, self.spec
+        if horizons is None or spec is None:
+            return out
+        idx = [i for i, fc in enumerate(forecasts) if has_band(fc, spec)]
+        if not idx:
+            return out
+        rows = self.calibrator.rows([feeds[i] for i in idx])
+        for i, values in zip(idx, horizons.publish(rows, [forecasts[i] for i in idx], issued_ms), strict=True):
+            out[i] = values
+        return out
+
     # -- in the bookkeeping ---------------------------------------------------------------------
 
     def stale(self, feed: Feed, closed_ms: int) -> bool:
@@ -119,6 +142,12 @@ class Calibration:
         fields = _text(raw) if isinstance(raw, Mapping) else {}
         if not self.calibrator.load(feed, fields):
             self.calibrator.rows([feed])
+
+    def closed(self, feed: Feed, closed_ms: int, actual: float) -> None:
+        """A bar that closed, whatever was predicted for it: the horizons' targets that end with
+        it are learnt in ``writes``."""
+        if self.horizons is not None:
+            self._closed.append((feed, closed_ms, actual))
 
     def realised(self, feed: Feed, closed_ms: int, raw: Mapping[float, float] | None, actual: float) -> None:
         """Queue bar ``closed_ms`` of ``feed`` with the raw band it was predicted with (None:
@@ -132,17 +161,26 @@ class Calibration:
     def writes(self) -> list[list[str]]:
         """Fold in what ``realised`` queued; the new states as the recorder's hash writes."""
         pending, self._pending = self._pending, []
-        if not pending:
-            return []
         calibrator = self.calibrator
         feeds = [p[0] for p in pending]
-        rows = calibrator.rows(feeds)
-        values = np.array([(p[2], p[3], p[4]) for p in pending])
-        with np.errstate(invalid="ignore"):
-            logs = np.log1p(np.maximum(values, 0.0))
-        opens = np.array([p[1] for p in pending], dtype=np.int64)
-        calibrator.update(rows, 0, logs[:, 0], logs[:, 1], logs[:, 2], opens)
-        latest = dict(zip(feeds, rows.tolist(), strict=True))  # a feed twice (a backlog): written once
+        latest: dict[Feed, int] = {}
+        if pending:
+            rows = calibrator.rows(feeds)
+            values = np.array([(p[2], p[3], p[4]) for p in pending])
+            with np.errstate(invalid="ignore"):
+                logs = np.log1p(np.maximum(values, 0.0))
+            opens = np.array([p[1] for p in pending], dtype=np.int64)
+            calibrator.update(rows, 0, logs[:, 0], logs[:, 1], logs[:, 2], opens)
+            latest = dict(zip(feeds, rows.tolist(), strict=True))  # a feed twice (a backlog): written once
+        closed, self._closed = self._closed, []
+        if self.horizons is not None and closed:
+            closed_rows = calibrator.rows([c[0] for c in closed]).tolist()
+            for row, (_, open_ms, actual) in zip(closed_rows, closed, strict=True):
+                self.horizons.bar(row, open_ms, actual)
+            for row in self.horizons.learn():
+                latest.setdefault(cast(Feed, calibrator.keys[row]), row)
+        if not latest:
+            return []
         keys, settings, written = self.keys, calibrator.settings_fields(), self._written
         out: list[list[str]] = []
         for feed, fields in zip(latest, calibrator.flat_fields(list(latest.values())), strict=True):
@@ -154,4 +192,7 @@ class Calibration:
 
     def status(self) -> dict[str, str]:
         """Fields of the forecaster status hash."""
-        return {"calibrated_bands": str(self.calibrated), "calibration_refused": str(self.refused)}
+        out = {"calibrated_bands": str(self.calibrated), "calibration_refused": str(self.refused)}
+        if self.horizons is not None:
+            out["calibrated_horizons"] = str(self.horizons.calibrated)
+        return out

@@ -103,6 +103,8 @@ class Prediction:
     # ``raw_quantiles`` then holds the model's own, for traceability.
     calibrated: bool = False
     raw_quantiles: Mapping[float, float] | None = None
+    # The bands in ``horizons`` are calibrated (every target past its warm-up).
+    horizons_calibrated: bool = False
 
     def to_json(self) -> bytes:
         """The MQTT payload; NonFiniteError if any number in it is not finite."""
@@ -128,6 +130,7 @@ class Prediction:
                                  "replaced": {"name": self.guard.model_name, "version": self.guard.model_version}}
         if self.horizons is not None:
             document["horizons"] = self.horizons.document()
+            document["horizons_calibrated"] = self.horizons_calibrated
         out = orjson.dumps(document)
         # orjson writes NaN and +-inf as null, and no field here is ever null: one substring search
         # (about 0.1 us) instead of a test of every number.
@@ -187,6 +190,7 @@ class Prediction:
                                                          str(guard["replaced"]["version"])),
                 horizons=None if horizons is None else HorizonValues.from_document(horizons),
                 calibrated=bool(raw.get("calibrated", False)),
+                horizons_calibrated=bool(raw.get("horizons_calibrated", False)),
                 raw_quantiles=None if raw.get("raw_quantiles") is None
                 else {float(q): float(v) for q, v in raw["raw_quantiles"].items()},
             )

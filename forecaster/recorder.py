@@ -151,6 +151,8 @@ class Recorder:
                 if made_by != "baseline":
                     key = (made_by, p.open_time_ms, p.guard is not None)
                     served[key] = served.get(key, 0) + 1
+            if self.calibration is not None:
+                self.calibration.closed(p.feed, p.last_bar_ms, actual)
             before = earlier.get(p.feed)
             if before is not None:
                 band = before[3]

@@ -55,6 +55,7 @@ from forecaster.features import Batch
 from forecaster.feeds import feed_key
 from forecaster.guard import GuardCounts, clean_volume
 from forecaster.guard_fallback import baseline_forecasts
+from forecaster.horizons import resolve as resolve_horizons
 from forecaster.market import BoundaryMarket, at_boundary, features_read_by
 from forecaster.metrics import serve_metrics
 from forecaster.model_store import ModelStore, current_version
@@ -162,7 +163,8 @@ class Worker:
         # Calibrated bands: the state is read at a boundary, used at the hand-over, learnt in the bookkeeping.
         self.calibration: Calibration | None = None
         if settings.forecaster.calibrate_bands:
-            self.calibration = self.recorder.calibration = Calibration(redis, self.keys, self.interval_ms)
+            self.calibration = self.recorder.calibration = Calibration(
+                redis, self.keys, self.interval_ms, resolve_horizons(settings.model, self.interval_ms))
         if settings.forecaster.demotion_window:  # self-demotion, fed and applied by the bookkeeping
             self.recorder.demoter = Demoter(redis, self.keys, self.store, DemotionWatch(
                 settings.forecaster.demotion_window, settings.forecaster.demotion_ratio))
@@ -746,8 +748,11 @@ class Worker:
         guards: dict[int, Guarded] = {}
         if any(forecast.guard is not None for forecast, _ in results):
             results, guards = self._replace_guarded(open_ms, feeds, results, histories, created)
-        bands = (self.calibration.bands(feeds, [forecast for forecast, _ in results]) if self.calibration is not None
-                 else [(forecast.quantiles, None, False) for forecast, _ in results])
+        forecasts = [forecast for forecast, _ in results]
+        bands = (self.calibration.bands(feeds, forecasts) if self.calibration is not None
+                 else [(forecast.quantiles, None, False) for forecast in forecasts])
+        curves = (self.calibration.horizon_bands(feeds, forecasts, open_ms) if self.calibration is not None
+                  else [None] * len(forecasts))
         predictions = [
             Prediction(
                 feed=feed,
@@ -760,12 +765,13 @@ class Worker:
                 model_version=serving.predictor.version if serving.version else "baseline",
                 baseline=serving.baseline,
                 created_ms=created,
-                horizons=forecast.horizons,
+                horizons=forecast.horizons if curve is None else curve,
                 calibrated=calibrated,
                 raw_quantiles=raw,
+                horizons_calibrated=curve is not None,
             )
-            for feed, last_volume, (forecast, serving), (published, raw, calibrated)
-            in zip(feeds, last_volumes, results, bands, strict=True)
+            for feed, last_volume, (forecast, serving), (published, raw, calibrated), curve
+            in zip(feeds, last_volumes, results, bands, curves, strict=True)
         ]
         for i, guard in guards.items():
             predictions[i] = dataclasses.replace(predictions[i], guard=guard)

@@ -207,3 +207,57 @@ def test_every_target_of_a_multi_horizon_backtest_converges_learning_only_what_i
     assert lo[0].tolist() == low[0].tolist()
     single = replay_targets(low[:, :1], high[:, :1], mid[:, :1], actual[:, :1], np.array([1]))
     assert np.array_equal(single[0][:, 0], lo[:, 0])  # the next bar's band as if alone
+
+
+def test_the_live_horizon_bands_learn_as_the_backtest_does() -> None:
+    """A feed forecast at every boundary for 3 coming bars and the 5-bar sum: what the worker's
+    Calibration publishes (once every target is past its warm-up) equals ``replay_targets`` on
+    the same forecasts, each target learnt only when its window has closed."""
+    from forecaster.horizons import Horizons
+    from forecaster.payload import HorizonValues
+
+    spec = Horizons(3, (("5m", 5),))
+    rng = np.random.default_rng(2)
+    steps, minute = 400, 60_000
+    volume = np.exp(3.0 + rng.standard_t(3, steps + 10) * 0.6)
+    # Raw bands (volume) too narrow around a level of e^3 per bar, 5 e^3 for the sum.
+    per_bar = np.array([math.exp(3.0 - 0.3), math.exp(3.0), math.exp(3.0 + 0.3)])
+    window = per_bar * 5
+    calibration = Calibration(None, RedisKeys("x"), minute, spec)  # type: ignore[arg-type]
+    calibration.calibrator.warm_up = 20
+    published: list[np.ndarray] = []
+    made: list[bool] = []
+    for k in range(steps):
+        bars = [per_bar.tolist()] * 3
+        values = HorizonValues([float(per_bar[1])] * 3, {q: [bars[i][n] for i in range(3)] for n, q in
+                                                        enumerate((0.1, 0.5, 0.9))},
+                               {"5m": (float(window[1]), {0.1: float(window[0]), 0.5: float(window[1]),
+                                                           0.9: float(window[2])})})
+        forecast = Forecast(float(per_bar[1]), {0.1: per_bar[0], 0.5: per_bar[1], 0.9: per_bar[2]}, None, values, 1e12)
+        curve = calibration.horizon_bands([FEED], [forecast], k * minute)[0]
+        made.append(curve is not None)
+        hv = curve or values
+        published.append(np.array([[*hv.quantiles[0.1], hv.sums["5m"][1][0.1]],
+                                   [*hv.quantiles[0.9], hv.sums["5m"][1][0.9]]]))
+        # Bar k + 1 closes: the next bar's record and every target that ends with it.
+        closed = (k + 1) * minute
+        calibration.closed(FEED, closed, float(volume[k + 1]))
+        calibration.realised(FEED, closed, forecast.quantiles, float(volume[k + 1]))
+        calibration.writes()
+    low = np.log1p(np.array([[*per_bar[[0]].tolist() * 3, window[0]]] * steps))
+    high = np.log1p(np.array([[*per_bar[[2]].tolist() * 3, window[2]]] * steps))
+    mid = np.log1p(np.array([[*per_bar[[1]].tolist() * 3, window[1]]] * steps))
+    sums = np.convolve(volume, np.ones(5))[4:]  # sums[i] = volume[i..i+4]
+    actual = np.log1p(np.stack([volume[1:steps + 1], volume[2:steps + 2], volume[3:steps + 3],
+                                sums[1:steps + 1]], axis=1))
+    lo, hi, calibrated = replay_targets(low, high, mid, actual, np.array([1, 2, 3, 5]))
+    first = made.index(True)
+    assert 20 <= first <= 30 and all(made[first:])  # the 5-bar sum warms up last
+    after = WARM_UP + 5  # past the backtest's own warm-up (60) too
+    assert calibrated[after:].all()
+    ours = np.log1p(np.array(published[after:]))
+    assert np.abs(ours[:, 0] - lo[after:]).max() < 1e-4, np.abs(ours[:, 0] - lo[after:]).max()
+    assert np.abs(ours[:, 1] - hi[after:]).max() < 1e-4, np.abs(ours[:, 1] - hi[after:]).max()
+    row = int(calibration.calibrator.rows([FEED])[0])
+    # Forecasts 0..399, bars closed up to 400: a target realised d bars on is counted 401 - d times.
+    assert calibration.calibrator.banded[row].tolist() == [0, steps - 1, steps - 2, steps - 4]

@@ -48,6 +48,11 @@ async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
     await clear_retained(s)
 
 
+def first_of(value: bytes) -> int:
+    """The next bar's value of a per-horizon state field."""
+    return int(value.split(b",")[0])
+
+
 async def test_worker_publishes_calibrated_bands_and_counts_coverage(settings: Settings) -> None:
     keys = RedisKeys(settings.redis.key_prefix)
     warm, fresh = feeds_of(settings)
@@ -102,7 +107,7 @@ async def test_worker_publishes_calibrated_bands_and_counts_coverage(settings: S
             bar_ms = series[warm][HISTORY + step - 1].open_time_ms
             for _ in range(50):
                 state = await redis.hgetall(keys.calibration(warm))
-                if int(state.get(b"to_ms", b"0")) == bar_ms:
+                if first_of(state.get(b"to_ms", b"0")) == bar_ms:
                     break
                 await asyncio.sleep(0.1)
             realised = await redis.xrange(keys.realised(warm), min=f"{first.open_time_ms}-0",
@@ -114,13 +119,21 @@ async def test_worker_publishes_calibrated_bands_and_counts_coverage(settings: S
             assert fields[b"covered"] == (b"1" if inside else b"0")
             # Three realised bars with a band taught the calibrator (the first lstm forecast's
             # and the two after it); the state moved by one STEP share per bar at most.
-            assert int(state[b"n"]) == WARM_UP + 3
-            assert abs(float(state[b"c_low"]) - C_LOW) <= 3 * 0.02
+            assert first_of(state[b"n"]) == WARM_UP + 3
+            assert abs(float(state[b"c_low"].split(b",")[0]) - C_LOW) <= 3 * 0.02
             scores = await redis.hgetall(keys.scores(warm))
             assert int(scores[b"banded"]) == 3 and 0 <= int(scores[b"covered"]) <= 3
             fresh_state = await redis.hgetall(keys.calibration(fresh))
-            assert int(fresh_state[b"n"]) == 3
-            kept = float(state[b"c_low"]), float(state[b"c_high"])
+            assert first_of(fresh_state[b"n"]) == 3
+            kept = float(state[b"c_low"].split(b",")[0]), float(state[b"c_high"].split(b",")[0])
+            # The model forecasts every bar of the next hour and three windows (issue 15): each
+            # target is a horizon of the state, learnt once its window closed, its published
+            # band counted. Their bands are raw while any target is warming up.
+            targets = len(state[b"n"].split(b","))
+            assert targets == len(first.horizons.volume) + len(first.horizons.sums) > 1  # type: ignore[union-attr]
+            assert not first.horizons_calibrated
+            banded = [int(v) for v in state[b"banded"].split(b",")]
+            assert banded[:4] == [0, 2, 1, 0]  # 4 bars closed since the first lstm forecast
 
         # A restart: the new worker reads the states back and goes on from them.
         async with worker(settings), listening(settings) as listener:
@@ -139,6 +152,8 @@ async def test_worker_publishes_calibrated_bands_and_counts_coverage(settings: S
             assert by_symbol[fresh.symbol]["calibration"]["calibrated"] is False
             assert by_symbol[warm.symbol]["scores"]["banded"] >= 3
             assert report["coverage"]["banded"] >= 6 and report["coverage"]["feeds"] == 2
+            by_horizon = report["coverage"]["by_horizon"]
+            assert by_horizon["labels"][:2] == ["+1", "+2"] and by_horizon["banded"][1] >= 2 * 2
             table = render_table(report)
             assert "80% band coverage, all feeds:" in table and "calibrated" in table
             assert f"raw {by_symbol[fresh.symbol]['calibration']['n']}/{WARM_UP}" in table

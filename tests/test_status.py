@@ -82,8 +82,13 @@ def _bar(open_time_ms: int, volume: str, trades: int, status_: BarStatus = BarSt
 SCORES = {"n": "1440", "rmse_log": "0.4125", "mae": "12.5", "naive_mae": "14.25", "mase": "0.875",
           "from_ms": str(T0 - 1440 * MINUTE), "to_ms": str(T0), "guarded": "2", "last_guard_reason": "overflow",
           "last_guard_ms": str(T0 - MINUTE), "banded": "1000", "covered": "801", "coverage_80": "0.801"}
-CALIBRATION = {"horizons": "1", "c_low": "0.125", "c_high": "-0.25", "n": "75", "to_ms": str(T0),
-               "step": "0.02", "warm_up": "60"}
+# The default model: 60 coming bars and the 5m, 15m and 1h windows, 63 horizons; the next bar
+# (index 0) counts its coverage in the scores hash, the others here.
+TARGETS = 63
+CALIBRATION = {"horizons": str(TARGETS), "c_low": "0.125" + ",0.0" * (TARGETS - 1),
+               "c_high": "-0.25" + ",0.0" * (TARGETS - 1), "n": "75" + ",70" * (TARGETS - 1),
+               "to_ms": str(T0) + f",{T0}" * (TARGETS - 1), "step": "0.02", "warm_up": "60",
+               "banded": "0" + ",100" * (TARGETS - 1), "covered": "0" + ",80" * (TARGETS - 2) + ",75"}
 FORECASTER = {
     "consumer": "host-1", "model_name": "lstm", "model_version": "7", "baseline": "0", "fallback_fits": "1",
     "mqtt_connected": "1", "unpublished": "0", "record_errors": "0", "prepared_forecasts": "12",
@@ -161,10 +166,16 @@ def test_json_shows_every_field_from_the_contract_keys(prefix: str, tmp_path: Pa
     assert isinstance(btc["scores"]["n"], int) and btc["scores"]["from_ms"] == T0 - 1440 * MINUTE
     # Live coverage of the published band, per feed and over all feeds; the calibrator's state.
     assert (btc["scores"]["coverage_80"], btc["scores"]["banded"], btc["scores"]["covered"]) == (0.801, 1000, 801)
-    assert btc["calibration"] == {"calibrated": True, "n": 75, "warm_up": 60, "c_low": 0.125, "c_high": -0.25,
-                                  "to_ms": T0}
+    calibration = btc["calibration"]
+    assert {k: calibration[k] for k in ("calibrated", "n", "warm_up", "c_low", "c_high", "to_ms")} == {
+        "calibrated": True, "n": 75, "warm_up": 60, "c_low": 0.125, "c_high": -0.25, "to_ms": T0}
+    assert calibration["banded"] == [0] + [100] * (TARGETS - 1) and calibration["covered"][-1] == 75
     assert eth["calibration"] is None and eth["scores"] is None
+    by_horizon = report["coverage"].pop("by_horizon")
     assert report["coverage"] == {"coverage_80": 0.801, "banded": 1000, "covered": 801, "feeds": 1, "nominal": 0.8}
+    assert by_horizon["labels"][:2] == ["+1", "+2"] and by_horizon["labels"][59:] == ["+60", "5m", "15m", "1h"]
+    assert by_horizon["coverage_80"] == [None] + [0.8] * (TARGETS - 2) + [0.75]
+    assert by_horizon["banded"] == [0] + [100] * (TARGETS - 1)
     assert report["model"] == {"name": "lstm", "version": "7", "promoted_ms": now - 3_600_000,
                                "scores": {"rmse_log": 0.4}}
     assert report["refit"] == {"last_run_ms": now - 3_600_000, "result": "promoted",
@@ -214,6 +225,8 @@ def test_table_lines_up_the_same_facts(prefix: str, tmp_path: Path, capsys: pyte
     assert "0.750" in forecast_line and "0.412" in forecast_line and "0.875" in forecast_line
     assert forecast_line.rstrip().endswith("0.801 of 1000  calibrated"), forecast_line
     assert "80% band coverage, all feeds: 0.801 of 1000 bars of 1 feed(s) (nominal 0.80)" in lines
+    assert ("80% band coverage by horizon, all feeds: +2 0.800, +5 0.800, +15 0.800, +30 0.800, +60 0.800, "
+            "5m 0.800, 15m 0.800, 1h 0.750 (min 0.750, max 0.800 over 62 horizons)") in lines
     lease_header = next(i for i, line in enumerate(lines) if line.startswith("LEASE"))
     assert lines[lease_header + 1].split()[:4] == ["binance", "BTC/USDT", "host-1:42:ab12", "3"]
     assert lines[lease_header + 2].split()[2:4] == ["-", "(nobody)"]

@@ -217,11 +217,47 @@ def _calibration(raw: dict[str, str] | None) -> dict[str, Any] | None:
         "c_low": _float(first("c_low")),
         "c_high": _float(first("c_high")),
         "to_ms": _int(first("to_ms")),
+        # Per horizon (target) of a multi-horizon model: realised bars with a known published
+        # band, and those inside it (forecaster/calibration_horizons.py); [] for the next bar only.
+        "banded": _ints(raw.get("banded")),
+        "covered": _ints(raw.get("covered")),
     }
 
 
-def coverage_summary(feeds: Sequence[Report]) -> dict[str, Any]:
-    """Live coverage of the published 80% band over every feed's scored window."""
+def _ints(value: str | None) -> list[int]:
+    try:
+        return [int(v) for v in value.split(",")] if value else []
+    except ValueError:
+        return []
+
+
+def horizon_labels(settings: Settings) -> list[str]:
+    """What each horizon index of a calibrator state is: ``+1`` the next bar, ``+h`` the bar h
+    intervals on, then the cumulative windows (``5m``, ...), as the configured model has them."""
+    from forecaster.horizons import resolve
+
+    try:
+        spec = resolve(settings.model, settings.bars.interval)
+    except ValueError:
+        return []
+    return [f"+{h + 1}" for h in range(spec.bars)] + [label for label, _ in spec.sums]
+
+
+def coverage_summary(feeds: Sequence[Report], labels: Sequence[str] = ()) -> dict[str, Any]:
+    """Live coverage of the published 80% band over every feed's scored window, and per horizon
+    (``labels``) over every feed's calibrator since its state began."""
+    width = max((len(f["calibration"]["banded"]) for f in feeds if f.get("calibration")), default=0)
+    by_banded, by_covered = [0] * width, [0] * width
+    for feed in feeds:
+        state = feed.get("calibration")
+        if state and len(state["banded"]) == width and len(state["covered"]) == width:
+            by_banded = [a + b for a, b in zip(by_banded, state["banded"], strict=True)]
+            by_covered = [a + b for a, b in zip(by_covered, state["covered"], strict=True)]
+    by_horizon = {
+        "labels": list(labels) if len(labels) == width else [str(j) for j in range(width)],
+        "coverage_80": [c / b if b else None for c, b in zip(by_covered, by_banded, strict=True)],
+        "banded": by_banded,
+    }
     banded = covered = counted = 0
     for feed in feeds:
         scores = feed.get("scores") or {}
@@ -230,7 +266,7 @@ def coverage_summary(feeds: Sequence[Report]) -> dict[str, Any]:
             covered += scores["covered"]
             counted += 1
     return {"coverage_80": covered / banded if banded else None, "banded": banded, "covered": covered,
-            "feeds": counted, "nominal": 0.8}
+            "feeds": counted, "nominal": 0.8, "by_horizon": by_horizon}
 
 
 def _number_or_text(value: str, number: int | float | None) -> Any:
@@ -379,7 +415,7 @@ async def collect_status(
         "interval": feeds[0].interval if feeds else None,
         "interval_ms": interval_ms,
         "feeds": feed_reports,
-        "coverage": coverage_summary(feed_reports),
+        "coverage": coverage_summary(feed_reports, horizon_labels(settings)),
         "model": model_report,
         "forecaster": forecaster_report,
         "refit": _refit(_text(refit)),
@@ -527,6 +563,9 @@ def _ago(now: int, ms: int | None) -> str:
     return DASH if ms is None else f"{format_age(now - ms)} ago"
 
 
+HORIZONS_SHOWN = frozenset({"+1", "+2", "+5", "+15", "+30", "+60"})
+
+
 def _coverage(scores: Report | None) -> str:
     """``0.803 of 1440``: the share of the window's bars inside their published band."""
     if not scores or not isinstance(scores.get("coverage_80"), float) or not scores.get("banded"):
@@ -645,6 +684,15 @@ def render_table(report: Report) -> str:
     if total["banded"]:
         lines.append(f"80% band coverage, all feeds: {total['coverage_80']:.3f} of {total['banded']} bars of "
                      f"{total['feeds']} feed(s) (nominal 0.80)")
+    by_horizon = total["by_horizon"]
+    known = [(label, c) for label, c in zip(by_horizon["labels"], by_horizon["coverage_80"], strict=True)
+             if c is not None]
+    if known:
+        shown = [(label, c) for label, c in known if label in HORIZONS_SHOWN or not label.startswith("+")]
+        values = [c for _, c in known]
+        lines.append("80% band coverage by horizon, all feeds: "
+                     + ", ".join(f"{label} {c:.3f}" for label, c in shown)
+                     + f" (min {min(values):.3f}, max {max(values):.3f} over {len(values)} horizons)")
     reasons = [(name, f["baseline_reason"]) for name, f in zip(names, feeds, strict=True) if f.get("baseline_reason")]
     for name, reason in reasons:
         lines.append(f"{name}: baseline because {reason}")
