@@ -163,8 +163,9 @@ class Worker:
         # Calibrated bands: the state is read at a boundary, used at the hand-over, learnt in the bookkeeping.
         self.calibration: Calibration | None = None
         if settings.forecaster.calibrate_bands:
-            self.calibration = self.recorder.calibration = Calibration(
-                redis, self.keys, self.interval_ms, resolve_horizons(settings.model, self.interval_ms))
+            every = settings.forecaster.calibrate_horizons
+            spec = resolve_horizons(settings.model, self.interval_ms) if every else None
+            self.calibration = self.recorder.calibration = Calibration(redis, self.keys, self.interval_ms, spec)
         if settings.forecaster.demotion_window:  # self-demotion, fed and applied by the bookkeeping
             self.recorder.demoter = Demoter(redis, self.keys, self.store, DemotionWatch(
                 settings.forecaster.demotion_window, settings.forecaster.demotion_ratio))

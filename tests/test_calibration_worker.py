@@ -42,7 +42,7 @@ C_LOW, C_HIGH = 0.5, 0.75
 
 @pytest.fixture
 async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
-    s = settings_for(tmp_path / "models", symbols=("NEAR/USDT", "ALGO/USDT"))
+    s = settings_for(tmp_path / "models", symbols=("NEAR/USDT", "ALGO/USDT"), forecaster={"calibrate_horizons": True})
     yield s
     await delete_prefix(s)
     await clear_retained(s)

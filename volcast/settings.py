@@ -386,6 +386,10 @@ class ForecasterSettings(_Frozen):
     # Publish the 80% band calibrated online per feed from its realised bars
     # (forecaster/calibration.py); false: the model's own band, as trained.
     calibrate_bands: StrictBool = True
+    # Also calibrate the bands of every horizon of a multi-horizon model (each coming bar and
+    # window, forecaster/calibration_horizons.py). Off by default: at 1000 feeds x 63 targets its
+    # hand-over and bookkeeping cost tens of ms per boundary in this version.
+    calibrate_horizons: StrictBool = False
 
 
 Port = Annotated[int, Field(ge=0, le=65_535)]
