@@ -185,3 +185,13 @@ def test_backtest_of_several_files_uses_them_and_says_so(tmp_path: Path) -> None
     one, stderr = backtest(paths[0])
     assert "files" not in one and one["market"]["binance-usdm_NEARUSDT"]["with_others"] == 0
     assert "no other file at the same times: they are 0 and dropped" in stderr
+    # volcast train over the same files: the artifact reads the inputs (not dropped as constant).
+    out = tmp_path / "model"
+    trained = subprocess.run([sys.executable, "-m", "volcast.cli", "train", "--bars", *map(str, paths), "--out",
+                              str(out), "--config", str(config)], cwd=tmp_path, capture_output=True, text=True,
+                             timeout=280, check=False)
+    assert trained.returncode == 0, trained.stderr
+    assert "market inputs for binance-usdm_ALGOUSDT: from 1.0 other file(s)" in trained.stderr
+    meta = json.loads((out / "meta.json").read_text())
+    names = input_names(("market_volume", "exchange_volume", "market_share"))
+    assert set(names) <= set(meta["static"]) and not set(names) & set(meta["normalisation"]["dropped_static"])
