@@ -124,7 +124,6 @@ def _cluster_client(settings: RedisSettings, url: str, options: dict[str, Any]) 
     does not send (docs/operations.md, "Redis Cluster"), and ``is_cluster`` tells the few places
     that read differently on a cluster.
     """
-    options.pop("health_check_interval", None)  # the cluster client checks its nodes itself
     if settings.cluster_nodes:
         extra = []
         for node in settings.cluster_nodes:
