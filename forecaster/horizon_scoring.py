@@ -8,7 +8,11 @@ are left out, so every target of every model is scored on the same forecast posi
 
 Per target: ``rmse_log`` (RMSE of log1p volume, the window's volume for a sum), ``mase`` (MAE
 over the naive forecast's MAE on the same windows: the last bar's volume per bar of the window)
-and ``coverage_80`` (share of windows inside the 0.1-0.9 quantiles) where the model has them.
+and ``coverage_80`` (share of windows inside the 0.1-0.9 quantiles) where the model has them,
+with ``coverage_80_calibrated``: inside the band as the worker publishes it, calibrated online
+per target (forecaster/calibration.py ``replay_targets``: run through each frame's positions in
+time order, a target learnt only once its window has closed, from a fresh state at the test
+range's start).
 For each sum whose window lies within the per-bar horizons, ``sum_of_bars_rmse_log`` also scores
 the sum of the per-bar forecasts' volumes, the alternative to a dedicated head.
 """
@@ -21,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from forecaster.baselines import Har, LogForecaster, TimeOfDay, naive_targets
+from forecaster.calibration import replay_targets
 from forecaster.features import Batch
 from forecaster.frame import BarFrame, FloatArray, IntArray
 from forecaster.horizons import Horizons, window_sums
@@ -64,23 +69,33 @@ def scoring_positions(frame: BarFrame, test_range: tuple[int, int], spec: Horizo
 
 
 def score_targets(forecast: TargetForecast, frames: Sequence[tuple[str, BarFrame]],
-                  positions: Sequence[IntArray], spec: Horizons, levels: Sequence[float] = ()) -> dict[str, Any]:
+                  positions: Sequence[IntArray], spec: Horizons, levels: Sequence[float] = (),
+                  *, calibrate: bool = True) -> dict[str, Any]:
     """Per-horizon and per-window scores of ``forecast`` over ``positions`` of each frame, pooled."""
     targets = spec.targets
     bars = np.array([k for _, k in targets], dtype=np.float64)
-    points, actuals, naives, lows, highs = [], [], [], [], []
+    points, actuals, naives, lows, highs, published = [], [], [], [], [], []
+    delays = np.array([o + k for o, k in targets], dtype=np.int64)
+    banded = 0.1 in levels and 0.5 in levels and 0.9 in levels
     for (key, frame), pos in zip(frames, positions, strict=True):
         if len(pos) == 0:
             continue
         batch = Batch.stack([frame])
+        mids = []
         for lo in range(0, len(pos), _CHUNK):
             p = pos[lo : lo + _CHUNK]
             point, quants = forecast(batch, [key], p)
             points.append(point[0])
-            if quants is not None and 0.1 in levels and 0.9 in levels:
+            if quants is not None and banded:
                 lows.append(quants[0, :, :, list(levels).index(0.1)])
                 highs.append(quants[0, :, :, list(levels).index(0.9)])
+                mids.append(quants[0, :, :, list(levels).index(0.5)])
         actuals.append(window_sums(np.maximum(frame.volume, 0.0), pos, targets))
+        if mids and calibrate:
+            n = len(mids)
+            cal_lo, cal_hi, _ = replay_targets(np.concatenate(lows[-n:]), np.concatenate(highs[-n:]),
+                                               np.concatenate(mids), np.log1p(actuals[-1]), delays)
+            published.append((cal_lo, cal_hi))
         naives.append(np.maximum(frame.volume[pos - 1], 0.0)[:, None] * bars[None, :])
     if not actuals:
         raise ValueError("no forecast position in the test range has every horizon inside the bars")
@@ -96,11 +111,18 @@ def score_targets(forecast: TargetForecast, frames: Sequence[tuple[str, BarFrame
         lo_v = np.expm1(np.concatenate(lows))
         hi_v = np.expm1(np.concatenate(highs))
         coverage = np.mean((actual >= lo_v) & (actual <= hi_v), axis=0)
+    calibrated = None
+    if published and len(published) == len(actuals):
+        cal_lo = np.expm1(np.concatenate([p[0] for p in published]))
+        cal_hi = np.expm1(np.concatenate([p[1] for p in published]))
+        calibrated = np.mean((actual >= cal_lo) & (actual <= cal_hi), axis=0)
 
     def cell(j: int) -> dict[str, float]:
         out = {"rmse_log": float(rmse[j]), "mase": float(mase[j])}
         if coverage is not None:
             out["coverage_80"] = float(coverage[j])
+        if calibrated is not None:
+            out["coverage_80_calibrated"] = float(calibrated[j])
         return out
 
     result: dict[str, Any] = {

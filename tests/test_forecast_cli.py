@@ -66,6 +66,10 @@ def test_train_then_backtest_the_artifact(tmp_path: Path, config: Path) -> None:
         assert scores["forecasts"] == horizons["models"]["har"]["forecasts"] > 1000
     assert all(h["mase"] == pytest.approx(1.0) for h in horizons["models"]["naive"]["horizons"])
     assert "coverage_80" in horizons["models"]["lstm"]["horizons"][59]
+    # The bands as published live, calibrated per horizon (learnt once each window closed).
+    curve = horizons["models"]["lstm"]
+    assert all(0.0 <= cell["coverage_80_calibrated"] <= 1.0 for cell in [*curve["horizons"], *curve["sums"].values()])
+    assert "coverage_80_calibrated" not in horizons["models"]["har"]["horizons"][0]  # no band, nothing to calibrate
     assert "sum_of_bars_rmse_log" in horizons["models"]["lstm"]["sums"]["1h"]
     ratio = horizons["ratio_to_har"]["horizons"][0]
     assert ratio == horizons["models"]["lstm"]["horizons"][0]["rmse_log"] / horizons["models"]["har"]["horizons"][0][

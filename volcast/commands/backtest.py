@@ -190,22 +190,23 @@ def no_horizons(name: str) -> int:
 
 def print_horizons(horizons: dict[str, Any], name: str) -> None:
     """rmse_log / MASE per horizon (a few of them; --json has all) and per window, and the model's
-    rmse_log over HAR direct's. cov80: the model's own 10-90% band (before any calibration)."""
+    rmse_log over HAR direct's. cov80: the model's own 10-90% band (before any calibration); cal80:
+    the band as published live, calibrated online per horizon."""
     models = horizons["models"]
     bars = horizons["bars"]
     shown = sorted({h for h in (1, 2, 3, 5, 10, 15, 30, 45, 60, bars) if h <= bars})
     first = next(iter(models.values()))
     print(f"\nper horizon ({first['forecasts']} forecasts; rmse_log / MASE; {name}/har is rmse_log over HAR direct's)")
     names = list(models)
-    print(f"{'horizon':<8} " + " ".join(f"{m:>16}" for m in names) + f" {name + '/har':>10} {'cov80':>6}")
+    print(f"{'horizon':<8} " + " ".join(f"{m:>16}" for m in names) + f" {name + '/har':>10} {'cov80':>6} {'cal80':>6}")
     rows = [(f"+{h}", [m["horizons"][h - 1] for m in models.values()], horizons["ratio_to_har"]["horizons"][h - 1])
             for h in shown]
     rows += [(label, [m["sums"][label] for m in models.values()], horizons["ratio_to_har"]["sums"][label])
              for label in horizons["sums"]]
     for label, cells, ratio in rows:
-        cov = cells[-1].get("coverage_80")
+        cov, cal = cells[-1].get("coverage_80"), cells[-1].get("coverage_80_calibrated")
         print(f"{label:<8} " + " ".join(f"{c['rmse_log']:>8.4f} / {c['mase']:<5.3f}" for c in cells)
-              + f" {ratio:>10.4f} {'-' if cov is None else f'{cov:.3f}':>6}")
+              + f" {ratio:>10.4f} {'-' if cov is None else f'{cov:.3f}':>6} {'-' if cal is None else f'{cal:.3f}':>6}")
 
 
 def plot_title(key: str, name: str, scores: dict[str, dict[str, float]], test_bars: int) -> str:
