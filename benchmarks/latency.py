@@ -30,9 +30,12 @@ Bands are calibrated (``forecaster.calibrate_bands``, the default): every feed s
 calibrator state past its warm-up in Redis, so each payload carries a calibrated band and each
 realised bar updates and writes the state, as in a steady live run. ``--calibration-ratio``
 measures each size twice in the same run, without and with calibration, and gives the ratios
-(``calibration``: p99 and the worker's timings, with / without).
+(``calibration``: p99 and the worker's timings, with / without). ``--metrics-ratio`` measures each
+size again with the worker's Prometheus metrics on and scraped every second (``metrics``: p50
+and p99 with / without).
 
     .venv/bin/python benchmarks/latency.py --json [--symbols 100 1000] [--boundaries 20] [--calibration-ratio]
+                                          [--metrics-ratio]
 
 The model has the default horizons (60 bars and three cumulative windows at 1m: every payload
 carries ``horizons``). ``--horizons-ratio`` also measures, in the same run, the same model shape
@@ -59,7 +62,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -360,9 +365,12 @@ def worker_timings(log: Path, boundaries: int, n: int) -> dict[str, Any]:
 
 async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: str, model: Path,
                   log_dir: Path, calibrate: bool = True,
-                  model_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+                  model_settings: dict[str, Any] | None = None, metrics: bool = False) -> dict[str, Any]:
     tag = "" if model_settings is None else "-market" if model_settings is MARKET else "-one-step"
+    tag += "-metrics" if metrics else ""
     raw = raw_settings(port, workdir / f"models-{n}-{calibrate}{tag}", redis_url, n, calibrate, model_settings)
+    if metrics:  # Prometheus metrics on a free port, scraped every second (scraper below)
+        raw["metrics"] = {"enabled": True, "forecast_port": 0}
     settings = settings_from_mapping(raw, env={})
     config = workdir / f"config-{n}.yml"
     config.write_text(yaml.safe_dump(raw))
@@ -381,6 +389,7 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
     worker = subprocess.Popen(  # noqa: ASYNC220 - started once, before measuring
         [sys.executable, "-m", "volcast.cli", "-v", "forecast", "--config", str(config)],
                               stdout=log, stderr=log, cwd=ROOT)
+    scraper = Scraper(log_path) if metrics else None
     latency: list[float] = []
     from_start: list[float] = []
     to_payload: list[float] = []
@@ -439,9 +448,13 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
             for lo in range(0, len(prefix_keys), 500):
                 await redis.delete(*prefix_keys[lo:lo + 500])
     finally:
+        if scraper is not None:
+            scraper.stop()
         stop_worker(worker)
         log.close()
     result: dict[str, Any] = percentiles(latency)
+    if scraper is not None:
+        result["scrapes"] = scraper.scrapes
     result["from_write_start"] = percentiles(from_start)
     # Where the time goes, split at the payload's created_ms (+-1 ms): bars written -> payload
     # built in the worker, and payload built -> arrival (written to the broker, broker, subscriber).
@@ -466,6 +479,41 @@ def calibration_ratio(on: dict[str, Any], off: dict[str, Any]) -> dict[str, Any]
     for name in ("read_ms", "predict_ms", "submit_ms", "record_ms"):
         out[f"ratio_{name}"] = ratio(on["worker_ms"][name], off["worker_ms"][name])
     return out
+
+
+class Scraper:
+    """Scrapes the worker's /metrics every second from a thread, once its log names the port."""
+
+    def __init__(self, log_path: Path) -> None:
+        self.scrapes = 0
+        self._stop = threading.Event()
+        self._log = log_path
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        port = None
+        while port is None and not self._stop.wait(0.2):
+            found = re.search(rb"forecast metrics on http://[^:]+:(\d+)/metrics", self._log.read_bytes())
+            port = int(found.group(1)) if found else None
+        while not self._stop.wait(1.0):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+                    answer.read()
+            except OSError:  # the worker is being stopped at the end of the measurement
+                continue
+            self.scrapes += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(15)
+
+
+def metrics_ratio(on: dict[str, Any], off: dict[str, Any]) -> dict[str, Any]:
+    """Latency with metrics on (scraped every second) over off, in the same run."""
+    return {"p50": round(on["p50_ms"] / off["p50_ms"], 2) if off["p50_ms"] else None,
+            "p99": round(on["p99_ms"] / off["p99_ms"], 2) if off["p99_ms"] else None,
+            "on_p50_ms": on["p50_ms"], "on_p99_ms": on["p99_ms"], "scrapes": on.get("scrapes")}
 
 
 def stop_worker(worker: subprocess.Popen[bytes]) -> None:
@@ -500,6 +548,9 @@ async def main() -> None:
                         help="also measure each size with a model of the next bar only, and give the ratios")
     parser.add_argument("--market", action="store_true",
                         help="also measure each size with the market-wide inputs, and give the ratios")
+    parser.add_argument("--metrics-ratio", action="store_true",
+                        help="also measure each size with Prometheus metrics on (scraped every second), and give "
+                        "the ratios")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="volcast-latency-") as tmp:
         workdir = Path(tmp)
@@ -527,6 +578,9 @@ async def main() -> None:
                                                 model_settings=MARKET)
                     results[str(n)]["market"] = calibration_ratio(with_market, results[str(n)])
                     results[str(n)]["market"]["with"] = {k: with_market[k] for k in ("p50_ms", "p99_ms", "worker_ms")}
+                if args.metrics_ratio:
+                    on = await measure(n, args.boundaries, port, workdir, args.redis, model, log_dir, metrics=True)
+                    results[str(n)]["metrics"] = metrics_ratio(on, results[str(n)])
                 if not args.json:
                     print(n, results[str(n)], file=sys.stderr)
         print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
