@@ -34,8 +34,9 @@ from streamer.simulator import ReplayServer, load_tape
 from streamer.simulator.bar_files import load_bar_files
 from streamer.simulator.faults import FaultSpec
 from volcast.bar import HISTORY_MAY_LACK, Bar, BarStatus
+from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
-from volcast.settings import Settings
+from volcast.settings import RedisSettings, Settings
 
 DATA = Path(__file__).parent / "data"
 XRP_TRADES = DATA / "binance_XRPETH_trades_2019-10-11_2019-10-13.csv.gz"
@@ -57,6 +58,18 @@ async def redis() -> AsyncIterator[tuple[aioredis.Redis, str]]:
     prefix = unique_prefix()
     try:
         yield client, prefix
+    finally:
+        await delete_prefix(client, prefix)
+        await client.aclose()
+
+
+@pytest.fixture
+async def redis_on(redis_config: dict[str, Any]) -> AsyncIterator[tuple[aioredis.Redis, str, dict[str, Any]]]:
+    """``redis`` on the shared single Redis and on the local Redis Cluster, with the redis section."""
+    client = redis_client(RedisSettings(**redis_config))
+    prefix = unique_prefix()
+    try:
+        yield client, prefix, redis_config
     finally:
         await delete_prefix(client, prefix)
         await client.aclose()
@@ -115,12 +128,13 @@ async def streaming(settings: Settings) -> AsyncIterator[None]:
             await task
 
 
-async def test_history_then_live_bars_and_no_second_load(redis: tuple[aioredis.Redis, str]) -> None:
-    client, prefix = redis
+async def test_history_then_live_bars_and_no_second_load(
+        redis_on: tuple[aioredis.Redis, str, dict[str, Any]]) -> None:
+    client, prefix, redis_config = redis_on
     keys = RedisKeys(prefix)
     async with replay() as server:
         await into_the_tape(server, 45)
-        settings = settings_for(server, prefix)
+        settings = settings_for(server, prefix, redis=redis_config)
         async with streaming(settings):
             state = await _wait_health(client, prefix, lambda h: h.get("history_state") == "loaded")
             live_from = int(state["history_to_ms"])
@@ -156,6 +170,10 @@ async def test_history_then_live_bars_and_no_second_load(redis: tuple[aioredis.R
         again = await redis_bars(client, keys, FEED)
         assert again[: len(bars)] == bars
         assert sum(b.status is BarStatus.HISTORY for b in again) == len(history)
+        # One event per live bar, none for history bars (also on a cluster, where a restart
+        # re-sends the events of bars newer than the feed's announced mark).
+        events = [int(f[b"open_time_ms"]) for _, f in await client.xrange(keys.bar_events(MIN))]
+        assert events == [b.open_time_ms for b in again if b.status is not BarStatus.HISTORY]
 
 
 async def _wait_health(client: aioredis.Redis, prefix: str, done: Any) -> dict[str, str]:
