@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import orjson
 
+from forecaster.frame import FloatArray
 from volcast.durations import format_duration_ms
 from volcast.keys import Feed
 
@@ -51,8 +52,8 @@ class HorizonValues:
     per cumulative window (label such as ``"15m"``: the next 15 minutes of bars from the predicted
     one on) its volume and quantiles."""
 
-    volume: Sequence[float]
-    quantiles: Mapping[float, Sequence[float]]
+    volume: Sequence[float] | FloatArray  # numpy rows from the worker (orjson writes them as lists)
+    quantiles: Mapping[float, Sequence[float] | FloatArray]
     sums: Mapping[str, tuple[float, Mapping[float, float]]]
 
     def document(self) -> dict[str, object]:
@@ -131,7 +132,7 @@ class Prediction:
         if self.horizons is not None:
             document["horizons"] = self.horizons.document()
             document["horizons_calibrated"] = self.horizons_calibrated
-        out = orjson.dumps(document)
+        out = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
         # orjson writes NaN and +-inf as null, and no field here is ever null: one substring search
         # (about 0.1 us) instead of a test of every number.
         if b":null" in out:

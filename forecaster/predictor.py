@@ -188,20 +188,26 @@ def _horizon_values(point: FloatArray, quants: FloatArray | None, spec: Horizons
                     levels: Sequence[float]) -> list[HorizonValues]:
     """Each row's payload horizons from log1p ``point`` (N, T) and ``quants`` (N, T, Q) (passed
     by the guard: clamped only against an overflow)."""
+    # The per-bar lists stay numpy rows (orjson writes them without a Python float each: tolist
+    # of 1000 x 240 numbers and the lists around them cost about 20 ms a boundary); the few
+    # numbers of the windows become Python floats.
     bars, labels = spec.bars, [label for label, _ in spec.sums]
-    volume = round_significant(np.maximum(np.expm1(np.minimum(point, MAX_LOG)), 0.0)).tolist()
+    volume = round_significant(np.maximum(np.expm1(np.minimum(point, MAX_LOG)), 0.0))
+    window_volume = volume[:, bars:].tolist()
     qs = [float(q) for q in levels]
     if quants is None or not qs:
-        return [HorizonValues(row[:bars], {}, {label: (row[bars + i], {}) for i, label in enumerate(labels)})
-                for row in volume]
-    # (N, Q, T): each level's values of a row in one list.
-    qv = round_significant(np.maximum(np.expm1(np.minimum(quants, MAX_LOG)), 0.0)).transpose(0, 2, 1).tolist()
+        return [HorizonValues(row[:bars], {}, {label: (w[i], {}) for i, label in enumerate(labels)})
+                for row, w in zip(volume, window_volume, strict=True)]
+    # (N, Q, T), C-contiguous: each level's values of a row are one contiguous row.
+    qv = np.ascontiguousarray(round_significant(np.maximum(np.expm1(np.minimum(quants, MAX_LOG)), 0.0))
+                              .transpose(0, 2, 1))
+    window_q = qv[:, :, bars:].tolist()
     out = []
-    for row, qrow in zip(volume, qv, strict=True):
+    for i, (w, wq) in enumerate(zip(window_volume, window_q, strict=True)):
         out.append(HorizonValues(
-            row[:bars], {q: values[:bars] for q, values in zip(qs, qrow, strict=True)},
-            {label: (row[bars + i], {q: values[bars + i] for q, values in zip(qs, qrow, strict=True)})
-             for i, label in enumerate(labels)}))
+            volume[i, :bars], dict(zip(qs, qv[i, :, :bars], strict=True)),
+            {label: (w[j], {q: values[j] for q, values in zip(qs, wq, strict=True)})
+             for j, label in enumerate(labels)}))
     return out
 
 
@@ -228,17 +234,16 @@ def forecasts_from_log(
     quantile = None if quants is None else np.maximum(np.expm1(np.minimum(quants, MAX_LOG)), 0.0)
     volumes = volume.tolist()
     qs = [float(q) for q in levels]
+    values: list[HorizonValues | None] = [None] * len(volumes) if horizons is None else \
+        list(_horizon_values(horizons[0], horizons[1], horizons[2], levels))
     # Python floats from tolist: element by element from numpy took 2 ms per 1000 forecasts.
     if quantile is None:
-        out = [Forecast(v, {}) for v in volumes]
+        out = [Forecast(v, {}, None, h) for v, h in zip(volumes, values, strict=True)]
     else:
         rows = quantile.tolist()
         limits = np.expm1(np.minimum(log_bound, MAX_LOG)).tolist()
-        out = [Forecast(v, dict(zip(qs, row, strict=True)), bound=b)
-               for v, row, b in zip(volumes, rows, limits, strict=True)]
-    if horizons is not None:
-        values = _horizon_values(horizons[0], horizons[1], horizons[2], levels)
-        out = [Forecast(f.volume, f.quantiles, None, v, f.bound) for f, v in zip(out, values, strict=True)]
+        out = [Forecast(v, dict(zip(qs, row, strict=True)), None, h, b)
+               for v, row, h, b in zip(volumes, rows, values, limits, strict=True)]
     bad = ~ok if target_ok is None else ~(ok & target_ok)
     if bad.any():
         naive = naive_volumes(window)
