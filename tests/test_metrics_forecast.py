@@ -9,6 +9,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from metrics_scrape import Samples, dashboard_names, scrape, served_names, value
@@ -34,8 +35,10 @@ STEPS = 3
 
 
 @pytest.fixture
-async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
-    s = settings_for(tmp_path / "models", metrics={"enabled": True, "forecast_port": 0})
+async def settings(tmp_path: Path, redis_mode: str, redis_config: dict[str, Any]) -> AsyncIterator[Settings]:
+    # Event shards: the pending events are read (XPENDING) from each.
+    redis = {**redis_config, "event_shards": 3 if redis_mode == "cluster" else 2}
+    s = settings_for(tmp_path / "models", redis=redis, metrics={"enabled": True, "forecast_port": 0})
     yield s
     await delete_prefix(s)
     await clear_retained(s)
@@ -58,22 +61,25 @@ async def test_forecaster_metrics_agree_with_redis(settings: Settings, caplog: p
     keys = RedisKeys(settings.redis.key_prefix)
     feeds = feeds_of(settings)
     series = {feed: symbol_bars(i) for i, feed in enumerate(feeds)}
-    events = keys.bar_events(MINUTE)
+    shards = settings.redis.event_shards
+    streams = keys.event_streams(MINUTE, shards)
     async with redis_client(settings.redis) as redis:
         for feed in feeds:
             await write_bars(redis, keys, feed, series[feed][:HISTORY])
         async with worker(settings), listening(settings) as listener:
             port = logged_port(caplog)
-            await redis.xadd(events, {"exchange": "binance"})  # not a bar-closed event: dead-lettered
+            # Not a bar-closed event: dead-lettered.
+            await redis.xadd(keys.bar_events(MINUTE, shards - 1, shards), {"exchange": "binance"})
             for step in range(STEPS):
-                await close_bars(redis, keys, [(feed, series[feed][HISTORY + step]) for feed in feeds])
+                await close_bars(redis, keys, [(feed, series[feed][HISTORY + step]) for feed in feeds], shards)
                 await listener.wait_for(len(feeds) * (step + 1))
             deadline = time.monotonic() + 60
             wrong: list[str] = ["not compared yet"]
             while wrong and time.monotonic() < deadline:
                 status = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.forecaster())).items()}
-                pending = (await redis.xpending(events, settings.forecaster.group))["pending"]
-                dead = await redis.xlen(keys.dead_events(MINUTE))
+                pending = sum([(await redis.xpending(stream, settings.forecaster.group))["pending"]
+                               for stream in streams])
+                dead = sum([await redis.xlen(keys.dead_events(MINUTE, k, shards)) for k in range(shards)])
                 samples = await asyncio.to_thread(scrape, port)
                 wrong = [f"{what}: metrics {got}, redis {want}" for what, got, want in (
                     ("forecasts", total(samples, "volcast_forecast_forecasts_total"),
@@ -94,12 +100,14 @@ async def test_forecaster_metrics_agree_with_redis(settings: Settings, caplog: p
     # Before any model: HAR served every forecast as the baseline, none guarded; one dead letter.
     assert value(samples, "volcast_forecast_forecasts_total", model="har", baseline="true",
                  guarded="false") == STEPS * len(feeds)
-    assert value(samples, "volcast_forecast_batches_total") == STEPS
+    # A boundary is one batch, or more where the shards are read one by one (the cluster).
+    batches = value(samples, "volcast_forecast_batches_total")
+    assert batches >= STEPS
     assert value(samples, "volcast_forecast_dead_letters_total") == 1
     assert value(samples, "volcast_forecast_model_info", name="har", version="baseline") == 1
     assert value(samples, "volcast_forecast_mqtt_connected") == 1
     for phase in ("read", "predict", "submit"):
-        assert value(samples, "volcast_forecast_boundary_phase_seconds_count", phase=phase) == STEPS
+        assert value(samples, "volcast_forecast_boundary_phase_seconds_count", phase=phase) == batches
     # The bars are from 2023: every forecast came more than a minute after its bar's end.
     assert value(samples, "volcast_forecast_latency_seconds_bucket", le="60.0") == 0
     assert value(samples, "volcast_forecast_latency_seconds_bucket", le="+Inf") == STEPS * len(feeds)

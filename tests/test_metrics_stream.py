@@ -12,9 +12,9 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 import yaml
 from metrics_scrape import Samples, dashboard_names, scrape, served_names, value
 from stream_harness import PATIENCE_S, delete_prefix, stream_settings, streamed_to_the_end, unique_prefix, write_windows
@@ -23,7 +23,9 @@ from streamer.simulator.faults import parse_faults
 from streamer.simulator.server import ReplayServer
 from streamer.simulator.tape import load_tape
 from volcast.bar import Bar
+from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
+from volcast.settings import RedisSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,15 +48,15 @@ async def drain(stderr: asyncio.StreamReader, lines: list[str]) -> None:
         lines.append(line.decode(errors="replace"))
 
 
-async def redis_view(redis: aioredis.Redis, keys: RedisKeys, feeds: list[Feed]) -> dict[Feed, dict[str, int]]:
-    """Each feed's health counters and its bars' statuses, read in one transaction."""
-    pipe = redis.pipeline(transaction=True)
+async def redis_view(redis: Any, keys: RedisKeys, feeds: list[Feed]) -> dict[Feed, dict[str, int]]:
+    """Each feed's health counters and its bars' statuses, each feed read in one transaction (its
+    keys share a hash slot, also on a cluster)."""
+    view: dict[Feed, dict[str, int]] = {}
     for feed in feeds:
+        pipe = redis.pipeline(transaction=True)
         pipe.hgetall(keys.health(feed))
         pipe.xrange(keys.bars(feed))
-    replies = await pipe.execute()
-    view: dict[Feed, dict[str, int]] = {}
-    for feed, health, entries in zip(feeds, replies[0::2], replies[1::2], strict=True):
+        health, entries = await pipe.execute()
         fields = {k.decode(): v.decode() for k, v in health.items()}
         numbers = {k: int(v) for k, v in fields.items() if v.lstrip("-").isdigit()}
         for _, bar_fields in entries:
@@ -110,12 +112,13 @@ def disagreements(samples: Samples, view: Mapping[Feed, Mapping[str, int]], per_
 
 
 @pytest.mark.parametrize("per_feed", [True, False], ids=["per-feed", "per-exchange"])
-async def test_stream_metrics_agree_with_redis(tmp_path: Path, per_feed: bool) -> None:
+async def test_stream_metrics_agree_with_redis(tmp_path: Path, per_feed: bool, redis_mode: str,
+                                               redis_config: dict[str, Any]) -> None:
     files = write_windows(tmp_path, 20)
     tapes = [load_tape(f) for f in files]
     prefix = unique_prefix()
     keys = RedisKeys(prefix)
-    redis = aioredis.Redis()
+    redis = redis_client(RedisSettings(**redis_config))
     env = {**os.environ, "VOLCAST_BINANCE_API_KEY": "simulator"}
     lines: list[str] = []
     try:
@@ -123,7 +126,9 @@ async def test_stream_metrics_agree_with_redis(tmp_path: Path, per_feed: bool) -
         # counters that are not all zero to compare.
         faults = parse_faults("drop_every_trades=300,duplicate_rate=0.03,malformed_rate=0.02")
         async with ReplayServer(tapes, speed=4, faults=faults, seed=7, start_on_subscribe=True) as server:
-            settings = stream_settings(server, [t.symbol for t in tapes], prefix, history={"days": 0})
+            # On the cluster, the events in shards of their own slots.
+            settings = stream_settings(server, [t.symbol for t in tapes], prefix, history={"days": 0},
+                                       redis={**redis_config, "event_shards": 3 if redis_mode == "cluster" else 1})
             raw = settings.model_dump(mode="json", include={"exchanges", "bars", "streamer", "redis", "history"})
             raw["metrics"] = {"per_feed": per_feed}  # --metrics-port turns them on
             leases = [] if per_feed else ["--leases"]  # the lease metrics, with the other labels
