@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
 
 import pytest
 from metrics_scrape import dashboard_names, scrape, served_names, value
@@ -13,6 +17,8 @@ from forecaster.refit import RefitOutcome
 from forecaster.refit_metrics import RefitMetrics
 from volcast.metrics_server import MetricsPortProblem, new_registry, serving_metrics
 from volcast.settings import MetricsSettings
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_refit_runs_by_result_and_last_scores_are_served() -> None:
@@ -60,3 +66,23 @@ def test_ports_must_differ_when_on() -> None:
     with pytest.raises(ValueError, match="must differ"):
         MetricsSettings(enabled=True, stream_port=9000, forecast_port=9000)
     MetricsSettings(enabled=True, stream_port=0, forecast_port=0, refit_port=0)  # each a free port
+
+
+def test_the_cli_says_which_setting_when_the_port_is_taken(tmp_path: Path) -> None:
+    """`volcast stream --metrics-port N` with N in use: one line on stderr, exit code 1, nothing
+    started (the endpoint is bound before the first Redis key is touched)."""
+    config = tmp_path / "config.yml"
+    config.write_text("exchanges: [{id: binance, symbols: [BTC/USDT]}]\n"
+                      f"redis: {{key_prefix: test-metrics-{uuid.uuid4().hex[:8]}}}\n", encoding="utf-8")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "volcast.cli", "stream", "--config", str(config), "--metrics-port", str(port)],
+            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 1, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (f"volcast stream: stream metrics cannot listen on 127.0.0.1:{port} (Address already in use): "
+                    "set metrics.stream_port (or --metrics-port) to a free port, or 0 for any")
+    assert "Traceback" not in result.stderr
