@@ -373,3 +373,21 @@ def test_documented_password_file_setup_works(tmp_path: Path) -> None:
             asyncio.run(check_mqtt(MqttSettings(url=url)))
     finally:
         stop_server(process)
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian's prometheus) is not installed")
+def test_promtool_accepts_the_scrape_config_and_every_dashboard_query(tmp_path: Path) -> None:
+    """Prometheus' own checker: deploy/prometheus.yml, and each Grafana query as PromQL (written
+    as recording rules, which `promtool check rules` parses)."""
+    config = subprocess.run(["promtool", "check", "config", str(ROOT / "deploy" / "prometheus.yml")],
+                            capture_output=True, text=True, timeout=60)
+    assert config.returncode == 0, config.stdout + config.stderr
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "volcast-dashboard.json").read_text(encoding="utf-8"))
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"volcast:dashboard_query_{i}", "expr": expr} for i, expr in enumerate(exprs)]}]}
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump(rules), encoding="utf-8")
+    checked = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in checked.stdout
