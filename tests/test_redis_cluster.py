@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from cluster import LocalCluster
 from worker_harness import MINUTE, symbol_bars
 
+import forecaster.recorder as recorder_module
 from streamer.health import FeedHealth, FeedState
 from streamer.store import BarStore, KeyProblem
 from volcast.backoff import Backoff
@@ -197,3 +198,27 @@ async def test_an_events_shard_refused_stops_the_writer_and_no_bar_stays_unannou
         announced = [int(fields[b"open_time_ms"]) for _, fields in await redis.xrange(events)]
         assert announced == [b.open_time_ms for b in bars[2:5]]  # the first two went with the old key
         await redis.delete(keys.bars(feed), keys.announced(feed), events)
+
+
+async def test_recorder_writes_one_call_per_node_and_slot_by_slot_when_a_node_refuses(
+        redis_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bookkeeping script runs once per node (its writes span that node's slots); a call that
+    reaches a node without some of its keys (a slot moved meanwhile: here, writes grouped as if
+    one node held every slot) is refused, and the writes go again one call per slot."""
+    settings = RedisSettings(url=redis_cluster.url, cluster=True)
+    keys = RedisKeys(f"test-cl-{uuid.uuid4().hex[:8]}")
+    feeds = [Feed("binance", f"S{i}/USDT", MINUTE) for i in range(30)]
+    writes = [["h", keys.prediction(f), "volume", str(i)] for i, f in enumerate(feeds)]
+    writes += [["x", keys.predictions(f), "1000-0", "volume", str(i)] for i, f in enumerate(feeds)]
+    async with redis_client(settings) as redis:
+        calls = recorder_module._by_node(redis, writes)
+        assert len(calls) == 3  # one per master
+        recorder = recorder_module.Recorder(redis, keys, kept=100, score_window=10)
+        assert (await recorder.apply(writes)).replayed == 0
+        assert [await redis.hget(keys.prediction(f), "volume") for f in feeds] == [str(i).encode() for i in range(30)]
+        wrong = [([writes[0][1]], orjson.dumps(writes))]  # every write sent to one node
+        monkeypatch.setattr(recorder_module, "_by_node", lambda _redis, _writes: wrong)
+        again = await recorder.apply(writes)
+        assert again.writes == len(writes) and again.replayed == 30  # the stream entries were there
+        assert all([await redis.xlen(keys.predictions(f)) == 1 for f in feeds])
+        await redis.delete(*[keys.prediction(f) for f in feeds], *[keys.predictions(f) for f in feeds])
