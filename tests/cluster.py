@@ -10,6 +10,7 @@ same code against both.
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -72,11 +73,20 @@ class LocalCluster:
         self.processes.clear()
 
 
+def _can_bind(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def start_cluster() -> LocalCluster:
     ports: list[int] = []
     while len(ports) < 2 * MASTERS:  # a cluster node also listens on port + 10000 (its bus)
         port = free_port()
-        if port not in ports and port + 10000 < 65536:
+        if port not in ports and port + 10000 < 65536 and _can_bind(port + 10000):
             ports.append(port)
     cluster = LocalCluster(ports, Path(tempfile.mkdtemp(prefix="volcast-cluster-")))
     try:
