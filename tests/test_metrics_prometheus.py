@@ -41,6 +41,15 @@ def query(port: int, expr: str) -> dict[str, Any]:
     return result
 
 
+def ready(port: int) -> bool:
+    """Prometheus answers queries only once its storage is open (503 before, with the port open)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/-/ready", timeout=10) as answer:
+            return bool(answer.status == 200)
+    except OSError:  # URLError, HTTPError 503
+        return False
+
+
 def stream_queries() -> list[str]:
     dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
     return [t["expr"] for p in dashboard["panels"] for t in p.get("targets", []) if "volcast_stream_" in t["expr"]]
@@ -81,8 +90,11 @@ async def test_prometheus_scrapes_the_streamer_and_the_dashboard_queries_evaluat
                      f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{api}"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
                 await asyncio.to_thread(wait_for_port, api, prometheus, 60.0)
-                # Until a rate of trades can be computed: two scrapes of a stream with trades.
                 deadline = time.monotonic() + PATIENCE_S
+                while not await asyncio.to_thread(ready, api):
+                    assert time.monotonic() < deadline and prometheus.poll() is None, "prometheus never got ready"
+                    await asyncio.sleep(0.2)
+                # Until a rate of trades can be computed: two scrapes of a stream with trades.
                 rate: dict[str, Any] = {}
                 while time.monotonic() < deadline:
                     rate = await asyncio.to_thread(query, api, "sum(rate(volcast_stream_trades_total[1m]))")
