@@ -142,19 +142,33 @@ class BandCalibrator:
     # -- learning -------------------------------------------------------------------------------
 
     def update(self, rows: IntArray, horizon: int | IntArray, low: FloatArray, high: FloatArray,
-               actual: FloatArray, open_ms: IntArray | int | None = None) -> int:
+               actual: FloatArray, open_ms: IntArray | int | None = None,
+               published: tuple[FloatArray, FloatArray] | None = None) -> int:
         """Fold in realised bars: the model's raw log1p band (``low``, ``high``) and what
         happened (``actual``, log1p), one per row; a row may appear more than once (applied in
         order). Rows with a value that is not finite are skipped, and so are bars ``open_ms`` not
-        newer than the last one the row's horizon learnt from. Returns how many were used."""
+        newer than the last one the row's horizon learnt from. Returns how many were used.
+
+        ``published``: the (low, high) log1p band that was published for each bar. A miss is then
+        a bar outside it, as users saw it, rather than outside the raw band moved by today's
+        correction: the two differ when the correction moved between the forecast and its
+        realisation (a target realised an hour later), and only misses of the band that was
+        published keep the guarantee (each correction's total movement is step x (misses - 0.1
+        x bars), so misses of what was published cannot drift from 0.1 while it stays bounded).
+        Without it (realised one bar later, the correction unchanged meanwhile) the raw band
+        moved by the current correction is the published one up to the clamps."""
         rows = np.asarray(rows, dtype=np.int64)
         h = np.broadcast_to(np.asarray(horizon, dtype=np.int64), rows.shape)
         bars = np.broadcast_to(np.asarray(-1 if open_ms is None else open_ms, dtype=np.int64), rows.shape)
         ok = np.isfinite(low) & np.isfinite(high) & np.isfinite(actual)
+        if published is not None:
+            ok &= np.isfinite(published[0]) & np.isfinite(published[1])
         if open_ms is not None:
             ok &= bars > self.to_ms[rows, h]
         if not ok.all():
             rows, h, bars, low, high, actual = rows[ok], h[ok], bars[ok], low[ok], high[ok], actual[ok]
+            if published is not None:
+                published = (published[0][ok], published[1][ok])
         if not len(rows):
             return 0
         # Duplicates (two realised bars of one row at once: a backlog) need their own passes, in
@@ -163,12 +177,17 @@ class BandCalibrator:
         if len(np.unique(flat)) < len(flat):
             for i in range(len(rows)):
                 one = slice(i, i + 1)
-                self.update(rows[one], h[one], low[one], high[one], actual[one], None if open_ms is None else bars[one])
+                self.update(rows[one], h[one], low[one], high[one], actual[one], None if open_ms is None else bars[one],
+                            None if published is None else (published[0][one], published[1][one]))
             return len(rows)
         c_low = self.c_low[rows, h]
         c_high = self.c_high[rows, h]
-        below = (low - actual) > c_low
-        above = (actual - high) > c_high
+        if published is None:
+            below = (low - actual) > c_low
+            above = (actual - high) > c_high
+        else:
+            below = actual < published[0]
+            above = actual > published[1]
         self.c_low[rows, h] = np.clip(c_low + self.step * (below - self.low), -LIMIT, LIMIT)
         self.c_high[rows, h] = np.clip(c_high + self.step * (above - (1.0 - self.high)), -LIMIT, LIMIT)
         self.n[rows, h] += 1
@@ -276,13 +295,13 @@ def replay(low: FloatArray, high: FloatArray, mid: FloatArray, actual: FloatArra
 
 
 def replay_targets(low: FloatArray, high: FloatArray, mid: FloatArray, actual: FloatArray, delays: IntArray,
-                   bound: FloatArray | None = None) -> tuple[FloatArray, FloatArray, BoolArray]:
+                   bound: FloatArray | None = None, warm_up: int = WARM_UP) -> tuple[FloatArray, FloatArray, BoolArray]:
     """``replay`` for a multi-horizon backtest: the forecasts of one series at consecutive
     positions, each with T targets (arrays (P, T), log1p); target j of the forecast at position
     p is realised ``delays[j]`` positions later (its window's offset plus its length in bars), so
     it is learnt only then, as live. Horizon index j of the calibrator is target j."""
     positions, targets = low.shape
-    calibrator = BandCalibrator(targets)
+    calibrator = BandCalibrator(targets, warm_up=warm_up)
     rows = np.zeros(targets, dtype=np.int64)
     calibrator.rows(["series"])
     js = np.arange(targets)
@@ -295,6 +314,7 @@ def replay_targets(low: FloatArray, high: FloatArray, mid: FloatArray, actual: F
         due = earlier >= 0
         if due.any():
             made, which = earlier[due], js[due]
-            calibrator.update(rows[due], which, low[made, which], high[made, which], actual[made, which])
+            calibrator.update(rows[due], which, low[made, which], high[made, which], actual[made, which],
+                              published=(out_low[made, which], out_high[made, which]))
         out_low[p], out_high[p], calibrated[p] = calibrator.band(rows, js, low[p], high[p], mid[p], limit[p])
     return out_low, out_high, calibrated

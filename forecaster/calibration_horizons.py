@@ -175,7 +175,7 @@ class HorizonBands:
         # The published band was rounded to float32 here: count a bar on its edge as inside.
         slack = 1e-6 * np.maximum(np.abs(actual), 1.0)
         self.calibrator.count(row_of, which, (actual >= pub_lo - slack) & (actual <= pub_hi + slack))
-        self.calibrator.update(row_of, which, raw_lo, raw_hi, actual, times[r])
+        self.calibrator.update(row_of, which, raw_lo, raw_hi, actual, times[r], published=(pub_lo, pub_hi))
         return sorted(set(row_of.tolist()))
 
 
