@@ -1,0 +1,52 @@
+"""Kill -9 of a Redis Cluster master while `volcast stream` and `volcast forecast` run on it: the
+replica is promoted, both services follow the new topology on their own, and no closed bar is lost
+or doubled, every bar equals the offline one (`volcast bars` of the same trades; ``backfilled``
+where its trades came over REST), and every bar gets one forecast (or the same one again).
+
+The cluster is this test's own (tests/cluster.py's helper, not the session's shared one, whose
+nodes other tests rely on): a node of it is killed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cluster import HAS_CLUSTER_TOOLS, LocalCluster, start_cluster
+from failover_harness import run_failover
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[LocalCluster]:
+    if not HAS_CLUSTER_TOOLS:
+        pytest.fail("redis-server and redis-cli are needed: apt-get install redis-server redis-tools")
+    cluster = start_cluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        shutil.rmtree(cluster.directory, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VOLCAST_BINANCE_API_KEY", "simulator")
+
+
+async def test_kill_9_of_a_master_loses_no_bar_and_no_forecast(tmp_path: Path, own_cluster: LocalCluster) -> None:
+    result = await run_failover(tmp_path, own_cluster)
+    print(result)
+    logs = {name: (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:] for name in ("stream", "forecast")}
+    assert result.exits == {"forecast": 0, "stream": 0}, logs
+    assert result.bars_lost == 0, result.lost
+    assert result.bars_doubled == 0, result.extra
+    assert not any(result.wrong.values()), result.wrong
+    assert not any(result.unannounced.values()), result.unannounced
+    assert not any(result.unforecast.values()), (result.unforecast, logs["forecast"])
+    assert not any(result.conflicting.values()), result.conflicting
+    # the failover really happened under the services: a replica was promoted
+    assert own_cluster.processes[result.killed_port].poll() is not None
