@@ -45,7 +45,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +52,9 @@ sys.path.insert(0, str(ROOT))
 
 from streamer.leases import lease_holders  # noqa: E402
 from streamer.simulator import ReplayServer, synthetic_tape  # noqa: E402
+from volcast.connections import redis_client  # noqa: E402
 from volcast.keys import Feed, RedisKeys  # noqa: E402
+from volcast.settings import RedisSettings  # noqa: E402
 
 GATE = "GATE/USDT"
 _WAIT_S = 180.0
@@ -120,11 +121,15 @@ async def _poll(check: Any, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def one_run(variant: str, feeds: int, trades: int, directory: Path) -> dict[str, Any]:
+async def one_run(variant: str, feeds: int, trades: int, directory: Path,
+                  redis_section: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One variant; ``redis_section`` (the settings' ``redis`` without key_prefix) points it at
+    another Redis, e.g. a cluster (benchmarks/scale.py)."""
     prefix = f"bench-streamers-{uuid.uuid4().hex[:8]}"
     keys = RedisKeys(prefix)
     feed_list = [Feed("binance", s, 1000) for s in _symbols(feeds)]
-    redis = aioredis.Redis()
+    redis_raw = {**(redis_section or {}), "key_prefix": prefix}
+    redis = redis_client(RedisSettings(**redis_raw))
     env = {**os.environ, "VOLCAST_BINANCE_API_KEY": "benchmark"}
     processes: list[asyncio.subprocess.Process] = []
     try:
@@ -137,7 +142,7 @@ async def one_run(variant: str, feeds: int, trades: int, directory: Path) -> dic
                 "bars": {"interval": "1s", "grace": "100ms"},  # open_bar_update: the default 1s
                 "streamer": {"watchdog": "5s"},
                 "history": {"days": 0},
-                "redis": {"key_prefix": prefix},
+                "redis": redis_raw,
             }
             path = directory / "stream.yml"
             path.write_text(yaml.safe_dump(config), encoding="utf-8")

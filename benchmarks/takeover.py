@@ -48,7 +48,9 @@ from stream_harness import (  # noqa: E402
 from streamer.leases import lease_holders  # noqa: E402
 from streamer.simulator.server import ReplayServer  # noqa: E402
 from streamer.simulator.tape import load_tape  # noqa: E402
+from volcast.connections import redis_client  # noqa: E402
 from volcast.keys import Feed, RedisKeys  # noqa: E402
+from volcast.settings import RedisSettings  # noqa: E402
 
 _WAIT_S = 180.0
 
@@ -65,18 +67,20 @@ async def _poll(check: Any, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def one_run(directory: Path) -> dict[str, Any]:
+async def one_run(directory: Path, redis_section: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One kill -9; ``redis_section`` (the settings' ``redis`` without key_prefix) points it at
+    another Redis, e.g. a cluster (benchmarks/scale.py)."""
     files = write_windows(directory, 60)
     tapes = [load_tape(f) for f in files]
     prefix = f"bench-takeover-{uuid.uuid4().hex[:8]}"
     keys = RedisKeys(prefix)
     feeds = [Feed("binance", t.symbol, 1000) for t in tapes]
-    redis = aioredis.Redis()
+    redis = redis_client(RedisSettings(**(redis_section or {}), key_prefix=prefix))
     processes: dict[str, asyncio.subprocess.Process] = {}
     env = {**os.environ, "VOLCAST_BINANCE_API_KEY": "simulator"}
     try:
         async with ReplayServer(tapes, speed=2, start_on_subscribe=True) as server:
-            raw = stream_settings(server, [t.symbol for t in tapes], prefix).model_dump(
+            raw = stream_settings(server, [t.symbol for t in tapes], prefix, redis=redis_section or {}).model_dump(
                 mode="json", include={"exchanges", "bars", "streamer", "redis"})
             config = directory / "stream.yml"
             config.write_text(yaml.safe_dump(raw), encoding="utf-8")
