@@ -125,6 +125,9 @@ async def run_failover(directory: Path, cluster: LocalCluster, *, seconds: float
         async with redis_client(settings.redis) as redis, listening(settings) as listener:
             try:
                 processes["forecast"] = _volcast(config, directory / "forecast.log", "-v", "forecast")
+                # the forecaster reading (its imports take seconds) before the replay starts: the
+                # kill then falls on running services, not on one still connecting
+                await _until(lambda: _reading(redis, keys, settings.forecaster.group), "the forecaster reading")
                 processes["stream"] = _volcast(config, directory / "stream.log", "stream")
                 await _until(lambda: _has_bar_from(redis, keys, btc, server.timeline.first_ms + kill_after_s * 1000),
                              "BTC/USDT's bars reach the kill time")
@@ -158,6 +161,16 @@ async def run_failover(directory: Path, cluster: LocalCluster, *, seconds: float
         result.unannounced = {f.symbol: sorted({b.open_time_ms for b in bars} - announced[f])
                               for f, bars in expected.items()}
     return result
+
+
+async def _reading(redis: Any, keys: RedisKeys, group: str) -> bool:
+    try:
+        for stream in keys.event_streams(1000, SHARDS):
+            if not await redis.xinfo_consumers(stream, group):
+                return False
+    except Exception:  # no stream or group yet
+        return False
+    return True
 
 
 async def _announced(redis: Any, keys: RedisKeys, feed: Feed) -> set[int]:
