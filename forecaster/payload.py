@@ -45,7 +45,7 @@ class Guarded:
     model_version: str
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class HorizonValues:
     """A multi-horizon forecast: ``volume[h]`` of the bar h intervals after the predicted one
     (``volume[0]`` is the predicted bar), each quantile level's values in the same order, and
@@ -55,6 +55,16 @@ class HorizonValues:
     volume: Sequence[float] | FloatArray  # numpy rows from the worker (orjson writes them as lists)
     quantiles: Mapping[float, Sequence[float] | FloatArray]
     sums: Mapping[str, tuple[float, Mapping[float, float]]]
+
+    def __eq__(self, other: object) -> bool:
+        # Value equality whether the lists are numpy rows (the worker's) or lists (parsed).
+        if not isinstance(other, HorizonValues):
+            return NotImplemented
+        return (list(self.volume) == list(other.volume)
+                and {q: list(v) for q, v in self.quantiles.items()} == {q: list(v) for q, v in other.quantiles.items()}
+                and dict(self.sums) == dict(other.sums))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable contents: like a list, not hashable
 
     def document(self) -> dict[str, object]:
         return {
