@@ -61,6 +61,9 @@ once the worker held a day of bars, and the forecast was 1.4e28."""
 INPUT_CLIP = 10.0
 """Normalised inputs are clipped to +-this many standard deviations, in training and live: a bar
 unlike any in the training span moves the forecast, it cannot blow it up."""
+NEXT_BAR_WEIGHT = 0.8
+"""The next bar's share of the training loss of a model with horizons (the other targets share
+the rest equally): it is what most readers use (docs/accuracy.md#horizons)."""
 _MINUTE_ONEHOT = np.eye(60)
 _NOT_PER_BAR = frozenset({"signed_return", "price_moves", "minute_of_hour", *MARKET_FEATURES})
 
@@ -419,10 +422,9 @@ class LstmModel(LogForecaster):
         xv, sv, yv = (torch.from_numpy(np.concatenate(parts[k])) for k in ("xv", "sv", "yv"))
         levels = torch.tensor(self.settings.quantiles, dtype=torch.float32)
         n_targets = len(targets)
-        # The next bar weighs as much as all the other targets together: it is what most readers
-        # use, and 62 equal shares left it 3% behind the model of the next bar only.
-        weights = torch.full((n_targets,), 0.5 / max(1, n_targets - 1))
-        weights[0] = 1.0 if n_targets == 1 else 0.5
+        # With 62 equal shares the next bar was 3% behind the model of the next bar only.
+        weights = torch.full((n_targets,), (1.0 - NEXT_BAR_WEIGHT) / max(1, n_targets - 1))
+        weights[0] = 1.0 if n_targets == 1 else NEXT_BAR_WEIGHT
 
         def loss_of(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
             # out (B, T * (1 + Q)) target-major, y (B, T).
