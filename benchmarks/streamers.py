@@ -1,9 +1,11 @@
 """Work per CPU-second of one streamer against two sharing the feeds through leases, in one run.
 
-    .venv/bin/python benchmarks/streamers.py --json [--feeds 4] [--trades 50000] [--rounds 2]
+    .venv/bin/python benchmarks/streamers.py --json [--feeds 4] [--trades 30000] [--speed 1] [--rounds 2]
 
-A flood server (the simulator at full speed, its own process) holds ``--feeds`` synthetic symbols
-of ``--trades`` trades each until every symbol has a subscriber, and one more, a gate symbol no
+A replay server (the simulator, its own process) holds ``--feeds`` synthetic symbols of ``--trades``
+trades each (one per millisecond, played at ``--speed``: 1 by default, 1,000 trades/s per feed, a
+rate one process keeps up with here, so the figures are the websocket path's and not a backfill
+after a choked connection) until every symbol has a subscriber, and one more, a gate symbol no
 streamer is configured for: this benchmark subscribes to it (a bare websocket) once the streamers
 are live and, with two, have split the feeds, so the flood starts only then. The streamers are
 real `volcast stream` processes:
@@ -12,8 +14,8 @@ real `volcast stream` processes:
 - ``one_leases``: one streamer with ``--leases``;
 - ``two``: two streamers with ``--leases``, two feeds each.
 
-For each: trades/s (wall clock, gate to the last trade counted in the health hashes, written every
-``bars.open_bar_update``, the default 1 s, so a span may run up to 1 s long) and trades per
+For each: trades/s (wall clock, gate to every trade in the feeds' bars in Redis, closed or forming,
+the latter written every ``bars.open_bar_update``, the default 1 s) and trades per
 CPU-second of the streamer processes (user + system, /proc, over the same span), and the feeds'
 reconnects and backfilled trades (a reconnect under load costs a REST backfill: it explains an
 outlier). The goal
@@ -30,9 +32,9 @@ import asyncio
 import base64
 import contextlib
 import json
-import math
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,6 +47,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,11 +68,11 @@ def _symbols(feeds: int) -> list[str]:
     return [f"F{i}/USDT" for i in range(feeds)]
 
 
-def _serve(feeds: int, trades: int, conn: Connection) -> None:
+def _serve(feeds: int, trades: int, speed: float, conn: Connection) -> None:
     async def serve() -> None:
         tapes = [synthetic_tape(s, trades, seed=i) for i, s in enumerate(_symbols(feeds))]
         tapes.append(synthetic_tape(GATE, 1))
-        async with ReplayServer(tapes, speed=math.inf, start_on_subscribe=True) as server:
+        async with ReplayServer(tapes, speed=speed, start_on_subscribe=True) as server:
             conn.send(server.port)
             await asyncio.get_running_loop().run_in_executor(None, conn.recv)
 
@@ -77,10 +80,10 @@ def _serve(feeds: int, trades: int, conn: Connection) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _flood(feeds: int, trades: int) -> AsyncIterator[int]:
+async def _flood(feeds: int, trades: int, speed: float) -> AsyncIterator[int]:
     context = multiprocessing.get_context("spawn")
     ours, theirs = context.Pipe()
-    process = context.Process(target=_serve, args=(feeds, trades, theirs), daemon=True)
+    process = context.Process(target=_serve, args=(feeds, trades, speed, theirs), daemon=True)
     process.start()
     loop = asyncio.get_running_loop()
     try:
@@ -121,26 +124,32 @@ async def _poll(check: Any, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+async def _in_bars(redis: aioredis.Redis, keys: RedisKeys, feed: Feed) -> int:
+    """Trades in the feed's closed bars and its forming bar: the work done, whoever did it."""
+    entries: list[tuple[bytes, dict[bytes, bytes]]] = await redis.xrange(keys.bars(feed))  # type: ignore[assignment]
+    closed = sum(int(fields[b"trades"]) for _id, fields in entries)
+    return closed + int(await redis.hget(keys.open_bar(feed), "trades") or 0)
+
+
 async def one_run(variant: str, feeds: int, trades: int, directory: Path,
-                  redis_section: dict[str, Any] | None = None) -> dict[str, Any]:
+                  redis_section: dict[str, Any] | None = None, *, speed: float = 1.0) -> dict[str, Any]:
     """One variant; ``redis_section`` (the settings' ``redis`` without key_prefix) points it at
     another Redis, e.g. a cluster (benchmarks/scale.py)."""
     prefix = f"bench-streamers-{uuid.uuid4().hex[:8]}"
     keys = RedisKeys(prefix)
-    feed_list = [Feed("binance", s, 1000) for s in _symbols(feeds)]
+    feed_list = [Feed("binance", s, 5000) for s in _symbols(feeds)]
     redis_raw = {**(redis_section or {}), "key_prefix": prefix}
     redis = redis_client(RedisSettings(**redis_raw))
     env = {**os.environ, "VOLCAST_BINANCE_API_KEY": "benchmark"}
     processes: list[asyncio.subprocess.Process] = []
     try:
-        async with _flood(feeds, trades) as port:
+        async with _flood(feeds, trades, speed) as port:
             base = f"http://127.0.0.1:{port}"
             config = {
                 "exchanges": [{"id": "binance", "symbols": _symbols(feeds),
                                "urls": {"api": {"public": f"{base}/api/v3", "ws": {"spot": f"ws://127.0.0.1:{port}/stream/ws"}}},
                                "options": {"fetchMarkets": {"types": ["spot"]}}}],
-                "bars": {"interval": "1s", "grace": "100ms"},  # open_bar_update: the default 1s
-                "streamer": {"watchdog": "5s"},
+                "bars": {"interval": "5s"},  # grace and open_bar_update: the defaults (2s, 1s)
                 "history": {"days": 0},
                 "redis": redis_raw,
             }
@@ -171,7 +180,7 @@ async def one_run(variant: str, feeds: int, trades: int, directory: Path,
             async def counted() -> bool:
                 total = 0
                 for feed in feed_list:
-                    total += int(await redis.hget(keys.health(feed), "trades") or 0)
+                    total += await _in_bars(redis, keys, feed)
                 return total >= feeds * trades
 
             await _poll(counted, "every trade counted")
@@ -183,13 +192,19 @@ async def one_run(variant: str, feeds: int, trades: int, directory: Path,
                 health = await redis.hgetall(keys.health(feed))
                 reconnects += int(health.get(b"reconnects", 0))
                 backfilled += int(health.get(b"backfilled_trades", 0))
+            moves = 0  # leases lost or released (the split at the start releases some): feeds that moved
+            for name in names:
+                if name:
+                    info = await redis.hgetall(keys.streamer(name))
+                    moves += int(info.get(b"lost", 0)) + int(info.get(b"released", 0))
             for process in processes:
                 process.send_signal(signal.SIGTERM)
             for process in processes:
                 await asyncio.wait_for(process.wait(), _WAIT_S)
         total = feeds * trades
         return {"trades_per_s": round(total / wall), "trades_per_cpu_s": round(total / cpu), "cpu_s": round(cpu, 2),
-                "wall_s": round(wall, 2), "reconnects": reconnects, "backfilled_trades": backfilled}
+                "wall_s": round(wall, 2), "reconnects": reconnects, "backfilled_trades": backfilled,
+                "lease_moves": moves}
     finally:
         for process in processes:
             if process.returncode is None:
@@ -205,8 +220,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     best: dict[str, dict[str, Any]] = {}
     for round_ in range(args.rounds):
         for variant in ("one", "one_leases", "two"):
-            with tempfile.TemporaryDirectory(prefix="volcast-streamers-") as directory:
-                result = await one_run(variant, args.feeds, args.trades, Path(directory))
+            directory = Path(tempfile.mkdtemp(prefix="volcast-streamers-"))
+            try:
+                result = await one_run(variant, args.feeds, args.trades, directory, speed=args.speed)
+            except BaseException:
+                print(f"{variant}: failed; the streamers' logs are in {directory}", file=sys.stderr)
+                raise
+            shutil.rmtree(directory, ignore_errors=True)
             print(f"round {round_ + 1} {variant}: {result}", file=sys.stderr)
             if variant not in best or result["trades_per_cpu_s"] > best[variant]["trades_per_cpu_s"]:
                 best[variant] = result
@@ -214,6 +234,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "feeds": args.feeds,
         "trades_per_feed": args.trades,
         "rounds": args.rounds,
+        "speed": args.speed,
         "streamers": {"1": best["one"], "1_leases": best["one_leases"], "2": best["two"]},
         "efficiency_2_vs_1": round(best["two"]["trades_per_cpu_s"] / best["one"]["trades_per_cpu_s"], 3),
         "efficiency_1_leases_vs_1": round(best["one_leases"]["trades_per_cpu_s"] / best["one"]["trades_per_cpu_s"], 3),
@@ -226,8 +247,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--feeds", type=int, default=4, help="flooded symbols (default 4)")
-    parser.add_argument("--trades", type=int, default=50_000, help="trades per symbol (default 50000)")
+    parser.add_argument("--trades", type=int, default=30_000, help="trades per symbol (default 30000)")
     parser.add_argument("--rounds", type=int, default=2, help="runs of each variant (default 2); the best counts")
+    parser.add_argument("--speed", type=float, default=1.0,
+                        help="replay speed (default 1: 1,000 trades/s per feed; inf floods them at once)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     if args.json:
