@@ -252,6 +252,9 @@ class Har(LogForecaster):
     # row 0 (the next bar) is ``coef``. Empty until fitted, or for a one-step HAR.
     horizon_targets: tuple[Target, ...] = NEXT_BAR
     target_coef: FloatArray = field(default_factory=lambda: np.zeros((0, 0)))
+    # The targets with their names, when this HAR serves live with horizons (the worker's
+    # fallback baseline): its forecasts then carry them as the model's do.
+    spec: Horizons | None = field(default=None, compare=False)
     # Window means of the profiles per window length k: (profiles dict, {k: (rows, slots)}).
     _windowed: tuple[dict[str, FloatArray], dict[int, FloatArray]] | None = field(
         default=None, init=False, repr=False, compare=False)
@@ -393,6 +396,12 @@ class Har(LogForecaster):
     @property
     def targets(self) -> tuple[Target, ...]:
         return self.horizon_targets if len(self.target_coef) else NEXT_BAR
+
+    @property
+    def horizon_spec(self) -> Horizons:
+        if self.spec is not None and len(self.target_coef) and self.spec.targets == self.horizon_targets:
+            return self.spec
+        return Horizons(1, ())
 
     def predict_targets(
         self, batch: Batch, keys: Sequence[str], positions: IntArray

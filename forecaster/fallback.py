@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from forecaster.baselines import Ewma, Har
 from forecaster.features import HAR_HISTORY
 from forecaster.frame import BarFrame
+from forecaster.horizons import Horizons
 from forecaster.predictor import Predictor, baseline_predictor
 
 REFIT_EVERY = 60
@@ -30,7 +31,10 @@ class FallbackBaseline:
     """HAR for long enough histories, EWMA for the rest; refitted on what the worker holds."""
 
     def __init__(self, *, refit_every: int = REFIT_EVERY, min_har_bars: int = MIN_HAR_BARS,
-                 max_fit_feeds: int = MAX_FIT_FEEDS) -> None:
+                 max_fit_feeds: int = MAX_FIT_FEEDS, horizons: Horizons | None = None) -> None:
+        # The model's horizons: HAR is then fitted direct per target (forecaster/baselines.py),
+        # so a feed without a model still gets every horizon and window (without quantiles).
+        self.horizons = horizons if horizons is not None and horizons.multi else None
         self.refit_every = refit_every
         self.min_har_bars = min_har_bars
         self.max_fit_feeds = max_fit_feeds
@@ -70,7 +74,16 @@ class FallbackBaseline:
         self.ewma = baseline_predictor("ewma", fitted=ewma)
         long_enough = [(k, f) for k, f in chosen if len(f) >= self.min_har_bars]
         if long_enough:
-            har = Har(interval_ms=long_enough[0][1].interval_ms)
-            har.fit(long_enough)
+            interval = long_enough[0][1].interval_ms
+            har = Har(interval_ms=interval)
+            if self.horizons is not None:
+                direct = Har(interval_ms=interval, horizon_targets=self.horizons.targets, spec=self.horizons)
+                try:
+                    direct.fit(long_enough)
+                    har = direct
+                except ValueError:  # histories too short for the farthest window: next bar only
+                    har.fit(long_enough)
+            else:
+                har.fit(long_enough)
             self.har = baseline_predictor("har", fitted=har)
         self.fits += 1

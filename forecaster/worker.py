@@ -153,7 +153,7 @@ class Worker:
         self.stream = self.streams[0]
         self.group = settings.forecaster.group
         self.store = ModelStore(settings.refit.model_dir)
-        self.fallback = FallbackBaseline()
+        self.fallback = FallbackBaseline(horizons=resolve_horizons(settings.model, self.interval_ms))
         self.model: Serving | None = None  # the model in keys.model(); None until there is one
         self.naive = baseline_predictor("naive")
         self.guards = GuardCounts()  # forecasts the output guard replaced (status: guarded, ...)

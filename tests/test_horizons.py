@@ -199,3 +199,20 @@ def test_payload_schema_2_round_trip_with_horizons() -> None:
     assert Prediction.from_json(payload) == p
     with pytest.raises(ValueError, match="one value per horizon"):
         Prediction.from_json(payload.replace(b'"0.9":[20.0,21.0,22.0]', b'"0.9":[20.0]'))
+
+
+def test_the_fallback_baseline_serves_har_direct_horizons() -> None:
+    from forecaster.fallback import FallbackBaseline
+
+    spec = resolve(ModelSettings(), MINUTE)
+    frame = near()
+    fallback = FallbackBaseline(horizons=spec)
+    fallback.refit([(KEY, frame[:2000])])
+    [fc] = fallback.choose(2000).predict([(KEY, frame[:2000])])
+    assert fc.guard is None and fc.horizons is not None and not fc.horizons.quantiles
+    assert len(fc.horizons.volume) == 60 and list(fc.horizons.sums) == ["5m", "15m", "1h"]
+    assert fc.horizons.volume[0] == pytest.approx(fc.volume, rel=5e-5)
+    # Without horizons (a seed model's settings), HAR forecasts the next bar only.
+    plain = FallbackBaseline(horizons=resolve(ModelSettings(name="seed"), MINUTE))
+    plain.refit([(KEY, frame[:2000])])
+    assert plain.choose(2000).predict([(KEY, frame[:2000])])[0].horizons is None

@@ -62,6 +62,10 @@ async def test_one_prediction_per_symbol_per_bar_with_baseline_and_retained(sett
                     assert p.last_bar_ms == bar.open_time_ms
                     assert p.open_time_ms == bar.open_time_ms + MINUTE
                     assert p.baseline and p.model_name == "har" and p.model_version == "baseline"
+                    # HAR direct serves the default horizons too (no quantiles: a baseline has none).
+                    assert p.horizons is not None and len(p.horizons.volume) == 60 and not p.horizons.quantiles
+                    assert list(p.horizons.sums) == ["5m", "15m", "1h"] and min(p.horizons.volume) > 0
+                    assert p.horizons.volume[0] == pytest.approx(p.volume, rel=5e-5)
                     assert p.volume > 0 and p.feed.exchange == "binance" and p.feed.interval_ms == MINUTE
                     assert p.last_volume == float(series[p.feed][HISTORY + step].volume)
             for _ in range(100):  # acknowledged once published and recorded
