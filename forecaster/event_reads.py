@@ -57,9 +57,23 @@ class ShardReader:
             return _by_shard(reply, self._shard_of)
         if block is not None:
             return await self._blocking_read(ids, count, block)
-        replies = await asyncio.gather(*[self._one(k, i, count, None) for k, i in ids.items()])
+        # A shard that fails (its master died, a failover under way) must not discard what the
+        # others delivered: those entries are in this consumer's pending list now, and a worker
+        # reads its own pending list only when it starts. So they are returned, and the error
+        # raised only when no shard delivered anything (the failing shard fails again next read).
+        replies = await asyncio.gather(*[self._one(k, i, count, None) for k, i in ids.items()],
+                                       return_exceptions=True)
         raise_if_cancelled()
-        return [(k, entries) for k, entries in zip(ids, replies, strict=True) if entries]
+        out: list[tuple[int, Entries]] = []
+        error: BaseException | None = None
+        for k, got in zip(ids, replies, strict=True):
+            if isinstance(got, BaseException):
+                error = error or got
+            elif got:
+                out.append((k, got))
+        if error is not None and not out:
+            raise error
+        return out
 
     async def _one(self, shard: int, after: str, count: int, block: int | None) -> Entries:
         reply: Any = await self.redis.xreadgroup(self.group, self.consumer, {self.streams[shard]: after},

@@ -315,7 +315,13 @@ class Worker:
         the burst belongs in the same batch rather than in a second forward pass after it."""
         out: list[tuple[int, Entries]] = []
         while room > 0:
-            read = await self.reader.read(dict.fromkeys(range(len(self.streams)), ">"), room)
+            try:
+                read = await self.reader.read(dict.fromkeys(range(len(self.streams)), ">"), room)
+            except TRANSIENT as exc:
+                # What the blocking read and the drain so far delivered is pending with us and
+                # must be handled; the outage shows again at the next read.
+                log.debug("drain stopped: %s", exc)
+                break
             if not read:
                 break
             out += read
