@@ -1,7 +1,10 @@
 """Kill -9 of a Redis Cluster master while `volcast stream` and `volcast forecast` run on it: the
 replica is promoted, both services follow the new topology on their own, and no closed bar is lost
 or doubled, every bar equals the offline one (`volcast bars` of the same trades; ``backfilled``
-where its trades came over REST), and every bar gets one forecast (or the same one again).
+where its trades came over REST), every bar is announced and gets its forecast recorded (the feed's
+predictions stream), and no bar's forecast is published over MQTT twice with different values.
+(Over MQTT a backlog is coalesced by design: the publisher sends a topic's newest forecast, so a
+burst of bars after the failover may show only its last one there.)
 
 The cluster is this test's own (tests/cluster.py's helper, not the session's shared one, whose
 nodes other tests rely on): a node of it is killed.
