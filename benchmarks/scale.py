@@ -6,8 +6,8 @@
 Starts its own cluster (six `redis-server`, three masters and three replicas, tests/cluster.py)
 and runs, on it, one after the other:
 
-- ``streamers``: benchmarks/streamers.py's run (a flood of ``--feeds`` x ``--trades`` synthetic
-  trades) with one `volcast stream` (default: no leases) and with two sharing the feeds through
+- ``streamers``: benchmarks/streamers.py's run (``--feeds`` x ``--trades`` synthetic trades, at
+  that benchmark's default pace) with one `volcast stream` (no leases) and with two sharing the feeds through
   leases: trades/s (wall) and trades per CPU-second of the streamer processes, best of ``--rounds``;
 - ``forecasters``: one and two `volcast forecast` processes (3 event shards, the fallback
   baselines: no model is trained here) on ``--fc-feeds`` feeds of real 1-minute volumes
