@@ -19,6 +19,9 @@ from pathlib import Path
 import pytest
 from cluster import HAS_CLUSTER_TOOLS, LocalCluster, start_cluster
 from failover_harness import run_failover
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from forecaster.event_reads import ShardReader
 
 pytestmark = pytest.mark.slow
 
@@ -53,3 +56,27 @@ async def test_kill_9_of_a_master_loses_no_bar_and_no_forecast(tmp_path: Path, o
     assert not any(result.conflicting.values()), result.conflicting
     # the failover really happened under the services: a replica was promoted
     assert own_cluster.processes[result.killed_port].poll() is not None
+
+
+class _OneShardDown:
+    """Unit fake of a cluster client whose shard ``down`` is unreachable (its master died)."""
+
+    def __init__(self, down: str) -> None:
+        self.down = down
+
+    async def xreadgroup(self, group: str, consumer: str, streams: dict[str, str], **_: object) -> object:
+        (stream,) = streams
+        if stream == self.down:
+            raise RedisConnectionError("Error 111 connecting: the master died")
+        return [[stream.encode(), [(b"1-0", {b"symbol": stream.encode()})]]]
+
+
+async def test_a_read_over_shards_keeps_what_the_live_shards_delivered() -> None:
+    # What the live shards delivered is in the consumer's pending list, which a running worker
+    # does not read again: dropping it with the dead shard's error lost those bars' forecasts.
+    reader = ShardReader(_OneShardDown("s1"), ["s0", "s1", "s2"], "g", "c")  # type: ignore[arg-type]
+    reader._apart = True  # as on a cluster (the fake is not a RedisCluster)
+    read = await reader.read({0: ">", 1: ">", 2: ">"}, 10)
+    assert [k for k, _ in read] == [0, 2]
+    with pytest.raises(RedisConnectionError):  # nothing delivered: the outage is raised
+        await reader.read({1: ">"}, 10)
