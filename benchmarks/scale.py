@@ -167,6 +167,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             "seconds_to_recover": round(failed.recovered_s, 2), "seconds_to_promote": round(failed.promoted_s, 2),
             "bars_wrong": sum(len(v) for v in failed.wrong.values()),
             "bars_unforecast": sum(len(v) for v in failed.unforecast.values()),
+            "bars_unforecast_outside_outage": sum(len(v) for v in failed.unforecast_outside_outage.values()),
             "bars_not_on_mqtt": sum(len(v) for v in failed.not_on_mqtt.values()),
             "bars_conflicting_forecasts": sum(len(v) for v in failed.conflicting.values()),
             "republished": failed.republished, "bars": sum(failed.bars.values()),

@@ -43,6 +43,9 @@ class FailoverResult:
     killed_port: int
     promoted_s: float  # kill to a replica serving the dead master's slots
     recovered_s: float  # kill to the killed feed's next bar in Redis
+    # open times: BTC/USDT's last bar in Redis at the kill, and its newest at the recovery (the
+    # bars that closed during the failover are after the first, up to the second)
+    outage: tuple[int, int] = (0, 0)
     bars: dict[str, int] = field(default_factory=dict)  # offline bars per feed
     lost: dict[str, list[int]] = field(default_factory=dict)  # open times missing in Redis
     extra: dict[str, list[int]] = field(default_factory=dict)  # open times in Redis, not offline
@@ -56,6 +59,11 @@ class FailoverResult:
     conflicting: dict[str, list[int]] = field(default_factory=dict)  # bars with two different ones
     republished: int = 0  # identical forecasts published again
     exits: dict[str, int | None] = field(default_factory=dict)
+
+    @property
+    def unforecast_outside_outage(self) -> dict[str, list[int]]:
+        low, high = self.outage
+        return {name: [t for t in times if not low < t <= high] for name, times in self.unforecast.items()}
 
     @property
     def bars_lost(self) -> int:
@@ -144,8 +152,10 @@ async def run_failover(directory: Path, cluster: LocalCluster, *, seconds: float
                 recovered_s = await _until(lambda: _has_bar_from(redis, keys, btc, before + 1000),
                                            "BTC/USDT's next bar after the failover")
                 recovered_s = time.monotonic() - killed
+                last = await redis.xrevrange(keys.bars(btc), count=1)
+                outage = (before, int(last[0][0].decode().split("-")[0]))
                 expected = await streamed_to_the_end(redis, keys, server, tapes, files)
-                result = FailoverResult(victim, promoted_s, recovered_s)
+                result = FailoverResult(victim, promoted_s, recovered_s, outage)
                 streamed = {feed: await redis_bars(redis, keys, feed) for feed in expected}
                 announced = {feed: await _announced(redis, keys, feed) for feed in expected}
                 await _wait_forecasts(redis, keys, expected)
