@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from report import print_result
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_BARS = ROOT.parent / "shared" / "data" / "bars"
@@ -273,11 +274,7 @@ def main() -> int:
     parser.add_argument("--keep-logs", metavar="DIR", help="copy the services' logs here")
     args = parser.parse_args()
     result = run(args)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>32}: {value}")
+    print_result(result, args.json, 32)
     return 0 if result["met"] else 1
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import math
 import multiprocessing
 import os
@@ -48,6 +47,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import yaml
+from report import print_result
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -292,11 +292,7 @@ def main() -> int:
     parser.add_argument("--trades", type=int, default=100_000, help="trades in the flood (default 100000)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>22}: {value}")
+    print_result(result, args.json, 22)
     return 0
 
 

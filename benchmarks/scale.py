@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from report import print_result
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -197,11 +197,7 @@ def main() -> int:
     parser.add_argument("--boundaries", type=int, default=30, help="bar boundaries per forecaster run (default 30)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>18}: {value}")
+    print_result(result, args.json, 18)
     return 0
 
 

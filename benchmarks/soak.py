@@ -59,6 +59,7 @@ from typing import Any
 
 import redis
 import yaml
+from report import print_result
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -500,11 +501,7 @@ def main() -> int:
     if not Path(REDIS_SERVER).exists():
         parser.error("needs redis-server (apt-get install redis-server)")
     result = run(args)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>32}: {value}")
+    print_result(result, args.json, 32)
     return 0
 
 

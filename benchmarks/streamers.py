@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import json
 import multiprocessing
 import os
 import shutil
@@ -49,6 +48,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import yaml
+from report import print_result
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -253,11 +253,7 @@ def main() -> int:
                         help="replay speed (default 1: 1,000 trades/s per feed; inf floods them at once)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>26}: {value}")
+    print_result(result, args.json, 26)
     return 0
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -31,6 +30,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import yaml
+from report import print_result
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -168,11 +168,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="kill -9 runs (default 3, ~40 s each)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>16}: {value}")
+    print_result(result, args.json, 16)
     return 0
 
 
