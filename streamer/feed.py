@@ -631,7 +631,7 @@ class FeedRunner:
         low = self.link.liveness.clock.low_ms
         if probe is None or low is None or probe.proven_local_ms <= self._confirmed_ms:
             return None
-        return probe.proven_local_ms + low
+        return probe.proven_local_ms + probe.offset_ms(low)
 
     def _capped_liveness_ms(self) -> int | None:
         """What the pongs prove, held back by the trade flows this feed's trades travel in: no more

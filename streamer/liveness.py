@@ -215,11 +215,16 @@ class ConnectionProbe:
         self.client = client
         self.flow = FlowGuard()
         self.proven_local_ms = -1  # local time a ping was sent whose pong has come
+        # The clock's lower-bound offset when that ping was sent (None: unknown then). A replay
+        # faster than real time raises the bound as it goes: the newer bound added to an older
+        # send time overstated the proof by seconds (and closed bars before their trades came).
+        self.proven_offset_ms: int | None = None
         self.pings = 0
         self.pongs = 0
         self.acked: dict[int, int] = {}  # subscription request id -> local time its answer came
         self.needs: dict[int, int] = {}  # feed -> exchange time it wants proven
-        self._sent: dict[bytes, tuple[int, float]] = {}  # payload -> (local ms, monotonic) at sending
+        # payload -> (local ms, monotonic, the clock's lower-bound offset) at sending
+        self._sent: dict[bytes, tuple[int, float, int | None]] = {}
         self.messages: deque[float] = deque()  # monotonic times of our messages on it (pings, subscriptions)
         self._numbers = itertools.count(1)
         self.last_ping = -math.inf  # monotonic
@@ -239,7 +244,7 @@ class ConnectionProbe:
         """How long the oldest ping without an answer has waited (0: none is waiting)."""
         if not self._sent:
             return 0.0
-        return now - min(mono for _ms, mono in self._sent.values())
+        return now - min(mono for _ms, mono, _low in self._sent.values())
 
     def sent_message(self) -> None:
         """A message of ours left on this connection (ccxt's ``send``: a subscription)."""
@@ -253,8 +258,9 @@ class ConnectionProbe:
             messages.popleft()
         return 0.0 if len(messages) < _MESSAGES_PER_S else messages[0] + 1.0 - now
 
-    async def ping(self) -> None:
-        """Send one ping, once the connection's message rate allows it."""
+    async def ping(self, low_ms: int | None = None) -> None:
+        """Send one ping, once the connection's message rate allows it; ``low_ms``: the exchange
+        clock's lower-bound offset now, what its pong will prove the send time on."""
         wait = self.pace_s()
         if wait > 0:
             # Once: only the prober's one task per connection pings it (a subscription sent
@@ -267,7 +273,7 @@ class ConnectionProbe:
         if len(self._sent) >= _MAX_OUTSTANDING:
             self._sent.pop(next(iter(self._sent)))
         # Taken before the write: the server reads the ping after this moment.
-        self._sent[payload] = (now_ms(), time.monotonic())
+        self._sent[payload] = (now_ms(), time.monotonic(), low_ms)
         self.last_ping = time.monotonic()
         self.messages.append(self.last_ping)
         self.pings += 1
@@ -279,11 +285,18 @@ class ConnectionProbe:
         if sent is None:
             return False  # ccxt's own keep-alive (empty payload), or a ping we gave up on
         self.pongs += 1
-        sent_ms = sent[0]
-        for key in [k for k, (ms, _mono) in self._sent.items() if ms <= sent_ms]:
+        sent_ms, _mono, low = sent
+        for key in [k for k, (ms, _mono, _low) in self._sent.items() if ms <= sent_ms]:
             del self._sent[key]  # answered too: the server read them before this one
-        self.proven_local_ms = max(self.proven_local_ms, sent_ms)
+        if sent_ms >= self.proven_local_ms:
+            self.proven_local_ms, self.proven_offset_ms = sent_ms, low
         return True
+
+    def offset_ms(self, low_ms: int) -> int:
+        """The offset the newest answered ping is proven on: the bound at its sending, if known
+        and lower than ``low_ms`` (the bound now)."""
+        at_send = self.proven_offset_ms
+        return low_ms if at_send is None else min(low_ms, at_send)
 
     def on_text(self, data: str) -> None:
         """Note a subscription's answer (Binance: ``{"result":null,"id":7}``)."""
@@ -303,9 +316,10 @@ class ConnectionProbe:
         if not due:
             return False
         wanted = max(due)
-        if self.proven_local_ms + low_ms >= wanted:
+        if self.proven_local_ms + self.offset_ms(low_ms) >= wanted:
             return False
-        return not any(ms + low_ms >= wanted for ms, _mono in self._sent.values())
+        return not any(ms + (low_ms if low is None else min(low, low_ms)) >= wanted
+                       for ms, _mono, low in self._sent.values())
 
     def next_need(self) -> int | None:
         return min(self.needs.values(), default=None)
@@ -435,6 +449,6 @@ class Liveness:
 
     async def _ping(self, probe: ConnectionProbe) -> None:
         try:
-            await probe.ping()
+            await probe.ping(self.clock.low_ms)
         except (ConnectionError, RuntimeError, OSError) as exc:  # the socket is closing: its feeds reconnect
             log.debug("ping on %s failed: %r", probe.client.url, exc)

@@ -17,7 +17,7 @@ from stream_harness import same_bars
 
 from streamer.close_proof import CloseProof
 from streamer.feed import ExchangeLink, FeedRunner
-from streamer.liveness import ConnectionProbe
+from streamer.liveness import ConnectionProbe, now_ms
 from streamer.offline import aggregate_trades
 from streamer.source import create_exchange
 from streamer.store import ResumePoint
@@ -170,6 +170,40 @@ def test_a_trade_past_the_end_closes_the_bar_at_once_and_a_hole_holds_it() -> No
     harness.pong(t0 + 2 * SEC + GRACE)
     assert [b.trades for b in harness.bars] == [2, 2]
     assert runner.close_stats.counts[CloseProof.LIVENESS] == 1
+
+
+class _Socket:
+    closed = False
+
+    def __init__(self) -> None:
+        self.pings: list[bytes] = []
+
+    async def ping(self, payload: bytes) -> None:
+        self.pings.append(payload)
+
+
+async def test_a_pong_proves_its_ping_on_the_clock_bound_of_the_pings_sending() -> None:
+    """A replay faster than real time raises the exchange clock's lower bound between a ping and
+    its pong. The pong proves the ping's send time on the bound of that moment: the newer bound
+    added to the older send time overstated the proof by the bound's rise, and closed bars before
+    their trades came (test_stream_faults' stall test on the cluster: ETH/USDT's bars closed
+    empty, then their trades came over REST as late, 3 runs of 6)."""
+    t0 = 1_700_000_000_000 - 1_700_000_000_000 % SEC
+    harness = _Harness(t0)
+    socket = _Socket()
+    probe = ConnectionProbe(SimpleNamespace(connection=socket, subscriptions={}))
+    harness.runner._probe = probe
+    clock = harness.link.liveness.clock
+    clock.low_ms = t0 - now_ms()  # the exchange's time now is t0, at least
+    await probe.ping(clock.low_ms)
+    clock.low_ms += 5 * SEC  # a reading made meanwhile: the replay's clock ran ahead of ours
+    assert probe.on_pong(socket.pings[0])
+    harness.runner.try_close()
+    assert harness.bars == []  # the ping left at about t0: no bar after t0 has ended by then
+    await probe.ping(clock.low_ms)  # sent on the new bound: its pong proves about t0 + 5 s
+    assert probe.on_pong(socket.pings[1])
+    harness.runner.try_close()
+    assert len(harness.bars) >= 4 and all(b.trades == 0 for b in harness.bars)
 
 
 def test_a_time_reversal_is_counted_and_ends_the_trade_proof() -> None:
