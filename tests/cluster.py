@@ -57,12 +57,16 @@ class LocalCluster:
         ], port)
 
     def wait_ok(self, timeout_s: float = 30.0) -> None:
-        """Until every node says cluster_state:ok and knows all six nodes."""
+        """Until every node says cluster_state:ok and knows all six nodes, and every replica's link
+        to its master is up (until the first sync ends a master's WAIT blocks: the first WAIT of a
+        test measured 5.6 s)."""
         deadline = time.monotonic() + timeout_s
         while True:
             states = [self.cli(port, "cluster", "info") for port in self.ports]
             if all("cluster_state:ok" in s and f"cluster_known_nodes:{len(self.ports)}" in s for s in states):
-                return
+                links = [self.cli(port, "info", "replication") for port in self.ports]
+                if all("role:master" in r or "master_link_status:up" in r for r in links):
+                    return
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the cluster is not ok after {timeout_s:.0f} s: {states[0]}")
             time.sleep(0.1)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -130,9 +131,10 @@ def test_state_fields_round_trip_and_bad_fields_are_refused() -> None:
 
 
 @pytest.fixture
-async def redis_keys() -> AsyncIterator[tuple[object, RedisKeys]]:
+async def redis_keys(redis_config: dict[str, Any]) -> AsyncIterator[tuple[object, RedisKeys]]:
     settings = settings_from_mapping({"exchanges": [{"id": "binance", "symbols": ["NEAR/USDT"]}],
-                                     "redis": {"key_prefix": f"test-cal-{uuid.uuid4().hex[:10]}"}}, env={})
+                                     "redis": {**redis_config, "key_prefix": f"test-cal-{uuid.uuid4().hex[:10]}"}},
+                                     env={})
     keys = RedisKeys(settings.redis.key_prefix)
     async with redis_client(settings.redis) as redis:
         yield redis, keys

@@ -9,6 +9,7 @@ import asyncio
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from worker_harness import (
@@ -41,8 +42,9 @@ C_LOW, C_HIGH = 0.5, 0.75
 
 
 @pytest.fixture
-async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
-    s = settings_for(tmp_path / "models", symbols=("NEAR/USDT", "ALGO/USDT"), forecaster={"calibrate_horizons": True})
+async def settings(tmp_path: Path, redis_config: dict[str, Any]) -> AsyncIterator[Settings]:
+    s = settings_for(tmp_path / "models", symbols=("NEAR/USDT", "ALGO/USDT"), forecaster={"calibrate_horizons": True},
+                     redis=redis_config)
     yield s
     await delete_prefix(s)
     await clear_retained(s)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from stream_harness import (
     delete_prefix,
     redis_bars,
@@ -28,7 +28,9 @@ from streamer.simulator.faults import parse_faults
 from streamer.simulator.server import ReplayServer
 from streamer.simulator.tape import load_tape
 from volcast.bar import BarStatus
+from volcast.connections import redis_client
 from volcast.keys import RedisKeys
+from volcast.settings import RedisSettings
 
 pytestmark = pytest.mark.slow
 
@@ -44,17 +46,20 @@ def _api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOLCAST_BINANCE_API_KEY", "simulator")
 
 
-async def test_every_fault_at_once_gives_the_offline_bars_or_honest_gaps(tmp_path: Path) -> None:
+async def test_every_fault_at_once_gives_the_offline_bars_or_honest_gaps(
+    tmp_path: Path, redis_config: dict[str, Any]
+) -> None:
     files = write_windows(tmp_path, 60)  # BTC/USDT (busy), ETH/USDT, XRP/ETH
     tapes = [load_tape(f) for f in files]
     prefix = unique_prefix()
-    redis = aioredis.Redis()
+    redis = redis_client(RedisSettings(**redis_config))
     keys = RedisKeys(prefix)
     health: dict[str, dict[str, int]] = {}
     try:
         server = ReplayServer(tapes, speed=5, faults=parse_faults(FAULTS), seed=11, start_on_subscribe=True)
         async with server:
-            settings = stream_settings(server, [t.symbol for t in tapes], prefix, streamer={"watchdog": "20s"})
+            settings = stream_settings(server, [t.symbol for t in tapes], prefix, streamer={"watchdog": "20s"},
+                                       redis=redis_config)
             streamer = asyncio.create_task(run(settings))
             expected = await streamed_to_the_end(redis, keys, server, tapes, files)
             streamer.cancel()

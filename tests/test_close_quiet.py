@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import WSMsgType
 from stream_harness import (
     TRADE_FILES,
@@ -28,7 +28,9 @@ from streamer.service import run
 from streamer.simulator.server import ReplayServer
 from streamer.simulator.tape import load_tape
 from volcast.bar import BarStatus
+from volcast.connections import redis_client
 from volcast.keys import RedisKeys
+from volcast.settings import RedisSettings
 from volcast.status_report import collect_status, render_table
 
 pytestmark = pytest.mark.slow
@@ -39,17 +41,20 @@ def _api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOLCAST_BINANCE_API_KEY", "simulator")
 
 
-async def test_quiet_symbols_close_on_pongs_and_are_never_reconnected(tmp_path: Path) -> None:
+async def test_quiet_symbols_close_on_pongs_and_are_never_reconnected(
+    tmp_path: Path, redis_config: dict[str, Any]
+) -> None:
     files = write_windows(tmp_path, 60)  # BTC/USDT (busy), ETH/USDT, XRP/ETH (a trade every few seconds)
     tapes = [load_tape(f) for f in files]
     prefix = unique_prefix()
-    redis = aioredis.Redis()
+    redis = redis_client(RedisSettings(**redis_config))
     keys = RedisKeys(prefix)
     try:
         async with ReplayServer(tapes, speed=5, start_on_subscribe=True) as server:
             # XRP/ETH is silent for 17 s of the replay (3.4 s here), longer than the watchdog: the
             # old watchdog ("no trade for 2s") reconnected it and backfilled over REST each time.
-            settings = stream_settings(server, [t.symbol for t in tapes], prefix, streamer={"watchdog": "2s"})
+            settings = stream_settings(server, [t.symbol for t in tapes], prefix, streamer={"watchdog": "2s"},
+                                       redis=redis_config)
             streamer = asyncio.create_task(run(settings))
             expected = await streamed_to_the_end(redis, keys, server, tapes, files)
             report = await collect_status(redis, settings)

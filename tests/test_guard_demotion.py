@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 from worker_harness import (
@@ -98,8 +99,8 @@ def test_the_previous_version_is_the_newest_older_one_not_demoted() -> None:
     assert previous_version(["1"], "seed", ()) is None
 
 
-async def test_a_demotion_switches_only_the_version_it_watched(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path / "models")
+async def test_a_demotion_switches_only_the_version_it_watched(tmp_path: Path, redis_config: dict[str, Any]) -> None:
+    settings = settings_for(tmp_path / "models", redis=redis_config)
     keys = RedisKeys(settings.redis.key_prefix)
     store = ModelStore(tmp_path / "models")
     try:
@@ -120,8 +121,9 @@ async def test_a_demotion_switches_only_the_version_it_watched(tmp_path: Path) -
         await delete_prefix(settings)
 
 
-async def test_the_worker_demotes_a_version_clearly_worse_than_naive(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path / "models", forecaster={"demotion_window": 3})
+async def test_the_worker_demotes_a_version_clearly_worse_than_naive(tmp_path: Path,
+                                                                     redis_config: dict[str, Any]) -> None:
+    settings = settings_for(tmp_path / "models", forecaster={"demotion_window": 3}, redis=redis_config)
     keys = RedisKeys(settings.redis.key_prefix)
     feeds = feeds_of(settings)
     history = 2000

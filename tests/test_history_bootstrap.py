@@ -53,17 +53,6 @@ def _api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-async def redis() -> AsyncIterator[tuple[aioredis.Redis, str]]:
-    client = aioredis.Redis()
-    prefix = unique_prefix()
-    try:
-        yield client, prefix
-    finally:
-        await delete_prefix(client, prefix)
-        await client.aclose()
-
-
-@pytest.fixture
 async def redis_on(redis_config: dict[str, Any]) -> AsyncIterator[tuple[aioredis.Redis, str, dict[str, Any]]]:
     """``redis`` on the shared single Redis and on the local Redis Cluster, with the redis section."""
     client = redis_client(RedisSettings(**redis_config))
@@ -73,6 +62,9 @@ async def redis_on(redis_config: dict[str, Any]) -> AsyncIterator[tuple[aioredis
     finally:
         await delete_prefix(client, prefix)
         await client.aclose()
+
+
+RedisOn = tuple[aioredis.Redis, str, dict[str, Any]]
 
 
 def replay(**kwargs: Any) -> ReplayServer:
@@ -186,15 +178,15 @@ async def _wait_health(client: aioredis.Redis, prefix: str, done: Any) -> dict[s
     raise AssertionError(f"health never got there: {await health(client, prefix)}")
 
 
-async def test_loader_keeps_to_the_weight_limit_and_waits_out_429s(redis: tuple[aioredis.Redis, str]) -> None:
-    client, prefix = redis
+async def test_loader_keeps_to_the_weight_limit_and_waits_out_429s(redis_on: RedisOn) -> None:
+    client, prefix, redis_config = redis_on
     keys = RedisKeys(prefix)
     # 60 weight per 2 s (Binance: 6000 per minute): the loader takes at most half a window, and
     # two exchangeInfo reads (20 each) already pass that; a third of the klines answers are 429s.
     faults = FaultSpec(klines_error_rate=0.3, rest_error_status=429)
     async with replay(weight_limit=60, weight_window_s=2, faults=faults) as server:
         await into_the_tape(server, 45)
-        settings = settings_for(server, prefix)
+        settings = settings_for(server, prefix, redis=redis_config)
         (state,) = await load_history(settings, client, keys, 60_000)
         assert state.state is HistoryState.LOADED, state.error
         bars = await redis_bars(client, keys, FEED)
@@ -208,12 +200,12 @@ async def test_loader_keeps_to_the_weight_limit_and_waits_out_429s(redis: tuple[
         assert state.requests == server.rest.kline_requests - server.rest.injected_errors
 
 
-async def test_interrupted_load_goes_on_where_it_stopped(redis: tuple[aioredis.Redis, str]) -> None:
-    client, prefix = redis
+async def test_interrupted_load_goes_on_where_it_stopped(redis_on: RedisOn) -> None:
+    client, prefix, redis_config = redis_on
     keys = RedisKeys(prefix)
     async with replay() as server:
         await into_the_tape(server, 45)
-        settings = settings_for(server, prefix)
+        settings = settings_for(server, prefix, redis=redis_config)
         (first,) = await load_history(settings, client, keys, 60_000)
         whole = await redis_bars(client, keys, FEED)
         # As if the process had stopped two pages before the end (history is written oldest first):
@@ -233,12 +225,12 @@ async def test_interrupted_load_goes_on_where_it_stopped(redis: tuple[aioredis.R
         assert server.rest.kline_requests - requests == second.requests
 
 
-async def test_coarser_bars_are_built_from_the_minutes(redis: tuple[aioredis.Redis, str]) -> None:
-    client, prefix = redis
+async def test_coarser_bars_are_built_from_the_minutes(redis_on: RedisOn) -> None:
+    client, prefix, redis_config = redis_on
     keys = RedisKeys(prefix)
     async with replay() as server:
         await into_the_tape(server, 75)
-        settings = settings_for(server, prefix, bars={"interval": "5m", "grace": "2s"})
+        settings = settings_for(server, prefix, bars={"interval": "5m", "grace": "2s"}, redis=redis_config)
         feed = Feed("binance", "XRP/ETH", 5 * MIN)
         (state,) = await load_history(settings, client, keys, 60_000)
         assert state.state is HistoryState.LOADED
@@ -251,12 +243,12 @@ async def test_coarser_bars_are_built_from_the_minutes(redis: tuple[aioredis.Red
         assert all(b.open_time_ms % (5 * MIN) == 0 for b in bars) and len(bars) >= 2 * 288
 
 
-async def test_a_feed_whose_candles_fail_streams_live_without_history(redis: tuple[aioredis.Redis, str]) -> None:
-    client, prefix = redis
+async def test_a_feed_whose_candles_fail_streams_live_without_history(redis_on: RedisOn) -> None:
+    client, prefix, redis_config = redis_on
     keys = RedisKeys(prefix)
     async with replay(faults=FaultSpec(klines_error_rate=1.0, rest_error_status=503)) as server:
         await into_the_tape(server, 45)
-        async with streaming(settings_for(server, prefix)):
+        async with streaming(settings_for(server, prefix, redis=redis_config)):
             state = await _wait_health(client, prefix, lambda h: h.get("state") == "live")
             assert state["history_state"] == "failed" and "ExchangeNotAvailable" in state["history_error"]
             first = (await redis_bars(client, keys, FEED) or [None])[0]

@@ -10,6 +10,7 @@ import json
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from worker_harness import delete_prefix, feeds_of, settings_for, symbol_bars, write_bars
 
@@ -28,9 +29,10 @@ def history(index: int) -> list:  # type: ignore[type-arg]
                     status=BarStatus.HISTORY) for b in symbol_bars(index)]
 
 
-async def test_first_model_is_trained_as_soon_as_history_is_in(tmp_path: Path) -> None:
+async def test_first_model_is_trained_as_soon_as_history_is_in(tmp_path: Path, redis_config: dict[str, Any]) -> None:
     settings = settings_for(tmp_path / "models", symbols=("NEAR/USDT",),
-                            model={"features": ["log_volume", "trades", "buy_share", "time_of_day"]})
+                            model={"features": ["log_volume", "trades", "buy_share", "time_of_day"]},
+                            redis=redis_config)
     assert settings.refit.every == 6 * 3_600_000
     keys = RedisKeys(settings.redis.key_prefix)
     (feed,) = feeds_of(settings)
@@ -73,8 +75,9 @@ async def test_first_model_is_trained_as_soon_as_history_is_in(tmp_path: Path) -
         await delete_prefix(settings)
 
 
-async def test_the_first_run_waits_for_a_history_that_is_loading(tmp_path: Path) -> None:
-    settings = settings_for(tmp_path / "models", symbols=("NEAR/USDT",))
+async def test_the_first_run_waits_for_a_history_that_is_loading(tmp_path: Path,
+                                                                 redis_config: dict[str, Any]) -> None:
+    settings = settings_for(tmp_path / "models", symbols=("NEAR/USDT",), redis=redis_config)
     keys = RedisKeys(settings.redis.key_prefix)
     (feed,) = feeds_of(settings)
     bars = history(0)

@@ -8,6 +8,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,19 +41,24 @@ FEATURES = ["log_volume", "time_of_day", *MARKET_FEATURES]
 
 
 @pytest.fixture
-async def settings(tmp_path: Path) -> AsyncIterator[Settings]:
-    s = settings_for(tmp_path / "models", model={"look_back": 8, "hidden": 4, "features": FEATURES})
+async def settings(tmp_path: Path, redis_config: dict[str, Any]) -> AsyncIterator[Settings]:
+    s = settings_for(tmp_path / "models", model={"look_back": 8, "hidden": 4, "features": FEATURES},
+                     redis=redis_config)
     yield s
     await delete_prefix(s)
     await clear_retained(s)
 
 
 async def close_together(redis: aioredis.Redis, keys: RedisKeys, closing: Sequence[tuple[Feed, Bar]]) -> None:
-    """Bars and their events in one MULTI/EXEC, as the streamer writes a boundary's closed bars:
-    the worker sees every feed's bar of the boundary at once."""
+    """The boundary's bars, then all their events in one MULTI/EXEC: the worker sees every feed's
+    bar of the boundary at once. (Not bars and events in one transaction: on a cluster they are in
+    different slots; the events share one stream, one slot.)"""
+    bars = redis.pipeline(transaction=False)
+    for feed, bar in closing:
+        bars.xadd(keys.bars(feed), bar.to_fields(), id=f"{bar.open_time_ms}-0")  # type: ignore[arg-type]
+    await bars.execute()
     pipe = redis.pipeline(transaction=True)
     for feed, bar in closing:
-        pipe.xadd(keys.bars(feed), bar.to_fields(), id=f"{bar.open_time_ms}-0")  # type: ignore[arg-type]
         pipe.xadd(keys.bar_events(feed.interval_ms), {
             "exchange": feed.exchange, "symbol": feed.symbol, "interval": feed.interval,
             "open_time_ms": str(bar.open_time_ms), "status": bar.status.value,

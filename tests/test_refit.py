@@ -60,7 +60,8 @@ async def test_refit_promotes_only_a_better_challenger_and_prunes_the_store(tmp_
         await delete_prefix(settings)
 
 
-async def test_a_challenger_better_than_the_champion_is_promoted(tmp_path: Path) -> None:
+async def test_a_challenger_better_than_the_champion_is_promoted(tmp_path: Path,
+                                                                redis_config: dict[str, Any]) -> None:
     import asyncio
 
     from forecaster.estimator import quiet
@@ -69,7 +70,7 @@ async def test_a_challenger_better_than_the_champion_is_promoted(tmp_path: Path)
     from forecaster.model_store import ModelRecord, promote
     from forecaster.training import train_model
 
-    settings = settings_for(tmp_path / "models", refit={"keep": 1})
+    settings = settings_for(tmp_path / "models", refit={"keep": 1}, redis=redis_config)
     keys = RedisKeys(settings.redis.key_prefix)
     store = ModelStore(settings.refit.model_dir)
     series = {feed: symbol_bars(i)[:BARS] for i, feed in enumerate(feeds_of(settings))}

@@ -16,8 +16,9 @@ from stream_harness import delete_prefix, unique_prefix
 from streamer.shards import FeedOwnership
 from streamer.store import BarStore, ResumePoint
 from volcast.backoff import Backoff
+from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
-from volcast.settings import Settings, settings_from_mapping
+from volcast.settings import RedisSettings, Settings, settings_from_mapping
 
 SYMBOLS = ["BTC/USDT", "ETH/USDT", "XRP/ETH", "SOL/USDT"]
 
@@ -42,8 +43,8 @@ class _Runner:
 
 
 @pytest.fixture
-async def redis() -> AsyncIterator[tuple[aioredis.Redis, RedisKeys]]:
-    client = aioredis.Redis()
+async def redis(redis_config: dict[str, Any]) -> AsyncIterator[tuple[aioredis.Redis, RedisKeys]]:
+    client = redis_client(RedisSettings(**redis_config))
     prefix = unique_prefix()
     try:
         yield client, RedisKeys(prefix)

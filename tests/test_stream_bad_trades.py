@@ -11,9 +11,9 @@ import gzip
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from stream_harness import (
     PATIENCE_S,
     TRADE_FILES,
@@ -34,7 +34,9 @@ from streamer.simulator.tape import load_tape
 from streamer.trade_validation import Refusal
 from streamer.trades_csv import read_trade_rows
 from volcast.bar import Bar, BarStatus, Trade
+from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
+from volcast.settings import RedisSettings
 
 pytestmark = pytest.mark.slow
 
@@ -78,13 +80,14 @@ def _expected(path: Path, shift_ms: int) -> list[Bar]:
     return bars
 
 
-async def test_bad_values_never_reach_a_bar_and_the_streamer_goes_on(tmp_path: Path) -> None:
+async def test_bad_values_never_reach_a_bar_and_the_streamer_goes_on(tmp_path: Path,
+                                                                     redis_config: dict[str, Any]) -> None:
     (path,) = write_windows(tmp_path, 60, TRADE_FILES[:1])
     _spoil(path)
     tape = load_tape(path)
     assert len(tape.trades) == 2001 and not tape.skipped  # every bad number is replayed as written
     prefix = unique_prefix()
-    redis = aioredis.Redis()
+    redis = redis_client(RedisSettings(**redis_config))
     keys = RedisKeys(prefix)
     feed = Feed("binance", tape.symbol, 1000)
     try:
@@ -95,7 +98,8 @@ async def test_bad_values_never_reach_a_bar_and_the_streamer_goes_on(tmp_path: P
             while server.published[tape.symbol] < 500:  # the first rows come by REST history
                 assert asyncio.get_running_loop().time() < deadline, "the replay did not start"
                 await asyncio.sleep(0.05)
-            settings = stream_settings(server, [tape.symbol], prefix, streamer={"backfill_page": 100})
+            settings = stream_settings(server, [tape.symbol], prefix, streamer={"backfill_page": 100},
+                                       redis=redis_config)
             streamer = asyncio.create_task(run(settings))
             await asyncio.wait_for(server.done.wait(), PATIENCE_S)
             expected = _expected(path, server.timeline.shifts_ms[0])

@@ -39,14 +39,13 @@ def _api_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 async def _stream_with_faults(
-    tmp_path: Path, faults: str, *, speed: float = 10, sources: Sequence[Path] = TRADE_FILES,
-    redis_config: dict[str, Any] | None = None, **streamer: str
+    tmp_path: Path, redis_config: dict[str, Any], faults: str, *, speed: float = 10,
+    sources: Sequence[Path] = TRADE_FILES, **streamer: str
 ) -> tuple[dict[Feed, list[Bar]], dict[Feed, list[Bar]], dict[Feed, dict[str, int]], ReplayServer]:
-    """The replay with ``faults`` streamed into Redis (``redis_config``: the shared single Redis)."""
+    """The replay with ``faults`` streamed into the Redis of ``redis_config`` (single or cluster)."""
     files = write_windows(tmp_path, 60, sources)
     tapes = [load_tape(f) for f in files]
     prefix = unique_prefix()
-    redis_config = redis_config or {}
     redis = redis_client(RedisSettings(**redis_config))
     keys = RedisKeys(prefix)
     expected: dict[Feed, list[Bar]] = {}
@@ -80,7 +79,7 @@ def _no_gaps_and_equal(expected: dict[Feed, list[Bar]], streamed: dict[Feed, lis
 
 @pytest.mark.parametrize("faults", ["drop_every_trades=300", "drop_every_s=1.5"])
 async def test_dropped_connections_are_backfilled(tmp_path: Path, faults: str, redis_config: dict[str, Any]) -> None:
-    expected, streamed, health, server = await _stream_with_faults(tmp_path, faults, redis_config=redis_config)
+    expected, streamed, health, server = await _stream_with_faults(tmp_path, redis_config, faults)
     _no_gaps_and_equal(expected, streamed)
     # Every connection after a feed's first follows a reconnect: a drop, or the watchdog once the
     # replay is over; each feed's last reconnect may not have its new connection open yet when
@@ -96,9 +95,9 @@ async def test_dropped_connections_are_backfilled(tmp_path: Path, faults: str, r
         assert health[feed]["trades"] == sum(b.trades for b in bars)
 
 
-async def test_silent_feed_is_caught_by_the_watchdog(tmp_path: Path) -> None:
+async def test_silent_feed_is_caught_by_the_watchdog(tmp_path: Path, redis_config: dict[str, Any]) -> None:
     expected, streamed, health, _server = await _stream_with_faults(
-        tmp_path, "silent_after_s=1,silent_for_s=2", watchdog="600ms"
+        tmp_path, redis_config, "silent_after_s=1,silent_for_s=2", watchdog="600ms"
     )
     _no_gaps_and_equal(expected, streamed)
     btc_feed = Feed("binance", "BTC/USDT", 1000)
@@ -107,8 +106,8 @@ async def test_silent_feed_is_caught_by_the_watchdog(tmp_path: Path) -> None:
     assert any(b.status is BarStatus.BACKFILLED for b in streamed[btc_feed])
 
 
-async def test_duplicates_are_dropped_and_counted(tmp_path: Path) -> None:
-    expected, streamed, health, _server = await _stream_with_faults(tmp_path, "duplicate_rate=0.05")
+async def test_duplicates_are_dropped_and_counted(tmp_path: Path, redis_config: dict[str, Any]) -> None:
+    expected, streamed, health, _server = await _stream_with_faults(tmp_path, redis_config, "duplicate_rate=0.05")
     _no_gaps_and_equal(expected, streamed)
     total = sum(sum(b.trades for b in bars) for bars in expected.values())
     duplicates = sum(h["duplicates"] for h in health.values())
@@ -117,14 +116,14 @@ async def test_duplicates_are_dropped_and_counted(tmp_path: Path) -> None:
     assert sum(h["trades"] for h in health.values()) == total
 
 
-async def test_reordered_trades_make_the_same_bars(tmp_path: Path) -> None:
-    expected, streamed, health, _server = await _stream_with_faults(tmp_path, "reorder_window=5")
+async def test_reordered_trades_make_the_same_bars(tmp_path: Path, redis_config: dict[str, Any]) -> None:
+    expected, streamed, health, _server = await _stream_with_faults(tmp_path, redis_config, "reorder_window=5")
     _no_gaps_and_equal(expected, streamed)
     assert all(h["late"] == 0 and h["gaps"] == 0 for h in health.values())
 
 
-async def test_malformed_frames_are_counted_not_fatal(tmp_path: Path) -> None:
-    expected, streamed, health, _server = await _stream_with_faults(tmp_path, "malformed_rate=0.03")
+async def test_malformed_frames_are_counted_not_fatal(tmp_path: Path, redis_config: dict[str, Any]) -> None:
+    expected, streamed, health, _server = await _stream_with_faults(tmp_path, redis_config, "malformed_rate=0.03")
     _no_gaps_and_equal(expected, streamed)
     total = sum(sum(b.trades for b in bars) for bars in expected.values())
     assert sum(h["trades"] for h in health.values()) == total
@@ -135,17 +134,18 @@ async def test_malformed_frames_are_counted_not_fatal(tmp_path: Path) -> None:
     assert sum(h["reconnects"] - h["watchdog_timeouts"] for h in health.values()) == 0
 
 
-async def test_rest_errors_are_retried(tmp_path: Path) -> None:
+async def test_rest_errors_are_retried(tmp_path: Path, redis_config: dict[str, Any]) -> None:
     expected, streamed, health, _server = await _stream_with_faults(
-        tmp_path, "drop_every_trades=400,rest_error_rate=0.3,rest_error_status=503"
+        tmp_path, redis_config, "drop_every_trades=400,rest_error_rate=0.3,rest_error_status=503"
     )
     _no_gaps_and_equal(expected, streamed)
     assert sum(h["gaps"] for h in health.values()) == 0
 
 
-async def test_refused_backfill_closes_bars_as_gaps(tmp_path: Path) -> None:
+async def test_refused_backfill_closes_bars_as_gaps(tmp_path: Path, redis_config: dict[str, Any]) -> None:
     expected, streamed, health, _server = await _stream_with_faults(
         tmp_path,
+        redis_config,
         "drop_every_trades=500,rest_error_rate=1.0,rest_error_status=503",
         # 12 refused attempts per hole before it is given up: with short waits between them, seconds
         # instead of most of a minute of backoff.
@@ -163,12 +163,13 @@ async def test_refused_backfill_closes_bars_as_gaps(tmp_path: Path) -> None:
             assert bar == want[bar.open_time_ms]
 
 
-async def test_a_loss_of_unknown_end_keeps_its_bars_waiting(tmp_path: Path) -> None:
+async def test_a_loss_of_unknown_end_keeps_its_bars_waiting(tmp_path: Path, redis_config: dict[str, Any]) -> None:
     """REST refuses while the feed is silent: the hole is given up before any trade after it has
     come, so the gap must run to the first trade after the silence, not to a clock reading (which,
     against this replay at 10x, lags the exchange's time)."""
     expected, streamed, health, _server = await _stream_with_faults(
         tmp_path,
+        redis_config,
         "silent_after_s=2,silent_for_s=5,rest_error_rate=1.0,rest_error_status=503",
         sources=TRADE_FILES[:1],  # BTC/USDT: a trade every few ms, so the next one ends the loss
         speed=5,  # sessions of about a watchdog: the old clock estimate lagged by seconds of replay
@@ -186,12 +187,14 @@ async def test_a_loss_of_unknown_end_keeps_its_bars_waiting(tmp_path: Path) -> N
             assert bar == want[bar.open_time_ms]
 
 
-async def test_a_connection_that_stops_answering_is_reconnected_by_its_pings(tmp_path: Path) -> None:
+async def test_a_connection_that_stops_answering_is_reconnected_by_its_pings(
+    tmp_path: Path, redis_config: dict[str, Any]
+) -> None:
     """Every connection stops at once without closing (no frame, no pong): each feed's watchdog
     finds its pings unanswered, quiet XRP/ETH's too, reconnects, and the backfill fills the gap.
     (A quiet connection that answers pings is never reconnected: test_close_quiet.py.)"""
-    expected, streamed, health, _server = await _stream_with_faults(tmp_path, "stall_after_s=2", speed=5,
-                                                                    watchdog="1s")
+    expected, streamed, health, _server = await _stream_with_faults(tmp_path, redis_config, "stall_after_s=2",
+                                                                    speed=5, watchdog="1s")
     _no_gaps_and_equal(expected, streamed)
     for feed, h in health.items():
         assert h["watchdog_timeouts"] >= 1, feed

@@ -22,8 +22,9 @@ from stream_harness import PATIENCE_S, delete_prefix, stream_settings, unique_pr
 from streamer.service import StreamerStopped, run
 from streamer.simulator.server import ReplayServer
 from streamer.simulator.tape import Tape, load_tape
+from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
-from volcast.settings import Settings, settings_from_mapping
+from volcast.settings import RedisSettings, Settings, settings_from_mapping
 
 pytestmark = pytest.mark.slow
 
@@ -58,14 +59,15 @@ def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
-async def test_an_unknown_symbol_stops_its_feed_alone(tapes: list[Tape], caplog: pytest.LogCaptureFixture) -> None:
+async def test_an_unknown_symbol_stops_its_feed_alone(tapes: list[Tape], caplog: pytest.LogCaptureFixture,
+                                                      redis_config: dict[str, Any]) -> None:
     prefix = unique_prefix()
-    redis = aioredis.Redis()
+    redis = redis_client(RedisSettings(**redis_config))
     keys = RedisKeys(prefix)
     btc, foo = Feed("binance", "BTC/USDT", 1000), Feed("binance", "FOO/BAR", 1000)
     try:
         async with ReplayServer(tapes[:1], speed=10) as server:
-            settings = stream_settings(server, ["BTC/USDT", "FOO/BAR"], prefix)
+            settings = stream_settings(server, ["BTC/USDT", "FOO/BAR"], prefix, redis=redis_config)
             streamer = asyncio.create_task(run(settings))
             await asyncio.wait_for(server.started.wait(), PATIENCE_S)
             first = tapes[0].trades[0].timestamp_ms + server.timeline.shifts_ms[0]
@@ -85,14 +87,16 @@ async def test_an_unknown_symbol_stops_its_feed_alone(tapes: list[Tape], caplog:
         await redis.aclose()
 
 
-async def test_a_symbol_delisted_while_streaming_stops_its_feed_alone(tapes: list[Tape]) -> None:
+async def test_a_symbol_delisted_while_streaming_stops_its_feed_alone(tapes: list[Tape],
+                                                                     redis_config: dict[str, Any]) -> None:
     prefix = unique_prefix()
-    redis = aioredis.Redis()
+    redis = redis_client(RedisSettings(**redis_config))
     keys = RedisKeys(prefix)
     btc, eth = (Feed("binance", t.symbol, 1000) for t in tapes)
     try:
         async with ReplayServer(tapes, speed=5, start_on_subscribe=True) as server:
-            settings = stream_settings(server, [t.symbol for t in tapes], prefix, streamer={"watchdog": "1s"})
+            settings = stream_settings(server, [t.symbol for t in tapes], prefix, streamer={"watchdog": "1s"},
+                                       redis=redis_config)
             streamer = asyncio.create_task(run(settings))
             await _bar_after(redis, keys, btc, 3)
             server.delist("BTC/USDT")
@@ -113,8 +117,8 @@ async def test_a_symbol_delisted_while_streaming_stops_its_feed_alone(tapes: lis
         await redis.aclose()
 
 
-def _two_exchanges(server: ReplayServer, prefix: str, dead_port: int) -> Settings:
-    reachable = stream_settings(server, ["BTC/USDT"], prefix).model_dump(mode="json")
+def _two_exchanges(server: ReplayServer, prefix: str, dead_port: int, redis_config: dict[str, Any]) -> Settings:
+    reachable = stream_settings(server, ["BTC/USDT"], prefix, redis=redis_config).model_dump(mode="json")
     dead: dict[str, Any] = {
         "id": "binanceus",
         "symbols": ["BTC/USD"],
@@ -126,14 +130,15 @@ def _two_exchanges(server: ReplayServer, prefix: str, dead_port: int) -> Setting
     return settings_from_mapping(reachable, env={})
 
 
-async def test_an_unreachable_exchange_does_not_hold_back_the_others(tapes: list[Tape]) -> None:
+async def test_an_unreachable_exchange_does_not_hold_back_the_others(tapes: list[Tape],
+                                                                    redis_config: dict[str, Any]) -> None:
     prefix = unique_prefix()
-    redis = aioredis.Redis()
+    redis = redis_client(RedisSettings(**redis_config))
     keys = RedisKeys(prefix)
     btc, us = Feed("binance", "BTC/USDT", 1000), Feed("binanceus", "BTC/USD", 1000)
     try:
         async with ReplayServer(tapes[:1], speed=10) as server:
-            streamer = asyncio.create_task(run(_two_exchanges(server, prefix, free_port())))
+            streamer = asyncio.create_task(run(_two_exchanges(server, prefix, free_port(), redis_config)))
             await asyncio.wait_for(server.started.wait(), PATIENCE_S)
             first = tapes[0].trades[0].timestamp_ms + server.timeline.shifts_ms[0]
             await wait_for_bar(redis, keys, btc, first - first % 1000 + 3000)
@@ -150,28 +155,28 @@ async def test_an_unreachable_exchange_does_not_hold_back_the_others(tapes: list
         await redis.aclose()
 
 
-async def test_with_no_feed_left_the_service_stops(tapes: list[Tape]) -> None:
+async def test_with_no_feed_left_the_service_stops(tapes: list[Tape], redis_config: dict[str, Any]) -> None:
     prefix = unique_prefix()
     try:
         async with ReplayServer(tapes[:1], speed=10) as server:
-            settings = stream_settings(server, ["FOO/BAR", "BAZ/USDT"], prefix)
+            settings = stream_settings(server, ["FOO/BAR", "BAZ/USDT"], prefix, redis=redis_config)
             with pytest.raises(StreamerStopped, match="every feed stopped") as stopped:
                 await asyncio.wait_for(run(settings), PATIENCE_S)
         assert "binance does not list FOO/BAR" in str(stopped.value)
         assert "binance does not list BAZ/USDT" in str(stopped.value)
     finally:
-        redis = aioredis.Redis()
+        redis = redis_client(RedisSettings(**redis_config))
         await delete_prefix(redis, prefix)
         await redis.aclose()
 
 
 async def test_volcast_stream_with_only_an_unknown_symbol_exits_1_in_one_line(
-    tapes: list[Tape], tmp_path: Path
+    tapes: list[Tape], tmp_path: Path, redis_config: dict[str, Any]
 ) -> None:
     prefix = unique_prefix()
     try:
         async with ReplayServer(tapes[:1], speed=10) as server:
-            settings = stream_settings(server, ["FOO/BAR"], prefix)
+            settings = stream_settings(server, ["FOO/BAR"], prefix, redis=redis_config)
             config = tmp_path / "config.yml"
             config.write_text(yaml.safe_dump(settings.model_dump(mode="json", exclude_defaults=True)))
             process = await asyncio.create_subprocess_exec(
@@ -185,6 +190,6 @@ async def test_volcast_stream_with_only_an_unknown_symbol_exits_1_in_one_line(
         last = text.strip().splitlines()[-1]
         assert last.startswith("volcast stream: every feed stopped") and "does not list FOO/BAR" in last, text
     finally:
-        redis = aioredis.Redis()
+        redis = redis_client(RedisSettings(**redis_config))
         await delete_prefix(redis, prefix)
         await redis.aclose()

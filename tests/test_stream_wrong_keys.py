@@ -157,8 +157,13 @@ async def test_an_events_stream_of_the_wrong_type_stops_the_service_before_any_b
 
 
 async def test_an_events_stream_spoiled_while_running_leaves_no_bar_unannounced(
-    tapes: list[Tape], caplog: pytest.LogCaptureFixture
+    tapes: list[Tape], caplog: pytest.LogCaptureFixture, redis_mode: str
 ) -> None:
+    if redis_mode == "cluster":
+        pytest.skip("single Redis only: on a cluster a bar and its event live in different hash slots, so the bar "
+                    "is written before its event (streamer/announce.py) and a bar whose event is refused stays "
+                    "unannounced until a restart's recover; nor can one transaction read the bars and replace the "
+                    "events stream (CROSSSLOT). test_an_events_stream_of_the_wrong_type_... covers the cluster")
     prefix = unique_prefix()
     redis = aioredis.Redis()
     keys = RedisKeys(prefix)
@@ -197,14 +202,16 @@ def _config(settings: Settings, path: Path) -> Path:
     return path
 
 
-async def test_volcast_stream_says_it_in_one_line_and_exits_1(tapes: list[Tape], tmp_path: Path) -> None:
+async def test_volcast_stream_says_it_in_one_line_and_exits_1(tapes: list[Tape], tmp_path: Path,
+                                                             redis_config: dict[str, Any]) -> None:
     prefix = unique_prefix()
-    redis = aioredis.Redis()
+    redis = redis_client(RedisSettings(**redis_config))
     keys = RedisKeys(prefix)
     await redis.set(keys.bar_events(1000), "x")
     try:
         async with ReplayServer(tapes, speed=10) as server:
-            config = _config(stream_settings(server, [t.symbol for t in tapes], prefix), tmp_path / "config.yml")
+            config = _config(stream_settings(server, [t.symbol for t in tapes], prefix, redis=redis_config),
+                             tmp_path / "config.yml")
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "volcast.cli", "stream", "--config", str(config),
                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -11,10 +11,10 @@ import dataclasses
 import json
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
 from aiohttp import WSMsgType
 from stream_harness import PATIENCE_S, TRADE_FILES, delete_prefix, stream_settings, unique_prefix, write_windows
 
@@ -24,7 +24,9 @@ from streamer.simulator.faults import parse_faults
 from streamer.simulator.server import ReplayServer
 from streamer.simulator.tape import load_tape
 from streamer.simulator.ws_limits import ConnectionCounter, WebsocketLimits
+from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
+from volcast.settings import RedisSettings
 
 
 class _Clock:
@@ -92,7 +94,7 @@ async def test_the_simulator_disconnects_a_connection_past_five_messages_a_secon
 
 @pytest.mark.slow
 async def test_reconnect_storms_stay_within_the_connection_attempt_limit(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, redis_config: dict[str, Any]
 ) -> None:
     """Twenty connections, all dropped every second: without a budget the streamer dialled 20 a
     second and passed 300 in 15 s; with it, it stops at its share (240) and waits."""
@@ -100,14 +102,15 @@ async def test_reconnect_storms_stay_within_the_connection_attempt_limit(
     base = load_tape(write_windows(tmp_path, 60, TRADE_FILES[:1])[0])
     tapes = [dataclasses.replace(base, symbol=f"S{i:02d}X/USDT") for i in range(20)]
     prefix = unique_prefix()
-    redis = aioredis.Redis()
+    redis = redis_client(RedisSettings(**redis_config))
     # REST weight is not what this test is about (each reconnect backfills every feed): counted only.
     server = ReplayServer(tapes, speed=1, faults=parse_faults("drop_every_s=1"), weight_limit=None,
                           start_on_subscribe=True)
     try:
         async with server:
             settings = stream_settings(server, [t.symbol for t in tapes], prefix,
-                                       streamer={"backoff_initial": "50ms", "backoff_max": "200ms"})
+                                       streamer={"backoff_initial": "50ms", "backoff_max": "200ms"},
+                                       redis=redis_config)
             streamer = asyncio.create_task(run(settings))
             deadline = asyncio.get_running_loop().time() + PATIENCE_S
             while server.connections_opened < 230:  # the storms go on until the budget holds them

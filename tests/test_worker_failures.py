@@ -43,9 +43,10 @@ async def pending(redis: object, keys: RedisKeys, group: str, shards: int = 1) -
     return total
 
 
-async def test_broker_restart_is_survived_and_the_kept_prediction_published(tmp_path: Path) -> None:
+async def test_broker_restart_is_survived_and_the_kept_prediction_published(tmp_path: Path,
+                                                                             redis_config: dict[str, Any]) -> None:
     port = free_port()
-    settings = settings_for(tmp_path / "models", mqtt_url=f"mqtt://127.0.0.1:{port}")
+    settings = settings_for(tmp_path / "models", mqtt_url=f"mqtt://127.0.0.1:{port}", redis=redis_config)
     keys = RedisKeys(settings.redis.key_prefix)
     feeds = feeds_of(settings)
     series = {feed: symbol_bars(i) for i, feed in enumerate(feeds)}
