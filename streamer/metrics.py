@@ -205,6 +205,13 @@ class StreamerCollector:
         ):
             yield CounterMetricFamily(_PREFIX + name, text, value=value)
         yield GaugeMetricFamily(_PREFIX + "redis_buffered_bars", "Closed bars waiting for Redis", value=store.pending)
+        waits = store.replica_wait
+        if waits is not None:
+            yield CounterMetricFamily(_PREFIX + "replica_waits", "WAITs sent after batches of bars "
+                                      "(redis.wait_replicas)", value=waits.counters.waits)
+            yield CounterMetricFamily(_PREFIX + "replica_wait_timeouts", "WAITs that returned before "
+                                      "redis.wait_replicas replicas acknowledged the bars",
+                                      value=waits.counters.timeouts)
         yield CounterMetricFamily(_PREFIX + "stale_writes", "Writes refused for a lease that passed to another "
                                   "streamer (streamer.leases)", value=counters.stale_writes)
         ownership = self.ownership

@@ -25,12 +25,14 @@ import contextlib
 import logging
 from collections.abc import Collection
 
+import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from streamer.feed import ExchangeLink, FeedRunner
 from streamer.health import FeedState
 from streamer.history import load_history
 from streamer.metrics import StreamerCollector
+from streamer.replica_wait import ReplicaWait
 from streamer.shards import FeedOwnership
 from streamer.source import create_exchange
 from streamer.store import REDIS_DOWN, BarStore, KeyProblem, ResumePoint
@@ -50,6 +52,12 @@ class StreamerStopped(ConnectionProblem):
     so that the CLI prints it as one line and exits 1."""
 
 
+def replica_wait(redis: aioredis.Redis, settings: Settings) -> ReplicaWait | None:
+    """The WAIT step of ``redis.wait_replicas`` (None: off)."""
+    wait = settings.redis
+    return ReplicaWait(redis, wait.wait_replicas, wait.wait_timeout) if wait.wait_replicas else None
+
+
 def heartbeat_ttl_ms(settings: Settings) -> int:
     """A health hash outlives its writer by three beats: missing means the streamer is gone."""
     return 3 * max(settings.streamer.watchdog, settings.bars.open_bar_update)
@@ -61,6 +69,9 @@ async def _write_status(store: BarStore, runners: Collection[FeedRunner], ttl_ms
         runner.health.redis_buffered = store.pending
         runner.health.dropped_bars = store.counters.dropped_bars
         runner.health.redis_reconnects = store.counters.redis_reconnects
+        if store.replica_wait is not None:
+            runner.health.replica_waits = store.replica_wait.counters.waits
+            runner.health.replica_wait_timeouts = store.replica_wait.counters.timeouts
     await store.write_status(
         [(r.feed, r.open_bar()) for r in runners], [(r.feed, r.health) for r in runners], ttl_ms
     )
@@ -108,6 +119,7 @@ async def run(settings: Settings) -> None:
             buffer_bars=streamer.buffer_bars,
             backoff=Backoff(streamer.backoff_initial / 1000, streamer.backoff_max / 1000),
             event_shards=settings.redis.event_shards,
+            replica_wait=replica_wait(redis, settings),
         )
         by_feed: dict[Feed, FeedRunner] = {}
         collector = StreamerCollector(by_feed, store, per_feed=settings.metrics.per_feed)

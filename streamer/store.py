@@ -34,6 +34,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from streamer.announce import EVENTS_MAXLEN, WRITE_BAR_ALONE, Announcer, event_fields
 from streamer.health import FeedHealth
 from streamer.leases import FENCE_CHECK, FENCED_HSET, is_stale
+from streamer.replica_wait import ReplicaWait
 from volcast.backoff import Backoff
 from volcast.bar import Bar
 from volcast.connections import ConnectionProblem, is_cluster
@@ -171,6 +172,7 @@ class BarStore:
         buffer_bars: int,
         backoff: Backoff,
         event_shards: int = 1,
+        replica_wait: ReplicaWait | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
@@ -185,8 +187,12 @@ class BarStore:
         self._last_written: dict[Feed, int] = {}
         self._connected = False
         self.event_shards = event_shards
-        # On a cluster a bar and its event are written one after the other (announce.py).
-        self.announcer = Announcer(redis, keys, event_shards) if is_cluster(redis) else None
+        # redis.wait_replicas: WAIT after each batch of bars, before their events (replica_wait.py).
+        self.replica_wait = replica_wait
+        # On a cluster a bar and its event are written one after the other (announce.py); with
+        # wait_replicas on one node too, so that the WAIT comes between them.
+        split = is_cluster(redis) or replica_wait is not None
+        self.announcer = Announcer(redis, keys, event_shards) if split else None
         self._bar_script = WRITE_BAR_ALONE if self.announcer else _WRITE_BAR
         self._write_bar = redis.register_script(self._bar_script)
         self._script_loaded = False  # a cluster pipeline does not load scripts itself
@@ -423,6 +429,8 @@ class BarStore:
             self._last_written[feed] = bar.open_time_ms
         if not written:
             return
+        waits = self.replica_wait
+        wait_nodes = waits.queue(pipe, {self.keys.bars(feed) for feed, _ in written}) if waits else []
         try:
             if self.announcer is not None and not self._script_loaded:
                 await self.redis.script_load(WRITE_BAR_ALONE)  # on every master
@@ -432,6 +440,9 @@ class BarStore:
         except BaseException:
             self._last_written.clear()  # unknown what landed: re-read before the retry
             raise
+        if waits is not None:
+            results, replies = results[:len(written)], results[len(written):]
+            waits.count(wait_nodes, replies, {self.keys.bars(feed) for feed, _ in written})
         count = 0
         for (feed, bar), result in zip(written, results, strict=True):
             if not isinstance(result, ResponseError):

@@ -60,6 +60,12 @@ def test_defaults_from_minimal_file(tmp_path: Path) -> None:
         (MINIMAL + "forecaster:\n  dead_letter_after: 0\n", "forecaster.dead_letter_after"),
         (MINIMAL + "bars:\n  interval: 1m\n  grace: 1s\n  retention: 30s\n", "shorter than one bar"),
         (MINIMAL + "bars:\n  retention: 30m\n", "fewer than model.look_back (60)"),
+        (MINIMAL + "redis:\n  wait_replicas: -1\n", "redis.wait_replicas: Input should be greater than or equal to 0"),
+        (MINIMAL + "redis:\n  wait_replicas: one\n", "redis.wait_replicas: Input should be a valid integer"),
+        (MINIMAL + "redis:\n  wait_replicas: 17\n", "redis.wait_replicas: Input should be less than or equal to 16"),
+        # WAIT n 0 would block the bar writer for ever
+        (MINIMAL + "redis:\n  wait_timeout: 0s\n", "redis.wait_timeout: must be greater than zero"),
+        (MINIMAL + "redis:\n  wait_timeout: soon\n", "redis.wait_timeout: cannot read duration 'soon'"),
     ],
 )
 def test_bad_settings_name_the_key(tmp_path: Path, text: str, fragment: str) -> None:

@@ -218,6 +218,11 @@ class RedisSettings(_Frozen):
     # Bar-closed events of an interval go to this many streams, each in its own hash slot, a
     # feed always to the same one (keys.event_shard). 1 keeps the single stream of old.
     event_shards: StrictInt = Field(default=1, ge=1, le=1024)
+    # Durability (streamer/replica_wait.py): after each batch of bars, WAIT until this many
+    # replicas acknowledged them (per master written to), at most wait_timeout, before their
+    # events go out. 0: off (a master killed can lose a bar it acknowledged).
+    wait_replicas: StrictInt = Field(default=0, ge=0, le=16)
+    wait_timeout: PositiveDurationMs = 1_000
 
     @field_validator("url")
     @classmethod
