@@ -17,6 +17,7 @@ unconfirmed, like a timeout.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -28,11 +29,17 @@ from volcast.connections import is_cluster
 
 log = logging.getLogger(__name__)
 
+# A master whose WAIT came short (its replica down, or none yet after a failover) is asked again at
+# most this often: each WAIT to it would hold every batch for the whole timeout, for nothing.
+_RETRY_SHORT_S = 5.0
+
 
 @dataclass(slots=True)
 class WaitCounters:
     waits: int = 0  # WAIT commands sent (one per batch on one node, one per master touched on a cluster)
-    timeouts: int = 0  # WAITs that returned before ``replicas`` acknowledged (or failed, or did not cover a bar)
+    # batches (per master) whose bars are not known replicated: the WAIT came short or failed, did
+    # not follow a bar (MOVED), or was not sent to a master that came short within _RETRY_SHORT_S
+    timeouts: int = 0
 
 
 class ReplicaWait:
@@ -47,42 +54,55 @@ class ReplicaWait:
         self.timeout_ms = timeout_ms
         self.counters = WaitCounters()
         self._cluster = is_cluster(redis)
-        self._warned = False
+        self._short: dict[str, float] = {}  # node -> when its last WAIT came short (monotonic)
+        self._skipped: list[str] = []  # masters of the batch being written not asked (_RETRY_SHORT_S)
 
     def queue(self, pipe: Any, keys: Iterable[str]) -> list[str]:
         """Queue the WAIT(s) after the writes already on ``pipe`` to ``keys``; returns the node each
         WAIT goes to (one entry, "", on one node), in queue order."""
-        if not self._cluster:
-            pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
-            return [""]
-        nodes: dict[str, Any] = {}
-        for key in keys:
-            node = self.redis.get_node_from_key(key)  # type: ignore[attr-defined]
-            nodes.setdefault(node.name, node)
-        for node in nodes.values():
-            pipe.execute_command("WAIT", self.replicas, self.timeout_ms, target_nodes=node)
-        return list(nodes)
+        nodes: dict[str, Any] = {"": None}
+        if self._cluster:
+            nodes = {}
+            for key in keys:
+                node = self.redis.get_node_from_key(key)  # type: ignore[attr-defined]
+                nodes.setdefault(node.name, node)
+        now = time.monotonic()
+        waited = []
+        self._skipped = []
+        for name, node in nodes.items():
+            if now - self._short.get(name, -_RETRY_SHORT_S) < _RETRY_SHORT_S:
+                self._skipped.append(name)
+                continue
+            if node is None:
+                pipe.execute_command("WAIT", self.replicas, self.timeout_ms)
+            else:
+                pipe.execute_command("WAIT", self.replicas, self.timeout_ms, target_nodes=node)
+            waited.append(name)
+        return waited
 
     def count(self, nodes: list[str], replies: list[Any], written: Iterable[str]) -> None:
         """Count the WAIT ``replies`` (to ``nodes``) of a batch that wrote ``written`` keys."""
         self.counters.waits += len(replies)
-        short = []
+        self.counters.timeouts += len(self._skipped)
+        new = []
+        now = time.monotonic()
         for node, reply in zip(nodes, replies, strict=True):
             if isinstance(reply, ResponseError) or not isinstance(reply, int) or reply < self.replicas:
                 self.counters.timeouts += 1
-                short.append(f"{node or 'redis'}: {reply!r}")
+                if node not in self._short:  # said once, until that master's replicas answer again
+                    new.append(f"{node or 'redis'}: {reply!r}")
+                self._short[node] = now
+            else:
+                self._short.pop(node, None)
         if self._cluster:
             # A key whose slot moved while the batch ran was written (by redis-py's redirect) on a
             # connection no WAIT followed: its bar is not known replicated.
-            waited = set(nodes)
-            moved = {key for key in written if self.redis.get_node_from_key(key).name not in waited}  # type: ignore[attr-defined]
+            asked = set(nodes) | set(self._skipped)
+            moved = {key for key in written if self.redis.get_node_from_key(key).name not in asked}  # type: ignore[attr-defined]
             if moved:
                 self.counters.timeouts += 1
-                short.append(f"{len(moved)} keys moved to another master during the write")
-        if short and not self._warned:
-            self._warned = True  # once: a replica down makes every batch time out
+                new.append(f"{len(moved)} keys moved to another master during the write")
+        if new:
             log.warning("WAIT %d %d ms: fewer replicas than redis.wait_replicas acknowledged bars (%s); their "
-                        "events go out anyway, counted as replica_wait_timeouts", self.replicas, self.timeout_ms,
-                        "; ".join(short))
-        elif not short:
-            self._warned = False
+                        "events go out anyway, counted as replica_wait_timeouts; that master is asked again every "
+                        "%.0f s meanwhile", self.replicas, self.timeout_ms, "; ".join(new), _RETRY_SHORT_S)
