@@ -44,6 +44,8 @@ _Entry = tuple[bytes, Mapping[bytes, bytes]]
 # that a model trained with them gets no made-up value (its forecast fails the output guard) and
 # a model trained without them (refit drops what history lacks) never reads them.
 _UNKNOWN = b"nan"
+# The largest sequence part of a stream id: ``<open ms>-<this>`` lies after every revision of a bar.
+_LAST_REV = 2**64 - 1
 
 
 class Histories:
@@ -210,7 +212,8 @@ class BarHistories:
         if nexts or since:
             pipe = self._redis.pipeline(transaction=False)
             # One XREAD of every feed's next bar; on a cluster one per feed (an XREAD is one slot).
-            reads: list[dict[Any, Any]] = [dict.fromkeys(nexts, f"{previous}-0")] if nexts else []
+            # After every revision of the bar held (ids <open ms>-<rev>: streamer/bar_revisions.py).
+            reads: list[dict[Any, Any]] = [dict.fromkeys(nexts, f"{previous}-{_LAST_REV}")] if nexts else []
             if len(nexts) > 1 and is_cluster(self._redis):
                 reads = [{key: after} for key, after in reads[0].items()]
             for streams in reads:
@@ -247,11 +250,11 @@ class BarHistories:
         matrix (one for every feed held together)."""
         feeds: list[Feed] = []
         flat: list[bytes] = []
-        stamp = f"{open_ms}-0".encode()
+        stamp = f"{open_ms}-".encode()
         for key, entries in reply or []:
             feed = nexts[key.decode() if isinstance(key, bytes) else key]
             entry_id, fields = entries[0]
-            if entry_id != stamp:
+            if not entry_id.startswith(stamp):
                 continue  # bar open_ms is not in Redis (the next one is): not ready
             try:
                 flat.extend(fields[name] or _UNKNOWN for name in _FIELDS)

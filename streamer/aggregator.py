@@ -18,8 +18,13 @@ Policies, each named because each one is a choice:
 - **Backfilled**: a bar holding a trade that only REST gave (``add(backfilled=True)``, and no
   copy of it from the websocket since: ``delivered_live``) is ``backfilled``; the overlap of a
   backfill with the live stream leaves a bar ``complete``.
-- **Late**: a trade for a bar that has already closed is counted and dropped, never added to a
-  wrong bar.
+- **Late, and amended bars**: a trade for a bar that has already closed (a closing proof was
+  wrong: the grace was below the trade's delivery delay) is never added to a wrong bar. With an
+  ``on_amend`` callback, a late trade of one of the last ``AMEND_BARS`` closed bars, whose ids are
+  remembered, is added to that bar, which is handed out again as its next revision (``rev`` 1, 2,
+  ...), and so are the empty bars after it within the window whose price it moved; it is counted
+  ``amended``. Older bars' ids are forgotten, so a late trade there cannot be told from a
+  duplicate: it is counted ``late`` and dropped, as without ``on_amend``.
 - **Refused**: a trade whose id and time are known but whose values cannot be used
   (streamer/trade_validation.py) adds nothing to its bar and makes it ``gap`` (a trade of the
   interval is known to be missing from its sums); its id counts as seen, so a copy of it is a
@@ -42,15 +47,44 @@ from volcast.bar import EXACT, Bar, BarStatus, Trade
 _add = EXACT.add
 _multiply = EXACT.multiply
 
-# Ids of this many closed bars are remembered, so a duplicate that arrives just after its bar
-# closed is reported as a duplicate rather than as a late trade.
-_CLOSED_ID_MEMORY = 2
+# The last closed bars kept whole (their sums and ids): a duplicate that arrives just after its bar
+# closed is reported as a duplicate rather than as a late trade, and a late trade of one of them
+# can amend it. Two bars: a trade delivered up to an interval after its bar closed (a delivery
+# delay of up to about an interval plus the grace) still finds its bar; beyond that it is not a
+# delivery delay but a loss that the backfill handles, and bars there wait rather than close.
+AMEND_BARS = 2
 
 
 class Outcome(Enum):
     ADDED = "added"
     DUPLICATE = "duplicate"
     LATE = "late"
+    AMENDED = "amended"  # late, and added to its closed bar, handed out again as a revision
+
+
+@dataclass(slots=True)
+class _ClosedBar:
+    """One of the last closed bars, kept so that a late trade can still amend it."""
+
+    open_ms: int
+    accumulator: _Accumulator | None  # None: it closed empty (and has had no late trade since)
+    refused: TradeIdSet | None
+    status: BarStatus  # as it closed: GAP stays GAP
+    price: Decimal  # an empty bar's price (the close before it)
+    rev: int = 0
+
+    def __contains__(self, trade_id: int) -> bool:
+        return (self.accumulator is not None and trade_id in self.accumulator.ids) or (
+            self.refused is not None and trade_id in self.refused)
+
+    def bar(self) -> Bar:
+        accumulator = self.accumulator
+        if accumulator is None:
+            return empty_bar(self.open_ms, self.price, self.status)
+        status = self.status
+        if status is not BarStatus.GAP:
+            status = BarStatus.BACKFILLED if accumulator.backfilled else BarStatus.COMPLETE
+        return accumulator.to_bar(self.open_ms, status)
 
 
 @dataclass(slots=True)
@@ -167,6 +201,7 @@ class BarAggregator:
         *,
         start_ms: int | None = None,
         last_close: Decimal | None = None,
+        on_amend: Callable[[Bar, int], None] | None = None,
     ) -> None:
         if interval_ms <= 0 or not 0 <= grace_ms < interval_ms:
             raise ValueError("need interval_ms > 0 and 0 <= grace_ms < interval_ms")
@@ -178,6 +213,8 @@ class BarAggregator:
         self.interval_ms = interval_ms
         self.grace_ms = grace_ms
         self._on_bar = on_bar
+        self._on_amend = on_amend
+        """Called with a closed bar's next revision and its number (1, 2, ...) after a late trade."""
         self.next_open_ms: int | None = start_ms
         # Once a resume point is given or a bar has closed, earlier trades are late.
         self._start_fixed = start_ms is not None
@@ -186,12 +223,14 @@ class BarAggregator:
         # Ids of refused trades, by the open time of their bar (a bar of only refused trades has no
         # accumulator); a key marks the bar ``gap``.
         self._refused: dict[int, TradeIdSet] = {}
-        self._closed_ids: deque[tuple[TradeIdSet, ...]] = deque(maxlen=_CLOSED_ID_MEMORY)
+        self._closed: deque[_ClosedBar] = deque(maxlen=AMEND_BARS)
         self._gaps: list[tuple[int, int]] = []
         self._watermark_ms = -1
         self.trades = 0
         self.duplicates = 0
         self.late = 0
+        self.amended = 0  # late trades (and refused records) added to their closed bar
+        self.revisions = 0  # bars handed out again (a late trade's bar, and empty bars it re-priced)
         self.refused = 0
         self.bars_closed = 0
 
@@ -205,7 +244,7 @@ class BarAggregator:
             # Nothing has closed yet on a fresh start: the first bar is the earliest trade's bar.
             self.next_open_ms = open_ms
         if open_ms < self.next_open_ms:
-            return self._closed_outcome(trade.trade_id)
+            return self._closed_outcome(trade, open_ms, backfilled)
         refused = self._refused.get(open_ms)
         if refused is not None and trade.trade_id in refused:
             self.duplicates += 1
@@ -237,7 +276,7 @@ class BarAggregator:
         """
         open_ms = self.bar_open(timestamp_ms)
         if self.next_open_ms is not None and open_ms < self.next_open_ms and self._start_fixed:
-            return self._closed_outcome(trade_id)
+            return self._closed_refusal(trade_id, open_ms)
         accumulator = self._open.get(open_ms)
         refused = self._refused.get(open_ms)
         if trade_id is not None and (
@@ -252,13 +291,72 @@ class BarAggregator:
         self.refused += 1
         return Outcome.ADDED
 
-    def _closed_outcome(self, trade_id: int | None) -> Outcome:
-        """A trade for a bar already closed: a duplicate if one of the last closed bars held its id."""
-        if trade_id is not None and any(trade_id in ids for sets in self._closed_ids for ids in sets):
+    def _closed_bar(self, open_ms: int) -> _ClosedBar | None:
+        for closed in self._closed:
+            if closed.open_ms == open_ms:
+                return closed
+        return None
+
+    def _closed_outcome(self, trade: Trade, open_ms: int, backfilled: bool) -> Outcome:
+        """A trade for a bar already closed: a duplicate if one of the last closed bars held its
+        id; else amended into its bar if that bar is still kept (and ``on_amend`` is set); else late."""
+        trade_id = trade.trade_id
+        if any(trade_id in closed for closed in self._closed):
             self.duplicates += 1
             return Outcome.DUPLICATE
-        self.late += 1
-        return Outcome.LATE
+        closed = self._closed_bar(open_ms) if self._on_amend is not None else None
+        if closed is None:
+            self.late += 1
+            return Outcome.LATE
+        if closed.accumulator is None:
+            closed.accumulator = _Accumulator.starting_with(trade)
+        closed.accumulator.add(trade, backfilled)
+        self.trades += 1
+        self.amended += 1
+        self._revise(closed)
+        return Outcome.AMENDED
+
+    def _closed_refusal(self, trade_id: int | None, open_ms: int) -> Outcome:
+        """A refused record for a bar already closed: a duplicate, or its kept bar becomes ``gap``
+        (a revision), or late."""
+        if trade_id is not None and any(trade_id in closed for closed in self._closed):
+            self.duplicates += 1
+            return Outcome.DUPLICATE
+        closed = self._closed_bar(open_ms) if self._on_amend is not None else None
+        if closed is None:
+            self.late += 1
+            return Outcome.LATE
+        if closed.refused is None:
+            closed.refused = TradeIdSet()
+        if trade_id is not None:
+            closed.refused.add(trade_id)
+        self.refused += 1
+        self.amended += 1
+        if closed.status is not BarStatus.GAP:
+            closed.status = BarStatus.GAP
+            self._revise(closed)
+        return Outcome.AMENDED
+
+    def _revise(self, closed: _ClosedBar) -> None:
+        """Hand out the bar's next revision; then the kept empty bars after it, whose price is its
+        close, up to the next bar with trades (whose own prices do not depend on it)."""
+        assert self._on_amend is not None
+        bar = closed.bar()
+        closed.rev += 1
+        self.revisions += 1
+        self._on_amend(bar, closed.rev)
+        price = bar.close
+        for later in self._closed:
+            if later.open_ms <= closed.open_ms:
+                continue
+            if later.accumulator is not None:
+                return
+            if later.price != price:
+                later.price = price
+                later.rev += 1
+                self.revisions += 1
+                self._on_amend(later.bar(), later.rev)
+        self._last_close = price  # the newest kept bar's close: the price of empty bars to come
 
     def advance(self, watermark_ms: int) -> int:
         """The feed has provably reached ``watermark_ms`` and trades may still come up to ``grace``
@@ -329,9 +427,8 @@ class BarAggregator:
             if self._last_close is None:  # only possible before the first trade of a fresh start
                 raise AssertionError("an empty bar before any price is known")
             bar = empty_bar(open_ms, self._last_close, self._status(open_ms, False))
-        ids = () if accumulator is None else (accumulator.ids,)
         refused = self._refused.pop(open_ms, None)
-        self._closed_ids.append(ids if refused is None else (*ids, refused))
+        self._closed.append(_ClosedBar(open_ms, accumulator, refused, bar.status, bar.close))
         if self._refused and min(self._refused) < open_ms:  # marks before the first bar of a fresh start
             self._refused = {k: v for k, v in self._refused.items() if k > open_ms}
         self._last_close = bar.close

@@ -15,6 +15,11 @@ next writes a feed (a start, or after an outage) it re-sends their events (``rec
 bar's event is lost. A stop between 2 and 3 sends an event twice: the forecaster makes one
 forecast per bar (a repeated event is acknowledged and counted as ``duplicate_events``), or
 after its own restart the same forecast again.
+
+A revision of a bar already announced (bar_revisions.py) is written alone, then its event (with
+``rev``) is sent; it never moves the mark. A stop between the two loses that event (the bar in
+Redis is the revision all the same; only its re-forecast is not made): not recovered, since the
+mark cannot say which revisions were announced.
 """
 
 from __future__ import annotations
@@ -52,9 +57,14 @@ return 1
 """
 
 
-def event_fields(feed: Feed, open_time_ms: int, status: str) -> dict[str, str]:
-    return {"exchange": feed.exchange, "symbol": feed.symbol, "interval": feed.interval,
-            "open_time_ms": str(open_time_ms), "status": status}
+def event_fields(feed: Feed, open_time_ms: int, status: str, rev: int = 0) -> dict[str, str]:
+    """A bar-closed event; ``rev`` (only above 0) says it is a revision of a bar already announced
+    (streamer/bar_revisions.py): the same bar, rewritten after a late trade."""
+    fields = {"exchange": feed.exchange, "symbol": feed.symbol, "interval": feed.interval,
+              "open_time_ms": str(open_time_ms), "status": status}
+    if rev:
+        fields["rev"] = str(rev)
+    return fields
 
 
 def _text(value: Any) -> str:
@@ -70,8 +80,9 @@ class Announcer:
         self.shards = shards
         self.resent = 0  # events sent again by ``recover``
 
-    async def announce(self, bars: Sequence[tuple[Feed, int, str]]) -> None:
-        """Events of bars Redis has confirmed (feed, open time, status), in order; then the marks.
+    async def announce(self, bars: Sequence[tuple[Feed, int, str, int]]) -> None:
+        """Events of bars Redis has confirmed (feed, open time, status, rev), in order; then the
+        marks. A revision (rev above 0) never moves a mark: its bar was announced before.
 
         A refused event raises the ResponseError with the stream's key in its text (the caller
         turns it into a KeyProblem); an outage raises and the caller's retry recovers.
@@ -79,16 +90,19 @@ class Announcer:
         if not bars:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for feed, open_ms, status in bars:
-            pipe.xadd(self.keys.feed_events(feed, self.shards), event_fields(feed, open_ms, status),  # type: ignore[arg-type]
+        for feed, open_ms, status, rev in bars:
+            pipe.xadd(self.keys.feed_events(feed, self.shards), event_fields(feed, open_ms, status, rev),  # type: ignore[arg-type]
                       maxlen=EVENTS_MAXLEN, approximate=True)
         results = await pipe.execute(raise_on_error=False)
-        for (feed, _, _), result in zip(bars, results, strict=True):
+        for (feed, _, _, _), result in zip(bars, results, strict=True):
             if isinstance(result, ResponseError):
                 raise type(result)(f"{result} [key {self.keys.feed_events(feed, self.shards)}]")
         newest: dict[Feed, int] = {}
-        for feed, open_ms, _ in bars:
-            newest[feed] = max(open_ms, newest.get(feed, open_ms))
+        for feed, open_ms, _, rev in bars:
+            if not rev:
+                newest[feed] = max(open_ms, newest.get(feed, open_ms))
+        if not newest:
+            return
         marks = self.redis.pipeline(transaction=False)
         for feed, open_ms in newest.items():
             marks.set(self.keys.announced(feed), str(open_ms))
@@ -103,10 +117,13 @@ class Announcer:
         after = int(_text(mark))
         bars = self.keys.bars(feed)
         while True:
-            entries: Any = await _named(bars, self.redis.xrange(bars, min=f"({after}-0", count=_RECOVER_PAGE))
+            # After every revision of bar ``after`` (ids ``after-<rev>``, bar_revisions.py).
+            entries: Any = await _named(bars, self.redis.xrange(bars, min=str(after + 1), count=_RECOVER_PAGE))
             if not entries:
                 return
-            missing = [(feed, int(_text(entry_id).split("-", 1)[0]), _text(fields.get(b"status", b"")))
+            # A bar amended before its event was sent is announced once, as its revision: rev 0
+            # so that it moves the mark (the forecaster reads the bar's newest revision either way).
+            missing = [(feed, int(_text(entry_id).split("-", 1)[0]), _text(fields.get(b"status", b"")), 0)
                        for entry_id, fields in entries]
             log.warning("%s: %d closed bars had no event yet (the streamer stopped in between); sending them now",
                         feed, len(missing))

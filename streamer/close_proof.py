@@ -111,12 +111,19 @@ class DeliveryStats:
         }
 
 
-# ``exchanges[].grace: auto``: the grace is this many times the largest delivery delay seen on the
-# exchange in the last _AUTO_WINDOW_S (plus the clock reading's round trip), within
-# [_AUTO_FLOOR_MS, bars.grace]. Before _AUTO_MIN_SAMPLES websocket trades over _AUTO_MIN_SPAN_S it
-# is bars.grace: a handful of trades says nothing about the tail.
+# ``exchanges[].grace: auto``: the grace is _AUTO_FACTOR times (the largest delivery delay seen on
+# the exchange in the last _AUTO_WINDOW_S, plus the clock reading's round trip), within
+# [_AUTO_FLOOR_MS, bars.grace]; _RAISED_FACTOR times for _AUTO_WINDOW_S after a late trade. Before
+# _AUTO_MIN_SAMPLES websocket trades over _AUTO_MIN_SPAN_S it is bars.grace: a handful of trades
+# says nothing about the tail. Why 3/2 (docs/streamer.md "Grace"): a pong proves the trades the
+# exchange wrote before the ping's moment, so the grace must cover the exchange's write delay,
+# which the measured delay (write + network + our event loop's lag, read on a clock known to
+# within its round trip) bounds from above; the margin is only for a tail the last 10 minutes did
+# not show. A trade beyond it now amends its bar (aggregator.py) instead of leaving it wrong, so
+# the margin buys latency against rare revisions; the first late trade takes the old margin back.
 AUTO = "auto"
-_AUTO_FACTOR = 2
+_AUTO_FACTOR = (3, 2)  # numerator, denominator: integer arithmetic on every close attempt
+_RAISED_FACTOR = (2, 1)
 _AUTO_FLOOR_MS = 100
 _AUTO_WINDOW_S = 600
 _AUTO_MIN_SAMPLES = 200
@@ -128,23 +135,25 @@ class Grace:
 
     A pong (or a REST read) proves every trade stamped up to the proven moment minus this grace
     (liveness.py), so it must exceed the exchange's delivery delay. Fixed (``bars.grace``, or
-    ``exchanges[].grace`` as a duration), or ``auto``: twice the largest delivery delay its
+    ``exchanges[].grace`` as a duration), or ``auto``: 3/2 of the largest delivery delay its
     websocket trades showed in the last 10 minutes plus the clock reading's round trip, never below
     100 ms nor above ``bars.grace``. The measured delay includes our own event loop's lag and the
     network, so it overstates what the exchange's writing takes: a loaded machine raises the grace,
-    it never lowers it. A trade that arrives for a bar already closed (``late``) ends ``auto`` at
-    once: from then on the exchange uses ``bars.grace`` (logged; counted in its feed's ``late``).
+    it never lowers it. A trade that arrives for a bar already closed (``late`` or ``amended``)
+    raises ``auto``: for the next 10 minutes the factor is 2 (``grace_raised`` 1; each late trade
+    restarts the 10 minutes), and its delivery delay, a sample like any, is in the largest.
     """
 
-    __slots__ = ("_buckets", "_clock", "_first_s", "_largest", "_rtt", "_samples", "auto", "ceiling_ms",
-                 "fallen_back", "fixed_ms")
+    __slots__ = ("_buckets", "_clock", "_first_s", "_largest", "_raised_until", "_rtt", "_samples", "auto",
+                 "ceiling_ms", "fixed_ms", "late")
 
     def __init__(self, ceiling_ms: int, setting: int | str | None = None, *,
                  rtt_ms: Callable[[], int] = lambda: 0, clock: Callable[[], float] = time.monotonic) -> None:
         self.ceiling_ms = ceiling_ms  # bars.grace
         self.auto = setting == AUTO
         self.fixed_ms = ceiling_ms if setting is None or isinstance(setting, str) else int(setting)
-        self.fallen_back = False
+        self.late = 0  # late trades seen by this grace (all feeds of the exchange)
+        self._raised_until = float("-inf")
         self._rtt = rtt_ms  # the exchange clock's best round trip: the error of the delays measured
         self._clock = clock
         self._buckets: deque[list[int]] = deque()  # [second, largest delay in it], oldest first
@@ -153,9 +162,13 @@ class Grace:
         self._first_s: float | None = None
 
     @property
+    def raised(self) -> bool:
+        return self.auto and self._clock() < self._raised_until
+
+    @property
     def ms(self) -> int:
         """The grace now (called on every close attempt: no scan)."""
-        if not self.auto or self.fallen_back:
+        if not self.auto:
             return self.fixed_ms
         now = self._clock()
         first = self._first_s
@@ -166,7 +179,9 @@ class Grace:
             self._prune(int(now))
         if not buckets:
             return self.ceiling_ms  # nothing measured for a window: no grounds for less
-        return max(_AUTO_FLOOR_MS, min(self.ceiling_ms, _AUTO_FACTOR * (self._largest + max(0, self._rtt()))))
+        times, over = _RAISED_FACTOR if now < self._raised_until else _AUTO_FACTOR
+        wanted = -(-times * (self._largest + max(0, self._rtt())) // over)  # rounded up
+        return max(_AUTO_FLOOR_MS, min(self.ceiling_ms, wanted))
 
     def note_delivery(self, delay_ms: int) -> None:
         """A websocket trade's delivery delay (exchange clock). On every trade: a few operations."""
@@ -188,15 +203,15 @@ class Grace:
         if self._first_s is None:
             self._first_s = now
 
-    def note_late(self) -> bool:
-        """A trade came for a bar already closed; True if this ends ``auto`` (the first one does)."""
-        if not self.auto or self.fallen_back:
-            return False
-        self.fallen_back = True
-        return True
+    def note_late(self) -> None:
+        """A trade came for a bar already closed: ``auto`` is raised for a window. (A websocket
+        trade's delay is noted as every trade's is, so the largest delay covers it too.)"""
+        self.late += 1
+        if self.auto:
+            self._raised_until = self._clock() + _AUTO_WINDOW_S
 
     def fields(self) -> dict[str, int]:
-        return {"grace_ms": self.ms, "grace_auto": int(self.auto and not self.fallen_back)}
+        return {"grace_ms": self.ms, "grace_auto": int(self.auto), "grace_raised": int(self.raised)}
 
     def _prune(self, second: int) -> None:
         buckets = self._buckets

@@ -222,6 +222,7 @@ class FeedRunner:
         settings: Settings,
         on_bar: Callable[[Feed, Bar], None],
         resume: ResumePoint | None,
+        on_amend: Callable[[Feed, Bar, int], None] | None = None,
     ) -> None:
         self.feed = feed
         self.link = link
@@ -230,17 +231,20 @@ class FeedRunner:
         self.consecutive = link.settings.consecutive_trade_ids
         self.health = FeedHealth()
         self._on_bar = on_bar
+        self._on_amend = on_amend
+        amend = None if on_amend is None else self._amended_bar
         bars = settings.bars
         self.resume = resume
         self.start_ms: int | None = None
         if resume is not None:
             self.start_ms = resume.start_ms
             self.aggregator = BarAggregator(
-                bars.interval, bars.grace, self._closed, start_ms=self.start_ms, last_close=resume.last_close
+                bars.interval, bars.grace, self._closed, start_ms=self.start_ms, last_close=resume.last_close,
+                on_amend=amend,
             )
             self.frontier: int | None = resume.last_trade_id if self.consecutive else None
         else:
-            self.aggregator = BarAggregator(bars.interval, bars.grace, self._closed)
+            self.aggregator = BarAggregator(bars.interval, bars.grace, self._closed, on_amend=amend)
             self.frontier = None
         self.frontier_ms = resume.start_ms - 1 if resume else 0
         self._ahead: dict[int, int] = {}  # ids seen beyond frontier + 1 -> their timestamps
@@ -307,6 +311,11 @@ class FeedRunner:
         self.close_stats.record(self._closing, delay)
         self._on_bar(self.feed, bar)
 
+    def _amended_bar(self, bar: Bar, rev: int) -> None:
+        """A closed bar's revision after a late trade (aggregator.py): rewritten in Redis, its event sent again."""
+        assert self._on_amend is not None
+        self._on_amend(self.feed, bar, rev)
+
     def _on_raw(self, raw: dict[str, Any]) -> None:
         self._last_message = time.monotonic()
         checked = trade_from_ccxt(raw)
@@ -369,26 +378,34 @@ class FeedRunner:
                 return  # the websocket already delivered it
             self._track_id(trade)
         outcome = self._add(trade, backfilled)
-        if outcome is Outcome.LATE:
-            self._late(trade, backfilled)
-        elif outcome is Outcome.ADDED:
+        if outcome is Outcome.LATE or outcome is Outcome.AMENDED:
+            self._late(trade, backfilled, outcome)
+        if outcome is Outcome.ADDED or outcome is Outcome.AMENDED:
             if backfilled:
                 self._backfill_high = max(self._backfill_high, trade.trade_id)
             self.health.last_trade_ms = max(self.health.last_trade_ms, trade.timestamp_ms)
 
-    def _late(self, trade: Placed, backfilled: bool) -> None:
-        """A trade for a bar already closed (counted ``late`` by the aggregator): a proof was wrong,
-        most likely a grace below the exchange's delivery delay. Logged, and ``auto`` grace ends."""
+    def _late(self, trade: Placed, backfilled: bool, outcome: Outcome) -> None:
+        """A trade for a bar already closed: a proof was wrong, most likely a grace below the
+        exchange's delivery delay. AMENDED: its bar (one of the last closed) took it and is
+        rewritten as a revision; LATE: its bar is older, the trade is counted and its bar lacks it.
+        Either way an ``auto`` grace is raised (close_proof.py ``Grace.note_late``)."""
         grace = self._grace
-        ended_auto = grace.note_late()
-        if self.aggregator.late <= 10 or self.aggregator.late % 1000 == 0 or ended_auto:
-            delay = now_ms() + self._figures_offset() - trade.timestamp_ms
+        delay = now_ms() + self._figures_offset() - trade.timestamp_ms
+        was_raised = grace.raised
+        grace.note_late()
+        raised = grace.raised and not was_raised
+        aggregator = self.aggregator
+        count = aggregator.late + aggregator.amended
+        if count <= 10 or count % 1000 == 0 or raised:
+            amended = outcome is Outcome.AMENDED
             log.warning(
-                "%s: trade %s of %d ms (%s, arrived %d ms after its time) is for a bar already closed; "
-                "counted in late (%d), its bar lacks it%s", self.symbol, trade.trade_id, trade.timestamp_ms,
-                "REST" if backfilled else "websocket", delay, self.aggregator.late,
-                f"; grace auto ended: {self.link.exchange.id} closes with bars.grace ({grace.ceiling_ms} ms) from "
-                "now on" if ended_auto else "; if this repeats, raise the grace above the delivery delay in health")
+                "%s: trade %s of %d ms (%s, arrived %d ms after its time) is for a bar already closed; %s%s",
+                self.symbol, trade.trade_id, trade.timestamp_ms, "REST" if backfilled else "websocket", delay,
+                f"added to it, the bar is rewritten as a revision (amended {aggregator.amended})" if amended else
+                f"counted in late ({aggregator.late}), its bar is no longer kept for amending and lacks it",
+                f"; grace auto of {self.link.exchange.id} raised for 10 minutes (factor 2)" if raised else
+                "" if grace.auto else "; if this repeats, raise the grace above the delivery delay in health")
 
     def _add(self, trade: Placed, backfilled: bool) -> Outcome:
         """Into the aggregator: a trade into its bar's sums, a refused one as its bar's mark."""
@@ -720,6 +737,7 @@ class FeedRunner:
     def _sync_counters(self) -> None:
         health, aggregator = self.health, self.aggregator
         health.trades, health.duplicates, health.late = aggregator.trades, aggregator.duplicates, aggregator.late
+        health.amended, health.bars_amended = aggregator.amended, aggregator.revisions
         health.last_message_ms = now_ms() - int((time.monotonic() - self._last_message) * 1000)
         if health.last_trade_ms:
             health.lag_ms = max(0, self.exchange_now_ms() - health.last_trade_ms)

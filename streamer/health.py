@@ -27,7 +27,9 @@ class FeedHealth:
     last_message_ms: int = 0  # local time of the newest message
     trades: int = 0
     duplicates: int = 0
-    late: int = 0
+    late: int = 0  # trades for a closed bar too old to amend: counted, in no bar
+    amended: int = 0  # trades for a recently closed bar: added to it, the bar rewritten (a revision)
+    bars_amended: int = 0  # bar revisions written (a late trade's bar, and empty bars after it it re-priced)
     gaps: int = 0  # holes that could not be backfilled (each marks its bars GAP)
     reconnects: int = 0
     watchdog_timeouts: int = 0
@@ -63,9 +65,10 @@ class FeedHealth:
     delivery_max_ms: int = 0
     delivery_ewma_ms: int = 0
     # The grace the closing proofs use now (bars.grace, exchanges[].grace, or its auto value) and
-    # whether it is auto (0 once a late trade ended auto).
+    # whether it is auto, and raised (1 for 10 minutes after a late trade).
     grace_ms: int = 0
     grace_auto: int = 0
+    grace_raised: int = 0
     pings: int = 0  # pings sent on the feed's current connection (shared by its symbols)
     pongs: int = 0
     stalls: int = 0  # trade flows (its connection's or the exchange's) that stopped implausibly

@@ -43,7 +43,9 @@ _FEED_COUNTERS: tuple[tuple[str, str, str], ...] = (
 # Always summed per exchange and interval.
 _EXCHANGE_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("duplicate_trades", "duplicates", "Trades seen again (same id) and dropped"),
-    ("late_trades", "late", "Trades for a bar already closed, kept out of it"),
+    ("late_trades", "late", "Trades for a bar closed too long ago to amend, kept out of it"),
+    ("amended_trades", "amended", "Trades for a recently closed bar, added to it (the bar rewritten as a revision)"),
+    ("bar_revisions", "bars_amended", "Closed bars rewritten as a revision after a late trade"),
     ("malformed_trades", "malformed", "Records refused as malformed (by reason: volcast_stream_malformed_by_reason)"),
     ("backfilled_trades", "backfilled_trades", "Trades read over REST after a disconnect or hole"),
     ("gaps", "gaps", "Holes in the trades that no backfill could fill (their bars close as gap)"),

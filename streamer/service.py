@@ -145,7 +145,7 @@ async def run(settings: Settings) -> None:
                 none_left.set()
 
         def make_runner(feed: Feed, link: ExchangeLink, resume: ResumePoint | None) -> FeedRunner:
-            runner = FeedRunner(feed, link, settings, store.put, resume)
+            runner = FeedRunner(feed, link, settings, store.put, resume, on_amend=store.amend)
             runner.on_error = feed_failed
             return runner
 
@@ -163,7 +163,7 @@ async def run(settings: Settings) -> None:
                     resume = await store.resume_point(feed)
                 except KeyProblem as exc:
                     resume, problem = None, exc
-                runner = by_feed[feed] = FeedRunner(feed, link, settings, store.put, resume)
+                runner = by_feed[feed] = FeedRunner(feed, link, settings, store.put, resume, on_amend=store.amend)
                 if problem is not None:
                     runner.fail(str(problem))
                     continue

@@ -32,6 +32,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamer.announce import EVENTS_MAXLEN, WRITE_BAR_ALONE, Announcer, event_fields
+from streamer.bar_revisions import AMEND_BAR, AMEND_BAR_ALONE
 from streamer.health import FeedHealth
 from streamer.leases import FENCE_CHECK, FENCED_HSET, is_stale
 from streamer.replica_wait import ReplicaWait
@@ -158,6 +159,8 @@ class StoreCounters:
     redis_errors: int = 0
     redis_reconnects: int = 0
     stale_writes: int = 0  # writes Redis refused because another streamer took the feed (leases)
+    bars_amended: int = 0  # revisions of closed bars written (streamer/bar_revisions.py)
+    amend_missing: int = 0  # revisions not written: their bar was no longer (or never) in Redis
 
 
 class BarStore:
@@ -178,7 +181,8 @@ class BarStore:
         self.keys = keys
         self.retention_bars = retention_bars
         self.counters = StoreCounters()
-        self._buffer: deque[tuple[Feed, Bar]] = deque()
+        # (feed, bar, rev): rev 0 a closed bar, above 0 a revision of one (bar_revisions.py).
+        self._buffer: deque[tuple[Feed, Bar, int]] = deque()
         self._buffer_bars = buffer_bars
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -195,6 +199,9 @@ class BarStore:
         self.announcer = Announcer(redis, keys, event_shards) if split else None
         self._bar_script = WRITE_BAR_ALONE if self.announcer else _WRITE_BAR
         self._write_bar = redis.register_script(self._bar_script)
+        self._amend_script = AMEND_BAR_ALONE if self.announcer else AMEND_BAR
+        self._amend_bar = redis.register_script(self._amend_script)
+        self._amend_bar_fenced = redis.register_script(FENCE_CHECK + self._amend_script)
         self._script_loaded = False  # a cluster pipeline does not load scripts itself
         # With leases (streamer/leases.py): each held feed's fencing token; its writes carry it, a
         # feed without one is not ours and its bars are not queued.
@@ -212,9 +219,9 @@ class BarStore:
         if feed in self.failed:
             return
         self.failed[feed] = problem
-        dropped = sum(1 for f, _ in self._buffer if f == feed)
+        dropped = sum(1 for f, _, _ in self._buffer if f == feed)
         if dropped:
-            self._buffer = deque((f, b) for f, b in self._buffer if f != feed)
+            self._buffer = deque(item for item in self._buffer if item[0] != feed)
             self.counters.dropped_bars += dropped
         if self.on_feed_error is not None:
             self.on_feed_error(feed, problem)
@@ -228,9 +235,9 @@ class BarStore:
             return
         del self.tokens[feed]
         self._last_written.pop(feed, None)
-        dropped = sum(1 for f, _ in self._buffer if f == feed)
+        dropped = sum(1 for f, _, _ in self._buffer if f == feed)
         if dropped:
-            self._buffer = deque((f, b) for f, b in self._buffer if f != feed)
+            self._buffer = deque(item for item in self._buffer if item[0] != feed)
         log.warning("%s %s: write refused, the lease passed to another streamer (%s); %d queued bars left "
                     "to the new owner", feed.exchange, feed.symbol, error, dropped)
         if self.on_stale is not None:
@@ -316,13 +323,18 @@ class BarStore:
 
     def put(self, feed: Feed, bar: Bar) -> None:
         """Queue a closed bar (synchronous: the aggregator's callback)."""
+        self.amend(feed, bar, 0)
+
+    def amend(self, feed: Feed, bar: Bar, rev: int) -> None:
+        """Queue revision ``rev`` of a closed bar (0: the bar as it closed), in order after the bar
+        itself: written over it in its stream, and its event sent again (bar_revisions.py)."""
         if feed in self.failed:
             return  # its key cannot take it; the feed is stopping
         if self.tokens is not None and feed not in self.tokens:
             return  # not (or no longer) ours: its owner writes it
-        self._buffer.append((feed, bar))
+        self._buffer.append((feed, bar, rev))
         if len(self._buffer) > self._buffer_bars:
-            dropped_feed, dropped = self._buffer.popleft()
+            dropped_feed, dropped, _ = self._buffer.popleft()
             self.counters.dropped_bars += 1
             log.error("bar buffer full: dropped %s bar %d", dropped_feed, dropped.open_time_ms)
         self.counters.buffered_max = max(self.counters.buffered_max, len(self._buffer))
@@ -362,7 +374,7 @@ class BarStore:
         """Write everything queued now; raises a REDIS_DOWN error and keeps the rest on failure."""
         while self._buffer:
             if not self._connected:
-                await self._load_last_written({feed for feed, _ in self._buffer})
+                await self._load_last_written({feed for feed, _, _ in self._buffer})
                 if self.counters.redis_errors:
                     self.counters.redis_reconnects += 1
                 self._connected = True
@@ -389,11 +401,11 @@ class BarStore:
                 continue
             self._last_written[feed] = _open_time(entries[0][0]) if entries else -1
 
-    async def _write_batch(self, batch: list[tuple[Feed, Bar]]) -> None:
+    async def _write_batch(self, batch: list[tuple[Feed, Bar, int]]) -> None:
         pipe = self.redis.pipeline(transaction=False)
-        written: list[tuple[Feed, Bar]] = []
+        written: list[tuple[Feed, Bar, int]] = []
         tokens = self.tokens
-        for feed, bar in batch:
+        for feed, bar, rev in batch:
             if feed in self.failed or (tokens is not None and feed not in tokens):
                 continue
             last = self._last_written.get(feed)
@@ -402,6 +414,10 @@ class BarStore:
                 if feed in self.failed:
                     continue
                 last = self._last_written[feed]
+            if rev:
+                await self._queue_revision(pipe, feed, bar, rev)
+                written.append((feed, bar, rev))
+                continue
             if bar.open_time_ms <= last:
                 continue  # already in Redis (a retried batch, or a restart that re-closed it)
             minid = bar.open_time_ms - (self.retention_bars - 1) * feed.interval_ms
@@ -425,7 +441,7 @@ class BarStore:
                 keys.append(self.keys.fence(feed))
                 args.append(tokens[feed])
                 await self._write_bar_fenced(keys=keys, args=args, client=pipe)
-            written.append((feed, bar))
+            written.append((feed, bar, rev))
             self._last_written[feed] = bar.open_time_ms
         if not written:
             return
@@ -433,8 +449,9 @@ class BarStore:
         wait_nodes = waits.queue(pipe, {self.keys.bars(feed) for feed, _ in written}) if waits else []
         try:
             if self.announcer is not None and not self._script_loaded:
-                await self.redis.script_load(WRITE_BAR_ALONE)  # on every master
-                await self.redis.script_load(FENCE_CHECK + WRITE_BAR_ALONE)
+                for script in (WRITE_BAR_ALONE, AMEND_BAR_ALONE):  # on every master
+                    await self.redis.script_load(script)
+                    await self.redis.script_load(FENCE_CHECK + script)
                 self._script_loaded = True
             results = await pipe.execute(raise_on_error=False)
         except BaseException:
@@ -444,9 +461,12 @@ class BarStore:
             results, replies = results[:len(written)], results[len(written):]
             waits.count(wait_nodes, replies, {self.keys.bars(feed) for feed, _ in written})
         count = 0
-        for (feed, bar), result in zip(written, results, strict=True):
+        for (feed, bar, rev), result in zip(written, results, strict=True):
             if not isinstance(result, ResponseError):
-                count += result == 1
+                if rev:
+                    self._revision_written(feed, bar, rev, result)
+                else:
+                    count += result == 1
                 continue
             if is_stale(result):
                 self._stale(feed, result)
@@ -466,10 +486,39 @@ class BarStore:
         if self.announcer is not None:
             # Only bars this call wrote: one already there (a retried batch) was announced, or is
             # newer than its feed's mark and ``recover`` sends its event.
-            await self._announce([(feed, bar.open_time_ms, bar.status.value)
-                                  for (feed, bar), result in zip(written, results, strict=True) if result == 1])
+            await self._announce([(feed, bar.open_time_ms, bar.status.value, rev)
+                                  for (feed, bar, rev), result in zip(written, results, strict=True) if result == 1])
 
-    async def _announce(self, bars: list[tuple[Feed, int, str]]) -> None:
+    async def _queue_revision(self, pipe: Any, feed: Feed, bar: Bar, rev: int) -> None:
+        """A revision's script call, queued on ``pipe`` (bar_revisions.py)."""
+        fields = {**bar.to_fields(), "rev": str(rev)}
+        args: list[str | int] = [bar.open_time_ms, rev]
+        keys = [self.keys.bars(feed)]
+        if self.announcer is None:
+            args += [EVENTS_MAXLEN, len(fields)]
+            event = event_fields(feed, bar.open_time_ms, bar.status.value, rev)
+            for mapping in (fields, event):
+                for name, value in mapping.items():
+                    args += [name, value]
+            keys.append(self.keys.feed_events(feed, self.event_shards))
+        else:
+            for name, value in fields.items():
+                args += [name, value]
+        if self.tokens is None:
+            await self._amend_bar(keys=keys, args=args, client=pipe)
+        else:
+            await self._amend_bar_fenced(keys=[*keys, self.keys.fence(feed)], args=[*args, self.tokens[feed]],
+                                         client=pipe)
+
+    def _revision_written(self, feed: Feed, bar: Bar, rev: int, result: int) -> None:
+        if result == 1:
+            self.counters.bars_amended += 1
+        elif result == -1:
+            self.counters.amend_missing += 1
+            log.warning("%s: revision %d of bar %d not written: the bar is not in Redis (trimmed, or never "
+                        "written); it stays as it was", feed, rev, bar.open_time_ms)
+
+    async def _announce(self, bars: list[tuple[Feed, int, str, int]]) -> None:
         assert self.announcer is not None
         # Shielded: a stop (the service cancelled) between the events and their marks left the
         # marks behind, and the shutdown's flush then re-sent those events (test_stream_replay on

@@ -26,6 +26,8 @@ HEALTH_COUNTERS: tuple[str, ...] = (
     "trades",
     "duplicates",
     "late",
+    "amended",
+    "bars_amended",
     "gaps",
     "reconnects",
     "backfilled_trades",
@@ -47,6 +49,7 @@ CLOSING_FIELDS: tuple[str, ...] = (
     "delivery_max_ms",
     "grace_ms",
     "grace_auto",
+    "grace_raised",
     "pings",
     "pongs",
     "stalls",
@@ -552,11 +555,11 @@ def _milliseconds(*values: int | None) -> str:
     return counts if counts == DASH else counts + "ms"
 
 
-def _grace(ms: int | None, auto: int | None) -> str:
-    """``2000ms``, ``240ms auto``; a dash before a streamer that reports it."""
+def _grace(ms: int | None, auto: int | None, raised: int | None = None) -> str:
+    """``2000ms``, ``240ms auto``, ``260ms auto raised``; a dash before a streamer that reports it."""
     if not ms:
         return DASH
-    return f"{ms}ms auto" if auto else f"{ms}ms"
+    return f"{ms}ms auto raised" if auto and raised else f"{ms}ms auto" if auto else f"{ms}ms"
 
 
 def _ago(now: int, ms: int | None) -> str:
@@ -617,7 +620,7 @@ def render_table(report: Report) -> str:
                          f"on {_cell(streamer['host'])}")
         lines.append("")
     lines += _table(
-        ["FEED", "STATE", "LAST TRADE AGE", "TRADES/S", "TRADES", "DUPLICATES", "LATE", "GAPS", "RECONNECTS",
+        ["FEED", "STATE", "LAST TRADE AGE", "TRADES/S", "TRADES", "DUPLICATES", "LATE/AMENDED", "GAPS", "RECONNECTS",
          "BACKFILLED", "HEARTBEAT", "CLOSED TRADE/PONG/REST", "CLOSE DELAY LAST/P99/MAX", "DELIVERY P50/P99/MAX",
          "GRACE"],
         [
@@ -628,7 +631,7 @@ def render_table(report: Report) -> str:
                 _cell(f["trades_per_s"], 2),
                 _cell(f["trades"]),
                 _cell(f["duplicates"]),
-                _cell(f["late"]),
+                _counts(f["late"], f["amended"]),
                 _cell(f["gaps"]),
                 _cell(f["reconnects"]),
                 _cell(f["backfilled_trades"]),
@@ -639,7 +642,7 @@ def render_table(report: Report) -> str:
                               f["closing"]["close_delay_max_ms"]),
                 _milliseconds(f["closing"]["delivery_p50_ms"], f["closing"]["delivery_p99_ms"],
                               f["closing"]["delivery_max_ms"]),
-                _grace(f["closing"]["grace_ms"], f["closing"]["grace_auto"]),
+                _grace(f["closing"]["grace_ms"], f["closing"]["grace_auto"], f["closing"]["grace_raised"]),
             ]
             for name, f in zip(names, feeds, strict=True)
         ],

@@ -384,8 +384,9 @@ async def _watch(settings: Settings, tally: DemoTally, view: TextIO) -> None:
                             log.warning("demo: skipped a message on %s: %s", message.topic, exc)
                             continue
                         for earlier in tally.due(prediction):
-                            bar_id = f"{earlier.open_time_ms}-0"
-                            entries = await redis.xrange(keys.bars(earlier.feed), min=bar_id, max=bar_id)
+                            # Every revision of the bar (ids <open ms>-<rev>): one entry at most.
+                            entries = await redis.xrange(keys.bars(earlier.feed), min=f"{earlier.open_time_ms}-0",
+                                                         max=str(earlier.open_time_ms))
                             if entries and entries[0][1]:
                                 actual = float(Bar.from_fields(entries[0][1]).volume)
                                 tally.realise(earlier, actual)
