@@ -30,6 +30,7 @@ class Event:
     fields: Mapping[bytes, bytes]
     problem: str | None = None
     shard: int = 0  # the event shard (redis.event_shards) it was read from
+    rev: int = 0  # above 0: the bar was rewritten after a late trade (forecaster/late_events.py)
 
 
 class EventParser:
@@ -53,7 +54,7 @@ class EventParser:
             open_ms = _int(fields.get(b"open_time_ms"))
             same_interval = fields.get(b"interval", self.interval) == self.interval
             if open_ms is not None and same_interval and self._on_grid(open_ms):
-                return Event(entry_id, feed, open_ms, fields, None, shard)
+                return Event(entry_id, feed, open_ms, fields, None, shard, _rev(fields))
         problem = self._problem(fields)
         if problem is not None:
             return Event(entry_id, None, 0, fields, problem, shard)
@@ -62,7 +63,7 @@ class EventParser:
         self._feeds[(exchange, symbol)] = feed
         open_ms = _int(fields[b"open_time_ms"])
         assert open_ms is not None  # _problem checked it
-        return Event(entry_id, feed, open_ms, fields, None, shard)
+        return Event(entry_id, feed, open_ms, fields, None, shard, _rev(fields))
 
     def _on_grid(self, open_ms: int) -> bool:
         return 0 <= open_ms <= LATEST_OPEN_MS and open_ms % self.interval_ms == 0
@@ -85,6 +86,15 @@ class EventParser:
         if self.known is not None and (exchange, symbol) not in self.known:
             return f"{exchange} {symbol} is not a feed of this config"
         return None
+
+
+def _rev(fields: Mapping[bytes, bytes]) -> int:
+    """The bar revision an event announces (absent: 0, the bar as it closed; unreadable: 0 too,
+    the event is still the bar's)."""
+    raw = fields.get(b"rev")
+    if raw is None:
+        return 0
+    return _int(raw) or 0
 
 
 def _int(raw: bytes | None) -> int | None:

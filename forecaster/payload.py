@@ -116,6 +116,9 @@ class Prediction:
     raw_quantiles: Mapping[float, float] | None = None
     # The bands in ``horizons`` are calibrated (every target past its warm-up).
     horizons_calibrated: bool = False
+    # Above 0: made again after bar ``last_bar_ms`` was amended by a late trade (its revision
+    # number); it replaces the forecast made from the bar as it first closed.
+    revision: int = 0
 
     def to_json(self) -> bytes:
         """The MQTT payload; NonFiniteError if any number in it is not finite."""
@@ -142,6 +145,8 @@ class Prediction:
         if self.horizons is not None:
             document["horizons"] = self.horizons.document()
             document["horizons_calibrated"] = self.horizons_calibrated
+        if self.revision:
+            document["revision"] = self.revision
         out = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
         # orjson writes NaN and +-inf as null, and no field here is ever null: one substring search
         # (about 0.1 us) instead of a test of every number.
@@ -202,6 +207,7 @@ class Prediction:
                 horizons=None if horizons is None else HorizonValues.from_document(horizons),
                 calibrated=bool(raw.get("calibrated", False)),
                 horizons_calibrated=bool(raw.get("horizons_calibrated", False)),
+                revision=int(raw.get("revision", 0)),
                 raw_quantiles=None if raw.get("raw_quantiles") is None
                 else {float(q): float(v) for q, v in raw["raw_quantiles"].items()},
             )

@@ -161,7 +161,9 @@ class Recorder:
                     served[key] = served.get(key, 0) + 1
             if self.calibration is not None:
                 self.calibration.closed(p.feed, p.last_bar_ms, actual)
-            before = earlier.get(p.feed)
+            # A forecast made again from a revised bar (late_events.py): bar last_bar_ms was realised
+            # with the first one; not a second time.
+            before = earlier.get(p.feed) if not p.revision else None
             if before is not None:
                 band = before[3]
                 realised = Realised(p.last_bar_ms, before[0], actual, before[1], before[2],

@@ -56,6 +56,7 @@ from forecaster.feeds import feed_key
 from forecaster.guard import GuardCounts, clean_volume
 from forecaster.guard_fallback import baseline_forecasts
 from forecaster.horizons import resolve as resolve_horizons
+from forecaster.late_events import LateEvents, Triage
 from forecaster.market import BoundaryMarket, at_boundary, features_read_by
 from forecaster.metrics import serve_metrics
 from forecaster.model_store import ModelStore, current_version
@@ -192,6 +193,8 @@ class Worker:
         # boundary through the split-and-retry of a failure.
         self._suspects: set[Feed] = set()
         self._predicted: dict[Feed, int] = {}  # the bar each feed was last predicted from
+        self.late = LateEvents()  # revised bars and late events (forecaster/late_events.py)
+        self._revising: dict[Feed, int] = {}  # feeds predicted again from a revised bar -> its revision
         self.invalid_events = 0
         self.duplicate_events = 0
         self.handling_errors = 0
@@ -456,6 +459,7 @@ class Worker:
             "dead_letters": str(self.dead.buried),
             "invalid_events": str(self.invalid_events),
             "duplicate_events": str(self.duplicate_events),
+            **self.late.status(),
             "handling_errors": str(self.handling_errors),
             "prepared_forecasts": str(prepared),
             "window_forecasts": str(whole),
@@ -538,18 +542,32 @@ class Worker:
         by_time: dict[int, list[Event]] = {}
         invalid: list[tuple[Event, str, int]] = []
         repeated: list[tuple[int, bytes]] = []
+        superseded: list[tuple[int, bytes]] = []
         predicted = self._predicted
+        late = self.late
         for event in events:
             feed = event.feed
             if feed is None:
                 invalid.append((event, event.problem or "not a bar-closed event", 1))
-            elif predicted.get(feed) == event.open_time_ms:
+                continue
+            kind = late.triage(event, feed, predicted.get(feed))
+            if kind is Triage.REPEAT:
                 repeated.append((event.shard, event.entry_id))  # the same bar's event again: one forecast per bar
+            elif kind is Triage.SUPERSEDED:
+                superseded.append((event.shard, event.entry_id))
+                log.info("%s: event of bar %d (rev %d) came after bar %d was predicted from: superseded, not "
+                         "predicted", feed, event.open_time_ms, event.rev, predicted.get(feed))
             else:
+                if kind is Triage.REVISION:
+                    self.bars.forget(feed)  # the held bars are the old revision's: read them afresh
+                    self._revising[feed] = event.rev
                 by_time.setdefault(event.open_time_ms, []).append(event)
         if repeated:
             self.duplicate_events += len(repeated)
             self._acks.put_nowait(({}, repeated, None))
+        if superseded:
+            late.superseded += len(superseded)
+            self._acks.put_nowait(({}, superseded, None))
         if invalid:
             self.invalid_events += len(invalid)
             try:
@@ -561,13 +579,16 @@ class Worker:
                 self._stash[:0] = [e for e, _, _ in invalid] + later
                 raise
         times = sorted(by_time)
-        for n, open_ms in enumerate(times):
-            try:
-                await self._handle(open_ms, by_time[open_ms])
-            except TRANSIENT:
-                # Raised by the boundary's first read, before anything was published: as above.
-                self._stash[:0] = [e for t in times[n:] for e in by_time[t]]
-                raise
+        try:
+            for n, open_ms in enumerate(times):
+                try:
+                    await self._handle(open_ms, by_time[open_ms])
+                except TRANSIENT:
+                    # Raised by the boundary's first read, before anything was published: as above.
+                    self._stash[:0] = [e for t in times[n:] for e in by_time[t]]
+                    raise
+        finally:
+            self._revising.clear()
 
     async def _handle(self, open_ms: int, events: list[Event]) -> None:
         """One boundary's events; the suspects (feeds that failed recently) each on their own."""
@@ -782,6 +803,8 @@ class Worker:
         ]
         for i, guard in guards.items():
             predictions[i] = dataclasses.replace(predictions[i], guard=guard)
+        if self._revising:  # rare: forecasts made again from a revised bar say so
+            self._mark_revisions(predictions)
         # Once: MQTT and both Redis records use it. A payload holding a number that is not finite
         # is refused (None, logged): the last line behind the guard, nothing of it is published.
         encoded = encode_all(predictions)
@@ -798,6 +821,14 @@ class Worker:
         record.latest.extend(latest)
         record.last_volumes.extend(last_volumes)
         return ticket
+
+    def _mark_revisions(self, predictions: list[Prediction]) -> None:
+        revising = self._revising
+        for i, p in enumerate(predictions):
+            rev = revising.pop(p.feed, 0)
+            if rev:
+                predictions[i] = dataclasses.replace(p, revision=rev)
+                self.late.revised += 1
 
     def _replace_guarded(self, open_ms: int, feeds: Sequence[Feed], results: Sequence[tuple[Forecast, Serving]],
                          histories: Histories, created: int

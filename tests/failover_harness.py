@@ -58,6 +58,9 @@ class FailoverResult:
     unannounced: dict[str, list[int]] = field(default_factory=dict)  # bars with no bar-closed event
     conflicting: dict[str, list[int]] = field(default_factory=dict)  # bars with two different ones
     republished: int = 0  # identical forecasts published again
+    # events the forecaster counted ``superseded`` (forecaster/late_events.py): a bar's event that
+    # came after a later bar of its feed was forecast; each unforecast bar must be one of them
+    superseded: int = 0
     exits: dict[str, int | None] = field(default_factory=dict)
 
     @property
@@ -160,6 +163,7 @@ async def run_failover(directory: Path, cluster: LocalCluster, *, seconds: float
                 announced = {feed: await _announced(redis, keys, feed) for feed in expected}
                 await _wait_forecasts(redis, keys, expected)
                 recorded = {feed: await _recorded(redis, keys, feed) for feed in expected}
+                result.superseded = int(await redis.hget(keys.forecaster(), "superseded_events") or 0)
             finally:
                 for process in processes.values():
                     if process.poll() is None:
