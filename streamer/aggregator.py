@@ -263,7 +263,11 @@ class BarAggregator:
     def delivered_live(self, trade_id: int, timestamp_ms: int) -> None:
         """The websocket delivered a trade that a backfill gave first (and the caller dropped): the
         bar is ``backfilled`` only if it holds a trade the websocket never delivered."""
-        accumulator = self._open.get(self.bar_open(timestamp_ms))
+        open_ms = self.bar_open(timestamp_ms)
+        accumulator = self._open.get(open_ms)
+        if accumulator is None:  # a kept closed bar: its next revision, if any, says so
+            closed = self._closed_bar(open_ms)
+            accumulator = None if closed is None else closed.accumulator
         if accumulator is not None:
             accumulator.delivered_live(trade_id)
 
@@ -301,9 +305,12 @@ class BarAggregator:
         """A trade for a bar already closed: a duplicate if one of the last closed bars held its
         id; else amended into its bar if that bar is still kept (and ``on_amend`` is set); else late."""
         trade_id = trade.trade_id
-        if any(trade_id in closed for closed in self._closed):
-            self.duplicates += 1
-            return Outcome.DUPLICATE
+        for kept in self._closed:
+            if trade_id in kept:
+                if not backfilled and kept.accumulator is not None:
+                    kept.accumulator.delivered_live(trade_id)  # its next revision, if any, says so
+                self.duplicates += 1
+                return Outcome.DUPLICATE
         closed = self._closed_bar(open_ms) if self._on_amend is not None else None
         if closed is None:
             self.late += 1

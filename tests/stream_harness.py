@@ -78,10 +78,12 @@ def stream_settings(
     prefix: str,
     *,
     redis_url: str = "redis://127.0.0.1:6379/0",
+    exchange_options: dict[str, Any] | None = None,
     **sections: Any,
 ) -> Settings:
     client = binance_client_options(server)
     client["options"].pop("tradesLimit")  # the streamer hooks every trade; ccxt's buffer stays small
+    client["options"].update(exchange_options or {})
     raw: dict[str, Any] = {
         "exchanges": [{"id": "binance", "symbols": list(symbols), **client}],
         "bars": {"interval": "1s", "grace": "200ms", "open_bar_update": "200ms"},

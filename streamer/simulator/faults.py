@@ -11,6 +11,13 @@ Every fault is off by default. What each one does (per websocket connection unle
 - ``stall_after_s=A``: from A s after the replay started, every connection then open stops for
   good without closing (a half-open connection, or a server that stopped reading): it sends no
   frame and answers no ping. Connections opened later work. Its trades are published to REST.
+- ``late_after_s=A,late_for_s=W,late_ms=D``: server-wide, once: the first tape's trades
+  published from A s after the replay started, for W s, reach every connection D ms after
+  their publication (in order; its trades published after the window queue behind them), while
+  the other tapes' trades, pings and REST stay on time. One symbol's stream lagging behind the
+  rest of the exchange: its bars can close on a pong (the others' trades show the exchange's
+  flow past the bar's end) before their last trades arrive, a grace below D is proven wrong,
+  and those trades come for a bar already closed (streamer/bar_revisions.py amends it).
 - ``duplicate_rate=P``: send a trade frame twice (back to back) with probability P.
 - ``reorder_window=K``: shuffle the trades due at the same moment in chunks of K.
 - ``malformed_rate=P``: with probability P, put a broken frame before a trade (added, never
@@ -49,6 +56,9 @@ class FaultSpec:
     silent_after_s: float = 0.0
     silent_for_s: float = 0.0
     stall_after_s: float = 0.0
+    late_after_s: float = 0.0
+    late_for_s: float = 0.0
+    late_ms: float = 0.0
     duplicate_rate: float = 0.0
     reorder_window: int = 0
     malformed_rate: float = 0.0
@@ -61,7 +71,8 @@ class FaultSpec:
         for name in ("drop_every_trades", "reorder_window"):
             if getattr(self, name) < 0:
                 raise FaultSpecError(f"{name} must be >= 0")
-        for name in ("drop_every_s", "silent_after_s", "silent_for_s", "stall_after_s"):
+        for name in ("drop_every_s", "silent_after_s", "silent_for_s", "stall_after_s", "late_after_s", "late_for_s",
+                     "late_ms"):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise FaultSpecError(f"{name} must be >= 0 seconds")
         for name in ("duplicate_rate", "malformed_rate", "rest_error_rate", "klines_error_rate"):
@@ -72,12 +83,18 @@ class FaultSpec:
             raise FaultSpecError(f"rest_error_status must be 429 or 5xx, got {self.rest_error_status}")
         if self.silent_after_s and not self.silent_for_s:
             raise FaultSpecError("silent_after_s needs silent_for_s")
+        if (self.late_for_s > 0) != (self.late_ms > 0):
+            raise FaultSpecError("late_for_s and late_ms go together")
         if not self.malformed_kinds or any(k not in MALFORMED_KINDS for k in self.malformed_kinds):
             raise FaultSpecError(f"malformed_kinds must be among {MALFORMED_KINDS}")
 
     @property
     def any(self) -> bool:
         return self != FaultSpec()
+
+    def late_at(self, elapsed_s: float) -> bool:
+        """Whether the first tape's trades published ``elapsed_s`` after the start are sent late."""
+        return self.late_for_s > 0 and self.late_after_s <= elapsed_s < self.late_after_s + self.late_for_s
 
     def silent_at(self, elapsed_s: float) -> bool:
         """Whether the feed is silent ``elapsed_s`` seconds after the replay started."""

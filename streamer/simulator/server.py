@@ -37,6 +37,7 @@ import itertools
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 
@@ -145,6 +146,10 @@ class ReplayServer:
         self.finished_mono: float | None = None
         self._runner: web.AppRunner | None = None
         self._publisher: asyncio.Task[None] | None = None
+        # The ``late_*`` fault: the first tape's frames held back, (release time, market, frames).
+        self._late: deque[tuple[float, str, list[bytes]]] = deque()
+        self._late_wake = asyncio.Event()
+        self._late_sender: asyncio.Task[None] | None = None
         self.port = 0
 
     @property
@@ -203,15 +208,18 @@ class ReplayServer:
         await site.start()
         self.port = int(self._runner.addresses[0][1])
         self._publisher = asyncio.create_task(self._publish(), name="replay-publisher")
+        if self.faults.late_ms:
+            self._late_sender = asyncio.create_task(self._send_late(), name="replay-late")
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._publisher is not None:
-            self._publisher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._publisher
+        for task in (self._publisher, self._late_sender):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -270,17 +278,42 @@ class ReplayServer:
             for t in tape.trades[start:stop]
         ]
 
-    def _fan_out(self, ti: int, loop: int, start: int, stop: int, silent: bool) -> None:
+    def _fan_out(self, ti: int, loop: int, start: int, stop: int, silent: bool, late: bool = False) -> None:
         market_id = self._tape_market_ids[ti]
         self._stores[market_id].advance(stop - start)
         if silent or market_id in self._rest.delisted:
             return
-        targets = [s for s in self._subscribers if s.wants(market_id) and not s.dropped]
+        if ti == 0 and (late or self._late):  # held back, or queued behind what is
+            release = time.monotonic() + self.faults.late_ms / 1000 if late else self._late[-1][0]
+            self._late.append((release, market_id, self._frames(ti, loop, start, stop)))
+            self._late_wake.set()
+            return
+        targets = self._targets(market_id)
         if targets:
-            frames = self._frames(ti, loop, start, stop)
-            mid = self._market_ids[market_id]
-            for sub in targets:
-                sub.offer(mid, frames)
+            self._offer(market_id, targets, self._frames(ti, loop, start, stop))
+
+    async def _send_late(self) -> None:
+        """Send the held-back frames of the ``late_*`` fault, in order, each at its release time."""
+        while True:
+            if not self._late:
+                self._late_wake.clear()
+                await self._late_wake.wait()
+                continue
+            release, market_id, frames = self._late[0]
+            wait = release - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            self._late.popleft()
+            if market_id not in self._rest.delisted:
+                self._offer(market_id, self._targets(market_id), frames)
+
+    def _targets(self, market_id: str) -> list[Subscriber]:
+        return [s for s in self._subscribers if s.wants(market_id) and not s.dropped]
+
+    def _offer(self, market_id: str, targets: list[Subscriber], frames: list[bytes]) -> None:
+        mid = self._market_ids[market_id]
+        for sub in targets:
+            sub.offer(mid, frames)
 
     async def _publish(self) -> None:
         if self.start_on_subscribe:
@@ -306,7 +339,9 @@ class ReplayServer:
                     await asyncio.sleep(wait)
                     continue
                 ideal = clock.ideal_ms()
-                silent = faults.silent_at(time.monotonic() - self.started_mono)
+                elapsed = time.monotonic() - self.started_mono
+                silent = faults.silent_at(elapsed)
+                late = faults.late_at(elapsed)
                 counts = [0] * len(tapes)
                 end = min(n, i + MAX_BATCH)
                 j = i
@@ -320,7 +355,7 @@ class ReplayServer:
                     if count:
                         start = done_in_pass[ti]
                         done_in_pass[ti] = start + count
-                        self._fan_out(ti, loop, start, start + count, silent)
+                        self._fan_out(ti, loop, start, start + count, silent, late)
                 i = j
                 clock.hold_below = timeline.timestamp(loop, i) if i < n else timeline.timestamp(loop + 1, 0)
                 await asyncio.sleep(0)
