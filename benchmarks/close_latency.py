@@ -22,9 +22,12 @@ the streamer's bars closed per proof and its watchdog reconnects (health hashes)
 request weight used per minute against the limit (the replay's ``X-MBX-USED-WEIGHT-1M`` read
 every 5 s, this benchmark's own reads taken off) and what the replay's limits counted
 (``GET /debug/limits``: websocket messages per second and connection attempts, REST weight);
-whether every closed bar equals ``volcast bars`` of its tape; and ``uptime`` load at start and
-end. ``liquid_breakdown`` follows each busy bar: the tape's first trade at or after its end,
-its event written in Redis, its forecast at the subscriber (and the share of all instants of
+whether every closed bar equals ``volcast bars`` of its tape (the final bars: an amended one,
+rewritten after a late trade, as its newest revision; ``bars.amended`` counts them and
+``bars.amended_inexact`` those still wrong), the late and amended trades per class, the revised
+forecasts the subscriber got; and ``uptime`` load at start and end. ``liquid_breakdown``
+follows each busy bar: the tape's first trade at or after its end, its event written in Redis,
+its forecast at the subscriber (and the share of all instants of
 the busy tapes that wait more than 300 ms for a trade). ``--exchange-grace auto`` (or a
 duration) sets ``exchanges[].grace``; ``grace_ms_at_end`` reports what the proofs used. Progress goes to stderr; with
 ``--json`` one JSON object goes to stdout.
@@ -140,7 +143,8 @@ def make_tapes(out: Path, liquid: int, quiet: int, start_ms: int, span_ms: int,
 
 
 def run_subscriber(port: int, topic: str, out: Path) -> int:
-    """Append ``[arrival_ms, topic, open_time_ms]`` per forecast to ``out`` until SIGTERM."""
+    """Append ``[arrival_ms, topic, open_time_ms, revision]`` per forecast to ``out`` until SIGTERM
+    (``revision`` 0, or the payload's: a forecast made again from an amended bar)."""
     import socket
 
     import paho.mqtt.client as mqtt
@@ -162,11 +166,12 @@ def run_subscriber(port: int, topic: str, out: Path) -> int:
     def on_message(_c: mqtt.Client, _u: Any, message: Any) -> None:
         arrival = time.time_ns() // 1_000_000
         try:
-            open_ms = int(json.loads(message.payload)["open_time_ms"])
+            payload = json.loads(message.payload)
+            open_ms, revision = int(payload["open_time_ms"]), int(payload.get("revision", 0))
         except (ValueError, KeyError, TypeError):
             return
         with lock:
-            lines.append(json.dumps([arrival, message.topic, open_ms]))
+            lines.append(json.dumps([arrival, message.topic, open_ms, revision]))
 
     client.on_connect = on_connect
     client.on_message = on_message
@@ -292,7 +297,12 @@ def stopped_at_exit(services: list[Any]) -> Iterator[None]:
 
 
 def check_bars(client: Any, keys: Any, tapes: dict[str, tuple[Path, str]], until_ms: int) -> dict[str, int]:
-    """Every closed bar in Redis against ``volcast bars`` of its tape (same aggregator, offline)."""
+    """Every closed bar in Redis against ``volcast bars`` of its tape (same aggregator, offline).
+
+    The bars in Redis are the final ones: an amended bar (streamer/bar_revisions.py) is replaced in
+    place by its newest revision (field ``rev``), so an amended bar counts as exact only if the
+    amendment made it so; ``amended`` / ``amended_inexact`` count them apart.
+    """
     from dataclasses import replace
 
     from streamer.offline import aggregate_trades
@@ -300,7 +310,7 @@ def check_bars(client: Any, keys: Any, tapes: dict[str, tuple[Path, str]], until
     from volcast.bar import Bar, BarStatus
     from volcast.keys import Feed
 
-    checked = inexact = gap = 0
+    checked = inexact = gap = amended = amended_inexact = 0
     for symbol, (path, _kind) in tapes.items():
         expected = {b.open_time_ms: b for b in aggregate_trades(read_trades(path), MINUTE_MS)[0]}
         for _id, fields in client.xrange(keys.bars(Feed("binance", symbol, MINUTE_MS))):
@@ -308,12 +318,16 @@ def check_bars(client: Any, keys: Any, tapes: dict[str, tuple[Path, str]], until
             if bar.open_time_ms + MINUTE_MS > until_ms or bar.open_time_ms not in expected:
                 continue  # after the tape's last trade: empty bars of no trade
             checked += 1
+            revised = b"rev" in fields
+            amended += revised
             if bar.status is BarStatus.GAP:
                 gap += 1
             elif replace(bar, status=BarStatus.COMPLETE) != replace(expected[bar.open_time_ms],
                                                                     status=BarStatus.COMPLETE):
                 inexact += 1
-    return {"bars_checked": checked, "inexact": inexact, "gap": gap}
+                amended_inexact += revised
+    return {"bars_checked": checked, "inexact": inexact, "gap": gap, "amended": amended,
+            "amended_inexact": amended_inexact}
 
 
 def first_trade_at_or_after(path: Path, ends: list[int]) -> dict[int, int]:
@@ -486,9 +500,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         client.close()
 
     first_arrival: dict[tuple[str, int], int] = {}
+    revised_forecasts = 0  # forecasts made again from an amended bar (payload ``revision``)
     for line in arrivals.read_text(encoding="utf-8").splitlines():
-        arrival, topic, open_ms = json.loads(line)
+        arrival, topic, open_ms, revision = json.loads(line)
+        revised_forecasts += revision > 0
         key = (topic, open_ms)
+        # The latency is the first forecast's: a revision follows it.
         first_arrival[key] = min(arrival, first_arrival.get(key, arrival))
     kind_of_topic = {s.replace("/", "-"): kind for s, (_p, kind) in tapes.items()}
     latencies: dict[str, list[int]] = {"liquid": [], "quiet": []}
@@ -524,6 +541,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "stalls": total("stalls"),
             "rest_checks": total("rest_checks"),
             "late": total("late"),
+            # Trades for a recently closed bar added to it, and the bar revisions written (streamer/bar_revisions.py).
+            "amended": total("amended"),
+            "bars_amended": total("bars_amended"),
+            "grace_raised_at_end": sorted({int(h.get("grace_raised") or 0) for h in feeds}),
         }
 
     forecast_at = {(topic.split("/")[-3], open_ms): arrival for (topic, open_ms), arrival in first_arrival.items()}
@@ -547,6 +568,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rest_weight_limit": 6000,
         "exchange_limits": exchange_limits,
         "bars": bars,
+        "revised_forecasts_at_subscriber": revised_forecasts,
         "cpu_s": services_cpu,
         "load_start": load_start,
         "load_end": load_end,

@@ -1,8 +1,10 @@
 """Closing early is never closing short: a feed's real closing code (FeedRunner, fed the way ccxt
 feeds it) given trades reordered within the grace, sent twice, or lost on the websocket (fetched
 later, as REST does), and pongs, must give exactly the bars of ``volcast bars`` over the same
-trades, and never see a trade for a bar it has closed (``late``). Pure: no network; the
-connection is a stand-in that only says when a pong came."""
+trades, and never see a trade for a bar it has closed (``late``). Delivered later than the grace
+(a proof that was wrong), trades amend their bars, and the final bars (each bar's newest
+revision) are exactly the offline ones. Pure: no network; the connection is a stand-in that only
+says when a pong came."""
 
 from __future__ import annotations
 
@@ -67,13 +69,15 @@ class _Event:
 class _Harness:
     """One FeedRunner, live on a stand-in connection whose lower-bound clock equals ours."""
 
-    def __init__(self, t0: int) -> None:
+    def __init__(self, t0: int, *, amend: bool = False) -> None:
         settings = _settings()
         self.link = ExchangeLink(create_exchange(settings.exchanges[0], env={}), settings.exchanges[0])
         self.bars: list[Bar] = []
+        self.revisions = 0
         resume = ResumePoint(start_ms=t0, last_close=Decimal(10), last_trade_id=FIRST_ID - 1)
         self.runner = FeedRunner(Feed("binance", "BTC/USDT", SEC), self.link, settings,
-                                 lambda _f, bar: self.bars.append(bar), resume)
+                                 lambda _f, bar: self.bars.append(bar), resume,
+                                 on_amend=self._revised if amend else None)
         self.runner._live = True  # the catch-up is over
         self.probe = ConnectionProbe(SimpleNamespace(connection=None, subscriptions={}))
         self.runner._probe, self.runner._confirmed_ms = self.probe, 0
@@ -82,6 +86,12 @@ class _Harness:
     def pong(self, sent_ms: int) -> None:
         self.probe.proven_local_ms = max(self.probe.proven_local_ms, sent_ms)
         self.runner.try_close()
+
+    def _revised(self, _feed: Feed, bar: Bar, rev: int) -> None:
+        """As the store writes a revision: in place of the bar of the same open time."""
+        [i] = [i for i, b in enumerate(self.bars) if b.open_time_ms == bar.open_time_ms]
+        self.bars[i] = bar
+        self.revisions += 1
 
 
 @st.composite
@@ -151,6 +161,43 @@ def test_bars_closed_on_proofs_equal_the_offline_bars(tape: tuple[int, list[Trad
     assert runner.aggregator.trades == len(trades)
     counts = runner.close_stats.counts
     assert counts[CloseProof.TRADE] + counts[CloseProof.LIVENESS] == len(harness.bars)
+
+
+@settings(max_examples=200, deadline=None)
+@given(tapes(), st.data())
+def test_trades_later_than_the_grace_amend_their_bars_which_end_exact(
+        tape: tuple[int, list[Trade]], data: st.DataObject) -> None:
+    """Each trade reaches the websocket up to an interval plus the grace after its time (in order:
+    a stream lagging; an out-of-order one leaves a hole, which holds every proof), some twice;
+    pongs at any moment. A trade that comes after its bar closed on a pong finds it among the
+    last two closed bars: it is added, never counted ``late``, never twice, and the final bars
+    equal the offline ones."""
+    t0, trades = tape
+    lag = 0
+    events: list[_Event] = []
+    for i, trade in enumerate(trades):
+        lag = data.draw(st.integers(max(0, lag - (trade.timestamp_ms - trades[i - 1].timestamp_ms if i else 0)),
+                                    GRACE + SEC))
+        at = trade.timestamp_ms + lag  # not before the trade before it: the stream keeps its order
+        for _ in range(1 + data.draw(st.integers(0, 1))):
+            events.append(_Event(at, 0, "ws", i))
+    last = trades[-1].timestamp_ms
+    for _ in range(data.draw(st.integers(0, 12))):
+        events.append(_Event(t0 + data.draw(st.integers(0, last - t0 + 3 * SEC)), 1, "pong"))
+    events.sort(key=lambda e: (e.at_ms, e.order, e.index))
+    harness = _Harness(t0, amend=True)
+    runner = harness.runner
+    for event in events:
+        if event.kind == "ws":
+            runner._on_raw(_raw(trades[event.index]))
+        else:
+            harness.pong(event.at_ms)
+    harness.pong(last + 3 * SEC + GRACE)
+    expected, _ = aggregate_trades(trades, SEC)
+    same_bars(harness.bars, expected, statuses=False)
+    assert runner.aggregator.late == 0
+    assert runner.aggregator.trades == len(trades)
+    assert runner.aggregator.revisions == harness.revisions >= (runner.aggregator.amended > 0)
 
 
 def test_a_trade_past_the_end_closes_the_bar_at_once_and_a_hole_holds_it() -> None:
