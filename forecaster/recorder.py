@@ -159,10 +159,10 @@ class Recorder:
                 if made_by != "baseline":
                     key = (made_by, p.open_time_ms, p.guard is not None)
                     served[key] = served.get(key, 0) + 1
-            if self.calibration is not None:
-                self.calibration.closed(p.feed, p.last_bar_ms, actual)
             # A forecast made again from a revised bar (late_events.py): bar last_bar_ms was realised
-            # with the first one; not a second time.
+            # (and taught the calibrators) with the first one; not a second time.
+            if self.calibration is not None and not p.revision:
+                self.calibration.closed(p.feed, p.last_bar_ms, actual)
             before = earlier.get(p.feed) if not p.revision else None
             if before is not None:
                 band = before[3]

@@ -194,7 +194,8 @@ class Worker:
         self._suspects: set[Feed] = set()
         self._predicted: dict[Feed, int] = {}  # the bar each feed was last predicted from
         self.late = LateEvents()  # revised bars and late events (forecaster/late_events.py)
-        self._revising: dict[Feed, int] = {}  # feeds predicted again from a revised bar -> its revision
+        # Feeds predicted again from a revised bar -> (the bar, its revision)
+        self._revising: dict[Feed, tuple[int, int]] = {}
         self.invalid_events = 0
         self.duplicate_events = 0
         self.handling_errors = 0
@@ -560,7 +561,7 @@ class Worker:
             else:
                 if kind is Triage.REVISION:
                     self.bars.forget(feed)  # the held bars are the old revision's: read them afresh
-                    self._revising[feed] = event.rev
+                    self._revising[feed] = (event.open_time_ms, event.rev)
                 by_time.setdefault(event.open_time_ms, []).append(event)
         if repeated:
             self.duplicate_events += len(repeated)
@@ -825,8 +826,9 @@ class Worker:
     def _mark_revisions(self, predictions: list[Prediction]) -> None:
         revising = self._revising
         for i, p in enumerate(predictions):
-            rev = revising.pop(p.feed, 0)
-            if rev:
+            bar, rev = revising.get(p.feed, (None, 0))
+            if bar == p.last_bar_ms:
+                del revising[p.feed]
                 predictions[i] = dataclasses.replace(p, revision=rev)
                 self.late.revised += 1
 
