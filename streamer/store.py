@@ -446,7 +446,7 @@ class BarStore:
         if not written:
             return
         waits = self.replica_wait
-        wait_nodes = waits.queue(pipe, {self.keys.bars(feed) for feed, _ in written}) if waits else []
+        wait_nodes = waits.queue(pipe, {self.keys.bars(feed) for feed, _, _ in written}) if waits else []
         try:
             if self.announcer is not None and not self._script_loaded:
                 for script in (WRITE_BAR_ALONE, AMEND_BAR_ALONE):  # on every master
@@ -459,7 +459,7 @@ class BarStore:
             raise
         if waits is not None:
             results, replies = results[:len(written)], results[len(written):]
-            waits.count(wait_nodes, replies, {self.keys.bars(feed) for feed, _ in written})
+            waits.count(wait_nodes, replies, {self.keys.bars(feed) for feed, _, _ in written})
         count = 0
         for (feed, bar, rev), result in zip(written, results, strict=True):
             if not isinstance(result, ResponseError):
