@@ -193,6 +193,31 @@ def markdown_horizons(results: dict[str, Any]) -> str:
     cells = [f"**{summary['ratio_lstm_to_har_per_horizon'][h - 1]:.4f}**" for h in shown]
     cells += [f"**{summary['ratio_lstm_to_har_per_sum'][x]:.4f}**" for x in labels]
     lines.append("| mean | " + " | ".join(cells) + " |")
+    lines += ["", coverage_markdown_horizons(per_file)]
+    return "\n".join(lines)
+
+
+def coverage_markdown_horizons(per_file: dict[str, Any]) -> str:
+    """lstm's 80% band per file at every horizon and window: coverage raw / calibrated (the range
+    over the per-bar horizons, then a few of them and each window)."""
+    first = next(iter(per_file.values()))
+    bars = first["horizons"]
+    shown = [h for h in (1, 5, 15, 60) if h <= bars]
+    labels = list(first["sums"])
+    head = ["forecasts", f"+1..+{bars} raw", "calibrated", *(f"+{h}" for h in shown), *labels]
+    lines = ["| file | " + " | ".join(head) + " |", "|---|" + "---:|" + "---|" * (len(head) - 1)]
+    for path in sorted(per_file):
+        m = per_file[path]["models"]["lstm"]
+        cells = [*m["horizons"], *m["sums"].values()]
+        if not all("coverage_80_calibrated" in c for c in cells):
+            continue
+        raw = [c["coverage_80"] for c in m["horizons"]]
+        cal = [c["coverage_80_calibrated"] for c in m["horizons"]]
+        pairs = [m["horizons"][h - 1] for h in shown] + [m["sums"][x] for x in labels]
+        row = [f"{per_file[path]['forecasts']:,}", f"{min(raw):.3f}-{max(raw):.3f}",
+               f"**{min(cal):.3f}-{max(cal):.3f}**",
+               *(f"{c['coverage_80']:.3f} / {c['coverage_80_calibrated']:.3f}" for c in pairs)]
+        lines.append(f"| {_short(path)} | " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
