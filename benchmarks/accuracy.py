@@ -66,7 +66,7 @@ def run_file(path: Path, args: argparse.Namespace, group: list[Path] | None = No
         result["models"][name] = score(ModelPredictor(baseline, name, "baseline"), [(key, frame)], test)
     training = TrainingSettings(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        patience=args.patience, threads=1,
+        patience=args.patience, threads=1, seed=args.training_seed,
     )
     trained = train_model(train, ModelSettings(name="ensemble", members=args.members), training, progress=quiet)
     ensemble = trained.model
@@ -133,7 +133,7 @@ def run_file_horizons(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     train = [(key, frame[start:split])]
     training = TrainingSettings(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        patience=args.patience, threads=1,
+        patience=args.patience, threads=1, seed=args.training_seed,
     )
     trained = train_model(train, ModelSettings(members=args.members), training, progress=quiet)
     model = trained.model
@@ -314,6 +314,8 @@ def main() -> int:
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--patience", type=int, default=3)
     parser.add_argument("--members", type=int, default=None, help="lstm members (default: model.members' default)")
+    parser.add_argument("--training-seed", type=int, default=0,
+                        help="lstm's training seed (training.seed): a second seed tells a change from seed noise")
     parser.add_argument("--seed-epochs", type=int, default=3)
     parser.add_argument("--seed-days", type=int, default=7)
     parser.add_argument("--no-seed", action="store_true", help="skip the seed model (the slowest part)")
