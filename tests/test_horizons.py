@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from forecast_helpers import KEY, TINY_MODEL, TINY_TRAINING, near
 
 from forecaster.artifact import ArtifactError
 from forecaster.baselines import Har, TimeOfDay, naive_targets
-from forecaster.estimator import LstmModel, quiet
+from forecaster.estimator import MAX_TARGET_SCALE, NEXT_BAR_WEIGHT, LstmModel, quiet, target_loss_weights
 from forecaster.features import Batch
 from forecaster.horizons import Horizons, resolve, window_sums
 from forecaster.payload import HorizonValues, Prediction
@@ -76,6 +77,28 @@ def test_har_direct_per_horizon_on_real_bars_sees_only_the_past() -> None:
     np.testing.assert_array_equal(moved, before)
     assert not np.array_equal(direct.predict_targets(later, [KEY], np.array([3501]))[0],
                               direct.predict_targets(batch, [KEY], np.array([3501]))[0])
+
+
+def test_each_target_loss_is_weighted_in_units_of_its_base_error() -> None:
+    # Residuals of 4 targets on their bases: the next bar's sd 2, then 2, 1 (a window: 4x less
+    # variance) and ~0 (a window of near-constant volume).
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(4000, 4, generator=gen)
+    z = (z - z.mean(dim=0)) / z.std(dim=0, correction=0)  # exactly unit variance per column
+    residuals = z * torch.tensor([2.0, 2.0, 1.0, 1e-4])
+    mse, pinball = target_loss_weights(residuals)
+    other = (1.0 - NEXT_BAR_WEIGHT) / 3
+    # The next bar keeps its share and scale; the same error gives the same share.
+    assert mse[0].item() == pytest.approx(NEXT_BAR_WEIGHT) and pinball[0].item() == pytest.approx(NEXT_BAR_WEIGHT)
+    assert mse[1].item() == pytest.approx(other, rel=1e-4) and pinball[1].item() == pytest.approx(other, rel=1e-4)
+    # Half the error: 4x the MSE weight (variance), 2x the pinball weight (scale).
+    assert mse[2].item() == pytest.approx(4 * other, rel=1e-4)
+    assert pinball[2].item() == pytest.approx(2 * other, rel=1e-4)
+    # A target with next to no error is capped instead of taking over the loss.
+    assert mse[3].item() == pytest.approx(MAX_TARGET_SCALE * other, rel=1e-4)
+    # The next bar alone (a model without horizons): the plain loss.
+    alone_mse, alone_pinball = target_loss_weights(residuals[:, :1])
+    assert alone_mse.tolist() == [1.0] and alone_pinball.tolist() == [1.0]
 
 
 @pytest.fixture(scope="module")
