@@ -18,6 +18,7 @@ import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import orjson
 
@@ -45,16 +46,69 @@ class Guarded:
     model_version: str
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+class _Block(Protocol):
+    """Where a ``HorizonValues`` of a batch reads its row (forecaster/horizon_block.py)."""
+
+    def values(self, row: int) -> tuple[Any, Any, Any]: ...
+
+    def json(self, row: int) -> bytes: ...
+
+
 class HorizonValues:
     """A multi-horizon forecast: ``volume[h]`` of the bar h intervals after the predicted one
     (``volume[0]`` is the predicted bar), each quantile level's values in the same order, and
     per cumulative window (label such as ``"15m"``: the next 15 minutes of bars from the predicted
-    one on) its volume and quantiles."""
+    one on) its volume and quantiles.
 
-    volume: Sequence[float] | FloatArray  # numpy rows from the worker (orjson writes them as lists)
-    quantiles: Mapping[float, Sequence[float] | FloatArray]
-    sums: Mapping[str, tuple[float, Mapping[float, float]]]
+    Immutable. Made from its values, or (the worker's, ``of_row``) as a row of its batch's
+    ``HorizonBlock``, whose fields are read from the batch's arrays when first asked for and
+    whose JSON the block writes for every row at once."""
+
+    __slots__ = ("_block", "_quantiles", "_row", "_sums", "_volume")
+
+    def __init__(self, volume: Sequence[float] | FloatArray, quantiles: Mapping[float, Sequence[float] | FloatArray],
+                 sums: Mapping[str, tuple[float, Mapping[float, float]]]) -> None:
+        self._volume: Sequence[float] | FloatArray | None = volume  # numpy rows from the worker
+        self._quantiles: Mapping[float, Sequence[float] | FloatArray] | None = quantiles
+        self._sums: Mapping[str, tuple[float, Mapping[float, float]]] | None = sums
+        self._block: _Block | None = None
+        self._row = 0
+
+    @classmethod
+    def of_row(cls, block: _Block, row: int) -> HorizonValues:
+        out = cls.__new__(cls)
+        out._volume = out._quantiles = out._sums = None
+        out._block, out._row = block, row
+        return out
+
+    def _fill(self) -> None:
+        assert self._block is not None
+        self._volume, self._quantiles, self._sums = self._block.values(self._row)
+
+    @property
+    def volume(self) -> Sequence[float] | FloatArray:
+        if self._volume is None:
+            self._fill()
+        assert self._volume is not None
+        return self._volume
+
+    @property
+    def quantiles(self) -> Mapping[float, Sequence[float] | FloatArray]:
+        if self._quantiles is None:
+            self._fill()
+        assert self._quantiles is not None
+        return self._quantiles
+
+    @property
+    def sums(self) -> Mapping[str, tuple[float, Mapping[float, float]]]:
+        if self._sums is None:
+            self._fill()
+        assert self._sums is not None
+        return self._sums
+
+    def json(self) -> bytes | None:
+        """The ``horizons`` object's JSON when its batch made it (None: use ``document``)."""
+        return None if self._block is None else self._block.json(self._row)
 
     def __eq__(self, other: object) -> bool:
         # Value equality whether the lists are numpy rows (the worker's) or lists (parsed).
@@ -66,11 +120,14 @@ class HorizonValues:
 
     __hash__ = None  # type: ignore[assignment]  # mutable contents: like a list, not hashable
 
+    def __repr__(self) -> str:
+        return f"HorizonValues(volume={self.volume!r}, quantiles={self.quantiles!r}, sums={self.sums!r})"
+
     def document(self) -> dict[str, object]:
         return {
             "volume": self.volume,
-            "quantiles": {_quantile_key(q): v for q, v in self.quantiles.items()},
-            "sums": {label: {"volume": v, "quantiles": {_quantile_key(q): x for q, x in qs.items()}}
+            "quantiles": {quantile_key(q): v for q, v in self.quantiles.items()},
+            "sums": {label: {"volume": v, "quantiles": {quantile_key(q): x for q, x in qs.items()}}
                      for label, (v, qs) in self.sums.items()},
         }
 
@@ -132,18 +189,20 @@ class Prediction:
             "last_bar_ms": self.last_bar_ms,
             "last_volume": self.last_volume,
             "volume": self.volume,
-            "quantiles": {_quantile_key(q): v for q, v in self.quantiles.items()},
+            "quantiles": {quantile_key(q): v for q, v in self.quantiles.items()},
             "model": {"name": self.model_name, "version": self.model_version, "baseline": self.baseline},
             "created_ms": self.created_ms,
             "calibrated": self.calibrated,
         }
         if self.raw_quantiles is not None:
-            document["raw_quantiles"] = {_quantile_key(q): v for q, v in self.raw_quantiles.items()}
+            document["raw_quantiles"] = {quantile_key(q): v for q, v in self.raw_quantiles.items()}
         if self.guard is not None:
             document["guard"] = {"reason": self.guard.reason,
                                  "replaced": {"name": self.guard.model_name, "version": self.guard.model_version}}
         if self.horizons is not None:
-            document["horizons"] = self.horizons.document()
+            # The batch's JSON of it when the worker made it (forecaster/horizon_block.py): the same bytes.
+            made = self.horizons.json()
+            document["horizons"] = self.horizons.document() if made is None else orjson.Fragment(made)
             document["horizons_calibrated"] = self.horizons_calibrated
         if self.revision:
             document["revision"] = self.revision
@@ -232,7 +291,7 @@ def encode_all(predictions: Sequence[Prediction]) -> list[bytes | None]:
 
 
 @functools.cache
-def _quantile_key(q: float) -> str:
+def quantile_key(q: float) -> str:
     # JSON keys are strings; "0.1" reads better than repr noise such as "0.09999999999999998".
     return format(q, "g")
 

@@ -29,17 +29,20 @@ from forecaster.guard import (
     target_log_bounds,
     target_reason_log,
 )
+from forecaster.horizon_block import HORIZON_DIGITS, HorizonBlock, round_significant
 from forecaster.horizons import Horizons
 from forecaster.payload import HorizonValues
 from volcast.settings import ModelSettings
 
 __all__ = [
+    "HORIZON_DIGITS",
     "ArtifactError",
     "Forecast",
     "ModelPredictor",
     "Predictor",
     "baseline_predictor",
     "load_predictor",
+    "round_significant",
 ]
 
 
@@ -167,48 +170,19 @@ class ModelPredictor:
 HorizonArrays = tuple[FloatArray, FloatArray | None, Horizons]
 """A batch's log1p forecasts of every target (N, T), their quantiles (N, T, Q), and what the
 targets are."""
-HORIZON_DIGITS = 5
-"""Significant digits of the horizons in a payload: 60 bars of full floats are 4.8 kB a feed,
-and a forecast's error is far above 1e-5 of it (the next-bar fields keep every digit)."""
-
-
-def round_significant(values: FloatArray, digits: int = HORIZON_DIGITS) -> FloatArray:
-    """``values`` (finite, >= 0) to ``digits`` significant digits, as the shortest decimals: a
-    scale below 1 is applied as a division by an exact power of ten (0.01 is not exact)."""
-    with np.errstate(divide="ignore"):
-        magnitude = np.floor(np.log10(np.where(values > 0, values, 1.0)))
-    shift = digits - 1 - magnitude
-    up = 10.0 ** np.maximum(shift, 0)
-    down = 10.0 ** np.maximum(-shift, 0)
-    out: FloatArray = np.where(shift >= 0, np.round(values * up) / up, np.round(values / down) * down)
-    return out
 
 
 def _horizon_values(point: FloatArray, quants: FloatArray | None, spec: Horizons,
                     levels: Sequence[float]) -> list[HorizonValues]:
     """Each row's payload horizons from log1p ``point`` (N, T) and ``quants`` (N, T, Q) (passed
-    by the guard: clamped only against an overflow)."""
-    # The per-bar lists stay numpy rows (orjson writes them without a Python float each: tolist
-    # of 1000 x 240 numbers and the lists around them cost about 20 ms a boundary); the few
-    # numbers of the windows become Python floats.
-    bars, labels = spec.bars, [label for label, _ in spec.sums]
+    by the guard: clamped only against an overflow): rows of one ``HorizonBlock``, whose values
+    stay in its arrays and whose JSON it writes for all rows at once (forecaster/horizon_block.py)."""
     volume = round_significant(np.maximum(np.expm1(np.minimum(point, MAX_LOG)), 0.0))
-    window_volume = volume[:, bars:].tolist()
-    qs = [float(q) for q in levels]
-    if quants is None or not qs:
-        return [HorizonValues(row[:bars], {}, {label: (w[i], {}) for i, label in enumerate(labels)})
-                for row, w in zip(volume, window_volume, strict=True)]
-    # (N, Q, T), C-contiguous: each level's values of a row are one contiguous row.
-    qv = np.ascontiguousarray(round_significant(np.maximum(np.expm1(np.minimum(quants, MAX_LOG)), 0.0))
-                              .transpose(0, 2, 1))
-    window_q = qv[:, :, bars:].tolist()
-    out = []
-    for i, (w, wq) in enumerate(zip(window_volume, window_q, strict=True)):
-        out.append(HorizonValues(
-            volume[i, :bars], dict(zip(qs, qv[i, :, :bars], strict=True)),
-            {label: (w[j], {q: values[j] for q, values in zip(qs, wq, strict=True)})
-             for j, label in enumerate(labels)}))
-    return out
+    qv = None
+    if quants is not None and len(levels):
+        # (N, Q, T): each level's values of a row are one row.
+        qv = round_significant(np.maximum(np.expm1(np.minimum(quants, MAX_LOG)), 0.0)).transpose(0, 2, 1)
+    return HorizonBlock(volume, qv, levels, spec).rows()
 
 
 def forecasts_from_log(

@@ -1,0 +1,128 @@
+"""The horizons of one chunk of forecasts, kept as the chunk's arrays, with their JSON made at once.
+
+A 1000-feed boundary of the default model publishes 1000 x 252 horizon numbers. Made into a
+``HorizonValues`` of dicts per feed and serialised one payload's dicts at a time, that cost about
+17 ms of the event loop per 500 feeds (forecaster/predictor.py's row loop, then ``document()``
+and orjson per payload), twice what the numbers' formatting itself costs. Here the chunk's rows
+stay in its matrices; each feed's ``HorizonValues`` reads its row only when asked
+(``payload.HorizonValues.of_row``), and the JSON of every row's ``horizons`` object is written by
+a few orjson calls over whole matrices, then split into rows and spliced into each payload
+(``orjson.Fragment``): the same bytes ``document()`` gives, byte for byte (tests/test_horizon_block.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import orjson
+
+from forecaster.frame import FloatArray
+from forecaster.horizons import Horizons
+from forecaster.payload import HorizonValues, quantile_key
+
+HORIZON_DIGITS = 5
+"""Significant digits of the horizons in a payload: 60 bars of full floats are 4.8 kB a feed,
+and a forecast's error is far above 1e-5 of it (the next-bar fields keep every digit)."""
+
+# 10.0 ** k computed by the same ufunc (np.power on float64) as the exponents it replaces, so the
+# values are those bits exactly; a table lookup instead of two powers per number (about 3x faster).
+with np.errstate(over="ignore"):  # past 1e308: inf, as the exponents gave
+    _POWERS: FloatArray = 10.0 ** np.arange(0.0, 700.0)
+
+
+def _round_significant_any(values: FloatArray, digits: int) -> FloatArray:
+    """``round_significant`` for arrays that may hold NaN or infinities (they become NaN)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        magnitude = np.floor(np.log10(np.where(values > 0, values, 1.0)))
+        shift = digits - 1 - magnitude
+        up = 10.0 ** np.maximum(shift, 0)
+        down = 10.0 ** np.maximum(-shift, 0)
+        out: FloatArray = np.where(shift >= 0, np.round(values * up) / up, np.round(values / down) * down)
+    return out
+
+
+def round_significant(values: FloatArray, digits: int = HORIZON_DIGITS) -> FloatArray:
+    """``values`` (finite, >= 0) to ``digits`` significant digits, as the shortest decimals: a
+    scale below 1 is applied as a division by an exact power of ten (0.01 is not exact)."""
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        return _round_significant_any(values, digits)
+    with np.errstate(divide="ignore"):
+        magnitude = np.floor(np.log10(np.where(values > 0, values, 1.0)))
+    shift = (digits - 1 - magnitude).astype(np.int64)
+    up = _POWERS[np.maximum(shift, 0)]
+    down = _POWERS[np.maximum(-shift, 0)]
+    out: FloatArray = np.where(shift >= 0, np.round(values * up) / up, np.round(values / down) * down)
+    return out
+
+
+def _json_rows(matrix: FloatArray) -> list[bytes]:
+    """Each row of a 2-D float matrix as its JSON list's inside (``1.5,2.0``), one orjson call."""
+    out = orjson.dumps(np.ascontiguousarray(matrix, dtype=np.float64), option=orjson.OPT_SERIALIZE_NUMPY)
+    return out[2:-2].split(b"],[")  # b"[[1.5,2.0],[3.0,4.5]]": numbers hold no bracket
+
+
+def _key(text: str) -> bytes:
+    return orjson.dumps(text).replace(b"%", b"%%")  # a literal of a %-template
+
+
+class HorizonBlock:
+    """One chunk's horizons: ``volume`` (N, T) and ``quantiles`` (N, Q, T) rounded for the
+    payload (T: the ``spec.bars`` single bars, then its sums), levels ``levels``."""
+
+    def __init__(self, volume: FloatArray, quantiles: FloatArray | None, levels: Sequence[float],
+                 spec: Horizons) -> None:
+        self.volume = volume
+        self.levels = [float(q) for q in levels] if quantiles is not None else []
+        self.quantiles = quantiles if self.levels else None
+        self.bars = spec.bars
+        self.labels = [label for label, _ in spec.sums]
+        self._json: list[bytes] | None = None
+
+    def __len__(self) -> int:
+        return len(self.volume)
+
+    def rows(self) -> list[HorizonValues]:
+        return [HorizonValues.of_row(self, i) for i in range(len(self.volume))]
+
+    def values(self, row: int) -> tuple[FloatArray, dict[float, FloatArray],
+                                         dict[str, tuple[float, Mapping[float, float]]]]:
+        """Row ``row`` as ``HorizonValues``' fields (numpy rows for the bars, floats for the sums)."""
+        bars = self.bars
+        windows = self.volume[row, bars:].tolist()
+        if self.quantiles is None:
+            return self.volume[row, :bars], {}, {label: (windows[i], {}) for i, label in enumerate(self.labels)}
+        qv = self.quantiles[row]
+        window_q = qv[:, bars:].tolist()
+        return (self.volume[row, :bars], dict(zip(self.levels, qv[:, :bars], strict=True)),
+                {label: (windows[j], {q: values[j] for q, values in zip(self.levels, window_q, strict=True)})
+                 for j, label in enumerate(self.labels)})
+
+    def json(self, row: int) -> bytes:
+        """Row ``row``'s ``horizons`` object as JSON (``HorizonValues.document()``'s bytes)."""
+        if self._json is None:
+            self._json = self._encode()
+        return self._json[row]
+
+    def _encode(self) -> list[bytes]:
+        n, bars = len(self.volume), self.bars
+        if n == 0:
+            return []
+        qkeys = [orjson.dumps(quantile_key(q)).replace(b"%", b"%%") for q in self.levels]
+        template = (b'{"volume":[%s],"quantiles":{' + b",".join(k + b":[%s]" for k in qkeys) + b'},"sums":{'
+                    + b",".join(_key(label) + b':{"volume":%s,"quantiles":{' + b",".join(k + b":%s" for k in qkeys)
+                                + b"}}" for label in self.labels)
+                    + b"}}")
+        columns = [_json_rows(self.volume[:, :bars])]
+        if self.quantiles is not None:
+            columns += [_json_rows(self.quantiles[:, k, :bars]) for k in range(len(self.levels))]
+        per_row = [list(parts) for parts in zip(*columns, strict=True)]
+        if self.labels:
+            # Each window's volume, then its quantiles: the order of the template's holes.
+            sums = self.volume[:, bars:, None]
+            if self.quantiles is not None:
+                sums = np.concatenate([sums, self.quantiles[:, :, bars:].transpose(0, 2, 1)], axis=2)
+            for parts, window in zip(per_row, _json_rows(sums.reshape(n, -1)), strict=True):
+                parts += window.split(b",")
+        return [template % tuple(parts) for parts in per_row]

@@ -1,0 +1,80 @@
+"""The chunk's horizons JSON (forecaster/horizon_block.py) is byte for byte what each row's
+``HorizonValues.document()`` serialises to, and the fast rounding is the plain one, bit for bit."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from forecaster.horizon_block import HorizonBlock, _round_significant_any, round_significant
+from forecaster.horizons import Horizons
+from forecaster.payload import HorizonValues, Prediction
+from volcast.keys import Feed
+
+SPEC = Horizons(60, (("5m", 5), ("15m", 15), ("1h", 60)))
+
+
+def _values(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    # Volumes over many magnitudes, zeros and whole numbers among them.
+    out = np.exp(rng.uniform(-25, 45, shape))
+    out.flat[::17] = 0.0
+    out.flat[5::23] = np.round(out.flat[5::23])
+    return round_significant(out)
+
+
+def _eager(hv: HorizonValues) -> HorizonValues:
+    return HorizonValues([float(x) for x in hv.volume], {q: [float(x) for x in v] for q, v in hv.quantiles.items()},
+                         dict(hv.sums))
+
+
+@pytest.mark.parametrize(("levels", "spec"), [
+    ((0.1, 0.5, 0.9), SPEC),
+    ((0.05, 0.5, 0.95, 0.99), Horizons(3, (("2m", 2),))),
+    ((), SPEC),
+    ((0.1, 0.5, 0.9), Horizons(4, ())),
+])
+def test_block_json_is_the_documents_bytes(levels: tuple[float, ...], spec: Horizons) -> None:
+    rng = np.random.default_rng(7)
+    n, t = 40, len(spec.targets)
+    volume = _values(rng, (n, t))
+    quantiles = _values(rng, (n, len(levels), t)) if levels else None
+    rows = HorizonBlock(volume, quantiles, levels, spec).rows()
+    for hv in rows:
+        made = hv.json()
+        assert made is not None
+        assert made == orjson.dumps(hv.document(), option=orjson.OPT_SERIALIZE_NUMPY)
+        assert made == orjson.dumps(_eager(hv).document())  # as Python floats too
+        assert orjson.loads(made) == orjson.loads(orjson.dumps(_eager(hv).document()))
+        assert hv == _eager(hv)
+
+
+def test_payload_with_block_horizons_is_unchanged() -> None:
+    rng = np.random.default_rng(3)
+    levels = (0.1, 0.5, 0.9)
+    block = HorizonBlock(_values(rng, (5, len(SPEC.targets))), _values(rng, (5, 3, len(SPEC.targets))), levels, SPEC)
+    for hv in block.rows():
+        lazy = Prediction(Feed("binance", "BTC/USDT", 60_000), 120_000, 60_000, 3.5, 4.25,
+                          {0.1: 1.0, 0.5: 4.0, 0.9: 9.5}, "lstm", "7", False, 123, horizons=hv)
+        plain = Prediction(Feed("binance", "BTC/USDT", 60_000), 120_000, 60_000, 3.5, 4.25,
+                           {0.1: 1.0, 0.5: 4.0, 0.9: 9.5}, "lstm", "7", False, 123, horizons=_eager(hv))
+        assert lazy.to_json() == plain.to_json()
+        assert Prediction.from_json(lazy.to_json()) == plain
+
+
+def test_empty_block() -> None:
+    block = HorizonBlock(np.zeros((0, len(SPEC.targets))), np.zeros((0, 3, len(SPEC.targets))), (0.1, 0.5, 0.9), SPEC)
+    assert block.rows() == []
+
+
+def test_fast_rounding_is_the_plain_one_bit_for_bit() -> None:
+    rng = np.random.default_rng(11)
+    values = np.concatenate([np.exp(rng.uniform(-700, 700, 200_000)), np.exp(rng.uniform(-30, 40, 200_000)),
+                             [0.0, 1.0, 9.99995, 99999.5, 1e-300, 5e-324, 1.7e308], rng.integers(0, 10**9, 1000)])
+    fast, plain = round_significant(values), _round_significant_any(values, 5)
+    assert np.array_equal(fast.view(np.int64), plain.view(np.int64))
+
+
+def test_rounding_of_values_that_are_not_finite() -> None:
+    out = round_significant(np.array([np.nan, np.inf, 12345.678]))
+    assert np.isnan(out[0]) and np.isnan(out[1]) and out[2] == 12346.0
