@@ -51,9 +51,17 @@ def round_significant(values: FloatArray, digits: int = HORIZON_DIGITS) -> Float
     with np.errstate(divide="ignore"):
         magnitude = np.floor(np.log10(np.where(values > 0, values, 1.0)))
     shift = (digits - 1 - magnitude).astype(np.int64)
-    up = _POWERS[np.maximum(shift, 0)]
-    down = _POWERS[np.maximum(-shift, 0)]
-    out: FloatArray = np.where(shift >= 0, np.round(values * up) / up, np.round(values / down) * down)
+    # The scale is 10 ** |shift| on either side: up (multiply, round, divide) where the shift is
+    # not negative, down (divide, round, multiply) where it is; a side no number needs is skipped.
+    up = shift >= 0
+    scale = _POWERS[np.abs(shift)]
+    if up.all():
+        out: FloatArray = np.round(values * scale) / scale
+        return out
+    down_side = np.round(values / scale) * scale
+    if not up.any():
+        return down_side
+    out = np.where(up, np.round(values * scale) / scale, down_side)
     return out
 
 

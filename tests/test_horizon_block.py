@@ -78,3 +78,10 @@ def test_fast_rounding_is_the_plain_one_bit_for_bit() -> None:
 def test_rounding_of_values_that_are_not_finite() -> None:
     out = round_significant(np.array([np.nan, np.inf, 12345.678]))
     assert np.isnan(out[0]) and np.isnan(out[1]) and out[2] == 12346.0
+
+
+@pytest.mark.parametrize(("low", "high"), [(-20.0, 9.0), (12.0, 700.0)])
+def test_fast_rounding_with_every_number_on_one_side(low: float, high: float) -> None:
+    values = np.exp(np.random.default_rng(5).uniform(low, high, 50_000))  # all scaled up, or all down
+    fast, plain = round_significant(values), _round_significant_any(values, 5)
+    assert np.array_equal(fast.view(np.int64), plain.view(np.int64))
