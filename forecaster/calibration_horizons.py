@@ -29,9 +29,10 @@ import numpy.typing as npt
 
 from forecaster.calibration import HIGH, LOW, BandCalibrator
 from forecaster.frame import FloatArray, IntArray
+from forecaster.horizon_block import HorizonBlock, round_significant
 from forecaster.horizons import Horizons
 from forecaster.payload import HorizonValues
-from forecaster.predictor import Forecast, round_significant
+from forecaster.predictor import Forecast
 
 MID = 0.5
 
@@ -85,8 +86,19 @@ class HorizonBands:
         with a 0.1/0.5/0.9 band of every target of ``spec``."""
         self._room()
         bars, labels = self.spec.bars, [label for label, _ in self.spec.sums]
-        values = np.array([[[*hv.quantiles[q][:bars], *(hv.sums[x][1][q] for x in labels)] for q in (LOW, MID, HIGH)]
-                           for hv in (fc.horizons for fc in forecasts) if hv is not None])
+        found = self._block_of(forecasts)
+        block: HorizonBlock | None = None
+        at: IntArray = np.zeros(0, dtype=np.int64)
+        columns: list[int] = []
+        if found is not None:  # the chunk's arrays as they are (the same numbers as below)
+            block, at = found
+            assert block.quantiles is not None
+            columns = [block.levels.index(q) for q in (LOW, MID, HIGH)]
+            values = block.quantiles[at][:, columns, :]
+        else:
+            values = np.array([[[*hv.quantiles[q][:bars], *(hv.sums[x][1][q] for x in labels)]
+                                for q in (LOW, MID, HIGH)]
+                               for hv in (fc.horizons for fc in forecasts) if hv is not None])
         if values.shape != (len(forecasts), 3, len(self._js)):
             return [None] * len(forecasts)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -107,6 +119,16 @@ class HorizonBands:
         picked = np.flatnonzero(every)
         if not len(picked):
             return out
+        if block is not None and block.quantiles is not None:
+            # A block of the calibrated rows: their JSON made at once too (forecaster/horizon_block.py).
+            banded = block.quantiles[at[picked]]  # a copy (fancy indexing)
+            banded[:, columns[0], :] = round_significant(np.expm1(lo[picked]))
+            banded[:, columns[2], :] = round_significant(np.expm1(hi[picked]))
+            for i, values_of in zip(picked.tolist(), HorizonBlock(block.volume[at[picked]], banded, block.levels,
+                                                                  self.spec).rows(), strict=True):
+                out[i] = values_of
+            self.calibrated += len(picked)
+            return out
         low = round_significant(np.expm1(lo[picked])).tolist()
         high = round_significant(np.expm1(hi[picked])).tolist()
         for n, i in enumerate(picked.tolist()):
@@ -123,6 +145,20 @@ class HorizonBands:
             out[i] = HorizonValues(hv.volume, quantiles, sums)
         self.calibrated += len(picked)
         return out
+
+    def _block_of(self, forecasts: Sequence[Forecast]) -> tuple[HorizonBlock, IntArray] | None:
+        """The one ``HorizonBlock`` every forecast's horizons are rows of, with its 0.1/0.5/0.9
+        levels and this spec's targets, and their rows; None otherwise (use the values)."""
+        found = [None if fc.horizons is None else fc.horizons.of_block() for fc in forecasts]
+        first = found[0] if found else None
+        if first is None or not isinstance(first[0], HorizonBlock):
+            return None
+        block = first[0]
+        if (block.quantiles is None or any(q not in block.levels for q in (LOW, MID, HIGH))
+                or block.bars != self.spec.bars or block.labels != [label for label, _ in self.spec.sums]
+                or any(f is None or f[0] is not block for f in found)):
+            return None
+        return block, np.array([f[1] for f in found if f is not None], dtype=np.int64)
 
     # -- in the bookkeeping -------------------------------------------------------------------
 
@@ -182,6 +218,14 @@ class HorizonBands:
 def has_band(forecast: Forecast, spec: Horizons) -> bool:
     """Whether the forecast's horizons hold a finite-shaped 0.1/0.5/0.9 band of every target."""
     hv = forecast.horizons
-    if hv is None or len(hv.volume) != spec.bars or any(q not in hv.quantiles for q in (LOW, MID, HIGH)):
+    if hv is None:
+        return False
+    made = hv.of_block()
+    if made is not None and isinstance(made[0], HorizonBlock):  # the same questions, of its block
+        block = made[0]
+        return (block.bars == spec.bars and block.quantiles is not None
+                and all(q in block.levels for q in (LOW, MID, HIGH))
+                and all(label in block.labels for label, _ in spec.sums) and not math.isnan(forecast.bound))
+    if len(hv.volume) != spec.bars or any(q not in hv.quantiles for q in (LOW, MID, HIGH)):
         return False
     return all(label in hv.sums for label, _ in spec.sums) and not math.isnan(forecast.bound)

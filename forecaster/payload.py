@@ -106,6 +106,10 @@ class HorizonValues:
         assert self._sums is not None
         return self._sums
 
+    def of_block(self) -> tuple[Any, int] | None:
+        """(its batch's block, its row) when made by ``of_row``; None when made from values."""
+        return None if self._block is None else (self._block, self._row)
+
     def json(self) -> bytes | None:
         """The ``horizons`` object's JSON when its batch made it (None: use ``document``)."""
         return None if self._block is None else self._block.json(self._row)

@@ -85,3 +85,40 @@ def test_fast_rounding_with_every_number_on_one_side(low: float, high: float) ->
     values = np.exp(np.random.default_rng(5).uniform(low, high, 50_000))  # all scaled up, or all down
     fast, plain = round_significant(values), _round_significant_any(values, 5)
     assert np.array_equal(fast.view(np.int64), plain.view(np.int64))
+
+
+def test_calibrated_horizon_bands_of_a_block_are_those_of_its_values() -> None:
+    """The hand-over's calibrated horizons (calibrate_horizons) read a chunk's block as it is and
+    publish a block of the calibrated rows: the same numbers, state and bytes as from the values."""
+    from forecaster.calibration_store import Calibration
+    from forecaster.predictor import Forecast
+    from volcast.keys import RedisKeys
+
+    spec = Horizons(3, (("5m", 5),))
+    rng = np.random.default_rng(9)
+    n, t = 30, len(spec.targets)
+    volume = _values(np.random.default_rng(1), (n, t)) + 1.0
+    base = np.exp(rng.uniform(2, 6, (n, 1, t)))
+    quantiles = round_significant(base * np.array([0.6, 1.0, 1.7])[None, :, None])
+    block = HorizonBlock(volume, quantiles, (0.1, 0.5, 0.9), spec)
+    feeds = [Feed("binance", f"S{i}/USDT", 60_000) for i in range(n)]
+    runs = []
+    for rows in (block.rows(), [_eager(hv) for hv in block.rows()]):
+        calibration = Calibration(None, RedisKeys("x"), 60_000, spec)  # type: ignore[arg-type]
+        calibrator = calibration.calibrator
+        calibrator.rows(feeds)
+        calibrator.n[:] = calibrator.warm_up  # past the warm-up, with corrections of their own
+        calibrator.c_low[:n] = rng.uniform(0, 0.3, (n, t)) if not runs else runs[0][1].c_low[:n]
+        calibrator.c_high[:n] = rng.uniform(0, 0.3, (n, t)) if not runs else runs[0][1].c_high[:n]
+        calibrator.n[3] = 0  # one feed still warming up: its own band
+        forecasts = [Forecast(float(volume[i, 0]), {0.1: 1.0, 0.5: 2.0, 0.9: 3.0}, None, hv, 1e9)
+                     for i, hv in enumerate(rows)]
+        runs.append((calibration.horizon_bands(feeds, forecasts, 120_000), calibrator, calibration.horizons))
+    (fast, _, fast_bands), (plain, _, plain_bands) = runs
+    assert [x is None for x in fast] == [x is None for x in plain] and fast[3] is None and fast[0] is not None
+    for a, b in zip(fast, plain, strict=True):
+        if a is not None and b is not None:
+            assert a == b and a.json() == orjson.dumps(b.document())
+    assert fast_bands is not None and plain_bands is not None
+    assert np.array_equal(fast_bands.published, plain_bands.published)
+    assert np.array_equal(fast_bands.raw, plain_bands.raw)
