@@ -25,6 +25,10 @@ before the first publish to each arrival.
 ``worker_ms`` is the median, over the measured boundaries, of the worker's own timings per
 batch (its debug log): ``read_ms`` events to histories, ``predict_ms`` the forward passes,
 ``submit_ms`` payloads handed to MQTT, ``record_ms`` the Redis bookkeeping (after the hand-over).
+``worker_cpu_ms`` is the median CPU time of the worker process per boundary (every thread,
+/proc schedstat), which a loaded machine hardly moves: from the write to the last arrival
+(``to_last_arrival``: the critical path, with the PUBACKs read), and the whole boundary with its
+bookkeeping and the next one's preparation (``whole_boundary``).
 
 Bands are calibrated (``forecaster.calibrate_bands``, the default): every feed starts with a
 calibrator state past its warm-up in Redis, so each payload carries a calibrated band and each
@@ -344,6 +348,15 @@ async def baseline(settings: Settings, n: int, bursts: int, payload: bytes) -> d
     return percentiles(latencies)
 
 
+def worker_cpu_ns(pid: int) -> int:
+    """CPU time of every thread of process ``pid`` so far (ns; Linux /proc schedstat)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            total += int((task / "schedstat").read_text().split()[0])
+    return total
+
+
 def worker_timings(log: Path, boundaries: int, n: int) -> dict[str, Any]:
     """Medians of the worker's per-batch timings over the measured boundaries (its debug log)."""
     rows = [m.groups() for m in _TIMINGS.finditer(log.read_text(errors="replace"))]
@@ -395,6 +408,8 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
     to_payload: list[float] = []
     transit: list[float] = []
     per_boundary: list[float] = []
+    cpu_to_out: list[float] = []
+    cpu_whole: list[float] = []
     try:
         # redis-py 8 times a command out after 5 s: writing 1000 feeds' history in pipelines of
         # 250,000 commands took longer than that on a loaded machine.
@@ -422,11 +437,13 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
                     await sub.arm(n)
                     for i, feed in enumerate(feeds):
                         store.put(feed, replace(series[i][j], open_time_ms=times[j]))
+                    cpu_before = worker_cpu_ns(worker.pid)
                     started = time.monotonic_ns()
                     await store.write_pending()
                     written = time.monotonic_ns()
                     written_wall = time.time_ns()
                     got = await sub.arrivals(timeout=600 if step < WARM_UP else 120)
+                    cpu_out = worker_cpu_ns(worker.pid)
                     if step >= WARM_UP:
                         parsed = [orjson.loads(p) for _, _, p in got]
                         assert all(p["last_bar_ms"] == times[j] for p in parsed)
@@ -441,6 +458,9 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
                         transit += [w / 1e6 - p["created_ms"] for (_, w, _), p in zip(got, parsed, strict=True)]
                         per_boundary.append(round(max(ms), 1))
                     await asyncio.sleep(0.2)
+                    if step >= WARM_UP:  # the bookkeeping and the next boundary's preparation ran meanwhile
+                        cpu_to_out.append((cpu_out - cpu_before) / 1e6)
+                        cpu_whole.append((worker_cpu_ns(worker.pid) - cpu_before) / 1e6)
                 payload = got[-1][2]
             base = await baseline(settings, n, boundaries, payload)
             stop_worker(worker)  # first: a worker reading the events stream would create it again
@@ -464,6 +484,10 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
     result["baseline_mqtt_burst"] = base
     result["ratio_p99"] = round(result["p99_ms"] / base["p99_ms"], 2) if base["p99_ms"] else None
     result["worker_ms"] = worker_timings(log_path, boundaries, n)
+    # CPU time (every thread of the worker process), a measure a loaded machine hardly moves:
+    # until the last prediction arrived, and for the whole boundary (bookkeeping, preparation).
+    result["worker_cpu_ms"] = {"to_last_arrival": round(statistics.median(cpu_to_out), 2) if cpu_to_out else None,
+                               "whole_boundary": round(statistics.median(cpu_whole), 2) if cpu_whole else None}
     return result
 
 
@@ -478,6 +502,9 @@ def calibration_ratio(on: dict[str, Any], off: dict[str, Any]) -> dict[str, Any]
     out["ratio_p99"] = ratio(on["p99_ms"], off["p99_ms"])
     for name in ("read_ms", "predict_ms", "submit_ms", "record_ms"):
         out[f"ratio_{name}"] = ratio(on["worker_ms"][name], off["worker_ms"][name])
+    out["without_worker_cpu_ms"] = off.get("worker_cpu_ms")
+    for name in ("to_last_arrival", "whole_boundary"):
+        out[f"ratio_cpu_{name}"] = ratio(on.get("worker_cpu_ms", {}).get(name), off.get("worker_cpu_ms", {}).get(name))
     return out
 
 
