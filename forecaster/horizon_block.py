@@ -33,7 +33,7 @@ with np.errstate(over="ignore"):  # past 1e308: inf, as the exponents gave
 
 def _round_significant_any(values: FloatArray, digits: int) -> FloatArray:
     """``round_significant`` for arrays that may hold NaN or infinities (they become NaN)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         magnitude = np.floor(np.log10(np.where(values > 0, values, 1.0)))
         shift = digits - 1 - magnitude
         up = 10.0 ** np.maximum(shift, 0)
@@ -58,10 +58,13 @@ def round_significant(values: FloatArray, digits: int = HORIZON_DIGITS) -> Float
     if up.all():
         out: FloatArray = np.round(values * scale) / scale
         return out
-    down_side = np.round(values / scale) * scale
-    if not up.any():
-        return down_side
-    out = np.where(up, np.round(values * scale) / scale, down_side)
+    # Both sides are computed for every number and one is kept: the other may overflow (a huge
+    # value on the up side), which is discarded, not a fault to warn about on every boundary.
+    with np.errstate(over="ignore", invalid="ignore"):
+        down_side = np.round(values / scale) * scale
+        if not up.any():
+            return down_side
+        out = np.where(up, np.round(values * scale) / scale, down_side)
     return out
 
 
