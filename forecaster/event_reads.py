@@ -8,21 +8,45 @@ blocking XREADGROUP per shard running (``Blocking``) and returns what the first 
 the others go on and deliver at a later read. A read is never cancelled halfway, except when the
 worker stops: what Redis delivered to a cancelled read is in this consumer's pending list, which
 the worker reads first when it starts again.
+
+Several workers of a group split the shards between them (``owned``): each reads new events only
+from its own, so a feed stays with one worker from one boundary to the next. Read by whichever
+worker's read Redis served first, a feed moved at about every other boundary with two workers,
+and each move cost the worker that got it four reads to rebuild what the other one held (the bars
+it missed, the previous prediction, the window of realised errors, the band calibrator's state):
+two workers used 1.6x the CPU of one for the same forecasts (benchmarks/scale.py). The split is
+the live consumers (the group's, whose alive key says "1", see the worker's heartbeat), sorted by
+name, shard k to the (k mod n)-th; it is looked at again every ``refresh_s``. A worker always
+counts itself, and one that is gone stops counting once its alive key expires (``claim_idle``):
+its shards then go to the others, which read on from where the group's last delivery was, and its
+pending events are claimed as before. With more live workers than shards, or when the others
+cannot be read, every worker reads every shard, as before. Pending entries (``"0"`` and the like,
+after a restart) are read from every shard whatever the split.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from volcast.aio import raise_if_cancelled
 from volcast.connections import is_cluster
 
+log = logging.getLogger(__name__)
+
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 """The entries a read returned from one shard (an entry's fields are empty when it was deleted)."""
+
+
+def _name(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _by_shard(reply: Any, shard_of: Mapping[str, int]) -> list[tuple[int, Entries]]:
@@ -36,7 +60,8 @@ def _by_shard(reply: Any, shard_of: Mapping[str, int]) -> list[tuple[int, Entrie
 class ShardReader:
     """XREADGROUP over the shards ``streams`` (index = shard) for one consumer of one group."""
 
-    def __init__(self, redis: aioredis.Redis, streams: Sequence[str], group: str, consumer: str) -> None:
+    def __init__(self, redis: aioredis.Redis, streams: Sequence[str], group: str, consumer: str, *,
+                 alive_key: Callable[[str], str] | None = None, claim_idle_ms: int = 30_000) -> None:
         self.redis = redis
         self.streams = list(streams)
         self.group = group
@@ -45,9 +70,63 @@ class ShardReader:
         self._apart = len(self.streams) > 1 and is_cluster(redis)
         self._blocking: dict[int, asyncio.Task[Entries]] = {}
         self._error: BaseException | None = None
+        # The split of the shards between the group's live workers (None: no split, every shard).
+        self._alive_key = alive_key if len(self.streams) > 1 else None
+        self._claim_idle_ms = claim_idle_ms
+        self.refresh_s = min(5.0, max(0.1, claim_idle_ms / 4000))
+        self._refreshed = -math.inf
+        self.owned: frozenset[int] = frozenset(range(len(self.streams)))
+        self.workers = 1  # live workers of the group at the last look (self included)
+
+    async def refresh(self) -> None:
+        """Look at the group's live workers again and take this one's shards of them."""
+        assert self._alive_key is not None
+        self._refreshed = time.monotonic()
+        try:
+            infos = self.redis.pipeline(transaction=False)
+            for stream in self.streams:
+                infos.xinfo_consumers(stream, self.group)
+            idle: dict[str, int] = {}  # the least over the shards: a worker reads only its own
+            for rows in await infos.execute():
+                for row in rows:
+                    name = _name(row["name"])
+                    ms = int(row.get("idle", 0))
+                    idle[name] = min(idle.get(name, ms), ms)
+            # A consumer idle for ten claim periods is long gone (its alive key expired long
+            # ago): no GET for each name a restarted worker left in the group.
+            names = sorted(n for n, quiet in idle.items() if quiet < 10 * self._claim_idle_ms and n != self.consumer)
+            alive: list[Any] = []
+            if names:
+                pipe = self.redis.pipeline(transaction=False)  # GETs, not an MGET: on a cluster the keys are apart
+                for name in names:
+                    pipe.get(self._alive_key(name))
+                alive = await pipe.execute()
+        except (RedisError, OSError) as exc:  # the read itself says whether Redis is down
+            log.debug("workers of the group not read, keeping shards %s: %s", sorted(self.owned), exc)
+            return
+        owners = sorted([n for n, a in zip(names, alive, strict=True) if a == b"1"] + [self.consumer])
+        shards = range(len(self.streams))
+        me = owners.index(self.consumer)
+        owned = frozenset(shards) if len(owners) > len(self.streams) else frozenset(
+            k for k in shards if k % len(owners) == me)
+        if owned != self.owned or len(owners) != self.workers:
+            log.info("%d live worker(s) in group %s: %s reads event shard(s) %s", len(owners), self.group,
+                     self.consumer, ", ".join(str(k) for k in sorted(owned)))
+        self.owned, self.workers = owned, len(owners)
+
+    async def _own(self, ids: Mapping[int, str]) -> Mapping[int, str]:
+        """``ids`` without the new reads (``>``) of shards other workers own."""
+        if self._alive_key is None:
+            return ids
+        if time.monotonic() - self._refreshed >= self.refresh_s:
+            await self.refresh()
+        owned = self.owned
+        return {k: i for k, i in ids.items() if i != ">" or k in owned}
 
     async def read(self, ids: Mapping[int, str], count: int, block: int | None = None) -> list[tuple[int, Entries]]:
-        """Entries after ``ids`` (shard -> id, ``>`` for new ones) from those shards, shard by shard."""
+        """Entries after ``ids`` (shard -> id, ``>`` for new ones) from those shards, shard by shard
+        (new ones only from the shards this worker owns)."""
+        ids = await self._own(ids)
         if not ids:
             return []
         if not self._apart:

@@ -187,7 +187,8 @@ class Worker:
         self.events = EventParser(self.interval_ms, frozenset(settings.feeds()))
         self.dead = DeadLetters(redis, self.keys, self.interval_ms, self.group, self.consumer,
                                 settings.redis.event_shards)
-        self.reader = ShardReader(redis, self.streams, self.group, self.consumer)
+        self.reader = ShardReader(redis, self.streams, self.group, self.consumer, alive_key=self.keys.consumer_alive,
+                                  claim_idle_ms=settings.forecaster.claim_idle)
         self._dead_after = settings.forecaster.dead_letter_after
         # Feeds whose event failed recently: handled apart, so one bad feed does not send every
         # boundary through the split-and-retry of a failure.
