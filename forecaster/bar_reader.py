@@ -211,19 +211,27 @@ class BarHistories:
         one_off = BarMatrix(interval, look_back) if old else None
         if nexts or since:
             pipe = self._redis.pipeline(transaction=False)
-            # One XREAD of every feed's next bar; on a cluster one per feed (an XREAD is one slot).
-            # After every revision of the bar held (ids <open ms>-<rev>: streamer/bar_revisions.py).
-            reads: list[dict[Any, Any]] = [dict.fromkeys(nexts, f"{previous}-{_LAST_REV}")] if nexts else []
-            if len(nexts) > 1 and is_cluster(self._redis):
-                reads = [{key: after} for key, after in reads[0].items()]
-            for streams in reads:
-                pipe.xread(streams, count=1)
+            # One XREAD of every feed's next bar; on a cluster one XRANGE of bar open_ms per feed
+            # (a command names one slot there, and redis-py's cluster client asks a node for the
+            # keys of each XREAD, COMMAND GETKEYS: a round trip per feed, 20% of a worker's CPU).
+            # Any revision of that bar counts (ids <open ms>-<rev>: streamer/bar_revisions.py), so
+            # the XREAD starts after every revision of the bar held and the XRANGE spans them all.
+            apart_slots = len(nexts) > 1 and is_cluster(self._redis)
+            reads = len(nexts) if apart_slots else 1 if nexts else 0
+            if apart_slots:
+                for key in nexts:
+                    pipe.xrange(key, min=str(open_ms), max=str(open_ms))
+            elif nexts:
+                pipe.xread(dict.fromkeys(nexts, f"{previous}-{_LAST_REV}"), count=1)
             for feed in since:
                 pipe.xrange(self._keys.bars(feed), min=str(_held(apart.get(feed, main), feed) + 1), max=str(open_ms))
             replies: list[Any] = await pipe.execute()
-            if nexts:
-                self._append_next([item for reply in replies[:len(reads)] for item in reply or []], nexts, open_ms)
-            for feed, entries in zip(since, replies[len(reads):], strict=True):
+            if apart_slots:
+                self._append_next([(key, entries) for key, entries in zip(nexts, replies, strict=False) if entries],
+                                  nexts, open_ms)
+            elif nexts:
+                self._append_next(replies[0], nexts, open_ms)
+            for feed, entries in zip(since, replies[reads:], strict=True):
                 self._write(apart.get(feed, main), feed, entries, continues=True)
         whole = fresh + [(feed, one_off) for feed in old if one_off is not None]
         if whole:
