@@ -141,8 +141,16 @@ def run_file_horizons(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     pos = scoring_positions(frame, (split, n), spec, model.min_history)
     models = {name: score_targets(forecast, [(key, frame)], [pos], spec)
               for name, forecast in baseline_forecasts(spec, train).items()}
-    models["lstm"] = score_targets(model_forecast(model), [(key, frame)], [pos], spec, model.quantile_levels)
+    models["lstm"] = score_targets(model_forecast(model), [(key, frame)], [pos], spec, model.quantile_levels,
+                                   window_powers=args.window_powers)
+    # The calibration's step per window is chosen here, on the training span's last quarter
+    # (bars before the split only; the model saw them in training or early stopping).
+    quarter = scoring_positions(frame, (split - (split - start) // 4, split), spec, model.min_history)
+    selection = score_targets(model_forecast(model), [(key, frame)], [quarter], spec, model.quantile_levels,
+                              window_powers=args.window_powers)
     return {"bars": n, "train_bars": split - start, "forecasts": len(pos), "horizons": spec.bars,
+            "selection": {"forecasts": len(quarter), "sums": selection["sums"],
+                          "horizons": {str(h): selection["horizons"][h - 1] for h in (1, 60) if h <= spec.bars}},
             "sums": dict(spec.sums), "train_seconds": trained.scores["train_seconds"],
             "epochs_run": trained.scores["epochs_run"], "models": models,
             "ratio_to_har": ratios(models["lstm"], models["har"])}
@@ -193,8 +201,40 @@ def markdown_horizons(results: dict[str, Any]) -> str:
     cells = [f"**{summary['ratio_lstm_to_har_per_horizon'][h - 1]:.4f}**" for h in shown]
     cells += [f"**{summary['ratio_lstm_to_har_per_sum'][x]:.4f}**" for x in labels]
     lines.append("| mean | " + " | ".join(cells) + " |")
-    lines += ["", coverage_markdown_horizons(per_file)]
+    lines += ["", coverage_markdown_horizons(per_file), "", window_power_markdown(per_file)]
     return "\n".join(lines)
+
+
+def window_power_markdown(per_file: dict[str, Any]) -> str:
+    """lstm's calibrated window bands per file and window power (calibration.WINDOW_POWER):
+    coverage / width / interval score (log1p), on the training span's last quarter (where the
+    power is chosen) and on the test part, with the raw band's last."""
+    lines = ["| file, window | part | " + " | ".join(f"power {p}" for p in _powers(per_file)) + " | raw |",
+             "|---|---|" + "---|" * (len(_powers(per_file)) + 1)]
+    for path in sorted(per_file):
+        r = per_file[path]
+        for part, sums in (("training, last quarter", r.get("selection", {}).get("sums", {})),
+                           ("test", r["models"]["lstm"]["sums"])):
+            for label, c in sums.items():
+                if "by_window_power" not in c:
+                    continue
+                cells = [_band(c["by_window_power"][p]) for p in _powers(per_file)]
+                raw = {"coverage_80": c["coverage_80"], "band_width_log": c["band_width_log"],
+                       "interval_score_log": c["interval_score_log"]}
+                lines.append(f"| {_short(path)}, {label} | {part} | " + " | ".join([*cells, _band(raw)]) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _powers(per_file: dict[str, Any]) -> list[str]:
+    for r in per_file.values():
+        for c in r["models"]["lstm"]["sums"].values():
+            if "by_window_power" in c:
+                return sorted(c["by_window_power"], key=float)
+    return []
+
+
+def _band(b: dict[str, float]) -> str:
+    return f"{b['coverage_80']:.3f} / {b['band_width_log']:.3f} / {b['interval_score_log']:.3f}"
 
 
 def coverage_markdown_horizons(per_file: dict[str, Any]) -> str:
@@ -323,6 +363,9 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=None, help="substrings of file names to run")
     parser.add_argument("--horizons", action="store_true",
                         help="score the default model at every horizon and window against HAR direct instead")
+    parser.add_argument("--window-powers", type=float, nargs="*", default=[0.0, 0.5, 1.0],
+                        help="--horizons: also calibrate each window with step / k**power for these powers "
+                             "(by_window_power; and on the training span's last quarter, selection)")
     parser.add_argument("--market", action="store_true",
                         help="also train lstm_market: + market-wide inputs across the selected files (same dates)")
     args = parser.parse_args()

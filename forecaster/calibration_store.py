@@ -51,7 +51,9 @@ class Calibration:
         self.keys = keys
         self.interval_ms = interval_ms
         self.spec = spec if spec is not None and spec.multi else None
-        self.calibrator = BandCalibrator(len(self.spec.targets) if self.spec is not None else 1)
+        # A window's target learns with a smaller step than a bar's (calibration.WINDOW_POWER).
+        self.calibrator = (BandCalibrator(len(self.spec.targets), windows=[k for _, k in self.spec.targets])
+                           if self.spec is not None else BandCalibrator(1))
         # Every target of a multi-horizon forecast (forecaster/calibration_horizons.py).
         self.horizons = HorizonBands(self.calibrator, self.spec, interval_ms) if self.spec is not None else None
         self._closed: list[tuple[Feed, int, float]] = []

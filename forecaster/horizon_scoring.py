@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from forecaster.baselines import Har, LogForecaster, TimeOfDay, naive_targets
-from forecaster.calibration import replay_targets
+from forecaster.calibration import WINDOW_POWER, replay_targets
 from forecaster.features import Batch
 from forecaster.frame import BarFrame, FloatArray, IntArray
 from forecaster.horizons import Horizons, window_sums
@@ -68,13 +68,25 @@ def scoring_positions(frame: BarFrame, test_range: tuple[int, int], spec: Horizo
     return np.arange(max(start, history, 1), min(stop, len(frame)) - spec.span + 1, dtype=np.int64)
 
 
+def interval_score(low: FloatArray, high: FloatArray, actual: FloatArray) -> FloatArray:
+    """Winkler score of an 80% band per target (log1p, lower is better): its width plus 10 x
+    how far each realised value fell outside it (mean over the rows)."""
+    miss = np.maximum(low - actual, 0.0) + np.maximum(actual - high, 0.0)
+    return np.asarray(np.mean(high - low + miss / (1.0 - 0.8) * 2.0, axis=0))
+
+
 def score_targets(forecast: TargetForecast, frames: Sequence[tuple[str, BarFrame]],
                   positions: Sequence[IntArray], spec: Horizons, levels: Sequence[float] = (),
-                  *, calibrate: bool = True) -> dict[str, Any]:
-    """Per-horizon and per-window scores of ``forecast`` over ``positions`` of each frame, pooled."""
+                  *, calibrate: bool = True, window_powers: Sequence[float] = ()) -> dict[str, Any]:
+    """Per-horizon and per-window scores of ``forecast`` over ``positions`` of each frame, pooled.
+    ``window_powers``: also the calibrated band's coverage, width and interval score with each of
+    these steps per window (calibration.WINDOW_POWER), under ``by_window_power``."""
     targets = spec.targets
+    windows = np.array([k for _, k in targets], dtype=np.int64)
+    powers = [WINDOW_POWER, *(p for p in window_powers if p != WINDOW_POWER)]
+    alternatives: dict[float, list[tuple[FloatArray, FloatArray]]] = {p: [] for p in powers}
     bars = np.array([k for _, k in targets], dtype=np.float64)
-    points, actuals, naives, lows, highs, published = [], [], [], [], [], []
+    points, actuals, naives, lows, highs = [], [], [], [], []
     delays = np.array([o + k for o, k in targets], dtype=np.int64)
     banded = 0.1 in levels and 0.5 in levels and 0.9 in levels
     for (key, frame), pos in zip(frames, positions, strict=True):
@@ -93,9 +105,11 @@ def score_targets(forecast: TargetForecast, frames: Sequence[tuple[str, BarFrame
         actuals.append(window_sums(np.maximum(frame.volume, 0.0), pos, targets))
         if mids and calibrate:
             n = len(mids)
-            cal_lo, cal_hi, _ = replay_targets(np.concatenate(lows[-n:]), np.concatenate(highs[-n:]),
-                                               np.concatenate(mids), np.log1p(actuals[-1]), delays)
-            published.append((cal_lo, cal_hi))
+            for power in powers if window_powers else powers[:1]:
+                cal_lo, cal_hi, _ = replay_targets(np.concatenate(lows[-n:]), np.concatenate(highs[-n:]),
+                                                   np.concatenate(mids), np.log1p(actuals[-1]), delays,
+                                                   windows=windows, window_power=power)
+                alternatives[power].append((cal_lo, cal_hi))
         naives.append(np.maximum(frame.volume[pos - 1], 0.0)[:, None] * bars[None, :])
     if not actuals:
         raise ValueError("no forecast position in the test range has every horizon inside the bars")
@@ -106,23 +120,39 @@ def score_targets(forecast: TargetForecast, frames: Sequence[tuple[str, BarFrame
     rmse = np.sqrt(np.mean((np.log1p(volume) - np.log1p(actual)) ** 2, axis=0))
     naive_mae = np.mean(np.abs(naive - actual), axis=0)
     mase = np.mean(np.abs(volume - actual), axis=0) / np.where(naive_mae > 0, naive_mae, np.nan)
+    log_actual = np.log1p(actual)
     coverage = None
     if lows and len(lows) == len(points):
         lo_v = np.expm1(np.concatenate(lows))
         hi_v = np.expm1(np.concatenate(highs))
         coverage = np.mean((actual >= lo_v) & (actual <= hi_v), axis=0)
-    calibrated = None
-    if published and len(published) == len(actuals):
-        cal_lo = np.expm1(np.concatenate([p[0] for p in published]))
-        cal_hi = np.expm1(np.concatenate([p[1] for p in published]))
-        calibrated = np.mean((actual >= cal_lo) & (actual <= cal_hi), axis=0)
+        width = np.mean(np.concatenate(highs) - np.concatenate(lows), axis=0)
+        winkler = interval_score(np.concatenate(lows), np.concatenate(highs), log_actual)
+    # Per window power: coverage, width and interval score of the calibrated band (log1p).
+    by_power: dict[float, tuple[FloatArray, FloatArray, FloatArray]] = {}
+    for power, bands in alternatives.items():
+        if bands and len(bands) == len(actuals):
+            cal_lo_log = np.concatenate([b[0] for b in bands])
+            cal_hi_log = np.concatenate([b[1] for b in bands])
+            inside = (actual >= np.expm1(cal_lo_log)) & (actual <= np.expm1(cal_hi_log))
+            by_power[power] = (np.mean(inside, axis=0), np.mean(cal_hi_log - cal_lo_log, axis=0),
+                             interval_score(cal_lo_log, cal_hi_log, log_actual))
 
-    def cell(j: int) -> dict[str, float]:
-        out = {"rmse_log": float(rmse[j]), "mase": float(mase[j])}
+    def cell(j: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"rmse_log": float(rmse[j]), "mase": float(mase[j])}
         if coverage is not None:
             out["coverage_80"] = float(coverage[j])
-        if calibrated is not None:
-            out["coverage_80_calibrated"] = float(calibrated[j])
+            out["band_width_log"] = float(width[j])
+            out["interval_score_log"] = float(winkler[j])
+        if WINDOW_POWER in by_power:
+            cov, wid, score = by_power[WINDOW_POWER]
+            out["coverage_80_calibrated"] = float(cov[j])
+            out["band_width_log_calibrated"] = float(wid[j])
+            out["interval_score_log_calibrated"] = float(score[j])
+        if window_powers and len(by_power) > 1:
+            out["by_window_power"] = {f"{p:g}": {"coverage_80": float(c[j]), "band_width_log": float(w[j]),
+                                                 "interval_score_log": float(x[j])}
+                                      for p, (c, w, x) in by_power.items()}
         return out
 
     result: dict[str, Any] = {

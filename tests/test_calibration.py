@@ -252,7 +252,9 @@ def test_the_live_horizon_bands_learn_as_the_backtest_does() -> None:
     sums = np.convolve(volume, np.ones(5))[4:]  # sums[i] = volume[i..i+4]
     actual = np.log1p(np.stack([volume[1:steps + 1], volume[2:steps + 2], volume[3:steps + 3],
                                 sums[1:steps + 1]], axis=1))
-    lo, hi, calibrated = replay_targets(low, high, mid, actual, np.array([1, 2, 3, 5]), warm_up=20)
+    # The 5-bar sum learns with its own, smaller step, live as in the backtest.
+    lo, hi, calibrated = replay_targets(low, high, mid, actual, np.array([1, 2, 3, 5]), warm_up=20,
+                                        windows=np.array([1, 1, 1, 5]))
     first = made.index(True)
     assert 20 <= first <= 30 and all(made[first:])  # the 5-bar sum warms up last
     after = first  # the backtest calibrates each target from its own warm-up, the worker all at once
@@ -263,3 +265,19 @@ def test_the_live_horizon_bands_learn_as_the_backtest_does() -> None:
     row = int(calibration.calibrator.rows([FEED])[0])
     # Forecasts 0..399, bars closed up to 400: a target realised d bars on is counted 401 - d times.
     assert calibration.calibrator.banded[row].tolist() == [0, steps - 1, steps - 2, steps - 4]
+
+
+def test_a_window_of_k_bars_moves_its_correction_by_the_step_over_root_k() -> None:
+    """A miss of a 4-bar window moves its correction by 0.9 x STEP / 2 (WINDOW_POWER 0.5), a
+    single bar's by 0.9 x STEP: overlapping windows miss in runs, a full step each overshoots."""
+    calibrator = BandCalibrator(horizons=2, windows=[1, 4])
+    row = calibrator.rows([FEED])
+    both = np.array([0, 1])
+    calibrator.update(np.repeat(row, 2), both, np.zeros(2), np.ones(2), np.full(2, 5.0))  # above both
+    assert np.allclose(calibrator.c_high[row[0]], [0.9 * STEP, 0.9 * STEP / 2])
+    assert np.allclose(calibrator.c_low[row[0]], [-0.1 * STEP, -0.1 * STEP / 2])
+    _, hi, _ = replay_targets(np.zeros((3, 2)), np.ones((3, 2)), np.full((3, 2), 0.5), np.full((3, 2), 5.0),
+                               np.array([1, 1]), warm_up=0, windows=np.array([1, 4]))
+    assert np.allclose(hi[2], [1 + 2 * 0.9 * STEP, 1 + 2 * 0.9 * STEP / 2])
+    with pytest.raises(ValueError, match="windows"):
+        BandCalibrator(horizons=2, windows=[1, 0])
