@@ -12,7 +12,8 @@ and ``coverage_80`` (share of windows inside the 0.1-0.9 quantiles) where the mo
 with ``coverage_80_calibrated``: inside the band as the worker publishes it, calibrated online
 per target (forecaster/calibration.py ``replay_targets``: run through each frame's positions in
 time order, a target learnt only once its window has closed, from a fresh state at the test
-range's start).
+range's start; each window with its own step, calibration.WINDOW_POWER), with the band's mean
+width and interval score (log1p) raw and calibrated.
 For each sum whose window lies within the per-bar horizons, ``sum_of_bars_rmse_log`` also scores
 the sum of the per-bar forecasts' volumes, the alternative to a dedicated head.
 """
@@ -149,7 +150,7 @@ def score_targets(forecast: TargetForecast, frames: Sequence[tuple[str, BarFrame
             out["coverage_80_calibrated"] = float(cov[j])
             out["band_width_log_calibrated"] = float(wid[j])
             out["interval_score_log_calibrated"] = float(score[j])
-        if window_powers and len(by_power) > 1:
+        if window_powers and len(by_power) > 1 and windows[j] > 1:  # a single bar's step is the same at any power
             out["by_window_power"] = {f"{p:g}": {"coverage_80": float(c[j]), "band_width_log": float(w[j]),
                                                  "interval_score_log": float(x[j])}
                                       for p, (c, w, x) in by_power.items()}
