@@ -130,7 +130,8 @@ async def ingest(count: int, prefix: str, *, metrics: bool, scrape_every: float)
 async def scrape_cost(feeds: int, per_feed: bool) -> dict[str, float]:
     """Collect and format one scrape of ``feeds`` real feed records (no connection is made)."""
     from streamer.close_proof import CloseProof
-    from streamer.feed import ExchangeLink, FeedRunner
+    from streamer.exchange_link import ExchangeLink
+    from streamer.feed import FeedRunner
     from streamer.metrics import StreamerCollector
     from streamer.source import create_exchange
     from streamer.store import BarStore

@@ -28,7 +28,8 @@ from collections.abc import Collection
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from streamer.feed import ExchangeLink, FeedRunner
+from streamer.exchange_link import ExchangeLink
+from streamer.feed import FeedRunner
 from streamer.health import FeedState
 from streamer.history import load_history
 from streamer.metrics import StreamerCollector

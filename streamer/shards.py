@@ -22,7 +22,8 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from streamer.feed import ExchangeLink, FeedRunner
+from streamer.exchange_link import ExchangeLink
+from streamer.feed import FeedRunner
 from streamer.history import load_history
 from streamer.leases import Leases, default_name, fair_share, lease_holders
 from streamer.store import REDIS_DOWN, BarStore, KeyProblem, ResumePoint

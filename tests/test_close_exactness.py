@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from stream_harness import same_bars
 
 from streamer.close_proof import CloseProof
-from streamer.feed import ExchangeLink, FeedRunner
+from streamer.exchange_link import ExchangeLink
+from streamer.feed import FeedRunner
 from streamer.liveness import ConnectionProbe, now_ms
 from streamer.offline import aggregate_trades
 from streamer.source import create_exchange

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from streamer.close_proof import CloseProof, Grace
-from streamer.feed import ExchangeLink, FeedRunner, now_ms
+from streamer.exchange_link import ExchangeLink, now_ms
+from streamer.feed import FeedRunner
 from streamer.liveness import ConnectionProbe
 from streamer.source import create_exchange
 from streamer.store import ResumePoint

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from stream_harness import TRADE_FILES, stream_settings, unique_prefix
 
-from streamer.feed import ExchangeLink, FeedRunner
+from streamer.exchange_link import ExchangeLink
+from streamer.feed import FeedRunner
 from streamer.simulator.server import ReplayServer
 from streamer.simulator.tape import load_tape
 from streamer.source import create_exchange
