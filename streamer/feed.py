@@ -17,7 +17,7 @@ nothing closes: its bars wait instead of closing short. The watchdog reconnects 
 answers no ping (or whose trade flow stopped for a watchdog), never one whose symbols are quiet.
 
 Where ids are consecutive (``consecutive_trade_ids``), ``frontier`` is the id up to which every
-trade is known; an id beyond ``frontier + 1`` opens a hole, filled by REST ``fromId`` pages. A
+trade is known; an id beyond ``frontier + 1`` opens a hole, filled by REST ``fromId`` pages (backfill.py). A
 hole REST cannot fill (refused, or older than the exchange keeps) is marked on the aggregator,
 whose overlapping bars close with status ``gap``. Elsewhere backfill asks ``since`` the newest
 trade seen and the aggregator drops the overlap as duplicates.
@@ -26,16 +26,15 @@ trade seen and the aggregator drops the overlap as duplicates.
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import ccxt.pro
 
 from streamer.aggregator import BarAggregator, Outcome
+from streamer.backfill import Backfill, History
 from streamer.close_proof import CloseProof, CloseStats, DeliveryStats
 from streamer.exchange_link import ExchangeLink, now_ms
 from streamer.feed_errors import FeedStopped, NotTrading, WatchdogTimeout
@@ -59,16 +58,10 @@ log = logging.getLogger(__name__)
 
 # A hole in the ids may be a reorder within one moment: wait this long before fetching it.
 _HOLE_PATIENCE_S = 0.2
-# REST failures in a row (each after a capped backoff: minutes with the default 30 s cap) before a
-# hole is given up as a gap: an exchange that keeps refusing cannot fill it.
-_BACKFILL_ATTEMPTS = 12
 _TICK_S = 0.05
 # A trade stamped past the exchange's clock (as last read) waits for a fresh reading, taken at
 # most this often: a replay faster than real time runs ahead of any reading.
 _CLOCK_READ_EVERY_S = 1.0
-# Request weight of a page of trades (Binance spot historicalTrades: 25), spent from the
-# exchange's REST budget (exchange_link.py).
-TRADES_WEIGHT = {"binance": 25, "binanceus": 25}
 # A REST check of the bars after a stalled flow, at most this often per feed.
 _REST_CHECK_EVERY_S = 1.0
 # Refused trades logged one by one per feed; after that one line per this many.
@@ -83,18 +76,6 @@ def describe_error(error: BaseException) -> str:
     """One line for a health hash and a log: the error's class and the start of its text."""
     text = f"{type(error).__name__}: {error}"
     return text if len(text) <= 300 else text[:297] + "..."
-
-
-@dataclass(slots=True)
-class _History:
-    """A history backfill under way (consecutive ids): the REST trades from ``low`` to ``high`` are
-    taken (none yet while they are None), those from ``since`` up to ``low`` are still to fetch.
-    Kept across reconnects: an interrupted backfill goes on where it stopped, instead of the first
-    live trade's id becoming the frontier and the history behind it never being fetched."""
-
-    since: int
-    low: Placed | None = None
-    high: Placed | None = None
 
 
 def _subscription_id(client: Any, symbol: str) -> int | None:
@@ -147,15 +128,13 @@ class FeedRunner:
         # Highest ids taken from the websocket and from REST: a websocket trade between the two was
         # already backfilled (the overlap of a reconnect), not a duplicate the exchange sent.
         self._live_high = -1
-        self._first_since: int | None = None
-        self._history: _History | None = None
+        # The REST side: catch-up, holes, history (backfill.py); it places its trades through this runner.
+        self.backfill = Backfill(self, tick_s=_TICK_S)
         # Trades from this time on may be lost and no trade after the loss has come yet: the gap
         # ends at the next trade, and until then the feed's bars wait (see _give_up).
         self._gap_from: int | None = None
         self._first_live_ms: int | None = None  # exchange time of this session's first websocket trade
         self._subscribed_at: float | None = None
-        self._rest_failures = 0
-        self._last_page_size = 0  # records in the last REST page, before the check
         self._backfill_high = -1
         self._offset_ms = 0
         # The offset by which trades are judged "from the future" (ahead_of_clock): read again
@@ -227,7 +206,9 @@ class FeedRunner:
     def _on_trade(self, trade: Placed) -> None:
         """A websocket trade (usable or refused) of plausible time."""
         tid = trade.trade_id
-        if self.consecutive and self._live_high < tid and (tid <= self._backfill_high or self._in_history(tid)):
+        if self.consecutive and self._live_high < tid and (
+            tid <= self._backfill_high or self.backfill.in_history(tid)
+        ):
             self._live_high = tid  # REST had it first (the overlap of a reconnect or of the history)
             self.aggregator.delivered_live(tid, trade.timestamp_ms)
             return
@@ -263,7 +244,7 @@ class FeedRunner:
     def _take(self, trade: Placed, *, backfilled: bool) -> None:
         if self.start_ms is not None and trade.timestamp_ms < self.start_ms:
             return  # already in a bar closed before this process started
-        if self._gap_from is not None and self._history is None and trade.timestamp_ms >= self._gap_from:
+        if self._gap_from is not None and self.backfill.history is None and trade.timestamp_ms >= self._gap_from:
             self.aggregator.mark_gap(self._gap_from, trade.timestamp_ms)  # the loss ends before this trade
             self._gap_from = None
         if self.consecutive:
@@ -385,15 +366,15 @@ class FeedRunner:
 
     def _track_id(self, trade: Placed) -> None:
         tid = trade.trade_id
-        if self.frontier is None and self._history is None:
+        if self.frontier is None and self.backfill.history is None:
             if self._gap_from is not None:  # a loss given up: known trades start again here
                 self._set_frontier(tid, trade.timestamp_ms)
                 return
             # No id known yet (the catch-up's REST had no trade): the websocket's first trade is the
             # start only if it missed none before it, which a stalled stream can break. One REST
-            # read back to where REST left off decides (_fill_holes), as for a hole.
+            # read back to where REST left off decides (Backfill.fill_holes), as for a hole.
             known = self._rest_proof_ms - self._grace.ms if self._rest_proof_ms is not None else None
-            self._history = _History(known or self._first_since or self.start_ms or trade.timestamp_ms)
+            self.backfill.history = History(known or self.backfill.first_since or self.start_ms or trade.timestamp_ms)
         elif self.frontier is not None and tid == self.frontier + 1:
             self._advance_frontier(tid, trade.timestamp_ms)
             return
@@ -621,9 +602,9 @@ class FeedRunner:
         self._rest_checked_at = time.monotonic()
         self.health.rest_checks += 1
         if self.consecutive and self.frontier is not None:
-            await self._backfill_ids(hole_only=False)
+            await self.backfill.backfill_ids(hole_only=False)
         else:
-            await self._backfill_since(self.health.last_trade_ms or at)
+            await self.backfill.backfill_since(self.health.last_trade_ms or at)
         self._rest_proof_ms = at if self._rest_proof_ms is None else max(self._rest_proof_ms, at)
         if calm and not self._flows_suspect():
             self._unverified_from = None
@@ -739,7 +720,7 @@ class FeedRunner:
         async with asyncio.TaskGroup() as group:
             group.create_task(self._watch(), name=f"watch {self.symbol}")
             group.create_task(self._watchdog(), name=f"watchdog {self.symbol}")
-            await self._catch_up()
+            await self.backfill.catch_up()
             self._backoff.reset()
             # In the body, not a task: the body then lasts as long as the session, so a failing
             # child always interrupts one of its awaits, the one case in which TaskGroup (3.11)
@@ -787,7 +768,7 @@ class FeedRunner:
         self._subscribed_at = None
         while True:
             if self._hole_since is not None and time.monotonic() - self._hole_since > _HOLE_PATIENCE_S:
-                await self._fill_holes()
+                await self.backfill.fill_holes()
             if self._gap_from is not None:
                 await self._close_open_gap()
             if self._held:
@@ -860,272 +841,3 @@ class FeedRunner:
         """A stall after the trade stamped ``newest_before_stall_ms``: pongs prove nothing past it."""
         current = self._unverified_from
         self._unverified_from = newest_before_stall_ms if current is None else min(current, newest_before_stall_ms)
-
-    # -- backfill -------------------------------------------------------------------------------
-
-    async def _catch_up(self) -> None:
-        """After (re)connecting: once the server has the subscription, fetch what the websocket
-        missed, then go live.
-
-        What to fetch is decided before the wait: trades the websocket delivers meanwhile must
-        find the history under way (kept apart by id), not become the start of what is known.
-        """
-        self.health.state = FeedState.BACKFILLING
-        exchange_now = self.exchange_now_ms()
-        by_ids = False
-        since: int | None = None
-        if self._history is not None:
-            since = self._history.since  # interrupted by a disconnect
-        elif self.health.last_trade_ms == 0 and self.frontier is None and self.start_ms is None:
-            # A feed without a bar in Redis starts with max_backfill of history, so a feed whose
-            # first process died before closing a bar loses nothing, and a new one starts with
-            # bars to forecast from. Its first bar is complete from the bar's start; the point is
-            # kept across reconnects that come before the first trade.
-            if self._first_since is None:
-                self._first_since = self.aggregator.bar_open(exchange_now - self.settings.streamer.max_backfill)
-            since = self._first_since
-        elif self.health.last_trade_ms == 0 and self.start_ms is not None:
-            # Resuming from Redis: from the end of the last closed bar, at most max_backfill back.
-            oldest = exchange_now - self.settings.streamer.max_backfill
-            if self.start_ms < oldest:
-                self.aggregator.mark_gap(self.start_ms, oldest)
-                self.health.gaps += 1
-                self.frontier = None
-                since = oldest
-            elif self.frontier is not None:
-                by_ids = True
-            else:
-                since = self.start_ms
-        elif self.consecutive and self.frontier is not None:
-            by_ids = True
-        else:
-            since = self.health.last_trade_ms
-        if since is not None and self.consecutive and self._history is None:
-            self._history = _History(since)  # see _backfill_recent_by_id
-        await self._confirm_subscription()
-        rest_from = self.link.liveness.clock.now_low()
-        if by_ids:
-            await self._backfill_ids(hole_only=False)
-        elif since is not None:
-            await self._backfill_since(since)
-        if rest_from is not None:
-            # Every REST read above came after this moment and read on until REST had nothing more.
-            self._rest_proof_ms = rest_from if self._rest_proof_ms is None else max(self._rest_proof_ms, rest_from)
-        if self._live_since_ms is None:
-            self._live_since_ms = self.exchange_now_ms()
-        self.health.state = FeedState.LIVE
-        self.health.error = ""
-        self._live = True
-
-    async def _fill_holes(self) -> None:
-        self._live = False
-        self.health.state = FeedState.BACKFILLING
-        try:
-            if self._history is not None:
-                await self._backfill_recent_by_id(self._history.since)
-            else:
-                await self._backfill_ids(hole_only=True)
-        finally:
-            if not self.failed:
-                self.health.state = FeedState.LIVE
-                self._live = True
-
-    async def _fetch(self, since: int | None, params: dict[str, Any]) -> list[Placed] | None:
-        """One REST page, checked and sorted by id; None if the exchange refuses (after retries
-        for network errors)."""
-        ex = self.link.exchange
-        # Failures count across reconnects: a connection that keeps dropping must not keep a
-        # refused backfill alive forever.
-        while self._rest_failures < _BACKFILL_ATTEMPTS:
-            await self.link.rest_budget.spend(TRADES_WEIGHT.get(ex.id, 1))
-            try:
-                raw = await ex.fetch_trades(self.symbol, since, self.settings.streamer.backfill_page, params)
-            except ccxt.OperationFailed as exc:  # network errors, 429, 5xx: worth retrying
-                self._rest_failures += 1
-                delay = self._backoff.next_delay()
-                log.warning(
-                    "%s: backfill attempt %d failed (%r), retry in %.2fs", self.symbol, self._rest_failures, exc, delay
-                )
-                await asyncio.sleep(delay)
-                continue
-            except ccxt.ExchangeError as exc:
-                log.warning("%s: backfill refused: %r", self.symbol, exc)
-                return None
-            self._rest_failures = 0
-            self._backoff.reset()
-            self._last_page_size = len(raw)
-            return await self._checked_page(raw)
-        self._rest_failures = 0  # given up: the next hole gets its own attempts
-        return None
-
-    async def _checked_page(self, raw: list[dict[str, Any]]) -> list[Placed]:
-        """A REST page through the trade check: usable and placeable refused trades, by id.
-
-        A refused record without a usable time (or one stamped past the exchange's clock) is
-        placed between its neighbours by id: the bars from the one before to the one after are
-        marked gap, and its id counts as seen. Without consecutive ids the page's whole span is.
-        """
-        trades: list[Placed] = []
-        unplaced: list[Refusal] = []
-        for item in raw:
-            checked = trade_from_ccxt(item)
-            record = placed(checked) if isinstance(checked, Refusal) else checked
-            if record is not None:
-                trades.append(record)
-            else:
-                assert isinstance(checked, Refusal)
-                unplaced.append(checked)
-        if any(self._ahead_of_clock(t) is not None for t in trades):
-            try:
-                await self._read_clock()
-            except ccxt.BaseError as exc:
-                log.debug("%s: exchange clock unreadable (%r)", self.symbol, exc)
-            in_time = []
-            for trade in trades:
-                late = self._ahead_of_clock(trade)
-                if late is None:
-                    in_time.append(trade)
-                else:
-                    unplaced.append(late)
-            trades = in_time
-        trades.sort(key=lambda t: (t.trade_id, t.timestamp_ms))
-        for refusal in unplaced:
-            if refusal.trade_id is None or not self.consecutive or not trades:
-                self._count_refused(refusal)
-                if trades:
-                    self.aggregator.mark_gap(min(t.timestamp_ms for t in trades), trades[-1].timestamp_ms + 1)
-                continue
-            ids = [t.trade_id for t in trades]
-            at = bisect.bisect_left(ids, refusal.trade_id)
-            before = trades[at - 1] if at > 0 else None
-            after = trades[at] if at < len(trades) else None
-            low = (before or after or trades[0]).timestamp_ms
-            high = (after or before or trades[0]).timestamp_ms
-            self.aggregator.mark_gap(low, high + 1)
-            trades.insert(at, RefusedTrade(refusal.trade_id, low, refusal))
-        return trades
-
-    async def _backfill_ids(self, *, hole_only: bool) -> None:
-        """Fetch by id from the frontier until no hole is left (and, after a reconnect, REST is exhausted)."""
-        page = self.settings.streamer.backfill_page
-        empty_rounds = 0
-        while self.frontier is not None:
-            if hole_only and not self._ahead:
-                return
-            wanted = self.frontier + 1
-            trades = await self._fetch(None, {"fromId": wanted})
-            if trades is None or empty_rounds >= _BACKFILL_ATTEMPTS:
-                self._give_up_hole(min(self._ahead.values(), default=None))
-                empty_rounds = 0
-                continue
-            trades = [t for t in trades if t.trade_id >= wanted]
-            if trades and trades[0].trade_id > wanted:
-                self._give_up_hole(trades[0].timestamp_ms)  # older than the exchange keeps
-            for trade in trades:
-                self._take(trade, backfilled=True)
-            if len(trades) >= page:
-                continue
-            if not self._ahead:
-                return  # REST is exhausted and the websocket shows no hole
-            # The websocket is ahead of REST's answer: ask again shortly.
-            empty_rounds = 0 if trades else empty_rounds + 1
-            await asyncio.sleep(_TICK_S)
-
-    async def _backfill_since(self, since: int) -> None:
-        """Fetch by time from ``since``, paging forward until REST has nothing newer."""
-        page = self.settings.streamer.backfill_page
-        if self.consecutive:
-            await self._backfill_recent_by_id(since)
-            return
-        start = since
-        while True:
-            trades = await self._fetch(since, {})
-            if trades is None:
-                # The websocket has had every trade since its first one: the loss ends there.
-                first_live = self._first_live_ms
-                if first_live is None or first_live > since:
-                    self._give_up(since, first_live)
-                return
-            for trade in trades:
-                self._take(trade, backfilled=True)
-            if len(trades) < page:
-                if self._gap_from is not None:  # a loss left open before: REST has had everything since
-                    self.aggregator.mark_gap(self._gap_from, start)
-                    self._gap_from = None
-                return
-            newest = max(t.timestamp_ms for t in trades)
-            since = newest if newest > since else since + 1
-
-    async def _backfill_recent_by_id(self, since: int) -> None:
-        """Consecutive ids: page back from the newest trades to ``since``, then forward by id.
-
-        Each page goes into the bars as it comes (the aggregator takes any order while its bars
-        are open), so memory holds one page, not an hour of trades. Trades the websocket delivers
-        meanwhile wait in ``_ahead``, and a REST trade among them is not taken twice.
-        """
-        if self._history is None:
-            self._history = _History(since)
-        history = self._history
-        fresh = await self._page_back(history)
-        # Done (an exception leaves the history pending for the next session).
-        self._history = None
-        if history.high is not None:
-            if self._gap_from is not None:  # a loss left open before: REST has had everything since
-                self.aggregator.mark_gap(self._gap_from, history.since)
-                self._gap_from = None
-            self._backfill_high = max(self._backfill_high, history.high.trade_id)
-            self._set_frontier(history.high.trade_id, history.high.timestamp_ms)
-        elif self.frontier is None and self._ahead:  # REST refused, or had nothing: from the websocket on
-            first = min(self._ahead)
-            self._set_frontier(first, self._ahead.pop(first))
-        if self.frontier is not None:
-            # A newest page read in this session, after the server confirmed the subscription,
-            # leaves nothing between it and the websocket but the holes the websocket shows.
-            await self._backfill_ids(hole_only=fresh)
-
-    async def _page_back(self, history: _History) -> bool:
-        """Take the history back to ``since``; True if its newest page was read in this call."""
-        since, page = history.since, self.settings.streamer.backfill_page
-        fresh = False
-        if history.high is None or history.low is None:
-            newest = await self._fetch(None, {})
-            if newest is None:
-                self._give_up(since, min(self._ahead.values(), default=None))
-                return False
-            if not newest:
-                return True
-            self._take_history(newest, since)
-            history.low, history.high = newest[0], newest[-1]
-            fresh = True
-            if self._last_page_size < page:
-                return fresh  # fewer than a page: REST has nothing older
-        low = history.low
-        while low.timestamp_ms >= since and low.trade_id > 0:
-            fetched = await self._fetch(None, {"fromId": max(0, low.trade_id - page)})
-            if fetched is None:
-                self.aggregator.mark_gap(since, low.timestamp_ms)
-                self.health.gaps += 1
-                return fresh
-            older = [t for t in fetched if t.trade_id < low.trade_id]
-            if not older:
-                return fresh
-            self._take_history(older, since)
-            low = history.low = older[0]
-        return fresh
-
-    def _in_history(self, tid: int) -> bool:
-        """``tid`` lies in the REST pages of the history taken so far (ids ``low..high``, no gap)."""
-        history = self._history
-        return history is not None and history.low is not None and history.high is not None and (
-            history.low.trade_id <= tid <= history.high.trade_id
-        )
-
-    def _take_history(self, trades: list[Placed], since: int) -> None:
-        """One REST page of the history: every trade from ``since`` on, unless the websocket had it."""
-        floor = max(since, self.start_ms or since)
-        for trade in trades:
-            tid = trade.trade_id
-            if trade.timestamp_ms < floor or tid in self._ahead or (self.frontier is not None and tid <= self.frontier):
-                continue
-            if self._add(trade, True) is Outcome.ADDED:
-                self.health.last_trade_ms = max(self.health.last_trade_ms, trade.timestamp_ms)

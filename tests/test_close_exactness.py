@@ -135,7 +135,7 @@ def test_bars_closed_on_proofs_equal_the_offline_bars(tape: tuple[int, list[Trad
     fetched: set[int] = set()
 
     def fetch(up_to_id: int) -> None:
-        """REST fills the lost trades up to ``up_to_id``, oldest first, as _backfill_ids does."""
+        """REST fills the lost trades up to ``up_to_id``, oldest first, as Backfill.backfill_ids does."""
         for i in sorted(dropped - fetched):
             if trades[i].trade_id <= up_to_id:
                 fetched.add(i)
