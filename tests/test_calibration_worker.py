@@ -35,7 +35,8 @@ from forecaster.training import train_model
 from volcast.connections import redis_client
 from volcast.keys import RedisKeys
 from volcast.settings import Settings
-from volcast.status_report import collect_status, render_table
+from volcast.status_render import render_table
+from volcast.status_report import collect_status
 
 HISTORY = 2000
 C_LOW, C_HIGH = 0.5, 0.75

@@ -22,7 +22,7 @@ from streamer.store import ResumePoint
 from volcast.bar import Bar
 from volcast.keys import Feed
 from volcast.settings import ConfigError, settings_from_mapping
-from volcast.status_report import DASH, _grace
+from volcast.status_render import DASH, _grace
 
 SEC = 1_000
 CEILING = 800  # bars.grace in these tests

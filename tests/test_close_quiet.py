@@ -31,7 +31,8 @@ from volcast.bar import BarStatus
 from volcast.connections import redis_client
 from volcast.keys import RedisKeys
 from volcast.settings import RedisSettings
-from volcast.status_report import collect_status, render_table
+from volcast.status_render import render_table
+from volcast.status_report import collect_status
 
 pytestmark = pytest.mark.slow
 

@@ -470,7 +470,7 @@ def test_refit_line_says_the_result_once(prefix: str, tmp_path: Path, capsys: py
 
 
 def test_refit_outcome_phrases() -> None:
-    from volcast.status_report import refit_outcome
+    from volcast.status_render import refit_outcome
 
     assert refit_outcome("promoted", "version 1 promoted: challenger 0.4 vs har baseline 0.5") == (
         "version 1 promoted: challenger 0.4 vs har baseline 0.5")

@@ -20,7 +20,7 @@ def main(args: argparse.Namespace) -> int:
     import torch
 
     from forecaster.refit import run
-    from volcast.status_report import refit_outcome
+    from volcast.status_render import refit_outcome
 
     settings = settings_from_args(args)
     # Its own process and thread count, so training never competes with inference threads.

@@ -63,7 +63,8 @@ async def _run(settings: Settings, *, json_out: bool, watch: float | None, check
     from redis.exceptions import RedisError
 
     from volcast.connections import ConnectionProblem, check_redis, redact_url, redis_client
-    from volcast.status_report import collect_status, render_json, render_table
+    from volcast.status_render import render_json, render_table
+    from volcast.status_report import collect_status
 
     try:
         await check_redis(settings.redis)
