@@ -735,7 +735,8 @@ class FeedRunner:
             check_hook(ex, self.symbol, self._hook)
 
     async def _watchdog(self) -> None:
-        """Reconnect a connection that answers no ping, or whose trade flow stopped, for a watchdog.
+        """Reconnect a connection that answers no ping and sends nothing, or whose trade flow
+        stopped, for a watchdog.
 
         Judged by the connection, never by this symbol's trades: a quiet symbol on a live
         connection is left alone (its bars close on pongs).
@@ -751,10 +752,10 @@ class FeedRunner:
                 reason = f"no open connection for {self._watchdog_s:g}s"
             else:
                 waiting_since = now
-                unanswered = probe.unanswered_s(now)
+                unheard = probe.unheard_s(now)
                 stalled = probe.flow.silent_beyond_limit_s(now)
-                if unanswered > self._watchdog_s:
-                    reason = f"no pong for {unanswered:.1f}s"
+                if unheard > self._watchdog_s:
+                    reason = f"no pong nor any frame for {unheard:.1f}s"
                 elif stalled > self._watchdog_s:
                     reason = f"its connection's trade flow stopped ({stalled:.1f}s past its usual gaps)"
                 else:

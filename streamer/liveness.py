@@ -187,6 +187,11 @@ class FlowGuard:
         self._start_episode()
         return True
 
+    def silent_s(self, now: float) -> float:
+        """How long since the flow's last frame (infinite before the first)."""
+        last = self._last
+        return math.inf if last is None else max(0.0, now - last)
+
     def silent_beyond_limit_s(self, now: float) -> float:
         """How long the flow has been suspect (0 when it is not)."""
         last = self._last
@@ -245,6 +250,17 @@ class ConnectionProbe:
         if not self._sent:
             return 0.0
         return now - min(mono for _ms, mono, _low in self._sent.values())
+
+    def unheard_s(self, now: float) -> float:
+        """How long a ping has waited with nothing at all heard from the connection meanwhile.
+
+        The server writes a pong after every frame it has already written (in order), so under a
+        flood the pong waits behind a backlog that this process reads slower than it comes: frames
+        still arriving prove the connection alive, and dropping it would only add a backfill to the
+        backlog (benchmarks/ingest.py: 2 s without a pong in a 100,000-trade flood, a reconnect,
+        and half the throughput). A connection that answers no ping and sends nothing is dead.
+        """
+        return min(self.unanswered_s(now), self.flow.silent_s(now))
 
     def sent_message(self) -> None:
         """A message of ours left on this connection (ccxt's ``send``: a subscription)."""

@@ -184,3 +184,20 @@ def test_subscription_answers_are_not_frames_of_the_trade_flow() -> None:
     assert 3 in probe.acked  # still noted as the subscription's confirmation
     liveness.on_frame(client, SimpleNamespace(type=WSMsgType.TEXT, data='{"e":"trade","s":"BTCUSDT"}'))
     assert liveness.flow.frames == 1 and probe.flow.frames == 1
+
+
+async def test_a_ping_waiting_behind_frames_still_arriving_is_not_a_dead_connection() -> None:
+    # Under a flood the server's pong waits behind the frames it wrote first: while frames keep
+    # coming the connection is alive (the watchdog judges unheard_s, not unanswered_s).
+    connection = _Connection()
+    probe = ConnectionProbe(SimpleNamespace(connection=connection))
+    await probe.ping()
+    sent = probe.last_ping
+    assert probe.unheard_s(sent + 5) >= 5  # nothing heard at all: as long as the ping has waited
+    for i in range(50):
+        probe.flow.note(sent + 0.1 * i)  # frames keep arriving for 5 s, the pong behind them
+    assert probe.unanswered_s(sent + 5) >= 5
+    assert probe.unheard_s(sent + 5) < 0.2
+    assert probe.unheard_s(sent + 9) >= 4  # then silence: unheard since the last frame
+    assert probe.on_pong(connection.pings[0]) is True
+    assert probe.unheard_s(sent + 9) == 0  # answered: nothing is waiting
