@@ -132,8 +132,10 @@ def _decimal(value: object) -> Decimal:
     if number.adjusted() > MAX_ADJUSTED_EXPONENT:
         raise _Bad("out_of_range", f"{_text(value)} is 10**20 or more")
     _sign, digits, exponent = number.as_tuple()
-    trailing_zeros = len(digits) - len("".join(map(str, digits)).rstrip("0"))
-    if int(exponent) + trailing_zeros < MIN_DIGIT_EXPONENT:
+    end = len(digits)  # trailing zeros counted on the tuple: on every price and amount of every trade
+    while end and digits[end - 1] == 0:
+        end -= 1
+    if int(exponent) + len(digits) - end < MIN_DIGIT_EXPONENT:
         raise _Bad("out_of_range", f"{_text(value)} has digits below 10**{MIN_DIGIT_EXPONENT}")
     return number
 

@@ -185,3 +185,16 @@ def test_sums_beyond_28_digits_stay_exact() -> None:
     bars, _ = aggregate_trades(rows, MIN)
     assert Fraction(bars[0].volume) == Fraction(big) + Fraction(small)
     assert bars[0].to_fields()["volume"] == "99999999999999999999.000000000000000000000000000001"
+
+
+def test_the_lowest_digit_counts_not_the_written_zeros() -> None:
+    # A digit below 10**-30 is refused; zeros written after the last digit are not digits.
+    def problem(price: str) -> str | None:
+        checked = check_trade(T0, 1, price, "1", "buy")
+        return checked.problem if isinstance(checked, Refusal) else None
+
+    assert problem("0." + "0" * 29 + "1") is None  # 1E-30
+    assert problem("0." + "0" * 30 + "1") == "out_of_range"  # 1E-31
+    assert problem("0.1" + "0" * 40) is None  # 41 decimals, the lowest digit at 10**-1
+    assert problem("12" + "0" * 17 + ".000") is None
+    assert problem("0." + "0" * 29 + "10000") is None  # 1E-30 followed by zeros
