@@ -21,7 +21,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, TypeVar, cast
@@ -139,6 +139,11 @@ def _entries(reply: Any) -> _Entries:
 def _open_time(entry_id: bytes | str) -> int:
     text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
     return int(text.split("-", 1)[0])
+
+
+def _pairs(*mappings: Mapping[str, str]) -> list[str | int]:
+    """The field/value pairs of ``mappings``, flat, as a script's ARGV takes them."""
+    return [item for mapping in mappings for pair in mapping.items() for item in pair]
 
 
 @dataclass(frozen=True, slots=True)
@@ -426,14 +431,11 @@ class BarStore:
             if self.announcer is None:
                 event = event_fields(feed, bar.open_time_ms, bar.status.value)
                 args = [_stream_id(bar.open_time_ms), minid, EVENTS_MAXLEN, len(fields)]
-                for mapping in (fields, event):
-                    for name, value in mapping.items():
-                        args += [name, value]
+                args += _pairs(fields, event)
                 keys = [self.keys.bars(feed), self.keys.feed_events(feed, self.event_shards)]
             else:  # the bar alone; its event once Redis confirmed it
                 args = [_stream_id(bar.open_time_ms), minid, bar.open_time_ms - 1]
-                for name, value in fields.items():
-                    args += [name, value]
+                args += _pairs(fields)
                 keys = [self.keys.bars(feed), self.keys.announced(feed)]
             if tokens is None:
                 await self._write_bar(keys=keys, args=args, client=pipe)  # queued: the pipeline sends it
@@ -446,7 +448,8 @@ class BarStore:
         if not written:
             return
         waits = self.replica_wait
-        wait_nodes = waits.queue(pipe, {self.keys.bars(feed) for feed, _, _ in written}) if waits else []
+        written_keys = {self.keys.bars(feed) for feed, _, _ in written} if waits else set()
+        wait_nodes = waits.queue(pipe, written_keys) if waits else []
         try:
             if self.announcer is not None and not self._script_loaded:
                 for script in (WRITE_BAR_ALONE, AMEND_BAR_ALONE):  # on every master
@@ -459,7 +462,7 @@ class BarStore:
             raise
         if waits is not None:
             results, replies = results[:len(written)], results[len(written):]
-            waits.count(wait_nodes, replies, {self.keys.bars(feed) for feed, _, _ in written})
+            waits.count(wait_nodes, replies, written_keys)
         count = 0
         for (feed, bar, rev), result in zip(written, results, strict=True):
             if not isinstance(result, ResponseError):
@@ -497,13 +500,10 @@ class BarStore:
         if self.announcer is None:
             args += [EVENTS_MAXLEN, len(fields)]
             event = event_fields(feed, bar.open_time_ms, bar.status.value, rev)
-            for mapping in (fields, event):
-                for name, value in mapping.items():
-                    args += [name, value]
+            args += _pairs(fields, event)
             keys.append(self.keys.feed_events(feed, self.event_shards))
         else:
-            for name, value in fields.items():
-                args += [name, value]
+            args += _pairs(fields)
         if self.tokens is None:
             await self._amend_bar(keys=keys, args=args, client=pipe)
         else:
@@ -570,9 +570,7 @@ class BarStore:
                 pipe.pexpire(key, ttl_ms)
                 targets.extend([(feed, key)] * 2)
                 return
-            args: list[str | int] = [ttl_ms]
-            for name, value in fields.items():
-                args += [name, value]
+            args: list[str | int] = [ttl_ms, *_pairs(fields)]
             await self._fenced_hset(keys=[key, self.keys.fence(feed)], args=[*args, tokens[feed]], client=pipe)
             targets.append((feed, key))
 
