@@ -301,6 +301,13 @@ class BarAggregator:
                 return closed
         return None
 
+    def _amendable(self, open_ms: int) -> _ClosedBar | None:
+        """The kept closed bar a late record of ``open_ms`` amends; None, counted ``late``, if none."""
+        closed = self._closed_bar(open_ms) if self._on_amend is not None else None
+        if closed is None:
+            self.late += 1
+        return closed
+
     def _closed_outcome(self, trade: Trade, open_ms: int, backfilled: bool) -> Outcome:
         """A trade for a bar already closed: a duplicate if one of the last closed bars held its
         id; else amended into its bar if that bar is still kept (and ``on_amend`` is set); else late."""
@@ -311,9 +318,8 @@ class BarAggregator:
                     kept.accumulator.delivered_live(trade_id)  # its next revision, if any, says so
                 self.duplicates += 1
                 return Outcome.DUPLICATE
-        closed = self._closed_bar(open_ms) if self._on_amend is not None else None
+        closed = self._amendable(open_ms)
         if closed is None:
-            self.late += 1
             return Outcome.LATE
         if closed.accumulator is None:
             closed.accumulator = _Accumulator.starting_with(trade)
@@ -329,9 +335,8 @@ class BarAggregator:
         if trade_id is not None and any(trade_id in closed for closed in self._closed):
             self.duplicates += 1
             return Outcome.DUPLICATE
-        closed = self._closed_bar(open_ms) if self._on_amend is not None else None
+        closed = self._amendable(open_ms)
         if closed is None:
-            self.late += 1
             return Outcome.LATE
         if closed.refused is None:
             closed.refused = TradeIdSet()
