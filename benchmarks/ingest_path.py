@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/ingest_path.py --json [--trades 20000] [--rounds 5] [--root DIR]
 
 The per-trade part of ``benchmarks/ingest.py``'s flood, without the network, the REST catch-up
-or the event loop, measured in process CPU time so that another job on the machine hardly moves
-it (ingest.py's wall-clock ratio moved 0.48-0.82 at load 2-3 with the code unchanged):
+or the event loop, measured in process CPU time, which another job on the machine moves far less
+than wall-clock time (ingest.py's ratio moved 0.48-0.82 at load 2-3 with the code unchanged; here
+bare ccxt's best moved 21.6-26.4 us between sessions): compare checkouts back to back (--root).
 
 1. bare: ccxt's binance client handles ``--trades`` trade frames of the flood's synthetic tape
    (``client.handle_message``: JSON, ccxt's parse, its trade buffer), as ``watch_trades`` does.
