@@ -306,17 +306,37 @@ class Backfill:
                 return fresh  # fewer than a page: REST has nothing older
         low = history.low
         while low.timestamp_ms >= since and low.trade_id > 0:
-            fetched = await self._fetch(None, {"fromId": max(0, low.trade_id - page)})
+            below, below_ms = self._websocket_run_below(low.trade_id, low.timestamp_ms, since)
+            fetched = await self._fetch(None, {"fromId": max(0, below - page)})
             if fetched is None:
-                runner.aggregator.mark_gap(since, low.timestamp_ms)
+                runner.aggregator.mark_gap(since, below_ms)
                 runner.health.gaps += 1
                 return fresh
-            older = [t for t in fetched if t.trade_id < low.trade_id]
+            older = [t for t in fetched if t.trade_id < below]
             if not older:
                 return fresh
             self._take_history(older, since)
             low = history.low = older[0]
         return fresh
+
+    def _websocket_run_below(self, low_id: int, low_ms: int, since: int) -> tuple[int, int]:
+        """The lowest id (and its time) of the run of consecutive ids just below ``low_id`` that the
+        websocket has delivered during this history, stamped from ``since`` on; ``low_id`` itself
+        if there is none.
+
+        Those trades are in the bars already (kept in ``_ahead`` while the history is read), and
+        ``_take_history`` would skip every one of them: REST need not page through them. Against
+        a backlog (a consumer behind at start, the benchmark's flood) the websocket delivers from
+        below what REST read first and the two meet: every page after that was read for nothing
+        (the flood: ~90 of 102 pages, 25 weight each).
+        """
+        ahead = self._runner._ahead
+        tid, tid_ms = low_id, low_ms
+        while True:
+            below_ms = ahead.get(tid - 1)
+            if below_ms is None or below_ms < since:
+                return tid, tid_ms
+            tid, tid_ms = tid - 1, below_ms
 
     def in_history(self, tid: int) -> bool:
         """``tid`` lies in the REST pages of the history taken so far (ids ``low..high``, no gap)."""
