@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from streamer.lost_bars import CHECK_NEWEST
 from volcast.keys import Feed, RedisKeys
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,16 @@ EVENTS_MAXLEN = 100_000
 _RECOVER_PAGE = 10_000
 
 # One bar alone, for a cluster. KEYS: the feed's bar stream, its announced key. ARGV: entry id,
-# MINID, the announced mark to create if missing, then the bar's field/value pairs. Returns 1
-# (written) or 0 (already there); an error reply names the key.
+# MINID, the announced mark to create if missing, the newest bar the stream must hold
+# (streamer/lost_bars.py; -1: no check), then the bar's field/value pairs. Returns 1 (written), 0
+# (already there) or ["lost", newest] (lost_bars.py); an error reply names the key.
 WRITE_BAR_ALONE = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'stream' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. kind .. ', not a stream')
 end
-local added = redis.pcall('XADD', KEYS[1], 'MINID', '~', ARGV[2], ARGV[1], unpack(ARGV, 4))
+""" + CHECK_NEWEST + """
+local added = redis.pcall('XADD', KEYS[1], 'MINID', '~', ARGV[2], ARGV[1], unpack(ARGV, 5))
 if type(added) == 'table' and added.err then
   if string.find(added.err, 'equal or smaller', 1, true) then return 0 end
   return redis.error_reply(added.err .. ' [key ' .. KEYS[1] .. ']')

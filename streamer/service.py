@@ -70,6 +70,8 @@ async def _write_status(store: BarStore, runners: Collection[FeedRunner], ttl_ms
         runner.health.redis_buffered = store.pending
         runner.health.dropped_bars = store.counters.dropped_bars
         runner.health.redis_reconnects = store.counters.redis_reconnects
+        runner.health.bars_restored = store.restored.get(runner.feed, 0)
+        runner.health.bars_not_restored = store.not_restored.get(runner.feed, 0)
         if store.replica_wait is not None:
             runner.health.replica_waits = store.replica_wait.counters.waits
             runner.health.replica_wait_timeouts = store.replica_wait.counters.timeouts
