@@ -47,7 +47,8 @@ def lost_newest(reply: Any) -> int | None:
 
 
 class RecentBars:
-    """The last ``WINDOW_BARS`` bars queued for each feed, each in its newest revision."""
+    """The last ``WINDOW_BARS`` bars Redis confirmed for each feed, each in its newest revision
+    (noted when confirmed: bars waiting in a batch do not push out the ones to put back)."""
 
     def __init__(self, size: int = WINDOW_BARS) -> None:
         self.size = size
@@ -58,8 +59,8 @@ class RecentBars:
         bars = self._bars.get(feed)
         if bars is None:
             bars = self._bars[feed] = deque(maxlen=self.size)
-        # A revision is of one of the last closed bars, and a retried batch re-queues its newest:
-        # look from the end.
+        # A revision is of one of the last closed bars, and a retried batch confirms its bars
+        # again ("already there"): look from the end.
         for i in range(len(bars) - 1, -1, -1):
             held, held_rev = bars[i]
             if held.open_time_ms == bar.open_time_ms:
