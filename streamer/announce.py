@@ -100,6 +100,10 @@ class Announcer:
         for (feed, _, _, _), result in zip(bars, results, strict=True):
             if isinstance(result, ResponseError):
                 raise type(result)(f"{result} [key {self.keys.feed_events(feed, self.shards)}]")
+            if isinstance(result, Exception):
+                # A node's connection error comes back as the command's reply on a cluster
+                # pipeline: the event is not sent, so no mark may move past it; the caller retries.
+                raise result
         newest: dict[Feed, int] = {}
         for feed, open_ms, _, rev in bars:
             if not rev:
