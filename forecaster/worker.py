@@ -66,7 +66,7 @@ from forecaster.publisher import Publisher, Ticket
 from forecaster.recorder import Recorder
 from volcast.aio import raise_if_cancelled
 from volcast.backoff import Backoff
-from volcast.connections import redis_client
+from volcast.cluster_start import started_redis
 from volcast.keys import Feed, RedisKeys, forecast_topic
 from volcast.redis_problems import TRANSIENT, RedisDataProblem, first_of, key_problem, wrong_type
 from volcast.settings import Settings
@@ -1096,7 +1096,8 @@ class Worker:
 async def run(settings: Settings, *, consumer: str | None = None) -> None:
     """The forecaster service; ends only by cancellation (SIGINT/SIGTERM in the CLI)."""
     publisher = Publisher(settings.mqtt, client_id=None)
-    async with redis_client(settings.redis) as redis:
+    # A cluster whose start-up node is down (a master not yet replaced): retried, logged.
+    async with started_redis(settings.redis) as redis:
         worker = Worker(settings, redis, publisher, consumer)
         log.info("forecaster %s reading %s as group %s", worker.consumer, ", ".join(worker.streams), worker.group)
         try:

@@ -38,6 +38,7 @@ from streamer.shards import FeedOwnership
 from streamer.source import create_exchange
 from streamer.store import REDIS_DOWN, BarStore, KeyProblem, ResumePoint
 from volcast.backoff import Backoff
+from volcast.cluster_start import read_slot_map
 from volcast.connections import ConnectionProblem, redis_client
 from volcast.keys import Feed, RedisKeys
 from volcast.metrics_server import new_registry, serving_metrics
@@ -115,6 +116,9 @@ async def run(settings: Settings) -> None:
     async with contextlib.AsyncExitStack() as stack:
         redis = redis_client(settings.redis)
         stack.push_async_callback(redis.aclose)
+        # A cluster whose start-up node is down (a master not yet replaced): retried, logged.
+        await read_slot_map(redis, settings.redis,
+                            Backoff(streamer.backoff_initial / 1000, streamer.backoff_max / 1000))
         store = BarStore(
             redis,
             keys,
