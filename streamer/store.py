@@ -295,6 +295,10 @@ class BarStore:
 
         A KeyProblem if one of the feed's keys cannot be read for good (e.g. it is of another type).
         """
+        # A feed taken (back) over starts from what Redis holds: nothing this process remembers of an
+        # earlier lease of it (another streamer wrote it meanwhile) is put back (lost_bars.py).
+        self._last_written.pop(feed, None)
+        self._forget(feed)
         while True:
             try:
                 return await self._resume_point(feed)
@@ -482,8 +486,6 @@ class BarStore:
             waits.count(wait_nodes, replies, written_keys)
         count = 0
         lost: dict[Feed, int] = {}
-        for feed in put_back:
-            del self._restoring[feed]  # carried (a loss again is reported below, and queued again)
         for (feed, bar, rev, again), result in zip(written, results, strict=True):
             newest = lost_newest(result)
             if newest is not None:
@@ -522,6 +524,8 @@ class BarStore:
             self._refused(None if on_events else feed, key, result, f"writing bar {bar.open_time_ms} to")
             if feed not in self.failed:  # not refused for good: an error that passes was raised above
                 raise result
+        for feed in put_back:  # carried (kept for the retry if anything above raised)
+            self._restoring.pop(feed, None)
         self.counters.bars_written += count
         if self.announcer is not None:
             # Only bars this call wrote: one already there (a retried batch) was announced, or is
