@@ -41,7 +41,7 @@ end
 
 def lost_newest(reply: Any) -> int | None:
     """The stream's newest open time if a bar script answered that bars were lost, else None."""
-    if isinstance(reply, list) and len(reply) == 2 and reply[0] in (b"lost", "lost"):
+    if type(reply) is list and len(reply) == 2 and reply[0] in (b"lost", "lost"):
         return int(reply[1])
     return None
 
@@ -59,6 +59,9 @@ class RecentBars:
         bars = self._bars.get(feed)
         if bars is None:
             bars = self._bars[feed] = deque(maxlen=self.size)
+        if not bars or bars[-1][0].open_time_ms < bar.open_time_ms:
+            bars.append((bar, rev))  # the usual case: the feed's next bar
+            return
         # A revision is of one of the last closed bars, and a retried batch confirms its bars
         # again ("already there"): look from the end.
         for i in range(len(bars) - 1, -1, -1):
@@ -68,9 +71,7 @@ class RecentBars:
                     bars[i] = (bar, rev)
                 return
             if held.open_time_ms < bar.open_time_ms:
-                break
-        if not bars or bars[-1][0].open_time_ms < bar.open_time_ms:
-            bars.append((bar, rev))
+                return  # older than what is kept after it and not kept itself: nothing to replace
 
     def after(self, feed: Feed, newest_ms: int) -> list[tuple[Bar, int]]:
         """The kept bars of ``feed`` newer than ``newest_ms``, oldest first."""
