@@ -7,9 +7,10 @@ that state on a real Redis (single node and the local cluster) while the store's
 the newest entries deleted and the stream's last id set back to the newest one left (what the
 promoted replica holds), the feed's ``announced`` mark (cluster) set back too, and on one node the
 bars' events with them (one node holds both). The writer sees no error at all, as when redis-py's
-cluster client re-sends a write to the new master by itself. The third test is a real failover:
-a replica cut off from its master (it cannot authenticate any more), bars written to the master,
-kill -9 of the master, the replica promoted without them.
+cluster client re-sends a write to the new master by itself. Then two real losses: one Redis
+killed and restarted from a snapshot older than its last bars, and a real failover (a replica
+cut off from its master: it cannot authenticate any more; bars written to the master; kill -9 of
+the master; the replica promoted without them).
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from cluster import HAS_CLUSTER_TOOLS, LocalCluster, start_cluster
 from failover_harness import master_of
+from servers import HAS_REDIS, free_port, start_server, stop_server
 from stream_harness import unique_prefix
 
 from streamer.lost_bars import RecentBars
@@ -171,6 +174,51 @@ def test_the_memory_of_bars_is_bounded_and_holds_each_bar_once_in_its_newest_rev
     assert recent.after(FEED, T0 + 3 * SEC) == [(_bar(4), 0)]
     recent.forget(FEED)
     assert recent.after(FEED, -1) == []
+
+
+# -- a real loss: a Redis restarted from an older snapshot, a replica promoted behind its master --
+
+
+async def test_a_redis_restarted_from_an_older_snapshot_gets_the_newer_bars_back(tmp_path: Path) -> None:
+    """One node, no replica: Redis is killed after bars it acknowledged but never saved, and comes
+    back from its last snapshot while the writer runs (it sees the outage and retries)."""
+    if not HAS_REDIS:
+        pytest.fail("redis-server is needed: apt-get install redis-server")
+    port = free_port()
+    command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path),
+               "--save", "", "--appendonly", "no"]
+    server = start_server(command, port)
+    keys = RedisKeys(unique_prefix())
+    client = aioredis.Redis(port=port)
+    try:
+        store = _store(client, keys)
+        writer = asyncio.create_task(store.run_writer())
+        try:
+            for second in range(5):
+                store.put(FEED, _bar(second))
+            await store.drained()
+            await client.save()  # the snapshot the restart comes back from: bars 0-4 and their events
+            for second in range(5, 8):
+                store.put(FEED, _bar(second))
+            await store.drained()  # acknowledged, never saved
+            server.send_signal(signal.SIGKILL)
+            server.wait()
+            store.put(FEED, _bar(8))
+            deadline = time.monotonic() + 30
+            while not store.counters.redis_errors:  # the writer meets the outage
+                assert time.monotonic() < deadline, "the writer saw no outage"
+                await asyncio.sleep(0.01)
+            server = start_server(command, port)
+            await asyncio.wait_for(store.drained(), timeout=60)
+            assert not writer.done()
+        finally:
+            writer.cancel()
+        assert await _stream(client, keys) == [(f"{T0 + SEC * s}-0", _bar(s), 0) for s in range(9)]
+        assert await _events(client, keys) == [(s, 0) for s in range(9)]  # 0-4 from the snapshot, 5-7 sent again
+        assert (store.counters.bars_restored, store.counters.bars_not_restored) == (3, 0)
+    finally:
+        await client.aclose()
+        stop_server(server)
 
 
 # -- a real failover --------------------------------------------------------------------------
