@@ -163,7 +163,7 @@ def summarise_horizons(per_file: dict[str, Any], args: argparse.Namespace, secon
     labels = list(files[0]["sums"])
 
     def mean(model: str, pick: Any) -> float:
-        return sum(pick(r["models"][model]) for r in files) / len(files)
+        return float(sum(pick(r["models"][model]) for r in files) / len(files))
 
     per_h = [mean("lstm", lambda m, h=h: m["horizons"][h]["rmse_log"])
              / mean("har", lambda m, h=h: m["horizons"][h]["rmse_log"]) for h in range(bars)]

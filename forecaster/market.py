@@ -38,8 +38,9 @@ from forecaster.bar_matrix import BarMatrix
 from forecaster.features import HAR_HISTORY, MarketInputs, trailing_means
 from forecaster.frame import BarFrame, FloatArray, IntArray
 from volcast.keys import Feed
+from volcast.settings import Feature
 
-MARKET_FEATURES: tuple[str, ...] = ("market_volume", "exchange_volume", "market_share")
+MARKET_FEATURES: tuple[Feature, ...] = ("market_volume", "exchange_volume", "market_share")
 STATS: tuple[str, ...] = ("last", "mean_5", "mean_15", "mean_60", "day_ago")
 """Per-feed statistics, each relative to the feed's own level over HAR_HISTORY bars."""
 _MEANS = (0, 1, 2, 3)  # the trailing_means columns last, mean_5, mean_15, mean_60
