@@ -69,6 +69,7 @@ from volcast.backoff import Backoff
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys, forecast_topic
 from volcast.redis_problems import TRANSIENT, RedisDataProblem, first_of, key_problem, wrong_type
+from volcast.redis_text import as_text
 from volcast.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -98,10 +99,6 @@ def _torch_threads(threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def now_ms() -> int:
@@ -262,7 +259,7 @@ class Worker:
                             del pending_from[shard]  # its pending list is read
                         events = []
                         for shard, entries in read:
-                            pending_from[shard] = _text(entries[-1][0])
+                            pending_from[shard] = as_text(entries[-1][0])
                             events += await self._events_of(shard, await self._redelivered(shard, entries))
                     else:
                         # redis-py can return a blocking read's reply to a task being cancelled (seen
@@ -364,25 +361,25 @@ class Worker:
         idle = self.settings.forecaster.claim_idle
         rows: Any = await self.redis.xpending_range(stream, self.group, min="-", max="+",
                                                     count=READ_COUNT, idle=idle)
-        rows = [row for row in rows if _text(row["consumer"]) != self.consumer]
+        rows = [row for row in rows if as_text(row["consumer"]) != self.consumer]
         if not rows:
             return
         # Only from a worker that is gone or cannot publish (its alive key, see ``heartbeat``): a
         # healthy worker that is merely behind keeps its events (two workers claiming each
         # other's backlog did all of it twice, and fell further behind).
-        owners = sorted({_text(row["consumer"]) for row in rows})
+        owners = sorted({as_text(row["consumer"]) for row in rows})
         reads = self.redis.pipeline(transaction=False)  # GETs, not an MGET: on a cluster the keys are apart
         for owner in owners:
             reads.get(self.keys.consumer_alive(owner))
         alive = dict(zip(owners, await reads.execute(), strict=True))
-        rows = [row for row in rows if alive[_text(row["consumer"])] != b"1"]
+        rows = [row for row in rows if alive[as_text(row["consumer"])] != b"1"]
         theirs = [row["message_id"] for row in rows]
         if not theirs:
             return
         # XCLAIM delivers them once more: past dead_letter_after deliveries they are set aside,
         # when the worker that held them is gone (it died on them, again), not merely offline.
         delivered = {row["message_id"]: row["times_delivered"] + 1 for row in rows
-                     if row["times_delivered"] + 1 > self._dead_after and alive[_text(row["consumer"])] is None}
+                     if row["times_delivered"] + 1 > self._dead_after and alive[as_text(row["consumer"])] is None}
         entries: Any = await self.redis.xclaim(stream, self.group, self.consumer, idle, theirs)
         claimed = {entry_id for entry_id, _ in entries}
         gone = [i for i in theirs if i not in claimed]
