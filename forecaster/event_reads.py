@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 """The entries a read returned from one shard (an entry's fields are empty when it was deleted)."""
+READ_COUNT = 10_000
+"""The most entries the worker asks for in one read."""
 
 
 def _by_shard(reply: Any, shard_of: Mapping[str, int]) -> list[tuple[int, Entries]]:
