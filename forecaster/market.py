@@ -19,7 +19,7 @@ training and backtests over several bar files (``attach``) and the live worker
   exchange's (the log ratio of its relative volume to its exchange's).
 
 Leaving the feed itself out is what makes a single feed fall back cleanly: with no other feed
-every input is 0, constant, and training drops it (estimator.MIN_SPREAD). The inputs of a target
+every input is 0, constant, and training drops it (lstm_inputs.MIN_SPREAD). The inputs of a target
 use only bars that closed before it opens (no lookahead); a feed without its bar there is left out.
 
 Volumes in base units cannot be summed across symbols (a LINK is not an ALGO), so the market's

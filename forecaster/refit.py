@@ -33,7 +33,6 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from forecaster.baselines import Har
-from forecaster.estimator import quiet
 from forecaster.feeds import configured_feeds, feed_key
 from forecaster.frame import BarFrame
 from forecaster.market import attach_configured
@@ -42,6 +41,7 @@ from forecaster.predictor import ModelPredictor, Predictor, baseline_predictor, 
 from forecaster.refit_metrics import RefitMetrics
 from forecaster.scoring import score
 from forecaster.training import TrainedModel, clean_frame, min_training_bars, train_model
+from forecaster.training_loop import quiet
 from volcast.aio import raise_if_cancelled
 from volcast.backoff import Backoff
 from volcast.bar import Bar
@@ -270,7 +270,7 @@ async def run(settings: Settings, *, once: bool = False) -> RefitOutcome | None:
         backoff = Backoff(1.0, 60.0)
         tried: tuple[int, ...] | None = None
         while True:
-            raise_if_cancelled()  # redis-py can swallow a cancellation (forecaster/worker.py)
+            raise_if_cancelled()  # redis-py can swallow a cancellation (forecaster/event_consumer.py)
             try:
                 # Resume the schedule across restarts instead of retraining at every start.
                 due: Any = await redis.hget(keys.refit(), "next_run_ms")
