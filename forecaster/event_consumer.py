@@ -70,7 +70,7 @@ class EventConsumer:
 
         A Redis answer that retrying cannot cure on the events stream itself (a key of the wrong
         type) ends the service with one message naming the key (``RedisDataProblem``). A failure
-        in handling events never reaches this loop: ``process`` retries them apart and
+        in handling events never reaches this loop: ``EventTriage.process`` retries them apart and
         dead-letters those that keep failing.
         """
         backoff = Backoff(0.1, 5.0)

@@ -27,7 +27,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -48,6 +48,7 @@ from volcast.bar import Bar
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
 from volcast.metrics_server import new_registry, serving_metrics
+from volcast.redis_text import field_mapping
 from volcast.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ async def refit_once(settings: Settings, redis: aioredis.Redis) -> RefitOutcome:
         "next_run_ms": str(started + settings.refit.every),
         "version": outcome.version or "",
     }
-    await redis.hset(keys.refit(), mapping=cast(dict[Any, Any], fields))
+    await redis.hset(keys.refit(), mapping=field_mapping(fields))
     log.info("refit %s: %s", outcome.result, outcome.message)
     return outcome
 
