@@ -33,6 +33,7 @@ from redis.exceptions import ResponseError
 
 from streamer.lost_bars import CHECK_NEWEST
 from volcast.keys import Feed, RedisKeys
+from volcast.redis_text import as_text
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -68,10 +69,6 @@ def event_fields(feed: Feed, open_time_ms: int, status: str, rev: int = 0) -> di
     if rev:
         fields["rev"] = str(rev)
     return fields
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Announcer:
@@ -121,7 +118,7 @@ class Announcer:
         mark: Any = await _named(self.keys.announced(feed), self.redis.get(self.keys.announced(feed)))
         if mark is None:
             return  # no live bar written yet: history bars have no events
-        after = int(_text(mark))
+        after = int(as_text(mark))
         bars = self.keys.bars(feed)
         while True:
             # After every revision of bar ``after`` (ids ``after-<rev>``, bar_revisions.py).
@@ -130,7 +127,7 @@ class Announcer:
                 return
             # A bar amended before its event was sent is announced once, as its revision: rev 0
             # so that it moves the mark (the forecaster reads the bar's newest revision either way).
-            missing = [(feed, int(_text(entry_id).split("-", 1)[0]), _text(fields.get(b"status", b"")), 0)
+            missing = [(feed, int(as_text(entry_id).split("-", 1)[0]), as_text(fields.get(b"status", b"")), 0)
                        for entry_id, fields in entries]
             log.warning("%s: %d closed bars had no event yet (the streamer stopped in between); sending them now",
                         feed, len(missing))

@@ -41,6 +41,7 @@ from volcast.backoff import Backoff
 from volcast.bar import Bar
 from volcast.connections import ConnectionProblem, is_cluster
 from volcast.keys import Feed, RedisKeys
+from volcast.redis_text import as_text
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -136,8 +137,7 @@ def _entries(reply: Any) -> _Entries:
 
 
 def _open_time(entry_id: bytes | str) -> int:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.split("-", 1)[0])
+    return int(as_text(entry_id).split("-", 1)[0])
 
 
 def _pairs(*mappings: Mapping[str, str]) -> list[str | int]:
@@ -280,7 +280,7 @@ class BarStore:
 
     async def _check_events_key(self, key: str) -> None:
         kind = await self.redis.type(key)
-        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        kind = as_text(kind)
         if kind not in ("stream", "none"):
             raise KeyProblem(
                 key,

@@ -14,12 +14,14 @@ from forecast_helpers import KEY, TINY_MODEL, TINY_TRAINING, near
 
 from forecaster.artifact import ArtifactError
 from forecaster.baselines import Har, TimeOfDay, naive_targets
-from forecaster.estimator import MAX_TARGET_SCALE, NEXT_BAR_WEIGHT, LstmModel, quiet, target_loss_weights
 from forecaster.features import Batch
 from forecaster.horizons import Horizons, resolve, window_sums
+from forecaster.lstm_model import LstmModel
 from forecaster.payload import HorizonValues, Prediction
 from forecaster.predictor import Forecast, ModelPredictor, forecasts_from_log, round_significant
+from forecaster.target_loss import MAX_TARGET_SCALE, NEXT_BAR_WEIGHT, target_loss_weights
 from forecaster.training import load_model, train_model
+from forecaster.training_loop import quiet
 from volcast.keys import Feed
 from volcast.settings import ConfigError, ModelSettings, settings_from_mapping
 
