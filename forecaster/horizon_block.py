@@ -19,7 +19,7 @@ import orjson
 
 from forecaster.frame import FloatArray
 from forecaster.horizons import Horizons
-from forecaster.payload import HorizonValues, quantile_key
+from forecaster.payload import HorizonValues, quantile_key, whole_numbers
 
 HORIZON_DIGITS = 5
 """Significant digits of the horizons in a payload: 60 bars of full floats are 4.8 kB a feed,
@@ -68,10 +68,36 @@ def round_significant(values: FloatArray, digits: int = HORIZON_DIGITS) -> Float
     return out
 
 
+_EXACT = 2.0**53
+"""Below it a whole float64 is an int64 exactly, and orjson writes it in full (``...0.0``, not
+``1e+16``): as an integer, the same digits without the ``.0``."""
+
+
+def _rows_of(out: bytes) -> list[bytes]:
+    return out[2:-2].split(b"],[")  # b"[[1.5,2],[3,4.5]]": numbers hold no bracket
+
+
 def _json_rows(matrix: FloatArray) -> list[bytes]:
-    """Each row of a 2-D float matrix as its JSON list's inside (``1.5,2.0``), one orjson call."""
-    out = orjson.dumps(np.ascontiguousarray(matrix, dtype=np.float64), option=orjson.OPT_SERIALIZE_NUMPY)
-    return out[2:-2].split(b"],[")  # b"[[1.5,2.0],[3.0,4.5]]": numbers hold no bracket
+    """Each row of a 2-D float matrix as its JSON list's inside (``1.5,2``), whole numbers as
+    integers (``payload.whole_numbers``): a few orjson calls.
+
+    A row of whole numbers only (volumes of 10,000 and more, at 5 significant digits) is written
+    from int64, which orjson formats about 7 times faster than floats; the other rows as floats,
+    their whole numbers then cut of ``.0``: the same bytes either way."""
+    m = np.ascontiguousarray(matrix, dtype=np.float64)
+    option = orjson.OPT_SERIALIZE_NUMPY
+    with np.errstate(invalid="ignore"):  # NaN and inf: not whole (written as floats: null)
+        whole = ((m == np.floor(m)) & (np.abs(m) < _EXACT)).all(axis=1)
+    if whole.all():
+        return _rows_of(orjson.dumps(m.astype(np.int64), option=option))
+    if not whole.any():
+        return _rows_of(whole_numbers(orjson.dumps(m, option=option)))
+    out: list[bytes] = [b""] * len(m)
+    for rows, made in ((np.flatnonzero(whole), _rows_of(orjson.dumps(m[whole].astype(np.int64), option=option))),
+                       (np.flatnonzero(~whole), _rows_of(whole_numbers(orjson.dumps(m[~whole], option=option))))):
+        for i, row in zip(rows.tolist(), made, strict=True):
+            out[i] = row
+    return out
 
 
 def _key(text: str) -> bytes:

@@ -206,7 +206,13 @@ class Prediction:
         if self.horizons is not None:
             # The batch's JSON of it when the worker made it (forecaster/horizon_block.py): the same bytes.
             made = self.horizons.json()
-            document["horizons"] = self.horizons.document() if made is None else orjson.Fragment(made)
+            if made is None:
+                made = whole_numbers(orjson.dumps(self.horizons.document(), option=orjson.OPT_SERIALIZE_NUMPY))
+            # Inside a list a NaN is ",null" or "[null", which the test below does not see; this
+            # JSON holds no string but its keys ("0.1", "15m").
+            if b"null" in made:
+                raise NonFiniteError(f"prediction of {self.feed} at {self.open_time_ms}: a horizon is not finite")
+            document["horizons"] = orjson.Fragment(made)
             document["horizons_calibrated"] = self.horizons_calibrated
         if self.revision:
             document["revision"] = self.revision
@@ -292,6 +298,17 @@ def encode_all(predictions: Sequence[Prediction]) -> list[bytes | None]:
             log.error("not published: %s", exc)
             out.append(None)
     return out
+
+
+def whole_numbers(floats_json: bytes) -> bytes:
+    """JSON of numbers (``horizons``: lists and objects of floats, no string ending in ``.0``)
+    with each whole number written as an integer: ``12345`` for orjson's ``12345.0``.
+
+    At 5 significant digits every horizon of 10,000 or more is whole: two bytes fewer each (a
+    payload of the default model's 252 horizon numbers about 20% smaller when they all are), and
+    the block writes such rows from integers, faster (forecaster/horizon_block.py). A JSON reader
+    reads the same number; NaN and infinities stay ``null``."""
+    return floats_json.replace(b".0,", b",").replace(b".0]", b"]").replace(b".0}", b"}")
 
 
 @functools.cache
