@@ -19,7 +19,7 @@ import orjson
 
 from forecaster.frame import FloatArray
 from forecaster.horizons import Horizons
-from forecaster.payload import HorizonValues, quantile_key, whole_numbers
+from forecaster.payload import HorizonValues, NonFiniteError, quantile_key, whole_numbers
 
 HORIZON_DIGITS = 5
 """Significant digits of the horizons in a payload: 60 bars of full floats are 4.8 kB a feed,
@@ -116,6 +116,7 @@ class HorizonBlock:
         self.bars = spec.bars
         self.labels = [label for label, _ in spec.sums]
         self._json: list[bytes] | None = None
+        self._finite: list[bool] = []
 
     def __len__(self) -> int:
         return len(self.volume)
@@ -137,15 +138,24 @@ class HorizonBlock:
                  for j, label in enumerate(self.labels)})
 
     def json(self, row: int) -> bytes:
-        """Row ``row``'s ``horizons`` object as JSON (``HorizonValues.document()``'s bytes)."""
+        """Row ``row``'s ``horizons`` object as JSON (``HorizonValues.document()``'s bytes);
+        NonFiniteError if a number of it is not finite (the guard lets no such row through)."""
         if self._json is None:
             self._json = self._encode()
+        if not self._finite[row]:
+            raise NonFiniteError(f"horizons row {row} holds a value that is not finite")
         return self._json[row]
 
     def _encode(self) -> list[bytes]:
         n, bars = len(self.volume), self.bars
         if n == 0:
             return []
+        # One test of the chunk's arrays instead of a search of each payload for "null" (about
+        # 1.5 us of 1.8 kB a payload).
+        finite = np.isfinite(self.volume).all(axis=1)
+        if self.quantiles is not None:
+            finite &= np.isfinite(self.quantiles).all(axis=(1, 2))
+        self._finite = finite.tolist()
         qkeys = [orjson.dumps(quantile_key(q)).replace(b"%", b"%%") for q in self.levels]
         template = (b'{"volume":[%s],"quantiles":{' + b",".join(k + b":[%s]" for k in qkeys) + b'},"sums":{'
                     + b",".join(_key(label) + b':{"volume":%s,"quantiles":{' + b",".join(k + b":%s" for k in qkeys)

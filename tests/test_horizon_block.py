@@ -82,6 +82,12 @@ def test_a_block_row_that_is_not_finite_is_refused() -> None:
                        horizons=hv)
         with pytest.raises(NonFiniteError):
             p.to_json()
+    # The search for a null of the next-bar fields stops before the horizons: it still sees them.
+    for volume, last in ((np.nan, 3.5), (4.25, np.inf)):
+        p = Prediction(Feed("binance", "BTC/USDT", 60_000), 120_000, 60_000, last, volume, {0.1: 1.0}, "lstm", "7",
+                       False, 123, horizons=rows[0])
+        with pytest.raises(NonFiniteError):
+            p.to_json()
 
 
 def test_payload_with_block_horizons_is_unchanged() -> None:

@@ -219,11 +219,12 @@ def test_payload_schema_2_round_trip_with_horizons() -> None:
     p = Prediction(feed, 120_000, 60_000, 5.0, 7.5, {0.1: 1.0, 0.9: 20.0}, "lstm", "4", False, 99,
                    horizons=horizons)
     payload = p.to_json()
-    assert b'"schema":2' in payload and b'"horizons":{"volume":[7.5,8.25,9.0]' in payload
-    assert b'"sums":{"2m":{"volume":15.75,"quantiles":{"0.1":4.0,"0.9":40.0}}}' in payload
+    # Whole numbers of the horizons as JSON integers (payload.whole_numbers), read back as floats.
+    assert b'"schema":2' in payload and b'"horizons":{"volume":[7.5,8.25,9]' in payload
+    assert b'"sums":{"2m":{"volume":15.75,"quantiles":{"0.1":4,"0.9":40}}}' in payload
     assert Prediction.from_json(payload) == p
     with pytest.raises(ValueError, match="one value per horizon"):
-        Prediction.from_json(payload.replace(b'"0.9":[20.0,21.0,22.0]', b'"0.9":[20.0]'))
+        Prediction.from_json(payload.replace(b'"0.9":[20,21,22]', b'"0.9":[20]'))
 
 
 def test_the_fallback_baseline_serves_har_direct_horizons() -> None:
