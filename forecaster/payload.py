@@ -6,6 +6,8 @@ table; adding a field keeps the number, renaming or removing one bumps it (``gua
 Schema 2 added ``horizons`` (the forecast of each coming bar and of cumulative windows, from
 the same forward pass) and keeps every schema 1 field as it was, so a reader of schema 1 fields
 that does not insist on the number reads a schema 2 payload unchanged; ``from_json`` reads both.
+A whole number in ``horizons`` is written as a JSON integer (``whole_numbers``): the same number
+to any JSON reader, so the schema keeps its number.
 
 No payload carries a number that is not finite: orjson writes NaN and infinities as ``null``, and
 ``to_json`` refuses any payload with a null in it (``NonFiniteError``), the last line of defence
