@@ -44,11 +44,12 @@ def run_file(path: Path, args: argparse.Namespace, group: list[Path] | None = No
     import torch
 
     from forecaster.baselines import BASELINE_NAMES, make_baseline
-    from forecaster.estimator import EnsembleModel, quiet
+    from forecaster.ensemble_model import EnsembleModel
     from forecaster.frame import BarFrame
     from forecaster.predictor import ModelPredictor
     from forecaster.scoring import score
     from forecaster.training import train_model
+    from forecaster.training_loop import quiet
     from volcast.settings import ModelSettings, TrainingSettings
 
     torch.set_num_threads(1)
@@ -112,7 +113,6 @@ def run_file(path: Path, args: argparse.Namespace, group: list[Path] | None = No
 def run_file_horizons(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from forecaster.estimator import quiet
     from forecaster.frame import BarFrame
     from forecaster.horizon_scoring import (
         baseline_forecasts,
@@ -122,6 +122,7 @@ def run_file_horizons(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         scoring_positions,
     )
     from forecaster.training import train_model
+    from forecaster.training_loop import quiet
     from volcast.settings import ModelSettings, TrainingSettings
 
     torch.set_num_threads(1)
@@ -163,7 +164,7 @@ def summarise_horizons(per_file: dict[str, Any], args: argparse.Namespace, secon
     labels = list(files[0]["sums"])
 
     def mean(model: str, pick: Any) -> float:
-        return sum(pick(r["models"][model]) for r in files) / len(files)
+        return float(sum(pick(r["models"][model]) for r in files) / len(files))
 
     per_h = [mean("lstm", lambda m, h=h: m["horizons"][h]["rmse_log"])
              / mean("har", lambda m, h=h: m["horizons"][h]["rmse_log"]) for h in range(bars)]

@@ -7,7 +7,7 @@ private Mosquitto on a free port, serving the same LSTM as ``benchmarks/latency.
 as the streamer does (``BarStore``: bars and events in MULTI/EXEC batches); the run waits until
 the worker has recorded it. Over the measured boundaries the event loop's thread is profiled
 with a CPU-time clock (cProfile, ``time.thread_time``): per boundary, the CPU seconds of the
-critical path (``Worker._boundary``: events read to the last PUBLISH written, forward passes
+critical path (``BoundaryPass._boundary``: events read to the last PUBLISH written, forward passes
 included when they run on the loop), of its parts, and of the bookkeeping after it; and the
 whole process's CPU (``time.process_time``, every thread). Unprofiled (the default), the loop
 thread's CPU inside ``_boundary`` (``boundary_cpu_ms``) and inside the bookkeeping's
@@ -39,17 +39,17 @@ WARM_UP = 3  # boundaries before measuring: first reads, the first prepare
 
 # Functions whose CPU (cumulative, on the loop thread) is reported per boundary: (label, file, name).
 PHASES: tuple[tuple[str, str, str], ...] = (
-    ("critical_path", "worker.py", "_boundary"),
+    ("critical_path", "boundary_pass.py", "_boundary"),
     ("read_bars", "bar_reader.py", "at"),
     ("forward", "predictor.py", "predict_batch"),
-    ("hand_over", "worker.py", "_hand_over"),
+    ("hand_over", "boundary_pass.py", "_hand_over"),
     ("calibrated_bands", "calibration_store.py", "bands"),
     ("horizon_bands", "calibration_store.py", "horizon_bands"),
     ("encode", "payload.py", "encode_all"),
     ("submit", "publisher.py", "submit"),
     ("record_writes", "recorder.py", "writes"),
     ("record_apply", "recorder.py", "apply"),
-    ("prepare_batch", "worker.py", "_prepare_batch"),
+    ("prepare_batch", "preparation.py", "_prepare_batch"),
 )
 
 
@@ -188,7 +188,11 @@ async def _measure(args: argparse.Namespace, settings: Any, redis: Any, n: int, 
                     spent[name] += time.thread_time() - started
         return run
 
-    worker._boundary = timed("boundary", worker._boundary)
+    # The boundary pass is worker.boundaries since worker.py was split; a --root checkout from
+    # before the split has it on the worker itself (and its acks queue as worker._acks).
+    boundaries = getattr(worker, "boundaries", worker)
+    boundaries._boundary = timed("boundary", boundaries._boundary)
+    acks = worker.handoffs.acks if hasattr(worker, "handoffs") else worker._acks
     worker.recorder.writes = timed("record", worker.recorder.writes)
     worker.recorder.apply = timed("record", worker.recorder.apply)
     profile = cProfile.Profile(time.thread_time) if args.profile else None
@@ -215,7 +219,7 @@ async def _measure(args: argparse.Namespace, settings: Any, redis: Any, n: int, 
             while recorded["predictions"] < target:
                 progress.clear()
                 await progress.wait()
-            while worker._acks.qsize():  # noqa: ASYNC110 - and acknowledged
+            while acks.qsize():  # noqa: ASYNC110 - and acknowledged
                 await asyncio.sleep(0.001)
             await asyncio.sleep(0.05)  # prepare (the next boundary's head start) runs meanwhile
             if measured:
@@ -242,7 +246,8 @@ async def _measure(args: argparse.Namespace, settings: Any, redis: Any, n: int, 
                            "boundary_cpu_ms": round(spent["boundary"] / per * 1000, 2),
                            "record_cpu_ms": round(spent["record"] / per * 1000, 2)}
     for label, filename, name in PHASES if profile is not None else ():
-        seconds = cumulative.get((filename, name))
+        # Before worker.py was split (a --root checkout), every worker phase was in worker.py.
+        seconds = cumulative.get((filename, name), cumulative.get(("worker.py", name)))
         out[f"{label}_cpu_ms"] = None if seconds is None else round(seconds / per * 1000, 2)
     # The worker's own wall-clock timings (ms, its last batch of each boundary): medians.
     for name in sorted({k for t in timings for k in t}):

@@ -183,11 +183,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from forecaster.calibration import WARM_UP as CALIBRATION_WARM_UP  # noqa: E402
-from forecaster.estimator import quiet  # noqa: E402
 from forecaster.frame import BarFrame  # noqa: E402
 from forecaster.market import MARKET_FEATURES, attach  # noqa: E402
 from forecaster.model_store import ModelRecord, ModelStore, promote  # noqa: E402
 from forecaster.training import train_model  # noqa: E402
+from forecaster.training_loop import quiet  # noqa: E402
 from streamer.store import BarStore  # noqa: E402
 from volcast.backoff import Backoff  # noqa: E402
 from volcast.bar import Bar, BarStatus  # noqa: E402

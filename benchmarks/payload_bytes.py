@@ -32,12 +32,12 @@ def main() -> int:
 
     import numpy as np
 
-    from forecaster.estimator import quiet
     from forecaster.features import Batch
     from forecaster.frame import BarFrame
     from forecaster.payload import Prediction
     from forecaster.predictor import ModelPredictor
     from forecaster.training import train_model
+    from forecaster.training_loop import quiet
     from volcast.keys import Feed
     from volcast.settings import ModelSettings, TrainingSettings
 

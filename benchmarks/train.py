@@ -29,9 +29,9 @@ def main() -> int:
     import torch
 
     from forecaster.baselines import Har
-    from forecaster.estimator import quiet
     from forecaster.frame import BarFrame
     from forecaster.training import train_model
+    from forecaster.training_loop import quiet
     from volcast.settings import ModelSettings, TrainingSettings
 
     torch.set_num_threads(1)

@@ -32,6 +32,7 @@ from forecaster.frame import BarFrame, FloatArray
 from forecaster.heap import collector_paused
 from volcast.connections import is_cluster
 from volcast.keys import Feed, RedisKeys
+from volcast.redis_text import as_text
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +261,7 @@ class BarHistories:
         flat: list[bytes] = []
         stamp = f"{open_ms}-".encode()
         for key, entries in reply or []:
-            feed = nexts[key.decode() if isinstance(key, bytes) else key]
+            feed = nexts[as_text(key)]
             entry_id, fields = entries[0]
             if not entry_id.startswith(stamp):
                 continue  # bar open_ms is not in Redis (the next one is): not ready

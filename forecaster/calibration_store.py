@@ -30,17 +30,13 @@ from forecaster.horizons import Horizons
 from forecaster.payload import HorizonValues
 from forecaster.predictor import Forecast
 from volcast.keys import Feed, RedisKeys
+from volcast.redis_text import text_fields
 
 MID = 0.5
 
 Band = tuple[Mapping[float, float], Mapping[float, float] | None, bool]
 """What a payload carries: the published quantiles, the model's own when they differ, and
 whether the band is calibrated."""
-
-
-def _text(raw: Any) -> dict[str, str]:
-    return {(k.decode() if isinstance(k, bytes) else str(k)): (v.decode() if isinstance(v, bytes) else str(v))
-            for k, v in (raw or {}).items()}
 
 
 class Calibration:
@@ -80,7 +76,7 @@ class Calibration:
         replies: list[Any] = await pipe.execute(raise_on_error=False)
         calibrator = self.calibrator
         for feed, reply in zip(feeds, replies, strict=True):
-            fields = _text(reply) if isinstance(reply, Mapping) else {}
+            fields = text_fields(reply) if isinstance(reply, Mapping) else {}
             if not calibrator.load(feed, fields):
                 calibrator.rows([feed])  # a fresh row, or the one it had
 
@@ -141,7 +137,7 @@ class Calibration:
 
     def load_fields(self, feed: Feed, raw: Any) -> None:
         """A state read back in the recorder's own pipeline (fresh where Redis holds none)."""
-        fields = _text(raw) if isinstance(raw, Mapping) else {}
+        fields = text_fields(raw) if isinstance(raw, Mapping) else {}
         if not self.calibrator.load(feed, fields):
             self.calibrator.rows([feed])
 

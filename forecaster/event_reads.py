@@ -38,22 +38,21 @@ from redis.exceptions import RedisError
 
 from volcast.aio import raise_if_cancelled
 from volcast.connections import is_cluster
+from volcast.redis_text import as_text
 
 log = logging.getLogger(__name__)
 
 Entries = list[tuple[bytes, dict[bytes, bytes]]]
 """The entries a read returned from one shard (an entry's fields are empty when it was deleted)."""
-
-
-def _name(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+READ_COUNT = 10_000
+"""The most entries the worker asks for in one read."""
 
 
 def _by_shard(reply: Any, shard_of: Mapping[str, int]) -> list[tuple[int, Entries]]:
     out: list[tuple[int, Entries]] = []
     for stream, entries in reply or []:
         if entries:
-            out.append((shard_of[stream.decode() if isinstance(stream, bytes) else stream], entries))
+            out.append((shard_of[as_text(stream)], entries))
     return out
 
 
@@ -89,7 +88,7 @@ class ShardReader:
             idle: dict[str, int] = {}  # the least over the shards: a worker reads only its own
             for rows in await infos.execute():
                 for row in rows:
-                    name = _name(row["name"])
+                    name = as_text(row["name"])
                     ms = int(row.get("idle", 0))
                     idle[name] = min(idle.get(name, ms), ms)
             # A consumer idle for ten claim periods is long gone (its alive key expired long

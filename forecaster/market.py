@@ -19,7 +19,7 @@ training and backtests over several bar files (``attach``) and the live worker
   exchange's (the log ratio of its relative volume to its exchange's).
 
 Leaving the feed itself out is what makes a single feed fall back cleanly: with no other feed
-every input is 0, constant, and training drops it (estimator.MIN_SPREAD). The inputs of a target
+every input is 0, constant, and training drops it (lstm_inputs.MIN_SPREAD). The inputs of a target
 use only bars that closed before it opens (no lookahead); a feed without its bar there is left out.
 
 Volumes in base units cannot be summed across symbols (a LINK is not an ALGO), so the market's
@@ -38,8 +38,9 @@ from forecaster.bar_matrix import BarMatrix
 from forecaster.features import HAR_HISTORY, MarketInputs, trailing_means
 from forecaster.frame import BarFrame, FloatArray, IntArray
 from volcast.keys import Feed
+from volcast.settings import Feature
 
-MARKET_FEATURES: tuple[str, ...] = ("market_volume", "exchange_volume", "market_share")
+MARKET_FEATURES: tuple[Feature, ...] = ("market_volume", "exchange_volume", "market_share")
 STATS: tuple[str, ...] = ("last", "mean_5", "mean_15", "mean_60", "day_ago")
 """Per-feed statistics, each relative to the feed's own level over HAR_HISTORY bars."""
 _MEANS = (0, 1, 2, 3)  # the trailing_means columns last, mean_5, mean_15, mean_60

@@ -108,16 +108,17 @@ class ForecasterMetrics:
         for phase, buckets in self.phases.items():
             phases.add_metric([phase], cumulative(buckets.bounds, list(buckets.counts)), buckets.total)
         yield phases
+        counts = worker.counts
         for name, value, text in (
-            ("batches", worker.batches, "Boundaries handled (one batched pass per bar time)"),
+            ("batches", counts.batches, "Boundaries handled (one batched pass per bar time)"),
             ("dead_letters", worker.dead.buried, "Events moved to the dead-letter stream"),
-            ("invalid_events", worker.invalid_events, "Events that are not a bar-closed event of a configured feed"),
-            ("duplicate_events", worker.duplicate_events, "Events of a bar already predicted (not predicted again)"),
+            ("invalid_events", counts.invalid_events, "Events that are not a bar-closed event of a configured feed"),
+            ("duplicate_events", counts.duplicate_events, "Events of a bar already predicted (not predicted again)"),
             ("superseded_events", worker.late.superseded,
              "Events of a bar older than the feed's last prediction: a late event or revision (not predicted)"),
             ("revised_forecasts", worker.late.revised, "Forecasts made again from a bar amended by a late trade"),
-            ("handling_errors", worker.handling_errors, "Failed attempts at handling events (retried apart)"),
-            ("record_errors", worker.record_errors, "Boundaries whose Redis bookkeeping Redis refused"),
+            ("handling_errors", counts.handling_errors, "Failed attempts at handling events (retried apart)"),
+            ("record_errors", counts.record_errors, "Boundaries whose Redis bookkeeping Redis refused"),
             ("fallback_fits", worker.fallback.fits, "Fits of the fallback baselines"),
         ):
             yield CounterMetricFamily(_PREFIX + name, text, value=value)

@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
 from volcast.keys import RedisKeys
+from volcast.redis_text import field_mapping
 
 STORE_FILE = "store.json"
 LEFTOVER_AGE_S = 900.0
@@ -171,4 +172,4 @@ async def current_version(redis: aioredis.Redis, keys: RedisKeys) -> str | None:
 
 async def promote(redis: aioredis.Redis, keys: RedisKeys, record: ModelRecord) -> None:
     """Make ``record`` the serving model; forecasters swap it in at their next boundary."""
-    await redis.hset(keys.model(), mapping=cast(dict[Any, Any], record.to_fields()))
+    await redis.hset(keys.model(), mapping=field_mapping(record.to_fields()))

@@ -6,6 +6,8 @@ table; adding a field keeps the number, renaming or removing one bumps it (``gua
 Schema 2 added ``horizons`` (the forecast of each coming bar and of cumulative windows, from
 the same forward pass) and keeps every schema 1 field as it was, so a reader of schema 1 fields
 that does not insist on the number reads a schema 2 payload unchanged; ``from_json`` reads both.
+A whole number in ``horizons`` is written as a JSON integer (``whole_numbers``): the same number
+to any JSON reader, so the schema keeps its number.
 
 No payload carries a number that is not finite: orjson writes NaN and infinities as ``null``, and
 ``to_json`` refuses any payload with a null in it (``NonFiniteError``), the last line of defence
@@ -203,17 +205,27 @@ class Prediction:
         if self.guard is not None:
             document["guard"] = {"reason": self.guard.reason,
                                  "replaced": {"name": self.guard.model_name, "version": self.guard.model_version}}
+        made = b""  # the horizons' JSON
         if self.horizons is not None:
-            # The batch's JSON of it when the worker made it (forecaster/horizon_block.py): the same bytes.
-            made = self.horizons.json()
-            document["horizons"] = self.horizons.document() if made is None else orjson.Fragment(made)
+            # The batch's JSON of it when the worker made it (forecaster/horizon_block.py: the same
+            # bytes; it refuses a row that is not finite itself, NonFiniteError).
+            made = self.horizons.json() or b""
+            if not made:
+                made = whole_numbers(orjson.dumps(self.horizons.document(), option=orjson.OPT_SERIALIZE_NUMPY))
+                # Inside a list a NaN is ",null" or "[null", which the test below does not see;
+                # this JSON holds no string but its keys ("0.1", "15m").
+                if b"null" in made:
+                    raise NonFiniteError(f"prediction of {self.feed} at {self.open_time_ms}: a horizon is not finite")
+            document["horizons"] = orjson.Fragment(made)
             document["horizons_calibrated"] = self.horizons_calibrated
         if self.revision:
             document["revision"] = self.revision
         out = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
         # orjson writes NaN and +-inf as null, and no field here is ever null: one substring search
-        # (about 0.1 us) instead of a test of every number.
-        if b":null" in out:
+        # (about 0.1 us) instead of a test of every number. Not through the horizons, checked
+        # above (1.2 us more of 1.8 kB): the search ends where they begin, or later (the fields
+        # after them, a bool and an int, are never null).
+        if out.find(b":null", 0, len(out) - len(made)) >= 0:
             raise NonFiniteError(f"prediction of {self.feed} at {self.open_time_ms} holds a value that is not finite: "
                                  f"volume {self.volume!r}, last_volume {self.last_volume!r}, "
                                  f"quantiles {dict(self.quantiles)!r}")
@@ -292,6 +304,17 @@ def encode_all(predictions: Sequence[Prediction]) -> list[bytes | None]:
             log.error("not published: %s", exc)
             out.append(None)
     return out
+
+
+def whole_numbers(floats_json: bytes) -> bytes:
+    """JSON of numbers (``horizons``: lists and objects of floats, no string ending in ``.0``)
+    with each whole number written as an integer: ``12345`` for orjson's ``12345.0``.
+
+    At 5 significant digits every horizon of 10,000 or more is whole: two bytes fewer each (a
+    payload of the default model's 252 horizon numbers about 20% smaller when they all are), and
+    the block writes such rows from integers, faster (forecaster/horizon_block.py). A JSON reader
+    reads the same number; NaN and infinities stay ``null``."""
+    return floats_json.replace(b".0,", b",").replace(b".0]", b"]").replace(b".0}", b"}")
 
 
 @functools.cache

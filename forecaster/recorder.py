@@ -42,6 +42,7 @@ from forecaster.live_scores import LiveScores, Realised
 from forecaster.payload import Prediction
 from volcast.connections import is_cluster
 from volcast.keys import Feed, RedisKeys, slot_tag
+from volcast.redis_text import as_text
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +297,7 @@ class Recorder:
     async def _load(self) -> str:  # on a cluster: on every master
         script = CLUSTER_WRITE_SCRIPT if is_cluster(self.redis) else WRITE_SCRIPT
         sha: Any = await self.redis.script_load(script)
-        self._sha = sha.decode() if isinstance(sha, bytes) else str(sha)
+        self._sha = as_text(sha)
         return self._sha
 
 

@@ -27,13 +27,12 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from forecaster.baselines import Har
-from forecaster.estimator import quiet
 from forecaster.feeds import configured_feeds, feed_key
 from forecaster.frame import BarFrame
 from forecaster.market import attach_configured
@@ -42,12 +41,14 @@ from forecaster.predictor import ModelPredictor, Predictor, baseline_predictor, 
 from forecaster.refit_metrics import RefitMetrics
 from forecaster.scoring import score
 from forecaster.training import TrainedModel, clean_frame, min_training_bars, train_model
+from forecaster.training_loop import quiet
 from volcast.aio import raise_if_cancelled
 from volcast.backoff import Backoff
 from volcast.bar import Bar
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
 from volcast.metrics_server import new_registry, serving_metrics
+from volcast.redis_text import field_mapping
 from volcast.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,7 @@ async def refit_once(settings: Settings, redis: aioredis.Redis) -> RefitOutcome:
         "next_run_ms": str(started + settings.refit.every),
         "version": outcome.version or "",
     }
-    await redis.hset(keys.refit(), mapping=cast(dict[Any, Any], fields))
+    await redis.hset(keys.refit(), mapping=field_mapping(fields))
     log.info("refit %s: %s", outcome.result, outcome.message)
     return outcome
 
@@ -270,7 +271,7 @@ async def run(settings: Settings, *, once: bool = False) -> RefitOutcome | None:
         backoff = Backoff(1.0, 60.0)
         tried: tuple[int, ...] | None = None
         while True:
-            raise_if_cancelled()  # redis-py can swallow a cancellation (forecaster/worker.py)
+            raise_if_cancelled()  # redis-py can swallow a cancellation (forecaster/event_consumer.py)
             try:
                 # Resume the schedule across restarts instead of retraining at every start.
                 due: Any = await redis.hget(keys.refit(), "next_run_ms")

@@ -21,18 +21,13 @@ import torch
 
 from forecaster.artifact import read_artifact, write_artifact
 from forecaster.baselines import LogForecaster
-from forecaster.estimator import (
-    EnsembleModel,
-    LstmModel,
-    Progress,
-    SeedModel,
-    build_untrained,
-    cap_frames,
-    effective_features,
-    print_progress,
-)
+from forecaster.ensemble_model import EnsembleModel
+from forecaster.estimator import build_untrained, cap_frames, effective_features
 from forecaster.features import slots_per_day
 from forecaster.frame import BarFrame, FloatArray
+from forecaster.lstm_model import LstmModel
+from forecaster.seed_model import SeedModel
+from forecaster.training_loop import Progress, print_progress
 from volcast.settings import ModelSettings, TrainingSettings
 
 

@@ -31,7 +31,9 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from streamer.lost_bars import CHECK_NEWEST
 from volcast.keys import Feed, RedisKeys
+from volcast.redis_text import as_text
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -40,14 +42,16 @@ EVENTS_MAXLEN = 100_000
 _RECOVER_PAGE = 10_000
 
 # One bar alone, for a cluster. KEYS: the feed's bar stream, its announced key. ARGV: entry id,
-# MINID, the announced mark to create if missing, then the bar's field/value pairs. Returns 1
-# (written) or 0 (already there); an error reply names the key.
+# MINID, the announced mark to create if missing, the newest bar the stream must hold
+# (streamer/lost_bars.py; -1: no check), then the bar's field/value pairs. Returns 1 (written), 0
+# (already there) or ["lost", newest] (lost_bars.py); an error reply names the key.
 WRITE_BAR_ALONE = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'stream' and kind ~= 'none' then
   return redis.error_reply('WRONGTYPE ' .. KEYS[1] .. ' holds a ' .. kind .. ', not a stream')
 end
-local added = redis.pcall('XADD', KEYS[1], 'MINID', '~', ARGV[2], ARGV[1], unpack(ARGV, 4))
+""" + CHECK_NEWEST + """
+local added = redis.pcall('XADD', KEYS[1], 'MINID', '~', ARGV[2], ARGV[1], unpack(ARGV, 5))
 if type(added) == 'table' and added.err then
   if string.find(added.err, 'equal or smaller', 1, true) then return 0 end
   return redis.error_reply(added.err .. ' [key ' .. KEYS[1] .. ']')
@@ -65,10 +69,6 @@ def event_fields(feed: Feed, open_time_ms: int, status: str, rev: int = 0) -> di
     if rev:
         fields["rev"] = str(rev)
     return fields
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class Announcer:
@@ -97,6 +97,10 @@ class Announcer:
         for (feed, _, _, _), result in zip(bars, results, strict=True):
             if isinstance(result, ResponseError):
                 raise type(result)(f"{result} [key {self.keys.feed_events(feed, self.shards)}]")
+            if isinstance(result, Exception):
+                # A node's connection error comes back as the command's reply on a cluster
+                # pipeline: the event is not sent, so no mark may move past it; the caller retries.
+                raise result
         newest: dict[Feed, int] = {}
         for feed, open_ms, _, rev in bars:
             if not rev:
@@ -114,7 +118,7 @@ class Announcer:
         mark: Any = await _named(self.keys.announced(feed), self.redis.get(self.keys.announced(feed)))
         if mark is None:
             return  # no live bar written yet: history bars have no events
-        after = int(_text(mark))
+        after = int(as_text(mark))
         bars = self.keys.bars(feed)
         while True:
             # After every revision of bar ``after`` (ids ``after-<rev>``, bar_revisions.py).
@@ -123,7 +127,7 @@ class Announcer:
                 return
             # A bar amended before its event was sent is announced once, as its revision: rev 0
             # so that it moves the mark (the forecaster reads the bar's newest revision either way).
-            missing = [(feed, int(_text(entry_id).split("-", 1)[0]), _text(fields.get(b"status", b"")), 0)
+            missing = [(feed, int(as_text(entry_id).split("-", 1)[0]), as_text(fields.get(b"status", b"")), 0)
                        for entry_id, fields in entries]
             log.warning("%s: %d closed bars had no event yet (the streamer stopped in between); sending them now",
                         feed, len(missing))

@@ -20,6 +20,8 @@ feed's ``announced`` mark.
 
 from __future__ import annotations
 
+from volcast.redis_text import as_text
+
 _REWRITE = """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'stream' and kind ~= 'none' then
@@ -72,5 +74,4 @@ def revision_id(open_time_ms: int, rev: int) -> str:
 
 def entry_rev(entry_id: bytes | str) -> int:
     """The revision a bar stream entry holds, from its id."""
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.rpartition("-")[2])
+    return int(as_text(entry_id).rpartition("-")[2])

@@ -50,6 +50,8 @@ class FeedHealth:
     redis_reconnects: int = 0  # times the bar writer got Redis back after an outage
     replica_waits: int = 0  # WAITs sent after bar batches (redis.wait_replicas; of all feeds)
     replica_wait_timeouts: int = 0  # of them, those fewer replicas acknowledged in time
+    bars_restored: int = 0  # this feed's bars Redis lost (a failover) and the streamer wrote again (lost_bars.py)
+    bars_not_restored: int = 0  # of its lost bars, those older than the streamer kept: missing
     # How bars closed (streamer/close_proof.py): counts per proof, and the delay from a bar's end
     # to its close on the exchange's clock (bars that ended while the feed was live).
     closed_by_trade: int = 0

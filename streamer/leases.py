@@ -22,13 +22,13 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from volcast.connections import is_cluster
 from volcast.keys import Feed, RedisKeys
+from volcast.redis_text import as_text, text_fields
 
 STALE = "STALE"
 """The error code of a write refused for a stale token."""
@@ -117,10 +117,6 @@ class LeaseHolder:
     ttl_ms: int
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 class Leases:
     """One streamer's side of the leases: acquire, renew, release, and its registration."""
 
@@ -141,7 +137,7 @@ class Leases:
     async def acquire(self, feed: Feed) -> str | None:
         """Our new token for ``feed``, or None while another streamer holds it."""
         won, value = await self._acquire(keys=self._feed_keys(feed), args=[self.name, self.ttl_ms])
-        return _text(value) if int(won) == 1 else None
+        return as_text(value) if int(won) == 1 else None
 
     async def renew(self, held: dict[Feed, str]) -> list[Feed]:
         """Renew every lease in ``held`` (one round trip); returns the feeds whose token was refused.
@@ -197,7 +193,7 @@ async def lease_holders(redis: aioredis.Redis, keys: RedisKeys, feeds: list[Feed
         fields, ttl = results[2 * index], results[2 * index + 1]
         if not isinstance(fields, dict) or not fields or isinstance(ttl, BaseException):
             continue
-        decoded = {_text(k): _text(v) for k, v in fields.items()}
+        decoded = text_fields(fields)
         try:
             out[feed] = LeaseHolder(decoded["owner"], int(decoded["token"]), int(ttl))
         except (KeyError, ValueError):
@@ -207,11 +203,11 @@ async def lease_holders(redis: aioredis.Redis, keys: RedisKeys, feeds: list[Feed
 
 async def live_streamers(redis: aioredis.Redis, keys: RedisKeys) -> dict[str, dict[str, str]]:
     """Each registered streamer's hash (by name), for ``volcast status``; lapsed ones left out."""
-    names = [_text(n) for n in await redis.zrangebyscore(keys.streamers(), "(" + str(await _now_ms(redis)), "+inf")]
+    names = [as_text(n) for n in await redis.zrangebyscore(keys.streamers(), "(" + str(await _now_ms(redis)), "+inf")]
     out: dict[str, dict[str, str]] = {}
     for name in names:
         fields = await redis.hgetall(keys.streamer(name))
-        out[name] = {_text(k): _text(v) for k, v in fields.items()}
+        out[name] = text_fields(fields)
     return out
 
 

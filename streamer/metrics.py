@@ -204,6 +204,9 @@ class StreamerCollector:
             ("bars_written", counters.bars_written, "Closed bars written to Redis (all feeds)"),
             ("dropped_bars", counters.dropped_bars, "Closed bars lost to a full buffer during a Redis outage"),
             ("redis_reconnects", counters.redis_reconnects, "Times the bar writer got Redis back after an outage"),
+            ("bars_restored", counters.bars_restored, "Closed bars Redis lost (a failover) written again from memory"),
+            ("bars_not_restored", counters.bars_not_restored, "Closed bars Redis lost that were older than the "
+             "streamer keeps: missing"),
         ):
             yield CounterMetricFamily(_PREFIX + name, text, value=value)
         yield GaugeMetricFamily(_PREFIX + "redis_buffered_bars", "Closed bars waiting for Redis", value=store.pending)

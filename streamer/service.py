@@ -38,6 +38,7 @@ from streamer.shards import FeedOwnership
 from streamer.source import create_exchange
 from streamer.store import REDIS_DOWN, BarStore, KeyProblem, ResumePoint
 from volcast.backoff import Backoff
+from volcast.cluster_start import read_slot_map
 from volcast.connections import ConnectionProblem, redis_client
 from volcast.keys import Feed, RedisKeys
 from volcast.metrics_server import new_registry, serving_metrics
@@ -70,6 +71,8 @@ async def _write_status(store: BarStore, runners: Collection[FeedRunner], ttl_ms
         runner.health.redis_buffered = store.pending
         runner.health.dropped_bars = store.counters.dropped_bars
         runner.health.redis_reconnects = store.counters.redis_reconnects
+        runner.health.bars_restored = store.restored.get(runner.feed, 0)
+        runner.health.bars_not_restored = store.not_restored.get(runner.feed, 0)
         if store.replica_wait is not None:
             runner.health.replica_waits = store.replica_wait.counters.waits
             runner.health.replica_wait_timeouts = store.replica_wait.counters.timeouts
@@ -113,6 +116,9 @@ async def run(settings: Settings) -> None:
     async with contextlib.AsyncExitStack() as stack:
         redis = redis_client(settings.redis)
         stack.push_async_callback(redis.aclose)
+        # A cluster whose start-up node is down (a master not yet replaced): retried, logged.
+        await read_slot_map(redis, settings.redis,
+                            Backoff(streamer.backoff_initial / 1000, streamer.backoff_max / 1000))
         store = BarStore(
             redis,
             keys,

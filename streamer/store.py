@@ -32,14 +32,16 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streamer.announce import EVENTS_MAXLEN, WRITE_BAR_ALONE, Announcer, event_fields
-from streamer.bar_revisions import AMEND_BAR, AMEND_BAR_ALONE
+from streamer.bar_revisions import AMEND_BAR, AMEND_BAR_ALONE, revision_id
 from streamer.health import FeedHealth
 from streamer.leases import FENCE_CHECK, FENCED_HSET, is_stale
+from streamer.lost_bars import CHECK_NEWEST, RecentBars, lost_newest
 from streamer.replica_wait import ReplicaWait
 from volcast.backoff import Backoff
 from volcast.bar import Bar
 from volcast.connections import ConnectionProblem, is_cluster
 from volcast.keys import Feed, RedisKeys
+from volcast.redis_text import as_text
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -93,8 +95,9 @@ def key_problem(key: str, error: ResponseError, action: str) -> KeyProblem | Red
 
 
 # One bar and its event, both or neither. KEYS: the feed's bar stream, the events stream. ARGV:
-# entry id, MINID, events MAXLEN, n, then n field/value pairs of the bar, then the event's pairs.
-# Returns 1 (written) or 0 (already there); an error reply names the key and what failed.
+# entry id, MINID, events MAXLEN, the newest bar the stream must hold (lost_bars.py; -1: no check),
+# n, then n field/value pairs of the bar, then the event's pairs. Returns 1 (written), 0 (already
+# there) or ["lost", newest] (lost_bars.py); an error reply names the key and what failed.
 _WRITE_BAR = """
 for _, key in ipairs(KEYS) do
   local kind = redis.call('TYPE', key)['ok']
@@ -102,10 +105,11 @@ for _, key in ipairs(KEYS) do
     return redis.error_reply('WRONGTYPE ' .. key .. ' holds a ' .. kind .. ', not a stream')
   end
 end
-local n = tonumber(ARGV[4])
+""" + CHECK_NEWEST + """
+local n = tonumber(ARGV[5])
 local bar, event = {}, {}
-for i = 5, 4 + 2 * n do bar[#bar + 1] = ARGV[i] end
-for i = 5 + 2 * n, #ARGV do event[#event + 1] = ARGV[i] end
+for i = 6, 5 + 2 * n do bar[#bar + 1] = ARGV[i] end
+for i = 6 + 2 * n, #ARGV do event[#event + 1] = ARGV[i] end
 local added = redis.pcall('XADD', KEYS[1], 'MINID', '~', ARGV[2], ARGV[1], unpack(bar))
 if type(added) == 'table' and added.err then
   if string.find(added.err, 'equal or smaller', 1, true) then return 0 end
@@ -124,10 +128,6 @@ _BATCH = 500
 _ID_LOOKBACK = 1_000
 
 
-def _stream_id(open_time_ms: int) -> str:
-    return f"{open_time_ms}-0"
-
-
 _Entries = list[tuple[bytes, dict[bytes | str, bytes | str]]]
 
 
@@ -137,8 +137,7 @@ def _entries(reply: Any) -> _Entries:
 
 
 def _open_time(entry_id: bytes | str) -> int:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.split("-", 1)[0])
+    return int(as_text(entry_id).split("-", 1)[0])
 
 
 def _pairs(*mappings: Mapping[str, str]) -> list[str | int]:
@@ -166,6 +165,8 @@ class StoreCounters:
     stale_writes: int = 0  # writes Redis refused because another streamer took the feed (leases)
     bars_amended: int = 0  # revisions of closed bars written (streamer/bar_revisions.py)
     amend_missing: int = 0  # revisions not written: their bar was no longer (or never) in Redis
+    bars_restored: int = 0  # bars Redis lost (a failover) written again from memory (lost_bars.py)
+    bars_not_restored: int = 0  # bars Redis lost that were older than the memory kept: missing
 
 
 class BarStore:
@@ -194,6 +195,15 @@ class BarStore:
         self._idle.set()
         self._backoff = backoff
         self._last_written: dict[Feed, int] = {}
+        # Bars Redis lost behind our back (streamer/lost_bars.py): the newest bar Redis confirmed
+        # per feed (not lowered by a re-read: a failover's loss shows as Redis holding less), the
+        # bars kept to put back, and per feed the stream's newest bar and the kept bars after it to
+        # write before its next bar (until a pipeline carried them).
+        self._confirmed: dict[Feed, int] = {}
+        self.recent = RecentBars()
+        self._restoring: dict[Feed, tuple[int, list[tuple[Bar, int]]]] = {}
+        self.restored: dict[Feed, int] = {}  # per feed: bars put back
+        self.not_restored: dict[Feed, int] = {}  # per feed: lost bars older than the memory kept
         self._connected = False
         self.event_shards = event_shards
         # redis.wait_replicas: WAIT after each batch of bars, before their events (replica_wait.py).
@@ -240,6 +250,7 @@ class BarStore:
             return
         del self.tokens[feed]
         self._last_written.pop(feed, None)
+        self._forget(feed)
         dropped = sum(1 for f, _, _ in self._buffer if f == feed)
         if dropped:
             self._buffer = deque(item for item in self._buffer if item[0] != feed)
@@ -247,6 +258,12 @@ class BarStore:
                     "to the new owner", feed.exchange, feed.symbol, error, dropped)
         if self.on_stale is not None:
             self.on_stale(feed)
+
+    def _forget(self, feed: Feed) -> None:
+        """A feed no longer ours: what it had in Redis is its new owner's."""
+        self._confirmed.pop(feed, None)
+        self._restoring.pop(feed, None)
+        self.recent.forget(feed)
 
     def _refused(self, feed: Feed | None, key: str, error: ResponseError, action: str) -> None:
         """Raise what a refused command means (RedisBusyError or a shared key's KeyProblem); a feed's own
@@ -263,7 +280,7 @@ class BarStore:
 
     async def _check_events_key(self, key: str) -> None:
         kind = await self.redis.type(key)
-        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        kind = as_text(kind)
         if kind not in ("stream", "none"):
             raise KeyProblem(
                 key,
@@ -278,6 +295,10 @@ class BarStore:
 
         A KeyProblem if one of the feed's keys cannot be read for good (e.g. it is of another type).
         """
+        # A feed taken (back) over starts from what Redis holds: nothing this process remembers of an
+        # earlier lease of it (another streamer wrote it meanwhile) is put back (lost_bars.py).
+        self._last_written.pop(feed, None)
+        self._forget(feed)
         while True:
             try:
                 return await self._resume_point(feed)
@@ -384,7 +405,8 @@ class BarStore:
                     self.counters.redis_reconnects += 1
                 self._connected = True
             batch = [self._buffer[i] for i in range(min(_BATCH, len(self._buffer)))]
-            await self._write_batch(batch)
+            if not await self._write_batch(batch):
+                continue  # a feed's stream lost bars: they go first, then this batch again (skipping what is in)
             # A feed that failed meanwhile had its bars removed from the buffer: pop by identity.
             done = {id(item) for item in batch}
             while self._buffer and id(self._buffer[0]) in done:
@@ -404,12 +426,21 @@ class BarStore:
             except ResponseError as exc:
                 self._refused(feed, key, exc, "reading")
                 continue
-            self._last_written[feed] = _open_time(entries[0][0]) if entries else -1
+            newest = _open_time(entries[0][0]) if entries else -1
+            self._last_written[feed] = newest
+            # Kept if higher: Redis holding less than it confirmed is a loss the bar script reports.
+            self._confirmed[feed] = max(newest, self._confirmed.get(feed, -1))
 
-    async def _write_batch(self, batch: list[tuple[Feed, Bar, int]]) -> None:
+    async def _write_batch(self, batch: list[tuple[Feed, Bar, int]]) -> bool:
+        """Write ``batch``; False if a feed's stream had lost bars (lost_bars.py): they are put back
+        first by the next call, and the batch is to be written again (what is in is skipped)."""
         pipe = self.redis.pipeline(transaction=False)
-        written: list[tuple[Feed, Bar, int]] = []
+        # (feed, bar, rev, put back): a bar put back is announced as a bar (rev 0), counted apart.
+        written: list[tuple[Feed, Bar, int, bool]] = []
         tokens = self.tokens
+        # Per feed, the newest bar Redis must hold before the next one: the one queued before it.
+        chain: dict[Feed, int] = {}
+        put_back: set[Feed] = set()
         for feed, bar, rev in batch:
             if feed in self.failed or (tokens is not None and feed not in tokens):
                 continue
@@ -419,36 +450,26 @@ class BarStore:
                 if feed in self.failed:
                     continue
                 last = self._last_written[feed]
+            restoring = self._restoring.get(feed)
+            if restoring is not None and feed not in put_back:
+                put_back.add(feed)
+                chain[feed], kept_bars = restoring
+                for kept, kept_rev in kept_bars:
+                    await self._queue_bar(pipe, feed, kept, kept_rev, chain)
+                    written.append((feed, kept, 0, True))
+                last = self._last_written[feed]
             if rev:
                 await self._queue_revision(pipe, feed, bar, rev)
-                written.append((feed, bar, rev))
+                written.append((feed, bar, rev, False))
                 continue
             if bar.open_time_ms <= last:
                 continue  # already in Redis (a retried batch, or a restart that re-closed it)
-            minid = bar.open_time_ms - (self.retention_bars - 1) * feed.interval_ms
-            fields = bar.to_fields()
-            args: list[str | int]
-            if self.announcer is None:
-                event = event_fields(feed, bar.open_time_ms, bar.status.value)
-                args = [_stream_id(bar.open_time_ms), minid, EVENTS_MAXLEN, len(fields)]
-                args += _pairs(fields, event)
-                keys = [self.keys.bars(feed), self.keys.feed_events(feed, self.event_shards)]
-            else:  # the bar alone; its event once Redis confirmed it
-                args = [_stream_id(bar.open_time_ms), minid, bar.open_time_ms - 1]
-                args += _pairs(fields)
-                keys = [self.keys.bars(feed), self.keys.announced(feed)]
-            if tokens is None:
-                await self._write_bar(keys=keys, args=args, client=pipe)  # queued: the pipeline sends it
-            else:
-                keys.append(self.keys.fence(feed))
-                args.append(tokens[feed])
-                await self._write_bar_fenced(keys=keys, args=args, client=pipe)
-            written.append((feed, bar, rev))
-            self._last_written[feed] = bar.open_time_ms
+            await self._queue_bar(pipe, feed, bar, 0, chain)
+            written.append((feed, bar, 0, False))
         if not written:
-            return
+            return True
         waits = self.replica_wait
-        written_keys = {self.keys.bars(feed) for feed, _, _ in written} if waits else set()
+        written_keys = {self.keys.bars(feed) for feed, _, _, _ in written} if waits else set()
         wait_nodes = waits.queue(pipe, written_keys) if waits else []
         try:
             if self.announcer is not None and not self._script_loaded:
@@ -464,12 +485,30 @@ class BarStore:
             results, replies = results[:len(written)], results[len(written):]
             waits.count(wait_nodes, replies, written_keys)
         count = 0
-        for (feed, bar, rev), result in zip(written, results, strict=True):
+        lost: dict[Feed, int] = {}
+        for (feed, bar, rev, again), result in zip(written, results, strict=True):
+            newest = lost_newest(result)
+            if newest is not None:
+                lost[feed] = min(newest, lost.get(feed, newest))
+                continue
+            if isinstance(result, REDIS_DOWN):
+                # redis-py's cluster pipeline returns a node's connection error as that command's
+                # reply (raise_on_error=False): this bar did not land; before, it was taken for
+                # written and dropped (seen killing a master: tests/test_lost_bars.py). Retried.
+                self._last_written.clear()
+                self.counters.bars_written += count
+                raise result
             if not isinstance(result, ResponseError):
+                if result in (0, 1) and not again:  # in Redis (kept as the newest revision)
+                    self.recent.note(feed, bar, rev)
                 if rev:
                     self._revision_written(feed, bar, rev, result)
                 else:
-                    count += result == 1
+                    count += result == 1 and not again
+                    if again and result == 1:
+                        self.counters.bars_restored += 1
+                        self.restored[feed] = self.restored.get(feed, 0) + 1
+                    self._confirmed[feed] = max(bar.open_time_ms, self._confirmed.get(feed, -1))
                 continue
             if is_stale(result):
                 self._stale(feed, result)
@@ -485,12 +524,69 @@ class BarStore:
             self._refused(None if on_events else feed, key, result, f"writing bar {bar.open_time_ms} to")
             if feed not in self.failed:  # not refused for good: an error that passes was raised above
                 raise result
+        for feed in put_back:  # carried (kept for the retry if anything above raised)
+            self._restoring.pop(feed, None)
         self.counters.bars_written += count
         if self.announcer is not None:
             # Only bars this call wrote: one already there (a retried batch) was announced, or is
             # newer than its feed's mark and ``recover`` sends its event.
             await self._announce([(feed, bar.open_time_ms, bar.status.value, rev)
-                                  for (feed, bar, rev), result in zip(written, results, strict=True) if result == 1])
+                                  for (feed, bar, rev, _), result in zip(written, results, strict=True)
+                                  if result == 1])
+        for feed, newest in lost.items():
+            self._lost(feed, newest)
+        return not lost
+
+    async def _queue_bar(self, pipe: Any, feed: Feed, bar: Bar, rev: int, chain: dict[Feed, int]) -> None:
+        """A bar's script call (revision ``rev`` of it when put back), queued on ``pipe``; ``chain``
+        says which bar Redis must hold before it (lost_bars.py) and is moved on to this one."""
+        minid = bar.open_time_ms - (self.retention_bars - 1) * feed.interval_ms
+        fields = bar.to_fields()
+        if rev:
+            fields["rev"] = str(rev)
+        entry_id = revision_id(bar.open_time_ms, rev)
+        expected = chain.get(feed, self._confirmed.get(feed, -1))
+        chain[feed] = bar.open_time_ms
+        self._last_written[feed] = bar.open_time_ms
+        args: list[str | int]
+        if self.announcer is None:
+            event = event_fields(feed, bar.open_time_ms, bar.status.value)
+            args = [entry_id, minid, EVENTS_MAXLEN, expected, len(fields)]
+            args += _pairs(fields, event)
+            keys = [self.keys.bars(feed), self.keys.feed_events(feed, self.event_shards)]
+        else:  # the bar alone; its event once Redis confirmed it
+            args = [entry_id, minid, bar.open_time_ms - 1, expected]
+            args += _pairs(fields)
+            keys = [self.keys.bars(feed), self.keys.announced(feed)]
+        if self.tokens is None:
+            await self._write_bar(keys=keys, args=args, client=pipe)  # queued: the pipeline sends it
+        else:
+            keys.append(self.keys.fence(feed))
+            args.append(self.tokens[feed])
+            await self._write_bar_fenced(keys=keys, args=args, client=pipe)
+
+    def _lost(self, feed: Feed, newest: int) -> None:
+        """Redis holds less of ``feed`` than it confirmed (a failover): queue the bars kept to put
+        back before its next bar, and count and log what cannot be."""
+        confirmed = self._confirmed.get(feed, -1)
+        back = [(bar, rev) for bar, rev in self.recent.after(feed, newest) if bar.open_time_ms <= confirmed]
+        if newest >= 0:
+            gone = (confirmed - newest) // feed.interval_ms
+            beyond = max(0, gone - len(back))
+        else:  # the whole stream is gone: how much was older than the window is unknown
+            gone, beyond = len(back), 0
+        self._restoring[feed] = (newest, back)
+        self._last_written[feed] = newest
+        # What the next bar's check expects once these are back (less than before if not all are).
+        self._confirmed[feed] = back[-1][0].open_time_ms if back else newest
+        log.warning("%s: Redis lost the newest %d bars it had confirmed (its newest is now %d, it held %d; a failover "
+                    "that promoted a replica behind its master?): writing %d of them again from memory, with "
+                    "their events, before the next bar", feed, gone, newest, confirmed, len(back))
+        if beyond:
+            self.counters.bars_not_restored += beyond
+            self.not_restored[feed] = self.not_restored.get(feed, 0) + beyond
+            log.error("%s: %d lost bars after %d are older than the %d this streamer keeps: they stay missing",
+                      feed, beyond, newest, self.recent.size)
 
     async def _queue_revision(self, pipe: Any, feed: Feed, bar: Bar, rev: int) -> None:
         """A revision's script call, queued on ``pipe`` (bar_revisions.py)."""

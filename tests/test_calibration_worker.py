@@ -26,12 +26,12 @@ from worker_harness import (
 )
 
 from forecaster.calibration import WARM_UP
-from forecaster.estimator import quiet
 from forecaster.feeds import feed_key
 from forecaster.frame import BarFrame
 from forecaster.model_store import ModelRecord, ModelStore, promote
 from forecaster.payload import Prediction
 from forecaster.training import train_model
+from forecaster.training_loop import quiet
 from volcast.connections import redis_client
 from volcast.keys import RedisKeys
 from volcast.settings import Settings

@@ -12,12 +12,14 @@ import torch
 from forecast_helpers import KEY, TINY_MODEL, TINY_TRAINING, near
 
 from forecaster.artifact import ArtifactError
-from forecaster.estimator import DESEASONALISED, SIGNED_RETURN, LstmModel, quiet
 from forecaster.features import RETURN_WINDOWS, Batch, per_bar, slot_of_day, trailing_returns
+from forecaster.lstm_inputs import DESEASONALISED, SIGNED_RETURN
+from forecaster.lstm_model import LstmModel
 from forecaster.networks import ReluLSTMCell, SeedNet, VolumeLSTM
 from forecaster.predictor import Forecast, ModelPredictor, baseline_predictor, load_predictor
 from forecaster.scoring import score
 from forecaster.training import train_model
+from forecaster.training_loop import quiet
 from volcast.settings import ModelSettings, TrainingSettings
 
 
@@ -209,7 +211,7 @@ def test_static_inputs_are_har_price_moves_and_the_targets_minute(trained_dir: P
     batch = Batch.stack([frame])
     positions = np.array([1500, 1501, 2000])
     design = model.har.design(batch, [KEY], positions)
-    static = model._raw_static(batch, [KEY], positions, design)[0]
+    static = model.inputs.raw_static(batch, [KEY], positions, design)[0]
     names = model.static_names
     assert static.shape == (3, len(names))
     moves = [names.index(f"return_{w}") for w in RETURN_WINDOWS]
@@ -219,7 +221,7 @@ def test_static_inputs_are_har_price_moves_and_the_targets_minute(trained_dir: P
     assert onehot.shape[1] == 60 and (onehot.sum(axis=1) == 1).all()
     assert list(onehot.argmax(axis=1)) == list(minutes)
     # The signed return column is abs_return's column with the move's sign.
-    cols = model._columns_of(batch, [KEY])[0]
+    cols = model.inputs.columns_of(batch, [KEY])[0]
     signed = cols[:, model.columns.index(SIGNED_RETURN)]
     raw = per_bar(batch, model.bar_features)[0]
     np.testing.assert_allclose(np.abs(signed), raw[:, model.columns.index("abs_return")])
@@ -241,7 +243,7 @@ def test_deseasonalised_column_is_volume_against_the_profile(trained_dir: Path) 
     assert isinstance(model, LstmModel)
     frame = near()
     batch = Batch.stack([frame])
-    cols = model._columns_of(batch, [KEY])[0]
+    cols = model.inputs.columns_of(batch, [KEY])[0]
     level = model.symbol_means[KEY]
     profile = model.har.profile_for(KEY)[slot_of_day(frame.open_time_ms, frame.interval_ms)]
     np.testing.assert_allclose(cols[:, 0], np.log1p(frame.volume) - level)

@@ -23,11 +23,12 @@ from worker_harness import (
 
 from forecaster.demotion import Demotion, DemotionWatch, previous_version
 from forecaster.demotion_store import Demoter
-from forecaster.estimator import LstmModel, quiet
 from forecaster.feeds import feed_key
 from forecaster.frame import BarFrame
+from forecaster.lstm_model import LstmModel
 from forecaster.model_store import ModelRecord, ModelStore, current_model, promote
 from forecaster.training import train_model
+from forecaster.training_loop import quiet
 from volcast.connections import redis_client
 from volcast.keys import RedisKeys
 

@@ -24,13 +24,14 @@ from worker_harness import (
     write_bars,
 )
 
-from forecaster.estimator import LstmModel, quiet
 from forecaster.feeds import feed_key
 from forecaster.frame import BarFrame
 from forecaster.guard import ABOVE_BOUND, GUARD_BARS, GUARD_FACTOR, NOT_FINITE
+from forecaster.lstm_model import LstmModel
 from forecaster.model_store import ModelRecord, ModelStore, current_model, promote
 from forecaster.refit import refit_once
 from forecaster.training import train_model
+from forecaster.training_loop import quiet
 from volcast.bar import Bar
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys

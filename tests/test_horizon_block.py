@@ -1,5 +1,6 @@
 """The chunk's horizons JSON (forecaster/horizon_block.py) is byte for byte what each row's
-``HorizonValues.document()`` serialises to, and the fast rounding is the plain one, bit for bit."""
+``HorizonValues.document()`` serialises to (whole numbers as integers, ``payload.whole_numbers``),
+and the fast rounding is the plain one, bit for bit."""
 
 from __future__ import annotations
 
@@ -9,15 +10,15 @@ import pytest
 
 from forecaster.horizon_block import HorizonBlock, _round_significant_any, round_significant
 from forecaster.horizons import Horizons
-from forecaster.payload import HorizonValues, Prediction
+from forecaster.payload import HorizonValues, NonFiniteError, Prediction, whole_numbers
 from volcast.keys import Feed
 
 SPEC = Horizons(60, (("5m", 5), ("15m", 15), ("1h", 60)))
 
 
-def _values(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+def _values(rng: np.random.Generator, shape: tuple[int, ...], low: float = -25, high: float = 45) -> np.ndarray:
     # Volumes over many magnitudes, zeros and whole numbers among them.
-    out = np.exp(rng.uniform(-25, 45, shape))
+    out = np.exp(rng.uniform(low, high, shape))
     out.flat[::17] = 0.0
     out.flat[5::23] = np.round(out.flat[5::23])
     return round_significant(out)
@@ -28,25 +29,65 @@ def _eager(hv: HorizonValues) -> HorizonValues:
                          dict(hv.sums))
 
 
+def _document_json(hv: HorizonValues) -> bytes:
+    return whole_numbers(orjson.dumps(hv.document(), option=orjson.OPT_SERIALIZE_NUMPY))
+
+
+@pytest.mark.parametrize("magnitudes", [
+    (-25, 45),  # rows of every kind of number: written as floats
+    (9.3, 36.0),  # 10,900 to 4.3e15: whole at 5 digits, rows written from integers
+    (6.0, 12.0),  # 400 to 160,000: some rows whole, some not
+])
 @pytest.mark.parametrize(("levels", "spec"), [
     ((0.1, 0.5, 0.9), SPEC),
     ((0.05, 0.5, 0.95, 0.99), Horizons(3, (("2m", 2),))),
     ((), SPEC),
     ((0.1, 0.5, 0.9), Horizons(4, ())),
 ])
-def test_block_json_is_the_documents_bytes(levels: tuple[float, ...], spec: Horizons) -> None:
+def test_block_json_is_the_documents_bytes(levels: tuple[float, ...], spec: Horizons,
+                                           magnitudes: tuple[float, float]) -> None:
     rng = np.random.default_rng(7)
     n, t = 40, len(spec.targets)
-    volume = _values(rng, (n, t))
-    quantiles = _values(rng, (n, len(levels), t)) if levels else None
+    volume = _values(rng, (n, t), *magnitudes)
+    quantiles = _values(rng, (n, len(levels), t), *magnitudes) if levels else None
     rows = HorizonBlock(volume, quantiles, levels, spec).rows()
     for hv in rows:
         made = hv.json()
         assert made is not None
-        assert made == orjson.dumps(hv.document(), option=orjson.OPT_SERIALIZE_NUMPY)
-        assert made == orjson.dumps(_eager(hv).document())  # as Python floats too
+        assert made == _document_json(hv)
+        assert made == whole_numbers(orjson.dumps(_eager(hv).document()))  # as Python floats too
         assert orjson.loads(made) == orjson.loads(orjson.dumps(_eager(hv).document()))
         assert hv == _eager(hv)
+        assert b".0," not in made and b".0]" not in made and b".0}" not in made
+
+
+def test_whole_numbers_are_integers_and_read_back_the_same() -> None:
+    out = whole_numbers(orjson.dumps({"volume": [112830.0, 0.0, 12.5, 1.0e16, 2.5e-7, 10.05],
+                                      "quantiles": {"0.1": [3.0], "0.9": [40.0]},
+                                      "sums": {"1.0h": {"volume": 7.0, "quantiles": {"0.5": 10.0}}}}))
+    assert out == (b'{"volume":[112830,0,12.5,1e+16,2.5e-7,10.05],"quantiles":{"0.1":[3],"0.9":[40]},'
+                   b'"sums":{"1.0h":{"volume":7,"quantiles":{"0.5":10}}}}')
+    assert orjson.loads(out)["volume"] == [112830.0, 0.0, 12.5, 1.0e16, 2.5e-7, 10.05]
+
+
+def test_a_block_row_that_is_not_finite_is_refused() -> None:
+    """Whole rows are written from integers, which cannot say NaN: a row with a NaN or an
+    infinity is written as floats, ``null``, and its payload refused (the last line behind the guard)."""
+    volume = _values(np.random.default_rng(2), (3, len(SPEC.targets)), 10.0, 20.0)
+    volume[1, 7], volume[2, -1] = np.nan, np.inf
+    rows = HorizonBlock(volume, None, (), SPEC).rows()
+    assert b"null" not in (rows[0].json() or b"")
+    for hv in rows[1:]:
+        p = Prediction(Feed("binance", "BTC/USDT", 60_000), 120_000, 60_000, 3.5, 4.25, {}, "lstm", "7", False, 123,
+                       horizons=hv)
+        with pytest.raises(NonFiniteError):
+            p.to_json()
+    # The search for a null of the next-bar fields stops before the horizons: it still sees them.
+    for volume, last in ((np.nan, 3.5), (4.25, np.inf)):
+        p = Prediction(Feed("binance", "BTC/USDT", 60_000), 120_000, 60_000, last, volume, {0.1: 1.0}, "lstm", "7",
+                       False, 123, horizons=rows[0])
+        with pytest.raises(NonFiniteError):
+            p.to_json()
 
 
 def test_payload_with_block_horizons_is_unchanged() -> None:
@@ -118,7 +159,7 @@ def test_calibrated_horizon_bands_of_a_block_are_those_of_its_values() -> None:
     assert [x is None for x in fast] == [x is None for x in plain] and fast[3] is None and fast[0] is not None
     for a, b in zip(fast, plain, strict=True):
         if a is not None and b is not None:
-            assert a == b and a.json() == orjson.dumps(b.document())
+            assert a == b and a.json() == _document_json(b)
     assert fast_bands is not None and plain_bands is not None
     assert np.array_equal(fast_bands.published, plain_bands.published)
     assert np.array_equal(fast_bands.raw, plain_bands.raw)

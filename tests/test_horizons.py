@@ -14,12 +14,14 @@ from forecast_helpers import KEY, TINY_MODEL, TINY_TRAINING, near
 
 from forecaster.artifact import ArtifactError
 from forecaster.baselines import Har, TimeOfDay, naive_targets
-from forecaster.estimator import MAX_TARGET_SCALE, NEXT_BAR_WEIGHT, LstmModel, quiet, target_loss_weights
 from forecaster.features import Batch
 from forecaster.horizons import Horizons, resolve, window_sums
+from forecaster.lstm_model import LstmModel
 from forecaster.payload import HorizonValues, Prediction
 from forecaster.predictor import Forecast, ModelPredictor, forecasts_from_log, round_significant
+from forecaster.target_loss import MAX_TARGET_SCALE, NEXT_BAR_WEIGHT, target_loss_weights
 from forecaster.training import load_model, train_model
+from forecaster.training_loop import quiet
 from volcast.keys import Feed
 from volcast.settings import ConfigError, ModelSettings, settings_from_mapping
 
@@ -217,11 +219,12 @@ def test_payload_schema_2_round_trip_with_horizons() -> None:
     p = Prediction(feed, 120_000, 60_000, 5.0, 7.5, {0.1: 1.0, 0.9: 20.0}, "lstm", "4", False, 99,
                    horizons=horizons)
     payload = p.to_json()
-    assert b'"schema":2' in payload and b'"horizons":{"volume":[7.5,8.25,9.0]' in payload
-    assert b'"sums":{"2m":{"volume":15.75,"quantiles":{"0.1":4.0,"0.9":40.0}}}' in payload
+    # Whole numbers of the horizons as JSON integers (payload.whole_numbers), read back as floats.
+    assert b'"schema":2' in payload and b'"horizons":{"volume":[7.5,8.25,9]' in payload
+    assert b'"sums":{"2m":{"volume":15.75,"quantiles":{"0.1":4,"0.9":40}}}' in payload
     assert Prediction.from_json(payload) == p
     with pytest.raises(ValueError, match="one value per horizon"):
-        Prediction.from_json(payload.replace(b'"0.9":[20.0,21.0,22.0]', b'"0.9":[20.0]'))
+        Prediction.from_json(payload.replace(b'"0.9":[20,21,22]', b'"0.9":[20]'))
 
 
 def test_the_fallback_baseline_serves_har_direct_horizons() -> None:

@@ -10,11 +10,13 @@ import pytest
 from forecast_helpers import KEY, TINY_MODEL, TINY_TRAINING, near
 
 from forecaster.baselines import Har
-from forecaster.estimator import EnsembleModel, LstmModel, quiet
+from forecaster.ensemble_model import EnsembleModel
 from forecaster.features import DIRECT_SUM_POSITIONS, Batch, trailing_means
 from forecaster.frame import BarFrame
+from forecaster.lstm_model import LstmModel
 from forecaster.predictor import ModelPredictor
 from forecaster.training import train_model
+from forecaster.training_loop import quiet
 from volcast.keys import Feed
 from volcast.settings import ModelSettings
 

@@ -16,11 +16,12 @@ from forecast_helpers import TINY_TRAINING
 from worker_harness import symbol_bars
 
 from forecaster.bar_matrix import COLUMNS, BarMatrix
-from forecaster.estimator import LstmModel, quiet
 from forecaster.features import HAR_HISTORY, Batch
 from forecaster.frame import BarFrame
+from forecaster.lstm_model import LstmModel
 from forecaster.market import FEED_CLIP, MARKET_FEATURES, at_boundary, attach, input_names
 from forecaster.training import train_model
+from forecaster.training_loop import quiet
 from volcast.keys import Feed
 from volcast.settings import ModelSettings
 

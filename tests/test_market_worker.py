@@ -24,13 +24,13 @@ from worker_harness import (
     write_bars,
 )
 
-from forecaster.estimator import quiet
 from forecaster.feeds import feed_key
 from forecaster.frame import BarFrame
 from forecaster.market import MARKET_FEATURES, attach
 from forecaster.model_store import ModelRecord, ModelStore, promote
 from forecaster.predictor import load_predictor
 from forecaster.training import train_model
+from forecaster.training_loop import quiet
 from volcast.bar import Bar
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys

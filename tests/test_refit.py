@@ -64,11 +64,11 @@ async def test_a_challenger_better_than_the_champion_is_promoted(tmp_path: Path,
                                                                 redis_config: dict[str, Any]) -> None:
     import asyncio
 
-    from forecaster.estimator import quiet
     from forecaster.feeds import feed_key
     from forecaster.frame import BarFrame
     from forecaster.model_store import ModelRecord, promote
     from forecaster.training import train_model
+    from forecaster.training_loop import quiet
 
     settings = settings_for(tmp_path / "models", refit={"keep": 1}, redis=redis_config)
     keys = RedisKeys(settings.redis.key_prefix)
@@ -100,10 +100,11 @@ def test_a_challenger_with_non_finite_scores_or_out_of_bound_forecasts_is_refuse
 
     from forecast_helpers import KEY, TINY_MODEL, TINY_TRAINING, near
 
-    from forecaster.estimator import LstmModel, quiet
+    from forecaster.lstm_model import LstmModel
     from forecaster.predictor import ModelPredictor
     from forecaster.refit import holdout_scores, refusal
     from forecaster.training import train_model
+    from forecaster.training_loop import quiet
 
     frame = near()[:2000]
     trained = train_model([(KEY, frame[:1880])], TINY_MODEL, TINY_TRAINING, progress=quiet)

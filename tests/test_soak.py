@@ -5,7 +5,7 @@ faults on; what it must show (issue 10): no crash, no inexact bar, a pending lis
 bounded, predictions published. "Bounded" here, after the warm-up:
 
 - the pending list (delivered, not acknowledged) never holds more than ``PENDING_CAP`` events:
-  one full read of a worker (forecaster/worker.py READ_COUNT). The largest honest burst is a
+  one full read of a worker (forecaster/event_reads.py READ_COUNT). The largest honest burst is a
   loop of the replay, whose jump over the idle hours closes at most a day of empty 1-minute bars
   per feed at once (3 x 1440 events); the failure this guards against grew it to 20,000;
 - no event stays pending longer than ``PENDING_AGE_S`` (120 s), and, with both workers alive,

@@ -16,13 +16,15 @@ from forecast_helpers import KEY, TINY_MODEL, TINY_TRAINING, near
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from forecaster.estimator import DESEASONALISED, LstmModel, quiet
 from forecaster.features import Batch
 from forecaster.frame import BarFrame
 from forecaster.guard import bounds, passing, rolling_bounds
+from forecaster.lstm_inputs import DESEASONALISED
+from forecaster.lstm_model import LstmModel
 from forecaster.payload import Prediction
 from forecaster.predictor import Forecast, ModelPredictor, load_predictor
 from forecaster.training import clean_frame, min_training_bars, train_model
+from forecaster.training_loop import quiet
 from volcast.keys import Feed
 
 SMALL = TINY_MODEL.model_copy(update={"look_back": 8, "hidden": 4})

@@ -23,9 +23,11 @@ from worker_harness import (
     write_bars,
 )
 
+from forecaster.boundary_pass import INLINE_MAX
+from forecaster.forward_passes import PREDICT_CHUNK
 from forecaster.publisher import Publisher
 from forecaster.recorder import Recorder
-from forecaster.worker import INLINE_MAX, PREDICT_CHUNK, Worker
+from forecaster.worker import Worker
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
 from volcast.settings import Settings
@@ -126,8 +128,8 @@ async def test_events_of_the_same_bar_arriving_meanwhile_join_the_boundary(setti
             got = await listener.wait_for(3)
             assert sorted((p.feed.symbol, p.last_bar_ms) for p in got) == sorted(
                 (f.symbol, t0) for f in (a, b, c))
-            assert [(e.feed, e.open_time_ms) for e in w._stash] == [(a, t1)]  # the next boundary's
-            stashed, w._stash = w._stash, []
+            assert [(e.feed, e.open_time_ms) for e in w.handoffs.stash] == [(a, t1)]  # the next boundary's
+            stashed, w.handoffs.stash = w.handoffs.stash, []
             await w.process(stashed)
             got = await listener.wait_for(4)
             assert (got[-1].feed, got[-1].last_bar_ms) == (a, t1) and len(got) == 4

@@ -21,13 +21,13 @@ from worker_harness import (
 )
 
 from forecaster.artifact import WEIGHTS
-from forecaster.estimator import quiet
 from forecaster.feeds import feed_key
 from forecaster.frame import BarFrame
 from forecaster.model_commands import list_models, rollback
 from forecaster.model_store import ModelRecord, ModelStore, promote
 from forecaster.predictor import load_predictor
 from forecaster.training import TrainedModel, train_model
+from forecaster.training_loop import quiet
 from volcast.connections import redis_client
 from volcast.keys import RedisKeys
 from volcast.settings import Settings

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import random
 
 
@@ -28,3 +30,10 @@ class Backoff:
 
     def reset(self) -> None:
         self.failures = 0
+
+
+async def retry_later(backoff: Backoff, exc: BaseException, log: logging.Logger) -> None:
+    """Log a Redis outage on ``log`` and wait out the backoff's next delay."""
+    delay = backoff.next_delay()
+    log.warning("Redis unavailable (%s); retrying in %.1fs", exc, delay)
+    await asyncio.sleep(delay)

@@ -16,6 +16,8 @@ from decimal import Context, Decimal, DivisionByZero, InvalidOperation, Overflow
 from enum import StrEnum
 from typing import Literal
 
+from volcast.redis_text import text_fields
+
 Side = Literal["buy", "sell"]
 
 EXACT = Context(prec=150, Emax=999_999, Emin=-999_999, traps=[InvalidOperation, DivisionByZero, Overflow])
@@ -100,7 +102,7 @@ class Bar:
     @classmethod
     def from_fields(cls, raw: Mapping[str | bytes, str | bytes]) -> Bar:
         """Inverse of ``to_fields``; accepts the bytes a Redis client without decoding returns."""
-        text = {_text(k): _text(v) for k, v in raw.items()}
+        text = text_fields(raw)
         try:
             bar = cls(
                 open_time_ms=int(text["open_time_ms"]),
@@ -131,10 +133,6 @@ BAR_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Bar))
 
 def _optional_decimal(text: str) -> Decimal | None:
     return Decimal(text) if text else None
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def format_decimal(value: Decimal) -> str:

@@ -44,11 +44,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from forecaster.artifact import ArtifactError
     from forecaster.baselines import BASELINE_NAMES, make_baseline
-    from forecaster.estimator import print_progress
     from forecaster.market import attach_configured, describe
     from forecaster.predictor import ModelPredictor, load_predictor
     from forecaster.scoring import forecast_range, positions_for, score
     from forecaster.training import train_model
+    from forecaster.training_loop import print_progress
 
     if not 0.0 < args.train_frac < 1.0:
         print("volcast backtest: --train-frac must be between 0 and 1", file=sys.stderr)

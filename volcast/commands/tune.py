@@ -32,10 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from forecaster.estimator import quiet
     from forecaster.predictor import ModelPredictor
     from forecaster.scoring import score
     from forecaster.training import train_model
+    from forecaster.training_loop import quiet
 
     model, training = model_settings(args)
     if model.name == "seed":
