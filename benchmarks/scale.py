@@ -86,7 +86,7 @@ def _forecaster(config: Path, name: str) -> subprocess.Popen[bytes]:
 
 
 async def forecasters_run(cluster: LocalCluster, workers: int, feeds: int, boundaries: int,
-                          directory: Path) -> dict[str, Any]:
+                          directory: Path, idle_s: float = 0.0) -> dict[str, Any]:
     symbols = [f"S{i}/USDT" for i in range(feeds)]
     raw = raw_settings_for(directory / "models", symbols=symbols, redis=_cluster_section(cluster))
     settings = settings_from_mapping(raw, env={})
@@ -129,10 +129,16 @@ async def forecasters_run(cluster: LocalCluster, workers: int, feeds: int, bound
             for step in range(2, boundaries + 2):
                 await boundary(step)
             wall = time.monotonic() - started
-            cpu = sum(streamers._cpu_s(p.pid) for p in processes) - cpu0
+            each = [streamers._cpu_s(p.pid) for p in processes]
+            cpu = sum(each) - cpu0
+            idle: dict[str, Any] = {}
+            if idle_s > 0:  # the same processes with no boundary to forecast: their cost of waiting
+                await asyncio.sleep(idle_s)
+                idle_cpu = sum(streamers._cpu_s(p.pid) for p in processes) - sum(each)
+                idle = {"idle_cpu_s_per_s": round(idle_cpu / idle_s, 4)}
         done = boundaries * feeds
         return {"feeds_forecast_per_s": round(done / wall, 1), "feeds_forecast_per_cpu_s": round(done / cpu, 1),
-                "cpu_s": round(cpu, 2), "wall_s": round(wall, 2), "forecasts": done}
+                "cpu_s": round(cpu, 2), "wall_s": round(wall, 2), "forecasts": done, **idle}
     finally:
         for process in processes:
             if process.poll() is None:
