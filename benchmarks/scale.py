@@ -16,7 +16,11 @@ and runs, on it, one after the other:
   the forecaster processes, in the steady state: the CPU seconds are read after two warm-up
   boundaries a second apart (imports, the fallback's first fit, and with two workers the split of
   the event shards between them and the reads of the histories of the feeds each one took) and
-  after the last boundary's forecasts arrived; best of ``--rounds``, one and two in turn;
+  after the last boundary's forecasts arrived; best of ``--rounds``, one and two in turn; also
+  the workers' passes per boundary (each pays a boundary's fixed costs), and one worker on half
+  the feeds (``1_half``), which splits a worker's CPU per boundary into a fixed part and a part
+  per feed (``forecasters_cost``): two workers on N feeds cost one fixed part more than one, so
+  their efficiency is (fixed + N per_feed) / (2 fixed + N per_feed), low for few feeds;
 - ``takeover_s``: benchmarks/takeover.py's run (kill -9 of one of two streamers with leases);
 - ``failover``: tests/failover_harness.py (kill -9 of the master holding BTC/USDT's slot under
   `volcast stream` and `volcast forecast`): bars lost and doubled, seconds from the kill to the
@@ -171,9 +175,10 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 if best is None or run["trades_per_cpu_s"] > best["trades_per_cpu_s"]:
                     result["streamers"][count] = run
         for round_ in range(args.rounds):  # one and two in turn: the machine's load drifts
-            for count in ("1", "2"):
+            for count in ("1", "2", "1_half"):
+                workers, feeds = (1, args.fc_feeds // 2) if count == "1_half" else (int(count), args.fc_feeds)
                 with tempfile.TemporaryDirectory(prefix="volcast-scale-") as directory:
-                    run = await forecasters_run(cluster, int(count), args.fc_feeds, args.boundaries, Path(directory))
+                    run = await forecasters_run(cluster, workers, feeds, args.boundaries, Path(directory))
                 print(f"round {round_ + 1} forecasters {count}: {run}", file=sys.stderr)
                 best = result["forecasters"].get(count)
                 if best is None or run["feeds_forecast_per_cpu_s"] > best["feeds_forecast_per_cpu_s"]:
@@ -205,9 +210,28 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "streamers": round(s2["trades_per_cpu_s"] / s1["trades_per_cpu_s"], 3),
         "forecasters": round(f2["feeds_forecast_per_cpu_s"] / f1["feeds_forecast_per_cpu_s"], 3),
     }
+    result["forecasters_cost"] = _cost_model(result["forecasters"], args.fc_feeds, args.boundaries)
     result["goal"] = 0.9
     result["load_avg"] = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
     return result
+
+
+def _cost_model(runs: dict[str, Any], feeds: int, boundaries: int) -> dict[str, Any]:
+    """A worker's CPU per boundary as fixed + per-feed parts, from one worker on ``feeds`` and on
+    half as many (the same process and boundaries: what neither part counts is in both), and the
+    efficiency of two workers it predicts, (fixed + N per_feed) / (2 fixed + N per_feed), at this
+    run's feed count and at 1000 (every perpetual of one exchange or more; pass --fc-feeds 1000
+    to measure it)."""
+    full = runs["1"]["cpu_s"] / boundaries * 1000
+    half = runs["1_half"]["cpu_s"] / boundaries * 1000
+    per_feed = (full - half) / (feeds - feeds // 2)
+    fixed = full - per_feed * feeds
+
+    def predicted(n: int) -> float:
+        return round((fixed + n * per_feed) / (2 * fixed + n * per_feed), 3)
+
+    return {"fixed_ms_per_worker_boundary": round(fixed, 2), "per_feed_ms": round(per_feed, 4),
+            f"efficiency_predicted_at_{feeds}": predicted(feeds), "efficiency_predicted_at_1000": predicted(1000)}
 
 
 def main() -> int:
