@@ -1,7 +1,7 @@
 """Scaling out on a real local Redis Cluster (issue 14): streamers, forecasters, takeover, failover.
 
     .venv/bin/python benchmarks/scale.py --json [--feeds 4] [--trades 50000] [--rounds 2] [--fc-feeds 200]
-                                                [--boundaries 60]
+                                                [--boundaries 60] [--claim-idle 30]
 
 Starts its own cluster (six `redis-server`, three masters and three replicas, tests/cluster.py)
 and runs, on it, one after the other:
@@ -90,9 +90,13 @@ def _forecaster(config: Path, name: str) -> subprocess.Popen[bytes]:
 
 
 async def forecasters_run(cluster: LocalCluster, workers: int, feeds: int, boundaries: int,
-                          directory: Path, idle_s: float = 0.0) -> dict[str, Any]:
+                          directory: Path, idle_s: float = 0.0, claim_idle_s: float = 30.0) -> dict[str, Any]:
     symbols = [f"S{i}/USDT" for i in range(feeds)]
-    raw = raw_settings_for(directory / "models", symbols=symbols, redis=_cluster_section(cluster))
+    # claim_idle sets the pool's coordination cadence (claims and the split's look at the group
+    # every claim_idle / 4, the alive key every claim_idle / 3): the service's default, not the
+    # tests' 1 s, which made each worker's polling 4-5x as frequent as in a deployment.
+    raw = raw_settings_for(directory / "models", symbols=symbols, redis=_cluster_section(cluster),
+                           forecaster={"claim_idle": f"{claim_idle_s:g}s"})
     settings = settings_from_mapping(raw, env={})
     config = directory / "forecast.yml"
     config.write_text(yaml.safe_dump(raw), encoding="utf-8")
@@ -126,7 +130,7 @@ async def forecasters_run(cluster: LocalCluster, workers: int, feeds: int, bound
             # next look at the group (every claim_idle / 4) and reads its feeds' histories at the
             # boundary after. Then the steady state, between two CPU marks.
             await boundary(0)
-            await asyncio.sleep(1.0)
+            await asyncio.sleep(min(5.0, max(0.1, claim_idle_s / 4)) + 1.0)  # ShardReader.refresh_s
             await boundary(1)
             passes0 = int(await redis.hget(keys.forecaster(), "batches") or 0)
             cpu0 = sum(streamers._cpu_s(p.pid) for p in processes)
@@ -140,8 +144,10 @@ async def forecasters_run(cluster: LocalCluster, workers: int, feeds: int, bound
             passes = int(await redis.hget(keys.forecaster(), "batches") or 0) - passes0
             idle: dict[str, Any] = {}
             if idle_s > 0:  # the same processes with no boundary to forecast: their cost of waiting
+                await asyncio.sleep(5.0)  # after what follows a boundary (bookkeeping, a refit of the fallback)
+                idle0 = sum(streamers._cpu_s(p.pid) for p in processes)
                 await asyncio.sleep(idle_s)
-                idle_cpu = sum(streamers._cpu_s(p.pid) for p in processes) - sum(each)
+                idle_cpu = sum(streamers._cpu_s(p.pid) for p in processes) - idle0
                 idle = {"idle_cpu_s_per_s": round(idle_cpu / idle_s, 4)}
         done = boundaries * feeds
         return {"feeds_forecast_per_s": round(done / wall, 1), "feeds_forecast_per_cpu_s": round(done / cpu, 1),
@@ -178,7 +184,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             for count in ("1", "2", "1_half"):
                 workers, feeds = (1, args.fc_feeds // 2) if count == "1_half" else (int(count), args.fc_feeds)
                 with tempfile.TemporaryDirectory(prefix="volcast-scale-") as directory:
-                    run = await forecasters_run(cluster, workers, feeds, args.boundaries, Path(directory))
+                    run = await forecasters_run(cluster, workers, feeds, args.boundaries, Path(directory),
+                                                claim_idle_s=args.claim_idle)
                 print(f"round {round_ + 1} forecasters {count}: {run}", file=sys.stderr)
                 best = result["forecasters"].get(count)
                 if best is None or run["feeds_forecast_per_cpu_s"] > best["feeds_forecast_per_cpu_s"]:
@@ -242,6 +249,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2,
                         help="streamer and forecaster runs per count; the best counts (default 2)")
     parser.add_argument("--fc-feeds", type=int, default=200, help="feeds of the forecaster runs (default 200)")
+    parser.add_argument("--claim-idle", type=float, default=30.0,
+                        help="forecaster.claim_idle of the forecaster runs, seconds (default 30, the service's)")
     parser.add_argument("--boundaries", type=int, default=60, help="bar boundaries per forecaster run (default 60)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
