@@ -1,7 +1,7 @@
 """Scaling out on a real local Redis Cluster (issue 14): streamers, forecasters, takeover, failover.
 
     .venv/bin/python benchmarks/scale.py --json [--feeds 4] [--trades 50000] [--rounds 2] [--fc-feeds 200]
-                                                [--boundaries 60] [--claim-idle 30]
+                                                [--boundaries 60] [--claim-idle 30] [--forecasters-only]
 
 Starts its own cluster (six `redis-server`, three masters and three replicas, tests/cluster.py)
 and runs, on it, one after the other:
@@ -127,10 +127,18 @@ async def forecasters_run(cluster: LocalCluster, workers: int, feeds: int, bound
 
             # Warm-up, not counted: imports, the fallback's first fit, and, with two, the split of
             # the event shards (forecaster/event_reads.py): each worker takes its shards at its
-            # next look at the group (every claim_idle / 4) and reads its feeds' histories at the
-            # boundary after. Then the steady state, between two CPU marks.
+            # next look at the group (every claim_idle / 4, once the other's alive key says "1":
+            # up to claim_idle / 3 after its broker connected) and reads its feeds' histories at
+            # the boundary after. Then the steady state, between two CPU marks.
             await boundary(0)
-            await asyncio.sleep(min(5.0, max(0.1, claim_idle_s / 4)) + 1.0)  # ShardReader.refresh_s
+            await asyncio.sleep(1.0)
+            if workers > 1:  # until each worker says it took its shards: a move inside the measure costs reads
+                logs = [directory / f"forecast-w{index}.log" for index in range(workers)]
+                deadline = time.monotonic() + _WAIT_S
+                while not all(f"{workers} live worker(s)" in log.read_text(errors="replace") for log in logs):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the forecasters did not split the event shards")
+                    await asyncio.sleep(0.1)
             await boundary(1)
             passes0 = int(await redis.hget(keys.forecaster(), "batches") or 0)
             cpu0 = sum(streamers._cpu_s(p.pid) for p in processes)
@@ -172,7 +180,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"streamers": {}, "forecasters": {}}
     try:
         section = _cluster_section(cluster)
-        for round_ in range(args.rounds):  # best of the rounds: a reconnect under load costs a REST backfill
+        for round_ in range(0 if args.forecasters_only else args.rounds):  # best: a reconnect costs a backfill
             for count, variant in (("1", "one"), ("2", "two")):
                 with tempfile.TemporaryDirectory(prefix="volcast-scale-") as directory:
                     run = await streamers.one_run(variant, args.feeds, args.trades, Path(directory), section)
@@ -190,6 +198,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 best = result["forecasters"].get(count)
                 if best is None or run["feeds_forecast_per_cpu_s"] > best["feeds_forecast_per_cpu_s"]:
                     result["forecasters"][count] = run
+        if args.forecasters_only:
+            return _efficiency(result, args, load_before)
         with tempfile.TemporaryDirectory(prefix="volcast-scale-") as directory:
             taken = await takeover.one_run(Path(directory), section)
         print(f"takeover: {taken}", file=sys.stderr)
@@ -211,12 +221,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         cluster.stop()
         shutil.rmtree(cluster.directory, ignore_errors=True)
-    s1, s2 = result["streamers"]["1"], result["streamers"]["2"]
+    return _efficiency(result, args, load_before)
+
+
+def _efficiency(result: dict[str, Any], args: argparse.Namespace, load_before: tuple[float, ...]) -> dict[str, Any]:
     f1, f2 = result["forecasters"]["1"], result["forecasters"]["2"]
     result["efficiency_2_vs_1"] = {
-        "streamers": round(s2["trades_per_cpu_s"] / s1["trades_per_cpu_s"], 3),
-        "forecasters": round(f2["feeds_forecast_per_cpu_s"] / f1["feeds_forecast_per_cpu_s"], 3),
-    }
+        "forecasters": round(f2["feeds_forecast_per_cpu_s"] / f1["feeds_forecast_per_cpu_s"], 3)}
+    if result["streamers"]:
+        s1, s2 = result["streamers"]["1"], result["streamers"]["2"]
+        result["efficiency_2_vs_1"]["streamers"] = round(s2["trades_per_cpu_s"] / s1["trades_per_cpu_s"], 3)
     result["forecasters_cost"] = _cost_model(result["forecasters"], args.fc_feeds, args.boundaries)
     result["goal"] = 0.9
     result["load_avg"] = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
@@ -249,6 +263,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2,
                         help="streamer and forecaster runs per count; the best counts (default 2)")
     parser.add_argument("--fc-feeds", type=int, default=200, help="feeds of the forecaster runs (default 200)")
+    parser.add_argument("--forecasters-only", action="store_true",
+                        help="only the forecaster runs (no streamers, takeover or failover)")
     parser.add_argument("--claim-idle", type=float, default=30.0,
                         help="forecaster.claim_idle of the forecaster runs, seconds (default 30, the service's)")
     parser.add_argument("--boundaries", type=int, default=60, help="bar boundaries per forecaster run (default 60)")
