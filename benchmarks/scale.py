@@ -1,7 +1,7 @@
 """Scaling out on a real local Redis Cluster (issue 14): streamers, forecasters, takeover, failover.
 
     .venv/bin/python benchmarks/scale.py --json [--feeds 4] [--trades 50000] [--rounds 2] [--fc-feeds 200]
-                                                [--boundaries 60]
+                                                [--boundaries 60] [--claim-idle 30] [--forecasters-only]
 
 Starts its own cluster (six `redis-server`, three masters and three replicas, tests/cluster.py)
 and runs, on it, one after the other:
@@ -16,7 +16,11 @@ and runs, on it, one after the other:
   the forecaster processes, in the steady state: the CPU seconds are read after two warm-up
   boundaries a second apart (imports, the fallback's first fit, and with two workers the split of
   the event shards between them and the reads of the histories of the feeds each one took) and
-  after the last boundary's forecasts arrived; best of ``--rounds``, one and two in turn;
+  after the last boundary's forecasts arrived; best of ``--rounds``, one and two in turn; also
+  the workers' passes per boundary (each pays a boundary's fixed costs), and one worker on half
+  the feeds (``1_half``), which splits a worker's CPU per boundary into a fixed part and a part
+  per feed (``forecasters_cost``): two workers on N feeds cost one fixed part more than one, so
+  their efficiency is (fixed + N per_feed) / (2 fixed + N per_feed), low for few feeds;
 - ``takeover_s``: benchmarks/takeover.py's run (kill -9 of one of two streamers with leases);
 - ``failover``: tests/failover_harness.py (kill -9 of the master holding BTC/USDT's slot under
   `volcast stream` and `volcast forecast`): bars lost and doubled, seconds from the kill to the
@@ -86,9 +90,13 @@ def _forecaster(config: Path, name: str) -> subprocess.Popen[bytes]:
 
 
 async def forecasters_run(cluster: LocalCluster, workers: int, feeds: int, boundaries: int,
-                          directory: Path) -> dict[str, Any]:
+                          directory: Path, idle_s: float = 0.0, claim_idle_s: float = 30.0) -> dict[str, Any]:
     symbols = [f"S{i}/USDT" for i in range(feeds)]
-    raw = raw_settings_for(directory / "models", symbols=symbols, redis=_cluster_section(cluster))
+    # claim_idle sets the pool's coordination cadence (claims and the split's look at the group
+    # every claim_idle / 4, the alive key every claim_idle / 3): the service's default, not the
+    # tests' 1 s, which made each worker's polling 4-5x as frequent as in a deployment.
+    raw = raw_settings_for(directory / "models", symbols=symbols, redis=_cluster_section(cluster),
+                           forecaster={"claim_idle": f"{claim_idle_s:g}s"})
     settings = settings_from_mapping(raw, env={})
     config = directory / "forecast.yml"
     config.write_text(yaml.safe_dump(raw), encoding="utf-8")
@@ -119,20 +127,41 @@ async def forecasters_run(cluster: LocalCluster, workers: int, feeds: int, bound
 
             # Warm-up, not counted: imports, the fallback's first fit, and, with two, the split of
             # the event shards (forecaster/event_reads.py): each worker takes its shards at its
-            # next look at the group (every claim_idle / 4) and reads its feeds' histories at the
-            # boundary after. Then the steady state, between two CPU marks.
+            # next look at the group (every claim_idle / 4, once the other's alive key says "1":
+            # up to claim_idle / 3 after its broker connected) and reads its feeds' histories at
+            # the boundary after. Then the steady state, between two CPU marks.
             await boundary(0)
             await asyncio.sleep(1.0)
+            if workers > 1:  # until each worker says it took its shards: a move inside the measure costs reads
+                logs = [directory / f"forecast-w{index}.log" for index in range(workers)]
+                deadline = time.monotonic() + _WAIT_S
+                while not all(f"{workers} live worker(s)" in log.read_text(errors="replace") for log in logs):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the forecasters did not split the event shards")
+                    await asyncio.sleep(0.1)
             await boundary(1)
+            passes0 = int(await redis.hget(keys.forecaster(), "batches") or 0)
             cpu0 = sum(streamers._cpu_s(p.pid) for p in processes)
             started = time.monotonic()
             for step in range(2, boundaries + 2):
                 await boundary(step)
             wall = time.monotonic() - started
-            cpu = sum(streamers._cpu_s(p.pid) for p in processes) - cpu0
+            each = [streamers._cpu_s(p.pid) for p in processes]
+            cpu = sum(each) - cpu0
+            await asyncio.sleep(0.2)  # the last boundary's bookkeeping (it counts the passes)
+            passes = int(await redis.hget(keys.forecaster(), "batches") or 0) - passes0
+            idle: dict[str, Any] = {}
+            if idle_s > 0:  # the same processes with no boundary to forecast: their cost of waiting
+                await asyncio.sleep(5.0)  # after what follows a boundary (bookkeeping, a refit of the fallback)
+                idle0 = sum(streamers._cpu_s(p.pid) for p in processes)
+                await asyncio.sleep(idle_s)
+                idle_cpu = sum(streamers._cpu_s(p.pid) for p in processes) - idle0
+                idle = {"idle_cpu_s_per_s": round(idle_cpu / idle_s, 4)}
         done = boundaries * feeds
         return {"feeds_forecast_per_s": round(done / wall, 1), "feeds_forecast_per_cpu_s": round(done / cpu, 1),
-                "cpu_s": round(cpu, 2), "wall_s": round(wall, 2), "forecasts": done}
+                "cpu_s": round(cpu, 2), "wall_s": round(wall, 2), "forecasts": done,
+                # Passes of the workers (one per boundary each at best): each one pays a boundary's fixed costs.
+                "passes_per_boundary": round(passes / boundaries, 2), **idle}
     finally:
         for process in processes:
             if process.poll() is None:
@@ -151,7 +180,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {"streamers": {}, "forecasters": {}}
     try:
         section = _cluster_section(cluster)
-        for round_ in range(args.rounds):  # best of the rounds: a reconnect under load costs a REST backfill
+        for round_ in range(0 if args.forecasters_only else args.rounds):  # best: a reconnect costs a backfill
             for count, variant in (("1", "one"), ("2", "two")):
                 with tempfile.TemporaryDirectory(prefix="volcast-scale-") as directory:
                     run = await streamers.one_run(variant, args.feeds, args.trades, Path(directory), section)
@@ -160,13 +189,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 if best is None or run["trades_per_cpu_s"] > best["trades_per_cpu_s"]:
                     result["streamers"][count] = run
         for round_ in range(args.rounds):  # one and two in turn: the machine's load drifts
-            for count in ("1", "2"):
+            for count in ("1", "2", "1_half"):
+                workers, feeds = (1, args.fc_feeds // 2) if count == "1_half" else (int(count), args.fc_feeds)
                 with tempfile.TemporaryDirectory(prefix="volcast-scale-") as directory:
-                    run = await forecasters_run(cluster, int(count), args.fc_feeds, args.boundaries, Path(directory))
+                    run = await forecasters_run(cluster, workers, feeds, args.boundaries, Path(directory),
+                                                claim_idle_s=args.claim_idle)
                 print(f"round {round_ + 1} forecasters {count}: {run}", file=sys.stderr)
                 best = result["forecasters"].get(count)
                 if best is None or run["feeds_forecast_per_cpu_s"] > best["feeds_forecast_per_cpu_s"]:
                     result["forecasters"][count] = run
+        if args.forecasters_only:
+            return _efficiency(result, args, load_before)
         with tempfile.TemporaryDirectory(prefix="volcast-scale-") as directory:
             taken = await takeover.one_run(Path(directory), section)
         print(f"takeover: {taken}", file=sys.stderr)
@@ -188,15 +221,38 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         cluster.stop()
         shutil.rmtree(cluster.directory, ignore_errors=True)
-    s1, s2 = result["streamers"]["1"], result["streamers"]["2"]
+    return _efficiency(result, args, load_before)
+
+
+def _efficiency(result: dict[str, Any], args: argparse.Namespace, load_before: tuple[float, ...]) -> dict[str, Any]:
     f1, f2 = result["forecasters"]["1"], result["forecasters"]["2"]
     result["efficiency_2_vs_1"] = {
-        "streamers": round(s2["trades_per_cpu_s"] / s1["trades_per_cpu_s"], 3),
-        "forecasters": round(f2["feeds_forecast_per_cpu_s"] / f1["feeds_forecast_per_cpu_s"], 3),
-    }
+        "forecasters": round(f2["feeds_forecast_per_cpu_s"] / f1["feeds_forecast_per_cpu_s"], 3)}
+    if result["streamers"]:
+        s1, s2 = result["streamers"]["1"], result["streamers"]["2"]
+        result["efficiency_2_vs_1"]["streamers"] = round(s2["trades_per_cpu_s"] / s1["trades_per_cpu_s"], 3)
+    result["forecasters_cost"] = _cost_model(result["forecasters"], args.fc_feeds, args.boundaries)
     result["goal"] = 0.9
     result["load_avg"] = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
     return result
+
+
+def _cost_model(runs: dict[str, Any], feeds: int, boundaries: int) -> dict[str, Any]:
+    """A worker's CPU per boundary as fixed + per-feed parts, from one worker on ``feeds`` and on
+    half as many (the same process and boundaries: what neither part counts is in both), and the
+    efficiency of two workers it predicts, (fixed + N per_feed) / (2 fixed + N per_feed), at this
+    run's feed count and at 1000 (every perpetual of one exchange or more; pass --fc-feeds 1000
+    to measure it)."""
+    full = runs["1"]["cpu_s"] / boundaries * 1000
+    half = runs["1_half"]["cpu_s"] / boundaries * 1000
+    per_feed = (full - half) / (feeds - feeds // 2)
+    fixed = full - per_feed * feeds
+
+    def predicted(n: int) -> float:
+        return round((fixed + n * per_feed) / (2 * fixed + n * per_feed), 3)
+
+    return {"fixed_ms_per_worker_boundary": round(fixed, 2), "per_feed_ms": round(per_feed, 4),
+            f"efficiency_predicted_at_{feeds}": predicted(feeds), "efficiency_predicted_at_1000": predicted(1000)}
 
 
 def main() -> int:
@@ -207,6 +263,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2,
                         help="streamer and forecaster runs per count; the best counts (default 2)")
     parser.add_argument("--fc-feeds", type=int, default=200, help="feeds of the forecaster runs (default 200)")
+    parser.add_argument("--forecasters-only", action="store_true",
+                        help="only the forecaster runs (no streamers, takeover or failover)")
+    parser.add_argument("--claim-idle", type=float, default=30.0,
+                        help="forecaster.claim_idle of the forecaster runs, seconds (default 30, the service's)")
     parser.add_argument("--boundaries", type=int, default=60, help="bar boundaries per forecaster run (default 60)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))

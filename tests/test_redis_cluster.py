@@ -222,3 +222,34 @@ async def test_recorder_writes_one_call_per_node_and_slot_by_slot_when_a_node_re
         assert again.writes == len(writes) and again.replayed == 30  # the stream entries were there
         assert all([await redis.xlen(keys.predictions(f)) == 1 for f in feeds])
         await redis.delete(*[keys.prediction(f) for f in feeds], *[keys.predictions(f) for f in feeds])
+
+
+async def test_stream_reads_are_routed_without_asking_a_node_for_their_keys(redis_cluster: LocalCluster) -> None:
+    """XREADGROUP / XREAD name their keys after a keyword: routed by them here, with no COMMAND
+    GETKEYS round trip (redis-py sent one before each read); several slots still refused."""
+    settings = RedisSettings(url=redis_cluster.url, cluster=True)
+    prefix = f"test-cl-{uuid.uuid4().hex[:8]}"
+    streams = [f"{prefix}:{{s{i}}}:events" for i in range(6)]  # tags of several slots, on several masters
+
+    async def getkeys_calls() -> int:
+        total = 0
+        for port in redis_cluster.ports:
+            async with aioredis.Redis(port=port) as node:
+                stats: Any = await node.info("commandstats")
+                total += int(stats.get("cmdstat_command|getkeys", {}).get("calls", 0))
+        return total
+
+    async with redis_client(settings) as redis:
+        for stream in streams:
+            await redis.xgroup_create(stream, "g", id="0", mkstream=True)
+            await redis.xadd(stream, {"n": stream})
+        before = await getkeys_calls()
+        for stream in streams:
+            read: Any = await redis.xreadgroup("g", "c", {stream: ">"}, count=10)
+            assert [(name, [f for _, f in entries]) for name, entries in read] == [
+                (stream.encode(), [{b"n": stream.encode()}])]
+            assert [name for name, _ in await redis.xread({stream: "0"}, count=10)] == [stream.encode()]
+        assert await getkeys_calls() == before
+        with pytest.raises(Exception, match="slot"):
+            await redis.xread({streams[0]: "0", streams[1]: "0"}, count=1)
+        await redis.delete(*streams)

@@ -131,7 +131,42 @@ def _cluster_client(settings: RedisSettings, url: str, options: dict[str, Any]) 
             extra.append(ClusterNode(host, int(port)))
         parts = urlsplit(url)
         options["startup_nodes"] = [ClusterNode(parts.hostname or "127.0.0.1", parts.port or 6379), *extra]
-    return cast(aioredis.Redis, RedisCluster.from_url(url, **options))
+    return cast(aioredis.Redis, _StreamRoutingCluster.from_url(url, **options))
+
+
+_STREAM_READS = frozenset({"XREADGROUP", "XREAD"})
+
+
+class _StreamRoutingCluster(RedisCluster):
+    """redis-py's cluster client, routing XREADGROUP and XREAD by the streams named after STREAMS.
+
+    Their keys follow a keyword, which redis-py does not parse: it asked a node for them (COMMAND
+    GETKEYS) before every read, a second round trip for each of a forecaster's event reads, idle
+    (one blocking read per shard every block period) as busy (benchmarks/scale.py). Found here
+    the way Redis finds them; anything else (several slots, a malformed read) goes through
+    redis-py's own routing, which raises as before.
+    """
+
+    async def _determine_slot(self, command: str, *args: Any) -> int:
+        if str(command).upper() in _STREAM_READS:
+            keys = _streams_of(args, skip=3 if str(command).upper() == "XREADGROUP" else 0)
+            if keys:
+                slots = {self.keyslot(key) for key in keys}
+                if len(slots) == 1:
+                    return slots.pop()
+        return await super()._determine_slot(command, *args)
+
+
+def _streams_of(args: tuple[Any, ...], skip: int) -> list[Any]:
+    """The stream keys of an XREADGROUP / XREAD's arguments: the first half after STREAMS, looked
+    for past the first ``skip`` arguments (XREADGROUP's GROUP group consumer), as Redis does."""
+    for i in range(skip, len(args)):
+        arg = args[i]
+        word = arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)
+        if word.upper() == "STREAMS":
+            rest = args[i + 1:]
+            return list(rest[:len(rest) // 2]) if rest and len(rest) % 2 == 0 else []
+    return []
 
 
 def is_cluster(redis: object) -> bool:
