@@ -91,7 +91,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     try:
         for r in range(args.rounds):
             for leases, out in ((False, plain_tps), (True, leased_tps)):
-                tps, aggregated, _in_redis = await pipeline(args.trades, f"{prefix}-p{r}{int(leases)}", leases=leases)
+                tps, aggregated, _in_redis, _rest = await pipeline(
+                    args.trades, f"{prefix}-p{r}{int(leases)}", leases=leases)
                 out.append(tps)
                 lost += args.trades - aggregated
             for fenced, out in ((False, plain_bars), (True, fenced_bars)):
