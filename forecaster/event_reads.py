@@ -30,7 +30,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -170,7 +170,15 @@ class ShardReader:
             if all(task.done() for task in waiting):
                 break
             await asyncio.sleep(0)
+        out, failed = self._harvest(shards)
+        self._error = self._error or failed  # raised at the next blocking read, as there
+        return out
+
+    def _harvest(self, shards: Iterable[int]) -> tuple[list[tuple[int, Entries]], BaseException | None]:
+        """The entries of the blocking reads on ``shards`` that are done (they stop running), and
+        the first error one of them failed with."""
         out: list[tuple[int, Entries]] = []
+        error: BaseException | None = None
         for k in shards:
             task = self._blocking.get(k)
             if task is None or not task.done():
@@ -178,10 +186,10 @@ class ShardReader:
             del self._blocking[k]
             failed = task.exception()
             if failed is not None:
-                self._error = self._error or failed  # raised at the next blocking read, as there
+                error = error or failed
             elif entries := task.result():
                 out.append((k, entries))
-        return out
+        return out, error
 
     async def _one(self, shard: int, after: str, count: int, block: int | None) -> Entries:
         reply: Any = await self.redis.xreadgroup(self.group, self.consumer, {self.streams[shard]: after},
@@ -196,18 +204,10 @@ class ShardReader:
             earlier, self._error = self._error, None
             raise earlier
         await asyncio.wait(self._blocking.values(), return_when=asyncio.FIRST_COMPLETED)
-        out: list[tuple[int, Entries]] = []
-        for k, task in list(self._blocking.items()):
-            if not task.done():
-                continue
-            del self._blocking[k]
-            failed = task.exception()
-            if failed is not None:
-                # Raised at the next read if another shard delivered entries: they are in this
-                # consumer's pending list now, and must be handled.
-                self._error = self._error or failed
-            elif entries := task.result():
-                out.append((k, entries))
+        out, failed = self._harvest(list(self._blocking))
+        # Raised at the next read if another shard delivered entries: they are in this
+        # consumer's pending list now, and must be handled.
+        self._error = self._error or failed
         if not out and self._error is not None:
             error, self._error = self._error, None
             raise error
