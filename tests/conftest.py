@@ -10,11 +10,22 @@ import pytest
 from cluster import HAS_CLUSTER_TOOLS, LocalCluster, cluster_session, redis_section
 
 
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[LocalCluster]:
+def _needs_cluster_tools() -> None:
     if not HAS_CLUSTER_TOOLS:
         pytest.fail("redis-server and redis-cli are needed for the Redis Cluster tests: "
                     "apt-get install redis-server redis-tools (scripts/services.sh installs them)")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    _needs_cluster_tools()
+    yield from cluster_session()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[LocalCluster]:
+    """A cluster of the test's own, for a test that kills or stops its nodes."""
+    _needs_cluster_tools()
     yield from cluster_session()
 
 

@@ -12,30 +12,16 @@ nodes other tests rely on): a node of it is killed.
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import HAS_CLUSTER_TOOLS, LocalCluster, start_cluster
+from cluster import LocalCluster
 from failover_harness import run_failover
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from forecaster.event_reads import ShardReader
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[LocalCluster]:
-    if not HAS_CLUSTER_TOOLS:
-        pytest.fail("redis-server and redis-cli are needed: apt-get install redis-server redis-tools")
-    cluster = start_cluster()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(cluster.directory, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

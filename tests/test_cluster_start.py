@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import signal
-from collections.abc import Iterator
 
 import pytest
-from cluster import HAS_CLUSTER_TOOLS, LocalCluster, start_cluster
+from cluster import LocalCluster
 
 from volcast.backoff import Backoff
 from volcast.cluster_start import read_slot_map
@@ -22,18 +20,6 @@ from volcast.connections import redis_client
 from volcast.settings import RedisSettings
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[LocalCluster]:
-    if not HAS_CLUSTER_TOOLS:
-        pytest.fail("redis-server and redis-cli are needed: apt-get install redis-server redis-tools")
-    cluster = start_cluster()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(cluster.directory, ignore_errors=True)
 
 
 async def test_the_first_slot_map_read_waits_for_a_node_to_answer(

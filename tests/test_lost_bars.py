@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from cluster import HAS_CLUSTER_TOOLS, LocalCluster, start_cluster
+from cluster import LocalCluster
 from failover_harness import master_of
 from servers import HAS_REDIS, free_port, start_server, stop_server
 from stream_harness import unique_prefix
@@ -222,18 +221,6 @@ async def test_a_redis_restarted_from_an_older_snapshot_gets_the_newer_bars_back
 
 
 # -- a real failover --------------------------------------------------------------------------
-
-
-@pytest.fixture
-def own_cluster() -> Iterator[LocalCluster]:
-    if not HAS_CLUSTER_TOOLS:
-        pytest.fail("redis-server and redis-cli are needed: apt-get install redis-server redis-tools")
-    cluster = start_cluster()
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        shutil.rmtree(cluster.directory, ignore_errors=True)
 
 
 def _replica_of(cluster: LocalCluster, master_port: int) -> int:
