@@ -121,12 +121,12 @@ def _populate(settings: Settings, now: int) -> Feed:
         created_ms=now - 5_000,
     )
     client.hset(keys.prediction(feed), mapping=prediction.to_fields())  # type: ignore[arg-type]
-    client.hset(keys.scores(feed), mapping=SCORES)
-    client.hset(keys.calibration(feed), mapping=CALIBRATION)
+    client.hset(keys.scores(feed), mapping=SCORES)  # type: ignore[arg-type]
+    client.hset(keys.calibration(feed), mapping=CALIBRATION)  # type: ignore[arg-type]
     client.hset(keys.model(), mapping=ModelRecord("lstm", "7", {"rmse_log": 0.4}, now - 3_600_000).to_fields())  # type: ignore[arg-type]
     client.hset(keys.refit(), mapping={"last_run_ms": str(now - 3_600_000), "result": "promoted",
                                        "next_run_ms": str(now + 7_200_000), "message": "challenger 7 beat 6"})
-    client.hset(keys.forecaster(), mapping={**FORECASTER, "updated_ms": str(now - 2_000)})
+    client.hset(keys.forecaster(), mapping={**FORECASTER, "updated_ms": str(now - 2_000)})  # type: ignore[dict-item]
     client.hset(keys.lease(feed), mapping={"owner": "host-1:42:ab12", "token": "3", "since_ms": str(now - 9_000)})
     client.pexpire(keys.lease(feed), 6_000)
     client.zadd(keys.streamers(), {"host-1:42:ab12": now + 60_000, "gone:1:0000": now - 60_000})
@@ -233,6 +233,53 @@ def test_table_lines_up_the_same_facts(prefix: str, tmp_path: Path, capsys: pyte
     assert "streamer host-1:42:ab12: 1 feeds, 2 stale writes refused, pid 42 on host-1" in lines
     assert any(line.startswith("model") and "lstm version 7" in line for line in lines)
     assert any(line.startswith("refit") and "promoted" in line and "next run in" in line for line in lines)
+
+
+def test_bars_lost_in_a_failover_show_and_missing_ones_stand_out(prefix: str, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """The streamer's bars_restored / bars_not_restored (streamer/lost_bars.py): always in JSON; in
+    the table a column only once a feed has one, and a DATA LOSS line for bars that stay missing."""
+    settings = _settings(prefix)
+    now = status_now()
+    feed = _populate(settings, now)
+    config = str(_config_file(tmp_path, settings))
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        # No loss (the health hash holds both at 0): JSON says 0, the table has no column, no line.
+        assert status.main(_args("--config", config, "--json")) == 0
+        btc, eth = orjson.loads(capsys.readouterr().out)["feeds"]
+        assert (btc["bars_restored"], btc["bars_not_restored"]) == (0, 0)
+        assert (eth["bars_restored"], eth["bars_not_restored"]) == (None, None)
+        assert status.main(_args("--config", config)) == 0
+        out = capsys.readouterr().out
+        assert "LOST BARS" not in out and "DATA LOSS" not in out
+        for restored, missing in ((3, 0), (3, 2), (0, 1)):
+            health = FeedHealth(state=FeedState.LIVE, last_trade_ms=now - 1_500, trades=1234, lag_ms=500,
+                                bars_restored=restored, bars_not_restored=missing)
+            client.hset(RedisKeys(prefix).health(feed), mapping=health.to_fields(now - 1_000))  # type: ignore[arg-type]
+            assert status.main(_args("--config", config, "--json")) == 0
+            btc, eth = orjson.loads(capsys.readouterr().out)["feeds"]
+            assert (btc["bars_restored"], btc["bars_not_restored"]) == (restored, missing)
+            assert status.main(_args("--config", config)) == 0
+            lines = capsys.readouterr().out.splitlines()
+            feed_header = next(i for i, line in enumerate(lines) if line.startswith("FEED"))
+            header, btc_row, eth_row = lines[feed_header : feed_header + 3]
+            assert header.endswith("LOST BARS RESTORED/MISSING"), header
+            column = header.index("LOST BARS RESTORED/MISSING")
+            assert btc_row[column:] == f"{restored}/{missing}" and eth_row[column:] == "-"
+            losses = [line for line in lines if "DATA LOSS" in line]
+            if not missing:
+                assert losses == []
+                continue
+            bars = "bar" if missing == 1 else "bars"
+            assert losses == [
+                f"binance BTC/USDT: DATA LOSS: {missing} closed {bars} missing from Redis (lost in a failover, "
+                "older than the streamer keeps to write back); they stay missing and are read as empty bars. "
+                'What to do: docs/operations.md, "Failover: a master dies"']
+            # Right under the feeds, before the bars table.
+            assert lines.index(losses[0]) == feed_header + 3
+    finally:
+        client.close()
 
 
 def test_empty_redis_gives_dashes_and_nulls(prefix: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

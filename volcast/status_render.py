@@ -107,6 +107,15 @@ def _band(calibration: Report | None) -> str:
     return f"raw {calibration['n']}/{calibration['warm_up']}"
 
 
+def data_loss(name: str, missing: int) -> str:
+    """The line under the feeds for bars Redis lost in a failover that the streamer could not
+    write again: they are gone for good, so it says so in capitals and where to read what to do."""
+    bars = "bar" if missing == 1 else "bars"
+    return (f"{name}: DATA LOSS: {missing} closed {bars} missing from Redis (lost in a failover, older than the "
+            "streamer keeps to write back); they stay missing and are read as empty bars. What to do: "
+            'docs/operations.md, "Failover: a master dies"')
+
+
 def refit_outcome(result: str | None, message: str | None) -> str:
     """A refit's result and message in one phrase, the result said once: the refit worker's
     messages often name it already ("version 3 promoted: ...")."""
@@ -141,10 +150,11 @@ def render_table(report: Report) -> str:
                          f"{_cell(streamer['stale_writes'])} stale writes refused, pid {_cell(streamer['pid'])} "
                          f"on {_cell(streamer['host'])}")
         lines.append("")
+    lost = any(f["bars_restored"] or f["bars_not_restored"] for f in feeds)
     lines += _table(
         ["FEED", "STATE", "LAST TRADE AGE", "TRADES/S", "TRADES", "DUPLICATES", "LATE/AMENDED", "GAPS", "RECONNECTS",
          "BACKFILLED", "HEARTBEAT", "CLOSED TRADE/PONG/REST", "CLOSE DELAY LAST/P99/MAX", "DELIVERY P50/P99/MAX",
-         "GRACE"],
+         "GRACE"] + (["LOST BARS RESTORED/MISSING"] if lost else []),
         [
             [
                 name,
@@ -166,9 +176,12 @@ def render_table(report: Report) -> str:
                               f["closing"]["delivery_max_ms"]),
                 _grace(f["closing"]["grace_ms"], f["closing"]["grace_auto"], f["closing"]["grace_raised"]),
             ]
+            + ([_counts(f["bars_restored"], f["bars_not_restored"])] if lost else [])
             for name, f in zip(names, feeds, strict=True)
         ],
     )
+    lines += [data_loss(name, f["bars_not_restored"]) for name, f in zip(names, feeds, strict=True)
+              if f["bars_not_restored"]]
     lines.append("")
     lines += _table(
         [f"BARS ({report['interval'] or DASH})", "COUNT", "FIRST OPEN (UTC)", "LAST OPEN (UTC)", "LAST VOLUME",

@@ -33,6 +33,10 @@ HEALTH_COUNTERS: tuple[str, ...] = (
     "backfilled_trades",
     "lag_ms",
     "malformed",
+    # Closed bars Redis lost in a failover (streamer/lost_bars.py): written again from the running
+    # streamer's memory, or older than it keeps and missing (a data loss).
+    "bars_restored",
+    "bars_not_restored",
 )
 
 # How a feed's bars close (streamer/close_proof.py, streamer/liveness.py): shown as ``closing``.
