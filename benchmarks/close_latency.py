@@ -29,7 +29,10 @@ forecasts the subscriber got; and ``uptime`` load at start and end. ``liquid_bre
 follows each busy bar: the tape's first trade at or after its end, its event written in Redis,
 its forecast at the subscriber (and the share of all instants of
 the busy tapes that wait more than 300 ms for a trade). ``--exchange-grace auto`` (or a
-duration) sets ``exchanges[].grace``; ``grace_ms_at_end`` reports what the proofs used. Progress goes to stderr; with
+duration) sets ``exchanges[].grace``; ``grace_ms_at_end`` reports what the proofs used.
+``--symbols-per-connection N`` sets ``streamer.symbols_per_connection`` (0: ccxt's round robin, one
+busy symbol per connection); with no history to rank by, the plan follows the config's order,
+which lists the busy symbols first. Progress goes to stderr; with
 ``--json`` one JSON object goes to stdout.
 """
 
@@ -269,7 +272,8 @@ def percentiles(values: list[int]) -> dict[str, Any]:
 
 
 def service_config(*, replay_port: int, redis_port: int, mqtt_port: int, prefix: str, symbols: list[str],
-                   model_dir: Path, grace: str, exchange_grace: str | None) -> dict[str, Any]:
+                   model_dir: Path, grace: str, exchange_grace: str | None,
+                   symbols_per_connection: int | None = None) -> dict[str, Any]:
     return {
         "exchanges": [{
             "id": "binance",
@@ -280,6 +284,8 @@ def service_config(*, replay_port: int, redis_port: int, mqtt_port: int, prefix:
                              "ws": {"spot": f"ws://127.0.0.1:{replay_port}/stream/ws"}}},
         }],
         "bars": {"interval": "1m", "grace": grace, "open_bar_update": "1s"},
+        # Without history the connection plan ranks symbols in config order: busy ones first here.
+        **({} if symbols_per_connection is None else {"streamer": {"symbols_per_connection": symbols_per_connection}}),
         "history": {"days": 0},  # no kline bootstrap: the tapes start with the run
         "redis": {"url": f"redis://127.0.0.1:{redis_port}/0", "key_prefix": prefix},
         "mqtt": {"url": f"mqtt://127.0.0.1:{mqtt_port}", "topic_prefix": prefix},
@@ -469,7 +475,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         config = work / "config.yml"
         config.write_text(yaml.safe_dump(service_config(
             replay_port=replay_port, redis_port=redis_port, mqtt_port=mqtt_port, prefix=prefix,
-            symbols=list(tapes), model_dir=work / "models", grace=args.grace, exchange_grace=args.exchange_grace)))
+            symbols=list(tapes), model_dir=work / "models", grace=args.grace, exchange_grace=args.exchange_grace,
+            symbols_per_connection=args.symbols_per_connection)))
         started_wall = time.time()
         add("stream", volcast("stream", "--config", str(config)))
         add("forecast", volcast("forecast", "--config", str(config)))
@@ -558,6 +565,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "grace": args.grace,
         "exchange_grace": args.exchange_grace,
         "liquid_source": args.liquid_source,
+        "symbols_per_connection": args.symbols_per_connection,  # None: the streamer's default
+        "websocket_connections_opened": exchange_limits["websocket"]["attempts_total"],
         "exchange_offset_ms": offset_ms,
         "clock_read_rtt_ms": rtt_ms,
         "liquid": per_class("liquid"),
@@ -588,6 +597,8 @@ def main() -> int:
     parser.add_argument("--exchange-grace", default=None,
                         help="exchanges[].grace: a duration or auto (absent: bars.grace)")
     parser.add_argument("--liquid-source", default="btc", choices=["btc", "eth", "btc+eth"])
+    parser.add_argument("--symbols-per-connection", type=int, default=None,
+                        help="streamer.symbols_per_connection (absent: the default; 0: ccxt's round robin)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = run(args)

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from streamer.close_proof import Grace
+from streamer.connection_plan import place_symbol
 from streamer.dial_budget import DialBudget
 from streamer.feed_errors import FeedStopped, NotTrading
 from streamer.liveness import ConnectionProbe, Liveness
@@ -63,6 +64,14 @@ class ExchangeLink:
         exchange.on_rest_response = on_rest_response
         guard_frames(exchange, self._bad_frame, self.liveness.on_frame, self.liveness.on_send)
         self._grace: Grace | None = None
+        # Each symbol's connection (connection_plan.py), set at start; empty: ccxt's own choice.
+        self.connections: dict[str, int] = {}
+
+    def place(self, symbol: str) -> None:
+        """Put ``symbol`` on its planned connection before it subscribes (no plan: ccxt decides)."""
+        connection = self.connections.get(symbol)
+        if connection is not None:
+            place_symbol(self.exchange, symbol, connection)
 
     def grace(self, bars_grace_ms: int) -> Grace:
         """The exchange's grace for closing proofs (one for all its feeds: the delivery delay it
@@ -80,8 +89,10 @@ class ExchangeLink:
 
     def _bad_frame(self, client: Any, error: Exception) -> None:
         symbols = [s for s in client_symbols(client) if s in self.runners]
-        for symbol in symbols:
-            self.runners[symbol].health.count_malformed("frame")
+        if symbols:
+            # A frame that cannot be read names no symbol: counted once, on its connection's first
+            # feed, so that the feeds' sum is the frames skipped (a connection carries several).
+            self.runners[symbols[0]].health.count_malformed("frame")
         log.warning("%s: bad frame for %s skipped: %r", self.exchange.id, symbols or client.url, error)
 
     async def ensure_markets(self, *, recheck: bool = False) -> None:

@@ -666,6 +666,10 @@ class FeedRunner:
                     await self._session()
                 except* ccxt.OperationFailed as group:
                     error = group.exceptions[0]
+                    if isinstance(error, WatchdogTimeout):
+                        # Counted here, not where it is raised: one feed's watchdog drops a
+                        # connection that its other feeds share, and theirs end with its error.
+                        self.health.watchdog_timeouts += 1
                     if isinstance(error, WatchdogTimeout | NotTrading):
                         self._recheck_listing = True  # a silent symbol may have been delisted
                     self._went_down(error)
@@ -713,6 +717,7 @@ class FeedRunner:
         self._offset_ms = self._check_offset_ms = await self.link.clock_offset_ms()
         self._clock_read_at = time.monotonic()
         check_hook(ex, self.symbol, self._hook)
+        self.link.place(self.symbol)
         if self.link.liveness.probe_for(self.symbol) is None:  # this session opens a connection
             await self.link.dial_budget.permit(self.symbol)
         self._last_message = time.monotonic()
@@ -760,7 +765,6 @@ class FeedRunner:
                     reason = f"its connection's trade flow stopped ({stalled:.1f}s past its usual gaps)"
                 else:
                     continue
-            self.health.watchdog_timeouts += 1
             error = WatchdogTimeout(f"{self.symbol}: {reason}")
             await drop_connection(self.link.exchange, self.symbol, error)
             raise error
@@ -820,7 +824,6 @@ class FeedRunner:
                 else:
                     sent_seen_at = None
             await asyncio.sleep(_TICK_S / 5)
-        self.health.watchdog_timeouts += 1
         error = WatchdogTimeout(f"{self.symbol}: subscription not confirmed within {self._watchdog_s:g}s")
         await drop_connection(exchange, self.symbol, error)
         raise error

@@ -49,7 +49,7 @@ _EXCHANGE_COUNTERS: tuple[tuple[str, str, str], ...] = (
     ("malformed_trades", "malformed", "Records refused as malformed (by reason: volcast_stream_malformed_by_reason)"),
     ("backfilled_trades", "backfilled_trades", "Trades read over REST after a disconnect or hole"),
     ("gaps", "gaps", "Holes in the trades that no backfill could fill (their bars close as gap)"),
-    ("watchdog_timeouts", "watchdog_timeouts", "Connections given up by the watchdog (no pong, or a stopped flow)"),
+    ("watchdog_timeouts", "watchdog_timeouts", "Feed sessions ended by their connection's watchdog"),
     ("stalls", "stalls", "Trade flows that stopped implausibly long"),
     ("rest_checks", "rest_checks", "REST reads that confirmed bars after a stall"),
 )

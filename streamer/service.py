@@ -28,6 +28,7 @@ from collections.abc import Collection
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from streamer.connection_plan import plan_connections, trade_activity
 from streamer.exchange_link import ExchangeLink
 from streamer.feed import FeedRunner
 from streamer.health import FeedState
@@ -65,7 +66,20 @@ def heartbeat_ttl_ms(settings: Settings) -> int:
     return 3 * max(settings.streamer.watchdog, settings.bars.open_bar_update)
 
 
+# Feeds per status round trip. All 100 of a benchmark's feeds in one pipeline held the event loop
+# for ~57 ms each second (py-spy: packing, encoding and reading 400 commands): every trade frame
+# that came meanwhile was read that much later, the delivery delay measured it, and ``auto`` grace
+# took it for the exchange's delay. Ten a round trip hold it a few ms at a time.
+_STATUS_FEEDS = 10
+
+
 async def _write_status(store: BarStore, runners: Collection[FeedRunner], ttl_ms: int) -> None:
+    feeds = list(runners)  # a live view under leases: fixed for this round
+    for start in range(0, len(feeds), _STATUS_FEEDS):
+        await _write_status_of(store, feeds[start:start + _STATUS_FEEDS], ttl_ms)
+
+
+async def _write_status_of(store: BarStore, runners: list[FeedRunner], ttl_ms: int) -> None:
     for runner in runners:
         runner.sync_health()
         runner.health.redis_buffered = store.pending
@@ -101,6 +115,25 @@ async def _check_events_key(store: BarStore, interval_ms: int, backoff: Backoff)
             delay = backoff.next_delay()
             log.warning("redis unreachable checking the events stream (%r); retry in %.1fs", exc, delay)
             await asyncio.sleep(delay)
+
+
+async def _plan_connections(
+    redis: aioredis.Redis, keys: RedisKeys, feeds: dict[Feed, ExchangeLink], per_connection: int
+) -> None:
+    """Each exchange's symbols on connections, the busiest together (streamer/connection_plan.py)."""
+    if per_connection <= 0:
+        return
+    activity = await trade_activity(redis, keys, list(feeds))
+    for link in {id(link): link for link in feeds.values()}.values():
+        mine = [feed for feed, owner in feeds.items() if owner is link]
+        link.connections = plan_connections(
+            [feed.symbol for feed in mine], {feed.symbol: activity[feed] for feed in mine if feed in activity},
+            per_connection,
+        )
+        if link.connections:
+            log.info("%s: %d symbols on %d connections, the busiest together (%d of them with recent bars)",
+                     link.exchange.id, len(mine), max(link.connections.values()) + 1,
+                     sum(feed in activity for feed in mine))
 
 
 async def _until_no_feed_left(runners: Collection[FeedRunner], none_left: asyncio.Event) -> None:
@@ -157,6 +190,8 @@ async def run(settings: Settings) -> None:
             return runner
 
         if streamer.leases:
+            # Ranked by what Redis holds now: a feed this start loads history for ranks as quiet.
+            await _plan_connections(redis, keys, feeds, streamer.symbols_per_connection)
             ownership = FeedOwnership(
                 settings, redis, keys, store, feeds, by_feed, heartbeat_ttl_ms(settings), make_runner
             )
@@ -164,6 +199,7 @@ async def run(settings: Settings) -> None:
         else:
             # Before any feed starts: a new feed's history must be in its stream before its first live bar.
             await load_history(settings, redis, keys, heartbeat_ttl_ms(settings))
+            await _plan_connections(redis, keys, feeds, streamer.symbols_per_connection)
             for feed, link in feeds.items():
                 problem: KeyProblem | None = None
                 try:

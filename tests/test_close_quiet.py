@@ -84,8 +84,10 @@ async def test_quiet_symbols_close_on_pongs_and_are_never_reconnected(
     assert btc["closed_by_trade"] > btc["closed_by_liveness"] + btc["closed_by_rest"]
     # Measured, but meaningful only at real speed: against this replay (5x) the clock estimate lags.
     assert btc["delivery_max_ms"] >= btc["delivery_p99_ms"] >= btc["delivery_p50_ms"]
-    # Pings and subscriptions stay within Binance's 5 messages a second per connection.
-    assert limits["message_violations"] == 0 and limits["peak_messages_per_s"] <= 3
+    # Pings and subscriptions stay within Binance's 5 messages a second per connection: the
+    # symbols share a connection, whose subscriptions go out 2 a second, and a ping waits while
+    # 2 went out in the last second (liveness.py): 4 at most, the server's pongs not counted.
+    assert limits["message_violations"] == 0 and limits["peak_messages_per_s"] <= 4
     # volcast status shows it.
     closing = {f["symbol"]: f["closing"] for f in report["feeds"]}
     assert closing["XRP/ETH"]["closed_by_liveness"] is not None

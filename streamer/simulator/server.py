@@ -259,6 +259,10 @@ class ReplayServer:
                 await pump
         return ws
 
+    def connection_streams(self) -> list[set[str]]:
+        """The streams each open websocket connection carries, in the order they were opened."""
+        return [set(sub.streams) for sub in sorted(self._subscribers, key=lambda sub: sub.number)]
+
     def _stalled(self, sub: Subscriber) -> bool:
         """The ``stall_after_s`` fault: connections open at that moment stop for good."""
         if self.started_mono is None:
