@@ -47,7 +47,7 @@ class HookedTradeCache(ArrayCache):  # type: ignore[misc]
         self._on_trade = on_trade
 
     def append(self, item: dict[str, Any]) -> None:
-        super().append(item)
+        ArrayCache.append(self, item)  # not super(): its object costs on every trade
         self._on_trade(item)
 
 
@@ -68,7 +68,11 @@ def trade_from_ccxt(raw: Mapping[str, Any]) -> Trade | Refusal:
     source of trades shares.
     """
     info = raw.get("info")
-    if not isinstance(info, Mapping):
+    if type(info) is dict:  # ccxt's own: the first keys of Binance's websocket, without the two calls
+        price, amount = info.get("p"), info.get("q")
+        if type(price) is str and price and type(amount) is str and amount:
+            return check_trade(raw.get("timestamp"), raw.get("id"), price, amount, raw.get("side"))
+    elif not isinstance(info, Mapping):
         info = {}
     return check_trade(
         raw.get("timestamp"),

@@ -164,8 +164,53 @@ def _side(value: object) -> Side | None:
     raise _Bad("unknown", f"{_text(value)} is not buy, sell or empty")
 
 
+# A Trade built by setting its slots through their descriptors: the frozen dataclass's own
+# ``__init__`` sets each field with ``object.__setattr__`` by name, 1.7 us a trade against 0.9 (the
+# same object: same class, same fields; tests/test_trade_check_fast_path.py holds the two equal).
+_SET_FIELDS = tuple(Trade.__dict__[name].__set__ for name in Trade.__slots__)
+if tuple(Trade.__slots__) != tuple(Trade.__dataclass_fields__):  # a field added to Trade must be set here too
+    raise RuntimeError("Trade's slots are not its fields")
+_new_object = object.__new__
+
+
+def new_trade(timestamp_ms: int, trade_id: int, price: Decimal, amount: Decimal, side: Side | None) -> Trade:
+    """``Trade(timestamp_ms, trade_id, price, amount, side)``, built at half the cost (per trade)."""
+    set_timestamp, set_id, set_price, set_amount, set_side = _SET_FIELDS
+    trade: Trade = _new_object(Trade)
+    set_timestamp(trade, timestamp_ms)
+    set_id(trade, trade_id)
+    set_price(trade, price)
+    set_amount(trade, amount)
+    set_side(trade, side)
+    return trade
+
+
 def check_trade(timestamp: object, trade_id: object, price: object, amount: object, side: object) -> Trade | Refusal:
     """An exact Trade from raw fields, or the Refusal of the first bad field (id first, then time)."""
+    # What ccxt gives on every trade, read in one go: an int time in range, an id of at most 20
+    # ASCII digits, a side of buy, sell or None, price and amount of plain digits other than zero.
+    # These are the cases of ``_integer``'s and ``_decimal``'s own fast paths, so the answer is the
+    # one the reading below gives (property-tested); anything else, or a value the bounds refuse,
+    # takes that reading. Five calls fewer on every trade.
+    if (
+        type(timestamp) is int
+        and MIN_TIMESTAMP_MS <= timestamp < MAX_TIMESTAMP_MS
+        and type(trade_id) is str
+        and len(trade_id) <= 20
+        and trade_id.isascii()
+        and trade_id.isdigit()
+        and (side is None or (type(side) is str and (side == "buy" or side == "sell")))
+        and type(price) is str
+        and type(amount) is str
+        and _PLAIN_DECIMAL.fullmatch(price) is not None
+        and _PLAIN_DECIMAL.fullmatch(amount) is not None
+    ):
+        plain_id = int(trade_id)
+        plain_price = Decimal(price)
+        plain_amount = Decimal(amount)
+        if plain_id <= MAX_TRADE_ID and plain_price and plain_amount:
+            taker: Side | None = None if side is None else "buy" if side == "buy" else "sell"
+            return new_trade(timestamp, plain_id, plain_price, plain_amount, taker)
     tid: int | None = None
     timestamp_ms: int | None = None
     reason: Reason = "id"
@@ -195,7 +240,7 @@ def check_trade(timestamp: object, trade_id: object, price: object, amount: obje
             if timestamp_ms is not None and not MIN_TIMESTAMP_MS <= timestamp_ms < MAX_TIMESTAMP_MS:
                 timestamp_ms = None
         return Refusal(reason, bad.problem, bad.detail, tid, timestamp_ms)
-    return Trade(timestamp_ms, tid, exact_price, exact_amount, taker)
+    return new_trade(timestamp_ms, tid, exact_price, exact_amount, taker)
 
 
 def unreadable(timestamp: object, trade_id: object, price: object, amount: object, side: object) -> Refusal | None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from streamer.source import HookedTradeCache, client_symbols, subscription_sent, trade_from_ccxt
 from streamer.trade_validation import Refusal
@@ -105,3 +108,27 @@ def test_subscription_sent_needs_a_connected_socket_and_an_empty_throttle() -> N
     assert not subscription_sent(Exchange(Client(True, 3)), "BTC/USDT")  # queued behind the throttle
     assert not subscription_sent(Exchange(Client(True, 0, "ETH/USDT")), "BTC/USDT")
     assert not subscription_sent(Exchange(), "BTC/USDT")
+
+
+# Values an exchange's record may hold under the price and amount keys: plain texts, other texts,
+# empty, numbers and None; the keys present or not.
+_field_values = st.one_of(
+    st.none(), st.just(""), st.sampled_from(["39432.41000000", "0", "1E-3", "NaN", " 1"]),
+    st.text("0123456789.", max_size=8), st.integers(-5, 5), st.floats(allow_nan=True),
+)
+_infos = st.dictionaries(st.sampled_from(["p", "q", "price", "qty", "px", "amount", "size", "sz", "volume"]),
+                         _field_values, max_size=5)
+
+
+@given(info=_infos, price=_field_values, amount=_field_values, side=st.sampled_from(["buy", "sell", None, "", "x"]))
+@example(info={"p": "1.5", "q": "2"}, price=1.5, amount=2.0, side="buy")
+@example(info={"p": "", "q": "2", "price": "3"}, price=None, amount=None, side="sell")
+@example(info={"p": 1, "q": "2"}, price=None, amount=None, side=None)
+def test_info_read_as_a_dict_or_as_any_mapping_gives_the_same_answer(
+    info: dict[str, Any], price: Any, amount: Any, side: Any
+) -> None:
+    # trade_from_ccxt reads a plain dict's first keys directly (ccxt's own records, on every
+    # trade); any other Mapping takes the general reading: both must give the same Trade or Refusal.
+    as_dict = trade_from_ccxt(_ccxt_trade(info=info, price=price, amount=amount, side=side))
+    as_mapping = trade_from_ccxt(_ccxt_trade(info=MappingProxyType(info), price=price, amount=amount, side=side))
+    assert as_dict == as_mapping

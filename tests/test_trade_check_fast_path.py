@@ -5,13 +5,15 @@ same int as an int subclass): the fast path takes only the exact types."""
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from streamer.trade_validation import Refusal, check_trade
-from volcast.bar import Trade
+from streamer.trade_validation import Refusal, check_trade, new_trade
+from volcast.bar import Side, Trade
 
 T0 = 1_700_000_040_000
 
@@ -78,3 +80,23 @@ def test_texts_off_the_fast_path_are_still_read() -> None:
         assert isinstance(refused, Refusal) and (refused.reason, refused.problem) == ("price", problem)
     refused = check_trade(T0, "١٢", "1", "1", None)  # Arabic-Indic digits: isdigit() but not ASCII
     assert isinstance(refused, Refusal) and (refused.reason, refused.problem) == ("id", "unreadable")
+
+
+@given(
+    timestamp=st.integers(0, 2**64), trade_id=st.integers(0, 2**64),
+    price=st.decimals(allow_nan=True), amount=st.decimals(allow_nan=True),
+    side=st.sampled_from(["buy", "sell", None]),
+)
+def test_new_trade_is_the_trade_the_dataclass_builds(
+    timestamp: int, trade_id: int, price: Decimal, amount: Decimal, side: Side | None
+) -> None:
+    # check_trade builds its Trades through the slots (new_trade): the same object as Trade(...).
+    built = new_trade(timestamp, trade_id, price, amount, side)
+    made = Trade(timestamp, trade_id, price, amount, side)
+    assert type(built) is Trade
+    assert repr(built) == repr(made)
+    assert all(getattr(built, name) is getattr(made, name) for name in Trade.__dataclass_fields__)
+    if not (price.is_nan() or amount.is_nan()):  # NaN is not equal to itself, in a Trade too
+        assert built == made and hash(built) == hash(made)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        built.price = Decimal(1)  # type: ignore[misc]
