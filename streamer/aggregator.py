@@ -62,6 +62,10 @@ class Outcome(Enum):
     AMENDED = "amended"  # late, and added to its closed bar, handed out again as a revision
 
 
+# Read on every trade: an Enum member read off its class costs a descriptor call (Python 3.11).
+ADDED = Outcome.ADDED
+
+
 @dataclass(slots=True)
 class _ClosedBar:
     """One of the last closed bars, kept so that a late trade can still amend it."""
@@ -137,32 +141,41 @@ class _Accumulator:
         )
 
     def add(self, trade: Trade, backfilled: bool) -> bool:
-        """Add the trade to the sums; False (and nothing added) if its id is already in this bar."""
-        if not self.ids.add(trade.trade_id):
+        """Add the trade to the sums; False (and nothing added) if its id is already in this bar.
+
+        On every trade. Each pair below is tested newest first with ``elif``: a bar's first key is
+        never above its last, its low never above its high, its first id never above its last (all
+        start equal), so a value past one end cannot be past the other.
+        """
+        trade_id = trade.trade_id
+        if not self.ids.add(trade_id):
             return False
-        key = (trade.timestamp_ms, trade.trade_id)
+        key = (trade.timestamp_ms, trade_id)
         price, amount = trade.price, trade.amount
-        if key < self.first_key:
-            self.first_key, self.open = key, price
         if key > self.last_key:
             self.last_key, self.close = key, price
+        elif key < self.first_key:
+            self.first_key, self.open = key, price
         if price > self.high:
             self.high = price
-        if price < self.low:
+        elif price < self.low:
             self.low = price
         self.volume = _add(self.volume, amount)
         self.quote_volume = _add(self.quote_volume, _multiply(price, amount))
-        if trade.side == "buy":
+        side = trade.side
+        if side == "buy":
             self.buy_volume = _add(self.buy_volume, amount)
-        elif trade.side == "sell":
+        elif side == "sell":
             self.sell_volume = _add(self.sell_volume, amount)
         self.trades += 1
-        self.first_trade_id = min(self.first_trade_id, trade.trade_id)
-        self.last_trade_id = max(self.last_trade_id, trade.trade_id)
+        if trade_id > self.last_trade_id:
+            self.last_trade_id = trade_id
+        elif trade_id < self.first_trade_id:
+            self.first_trade_id = trade_id
         if backfilled:
             if self.rest_ids is None:
                 self.rest_ids = TradeIdSet()
-            self.rest_ids.add(trade.trade_id)
+            self.rest_ids.add(trade_id)
         return True
 
     def to_bar(self, open_time_ms: int, status: BarStatus) -> Bar:
@@ -239,16 +252,19 @@ class BarAggregator:
 
     def add(self, trade: Trade, *, backfilled: bool = False) -> Outcome:
         """Put a trade into its bar, unless it is a duplicate or its bar has closed."""
-        open_ms = self.bar_open(trade.timestamp_ms)
-        if self.next_open_ms is None or (open_ms < self.next_open_ms and not self._start_fixed):
+        timestamp_ms = trade.timestamp_ms
+        open_ms = timestamp_ms - timestamp_ms % self.interval_ms  # bar_open, written out: on every trade
+        next_open_ms = self.next_open_ms
+        if next_open_ms is None or (open_ms < next_open_ms and not self._start_fixed):
             # Nothing has closed yet on a fresh start: the first bar is the earliest trade's bar.
-            self.next_open_ms = open_ms
-        if open_ms < self.next_open_ms:
+            self.next_open_ms = next_open_ms = open_ms
+        if open_ms < next_open_ms:
             return self._closed_outcome(trade, open_ms, backfilled)
-        refused = self._refused.get(open_ms)
-        if refused is not None and trade.trade_id in refused:
-            self.duplicates += 1
-            return Outcome.DUPLICATE
+        if self._refused:
+            refused = self._refused.get(open_ms)
+            if refused is not None and trade.trade_id in refused:
+                self.duplicates += 1
+                return Outcome.DUPLICATE
         accumulator = self._open.get(open_ms)
         if accumulator is None:
             accumulator = self._open[open_ms] = _Accumulator.starting_with(trade)
@@ -258,7 +274,7 @@ class BarAggregator:
             self.duplicates += 1
             return Outcome.DUPLICATE
         self.trades += 1
-        return Outcome.ADDED
+        return ADDED
 
     def delivered_live(self, trade_id: int, timestamp_ms: int) -> None:
         """The websocket delivered a trade that a backfill gave first (and the caller dropped): the

@@ -33,7 +33,7 @@ from typing import Any
 
 import ccxt.pro
 
-from streamer.aggregator import BarAggregator, Outcome
+from streamer.aggregator import ADDED, BarAggregator, Outcome
 from streamer.backfill import Backfill, History
 from streamer.close_proof import CloseProof, CloseStats, DeliveryStats
 from streamer.exchange_link import ExchangeLink, now_ms
@@ -48,7 +48,7 @@ from streamer.source import (
     trade_from_ccxt,
 )
 from streamer.store import ResumePoint
-from streamer.trade_validation import Refusal, RefusedTrade, ahead_of_clock, placed
+from streamer.trade_validation import MAX_AHEAD_MS, Refusal, RefusedTrade, ahead_of_clock, placed
 from volcast.backoff import Backoff
 from volcast.bar import Bar, Trade
 from volcast.keys import Feed
@@ -67,6 +67,9 @@ _REST_CHECK_EVERY_S = 1.0
 # Refused trades logged one by one per feed; after that one line per this many.
 _REFUSALS_LOGGED = 10
 _REFUSALS_LOG_EVERY = 1000
+
+# The proof tried on every trade (an Enum member read off its class costs a descriptor call).
+_BY_TRADE = CloseProof.TRADE
 
 # A trade as the feed places it: a usable one, or one refused whose id and time are known.
 Placed = Trade | RefusedTrade
@@ -198,30 +201,34 @@ class FeedRunner:
             assert isinstance(checked, Refusal)
             self._refused_unplaced(checked)
             return
-        if self._held or self._ahead_of_clock(item) is not None:
+        # _ahead_of_clock(item) is not None, written out (on every trade): stamped past MAX_AHEAD_MS
+        # beyond the exchange's clock as last read.
+        if self._held or item.timestamp_ms > now_ms() + self._check_offset_ms + MAX_AHEAD_MS:
             self._held.append(item)  # judged once the exchange's clock has been read again (ticker)
             return
         self._on_trade(item)
 
     def _on_trade(self, trade: Placed) -> None:
-        """A websocket trade (usable or refused) of plausible time."""
+        """A websocket trade (usable or refused) of plausible time. (On every trade: the checks
+        whose answer is almost always the same come first, and _may_close is written out.)"""
         tid = trade.trade_id
-        if self.consecutive and self._live_high < tid and (
-            tid <= self._backfill_high or self.backfill.in_history(tid)
+        if self._live_high < tid and self.consecutive and (
+            tid <= self._backfill_high or (self.backfill.history is not None and self.backfill.in_history(tid))
         ):
             self._live_high = tid  # REST had it first (the overlap of a reconnect or of the history)
             self.aggregator.delivered_live(tid, trade.timestamp_ms)
             return
-        self._live_high = max(self._live_high, tid)
+        if tid > self._live_high:
+            self._live_high = tid
         if self._first_live_ms is None:
             self._first_live_ms = trade.timestamp_ms
         self._take(trade, backfilled=False)
         self._note_arrival(trade.timestamp_ms)
-        if self.consecutive and self.frontier == tid and self._unverified_from is not None:
+        if self._unverified_from is not None and self.consecutive and self.frontier == tid:
             # Delivered by the websocket with no hole before it: the stream runs again and every
             # trade up to this one is in.
             self._unverified_from = None
-        if self._may_close():
+        if self._live and not self._ahead and self._gap_from is None and not self._held:
             self._close_by_trades()
 
     def _figures_offset(self) -> int:
@@ -231,10 +238,13 @@ class FeedRunner:
 
     def _note_arrival(self, timestamp_ms: int) -> None:
         """A websocket trade's delivery delay, and its time as the newest of its flows."""
-        delay = now_ms() + self._figures_offset() - timestamp_ms
-        self.delivery.record(delay)
-        self._grace.note_delivery(delay)
         liveness = self.link.liveness
+        mid = liveness.clock.mid_ms  # _figures_offset, written out (on every trade)
+        delay = now_ms() + (self._offset_ms if mid is None else mid) - timestamp_ms
+        self.delivery.record(delay)
+        grace = self._grace
+        if grace.auto:  # only an auto grace keeps the delays
+            grace.note_delivery(delay)
         if timestamp_ms > liveness.flow.newest_ms:
             liveness.flow.newest_ms = liveness.clock.newest_trade_ms = timestamp_ms
         probe = self._probe
@@ -254,12 +264,17 @@ class FeedRunner:
                 return  # the websocket already delivered it
             self._track_id(trade)
         outcome = self._add(trade, backfilled)
-        if outcome is Outcome.LATE or outcome is Outcome.AMENDED:
-            self._late(trade, backfilled, outcome)
-        if outcome is Outcome.ADDED or outcome is Outcome.AMENDED:
-            if backfilled:
-                self._backfill_high = max(self._backfill_high, trade.trade_id)
-            self.health.last_trade_ms = max(self.health.last_trade_ms, trade.timestamp_ms)
+        if outcome is not ADDED:  # on almost every trade: one test
+            if outcome is Outcome.DUPLICATE:
+                return
+            self._late(trade, backfilled, outcome)  # LATE or AMENDED
+            if outcome is Outcome.LATE:
+                return
+        if backfilled and trade.trade_id > self._backfill_high:
+            self._backfill_high = trade.trade_id
+        health = self.health
+        if trade.timestamp_ms > health.last_trade_ms:
+            health.last_trade_ms = trade.timestamp_ms
 
     def _late(self, trade: Placed, backfilled: bool, outcome: Outcome) -> None:
         """A trade for a bar already closed: a proof was wrong, most likely a grace below the
@@ -366,7 +381,16 @@ class FeedRunner:
 
     def _track_id(self, trade: Placed) -> None:
         tid = trade.trade_id
-        if self.frontier is None and self.backfill.history is None:
+        frontier = self.frontier
+        if frontier is not None and tid == frontier + 1:  # the next id: on almost every trade
+            if not self._ahead and trade.timestamp_ms >= self.frontier_ms:
+                # _advance_frontier with nothing ahead to pass over and no time reversal, written out
+                self.frontier, self.frontier_ms = tid, trade.timestamp_ms
+                self._hole_since = None
+            else:
+                self._advance_frontier(tid, trade.timestamp_ms)
+            return
+        if frontier is None and self.backfill.history is None:
             if self._gap_from is not None:  # a loss given up: known trades start again here
                 self._set_frontier(tid, trade.timestamp_ms)
                 return
@@ -375,10 +399,7 @@ class FeedRunner:
             # read back to where REST left off decides (Backfill.fill_holes), as for a hole.
             known = self._rest_proof_ms - self._grace.ms if self._rest_proof_ms is not None else None
             self.backfill.history = History(known or self.backfill.first_since or self.start_ms or trade.timestamp_ms)
-        elif self.frontier is not None and tid == self.frontier + 1:
-            self._advance_frontier(tid, trade.timestamp_ms)
-            return
-        if (self.frontier is None or tid > self.frontier + 1) and tid not in self._ahead:
+        if (frontier is None or tid > frontier + 1) and tid not in self._ahead:
             # Beyond a hole; or, while the history is fetched, anywhere: where the known trades
             # start is decided by that backfill, not by the first live trade.
             self._ahead[tid] = trade.timestamp_ms
@@ -507,15 +528,16 @@ class FeedRunner:
     def _close_by_trades(self) -> None:
         if self.consecutive and self._monotone:
             if self.frontier is not None:
-                self._close_until(self.frontier_ms, CloseProof.TRADE)
+                self._close_until(self.frontier_ms, _BY_TRADE)
         elif self.health.last_trade_ms:
-            self._close_until(self.health.last_trade_ms - self._grace.ms, CloseProof.TRADE)
+            self._close_until(self.health.last_trade_ms - self._grace.ms, _BY_TRADE)
 
     def _close_until(self, end_ms: int, proof: CloseProof) -> None:
-        next_end = self.aggregator.next_end_ms
-        if next_end is not None and end_ms >= next_end:
+        aggregator = self.aggregator
+        next_open = aggregator.next_open_ms  # next_end_ms, written out (on every trade)
+        if next_open is not None and end_ms >= next_open + aggregator.interval_ms:
             self._closing = proof
-            self.aggregator.close_until(end_ms)
+            aggregator.close_until(end_ms)
 
     def _liveness_ms(self) -> int | None:
         """Exchange time up to which this feed's connection is proven alive: the send time of the

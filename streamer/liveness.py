@@ -53,6 +53,9 @@ _CLOCK_RETRY_S = 1.0
 _CLOCK_AHEAD_MS = 1_000
 # The prober looks at its connections at least this often.
 _IDLE_WAKE_S = 0.05
+# Frame kinds tested on every frame (an Enum member read off its class costs a descriptor call).
+_PONG = WSMsgType.PONG
+_TEXT = WSMsgType.TEXT
 # Our messages (pings, and ccxt's subscriptions) per connection within any second, at most. With
 # ccxt's own spacing of subscriptions (500 ms on Binance, source.py) a connection never gets more
 # than 4 of the 5 Binance allows, and usually 1.
@@ -374,11 +377,11 @@ class Liveness:
         if probe is None:
             probe = self.probe(client)
         kind = message.type
-        if kind is WSMsgType.PONG:
+        if kind is _PONG:
             if probe.on_pong(message.data or b""):
                 self._on_proof(probe)
             return
-        if kind is WSMsgType.TEXT and message.data[:10] == '{"result":':
+        if kind is _TEXT and message.data[:10] == '{"result":':
             # A subscription's answer is not the stream: counted as a frame of the flow, the answers
             # of a reconnect cut a stall into silences too short to see (tests/test_close_faults.py).
             probe.on_text(message.data)
