@@ -263,7 +263,10 @@ class FeedRunner:
             ):
                 return  # the websocket already delivered it
             self._track_id(trade)
-        outcome = self._add(trade, backfilled)
+        if not backfilled and isinstance(trade, Trade):  # _add's first case, written out: every live trade
+            outcome = self.aggregator.add(trade, backfilled=False)
+        else:
+            outcome = self._add(trade, backfilled)
         if outcome is not ADDED:  # on almost every trade: one test
             if outcome is Outcome.DUPLICATE:
                 return

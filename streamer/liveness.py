@@ -75,7 +75,7 @@ class ExchangeClock:
     replay faster than real time does, keeps the bound valid).
     """
 
-    __slots__ = ("_best", "low_ms", "newest_trade_ms", "read_at")
+    __slots__ = ("_best", "low_ms", "mid_ms", "newest_trade_ms", "read_at")
 
     # The offset of the reading with the shortest round trip is kept this long (for the figures).
     _BEST_FOR_S = 600.0
@@ -85,6 +85,9 @@ class ExchangeClock:
         self.read_at = -math.inf  # monotonic
         self.newest_trade_ms = 0  # newest trade time seen on any feed: a hint that the bound lags
         self._best: tuple[int, int, float] | None = None  # (midpoint offset, round trip ms, monotonic)
+        # The best estimate of the offset (the midpoint of _best), for figures such as delivery
+        # delays; proofs use ``low_ms``. An attribute, not a property: read on every trade.
+        self.mid_ms: int | None = None
 
     def note_reading(self, server_ms: int, before_ms: int, after_ms: int) -> None:
         low = server_ms - after_ms
@@ -93,12 +96,7 @@ class ExchangeClock:
         rtt, best = after_ms - before_ms, self._best
         if best is None or rtt <= best[1] or now - best[2] > self._BEST_FOR_S:
             self._best = (server_ms - (before_ms + after_ms) // 2, rtt, now)
-
-    @property
-    def mid_ms(self) -> int | None:
-        """The best estimate of the offset (midpoint of the shortest recent round trip), for figures
-        such as delivery delays; proofs use ``low_ms``."""
-        return None if self._best is None else self._best[0]
+            self.mid_ms = self._best[0]
 
     def best_rtt_ms(self) -> int:
         """The round trip of the reading behind ``mid_ms``: the error bound of delays measured with it."""
