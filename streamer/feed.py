@@ -202,8 +202,8 @@ class FeedRunner:
             self._refused_unplaced(checked)
             return
         # _ahead_of_clock(item) is not None, written out (on every trade): stamped past MAX_AHEAD_MS
-        # beyond the exchange's clock as last read.
-        if self._held or item.timestamp_ms > now_ms() + self._check_offset_ms + MAX_AHEAD_MS:
+        # beyond the exchange's clock as last read (now_ms() written out too, as in _note_arrival).
+        if self._held or item.timestamp_ms > int(time.time() * 1000) + self._check_offset_ms + MAX_AHEAD_MS:
             self._held.append(item)  # judged once the exchange's clock has been read again (ticker)
             return
         self._on_trade(item)
@@ -229,7 +229,15 @@ class FeedRunner:
             # trade up to this one is in.
             self._unverified_from = None
         if self._live and not self._ahead and self._gap_from is None and not self._held:
-            self._close_by_trades()
+            if self._monotone and self.consecutive and self.frontier is not None:
+                # _close_by_trades's case with consecutive ids and _close_until, written out
+                frontier_ms, aggregator = self.frontier_ms, self.aggregator
+                next_open = aggregator.next_open_ms
+                if next_open is not None and frontier_ms >= next_open + aggregator.interval_ms:
+                    self._closing = _BY_TRADE
+                    aggregator.close_until(frontier_ms)
+            else:
+                self._close_by_trades()
 
     def _figures_offset(self) -> int:
         """Exchange clock minus ours for the delays shown in health (the exchange's best reading)."""
@@ -240,7 +248,7 @@ class FeedRunner:
         """A websocket trade's delivery delay, and its time as the newest of its flows."""
         liveness = self.link.liveness
         mid = liveness.clock.mid_ms  # _figures_offset, written out (on every trade)
-        delay = now_ms() + (self._offset_ms if mid is None else mid) - timestamp_ms
+        delay = int(time.time() * 1000) + (self._offset_ms if mid is None else mid) - timestamp_ms  # now_ms()
         self.delivery.record(delay)
         grace = self._grace
         if grace.auto:  # only an auto grace keeps the delays
