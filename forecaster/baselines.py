@@ -36,6 +36,8 @@ from forecaster.features import (
 from forecaster.frame import BarFrame, FloatArray, IntArray
 from forecaster.horizons import NEXT_BAR, Horizons, Target, window_sums
 
+BoolArray = npt.NDArray[np.bool_]
+
 BASELINE_NAMES: tuple[str, ...] = ("naive", "ewma", "tod", "har")
 
 
@@ -146,29 +148,45 @@ class Ewma(LogForecaster):
     def _weights(self, alpha: float) -> FloatArray:
         return alpha * (1 - alpha) ** np.arange(self.SPAN, dtype=np.float64)
 
-    def _apply(self, lv: FloatArray, positions: IntArray, alpha: float) -> FloatArray:
-        w = self._weights(alpha)
-        out = np.empty((lv.shape[0], len(positions)))
+    def _windows(self, lv: FloatArray, positions: IntArray) -> list[tuple[int, FloatArray, BoolArray]]:
+        """The SPAN bars before each position, in chunks of 8192 positions: ``(first position,
+        values (S, P, SPAN), which are bars)``; they do not depend on alpha."""
+        chunks: list[tuple[int, FloatArray, BoolArray]] = []
         for lo in range(0, len(positions), 8192):
             p = positions[lo : lo + 8192]
             idx = p[:, None] - 1 - np.arange(self.SPAN)[None, :]
-            valid = idx >= 0
-            vals = lv[:, np.maximum(idx, 0)]  # (S, P, SPAN)
+            chunks.append((lo, lv[:, np.maximum(idx, 0)], idx >= 0))
+        return chunks
+
+    def _weighted(self, shape: tuple[int, int], chunks: list[tuple[int, FloatArray, BoolArray]],
+                  alpha: float) -> FloatArray:
+        w = self._weights(alpha)
+        out = np.empty(shape)
+        for lo, vals, valid in chunks:
             wm = np.where(valid, w[None, :], 0.0)
-            out[:, lo : lo + 8192] = (vals * wm[None]).sum(axis=2) / wm.sum(axis=1)[None]
+            out[:, lo : lo + vals.shape[1]] = (vals * wm[None]).sum(axis=2) / wm.sum(axis=1)[None]
         return out
 
+    def _apply(self, lv: FloatArray, positions: IntArray, alpha: float) -> FloatArray:
+        return self._weighted((lv.shape[0], len(positions)), self._windows(lv, positions), alpha)
+
     def fit(self, frames: Sequence[tuple[str, BarFrame]]) -> None:
+        # Each frame's windows are gathered once for every alpha (the gather was most of a fit:
+        # ~30 ms of the fallback's refit, forecaster/fallback.py); each alpha's error still sums
+        # the frames in order, so the choice is the one a loop over alphas made.
+        errors = [0.0] * len(self.ALPHAS)
+        for _, frame in frames:
+            batch = Batch.stack([frame])
+            pos = fit_positions(len(frame), self.SPAN)
+            if len(pos) == 0:
+                continue
+            chunks = self._windows(batch.log_volume, pos)
+            actual = batch.log_volume[:, pos]
+            for i, alpha in enumerate(self.ALPHAS):
+                pred = self._weighted((batch.log_volume.shape[0], len(pos)), chunks, alpha)
+                errors[i] += float(((pred - actual) ** 2).sum())
         best: tuple[float, float] | None = None
-        for alpha in self.ALPHAS:
-            err = 0.0
-            for _, frame in frames:
-                batch = Batch.stack([frame])
-                pos = fit_positions(len(frame), self.SPAN)
-                if len(pos) == 0:
-                    continue
-                pred = self._apply(batch.log_volume, pos, alpha)
-                err += float(((pred - batch.log_volume[:, pos]) ** 2).sum())
+        for alpha, err in zip(self.ALPHAS, errors, strict=True):
             if best is None or err < best[0]:
                 best = (err, alpha)
         if best is not None:

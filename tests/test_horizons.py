@@ -51,6 +51,22 @@ def test_window_sums_and_nan_past_the_end() -> None:
     assert out[1, 0] == 8.0 and out[1, 1] == 9.0 and math.isnan(out[1, 2])
 
 
+def test_window_sums_are_each_windows_own_sum_of_the_cumulative_sums_bit_for_bit() -> None:
+    # Every target at once gives the numbers a window at a time gives (the fits' results stay).
+    values = np.maximum(near().volume[:700], 0.0)
+    targets = resolve(ModelSettings(), MINUTE).targets
+    positions = np.array([0, 1, 5, 300, 640, 641, 699, 700])
+    cum = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
+    expected = np.full((len(positions), len(targets)), np.nan)
+    for i, p in enumerate(positions.tolist()):
+        for j, (o, k) in enumerate(targets):
+            if p + o + k <= len(values):
+                expected[i, j] = cum[p + o + k] - cum[p + o]
+    out = window_sums(values, positions, targets)
+    assert np.isnan(out).sum() > 0 and np.array_equal(out, expected, equal_nan=True)
+    assert window_sums(values, positions[:0], targets).shape == (0, len(targets))
+
+
 def test_har_direct_per_horizon_on_real_bars_sees_only_the_past() -> None:
     frame = near()
     spec = resolve(ModelSettings(), MINUTE)
