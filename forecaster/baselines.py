@@ -358,10 +358,16 @@ class Har(LogForecaster):
             ys.append(np.log1p(window_sums(np.maximum(frame.volume, 0.0), pos, self.horizon_targets)))
         if not bases:
             raise ValueError(f"HAR direct needs more than {HAR_HISTORY + span} bars of one feed to fit on")
-        base, tod, y = np.concatenate(bases), np.concatenate(tods), np.concatenate(ys)
-        rows = [_least_squares(np.concatenate([base, tod[:, j : j + 1]], axis=1), y[:, j])
-                for j in range(len(self.horizon_targets))]
-        rows[0] = self.coef  # the next bar: the one-step HAR, fitted on every position
+        tod, y = np.concatenate(tods), np.concatenate(ys)
+        # Target j's regressors are the base ones and its own profile term: one array whose last
+        # column is each target's in turn (the same values and layout as a concatenation per
+        # target, so the same solves, without copying the base once per target).
+        x = np.empty((len(tod), bases[0].shape[1] + 1))
+        np.concatenate(bases, out=x[:, :-1])
+        rows = [self.coef]  # the next bar: the one-step HAR, fitted on every position
+        for j in range(1, len(self.horizon_targets)):
+            x[:, -1] = tod[:, j]
+            rows.append(_least_squares(x, y[:, j]))
         self.target_coef = np.stack(rows)
         self.coef = self.target_coef[0]  # one row, never two copies that could disagree
 
