@@ -34,7 +34,7 @@ from forecaster.features import (
     trailing_means,
 )
 from forecaster.frame import BarFrame, FloatArray, IntArray
-from forecaster.horizons import NEXT_BAR, Horizons, Target, window_sums
+from forecaster.horizons import NEXT_BAR, Horizons, Target, log1p_window_sums, window_sums
 
 BoolArray = npt.NDArray[np.bool_]
 
@@ -355,7 +355,7 @@ class Har(LogForecaster):
                 continue
             bases.append(self.fitted_design(key, frame, pos)[:, :-1])
             tods.append(self.fitted_target_tod(frame, pos))
-            ys.append(np.log1p(window_sums(np.maximum(frame.volume, 0.0), pos, self.horizon_targets)))
+            ys.append(log1p_window_sums(np.maximum(frame.volume, 0.0), pos, self.horizon_targets))
         if not bases:
             raise ValueError(f"HAR direct needs more than {HAR_HISTORY + span} bars of one feed to fit on")
         tod, y = np.concatenate(tods), np.concatenate(ys)

@@ -15,7 +15,7 @@ from forecast_helpers import KEY, TINY_MODEL, TINY_TRAINING, near
 from forecaster.artifact import ArtifactError
 from forecaster.baselines import Har, TimeOfDay, naive_targets
 from forecaster.features import Batch
-from forecaster.horizons import Horizons, resolve, window_sums
+from forecaster.horizons import Horizons, log1p_window_sums, resolve, window_sums
 from forecaster.lstm_model import LstmModel
 from forecaster.payload import HorizonValues, Prediction
 from forecaster.predictor import Forecast, ModelPredictor, forecasts_from_log, round_significant
@@ -65,6 +65,8 @@ def test_window_sums_are_each_windows_own_sum_of_the_cumulative_sums_bit_for_bit
     out = window_sums(values, positions, targets)
     assert np.isnan(out).sum() > 0 and np.array_equal(out, expected, equal_nan=True)
     assert window_sums(values, positions[:0], targets).shape == (0, len(targets))
+    # The log of each window once, then gathered: the same numbers as the log of every gathered sum.
+    assert np.array_equal(log1p_window_sums(values, positions, targets), np.log1p(expected), equal_nan=True)
 
 
 def test_har_direct_per_horizon_on_real_bars_sees_only_the_past() -> None:
