@@ -73,7 +73,8 @@ class Bookkeeping:
             if self.handoffs.settle_due and self.handoffs.records.empty():
                 await self.handoffs.until_idle()
                 self.handoffs.settle_due = False
-                heap.settle()
+                heap.settle(thaw=self.handoffs.thaw_due)
+                self.handoffs.thaw_due = False
             log.debug("bar %d: %d predictions; %s, record_ms %.1f", job.open_ms, len(job.predictions),
                       ", ".join(f"{k} {v:.1f}" for k, v in job.timings.items()), self.counts.timings["record_ms"])
 

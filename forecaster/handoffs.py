@@ -61,6 +61,8 @@ class Handoffs:
         # Lasting state was built (a model loaded, full reads of bars): freeze it once idle, see
         # heap.py. Imports and the connections are lasting state too.
         self.settle_due = True
+        # A model was swapped or demoted: the next settle thaws what earlier ones froze first.
+        self.thaw_due = False
 
     def batch_ended(self) -> None:
         done, self.boundary_done = self.boundary_done, asyncio.Event()

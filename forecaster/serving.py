@@ -109,7 +109,7 @@ class ModelSwap:
             return
         self._failed_version = None
         self.model = Serving(predictor, version)
-        self.handoffs.settle_due = True
+        self.handoffs.settle_due = self.handoffs.thaw_due = True
         self.bars.set_look_back(max(predictor.look_back, self.fallback.look_back))
         log.info("serving model %s version %s", predictor.name, version)
         if self.handoffs.newest_ms is not None:  # the new model's head start on the next boundary
@@ -125,4 +125,4 @@ class ModelSwap:
         log.warning("model version %s was demoted to the baseline; the fallback baselines serve", serving)
         self.model = None
         self.prepared = None
-        self.handoffs.settle_due = True
+        self.handoffs.settle_due = self.handoffs.thaw_due = True

@@ -15,6 +15,7 @@ from streamer.feed_errors import FeedStopped, NotTrading
 from streamer.liveness import ConnectionProbe, Liveness
 from streamer.request_budget import WeightBudget
 from streamer.source import client_symbols, guard_frames
+from volcast.gc_pauses import freeze_lasting
 from volcast.settings import ExchangeSettings
 
 if TYPE_CHECKING:
@@ -100,8 +101,11 @@ class ExchangeLink:
         async with self._markets_lock:
             stale = time.monotonic() - self._markets_read >= self._markets_max_age_s
             if not self.exchange.markets or (recheck and stale):
+                first = not self.exchange.markets
                 await self.exchange.load_markets(reload=bool(self.exchange.markets))
                 self._markets_read = time.monotonic()
+                if first:
+                    freeze_lasting()  # a real exchange's markets: ~100k objects, here for good
 
     def check_listed(self, symbol: str) -> None:
         """FeedStopped if the exchange does not list ``symbol``; NotTrading if it lists it as inactive."""

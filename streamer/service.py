@@ -41,6 +41,7 @@ from streamer.store import REDIS_DOWN, BarStore, KeyProblem, ResumePoint
 from volcast.backoff import Backoff
 from volcast.cluster_start import read_slot_map
 from volcast.connections import ConnectionProblem, redis_client
+from volcast.gc_pauses import freeze_lasting
 from volcast.keys import Feed, RedisKeys
 from volcast.metrics_server import new_registry, serving_metrics
 from volcast.settings import Settings
@@ -226,6 +227,7 @@ async def run(settings: Settings) -> None:
 
         store.on_feed_error = feed_error
         runners = by_feed.values()  # a live view: with leases, feeds come and go
+        freeze_lasting()  # ccxt, aiohttp, redis and the history's leftovers: out of every later collection
         fatal: BaseException | None = None
         try:
             async with asyncio.TaskGroup() as group:
