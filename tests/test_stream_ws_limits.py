@@ -108,8 +108,11 @@ async def test_reconnect_storms_stay_within_the_connection_attempt_limit(
                           start_on_subscribe=True)
     try:
         async with server:
+            # One symbol a connection: twenty connections to storm (shared, five a connection, a
+            # connection dropped each second would not even have all its subscriptions sent).
             settings = stream_settings(server, [t.symbol for t in tapes], prefix,
-                                       streamer={"backoff_initial": "50ms", "backoff_max": "200ms"},
+                                       streamer={"backoff_initial": "50ms", "backoff_max": "200ms",
+                                                 "symbols_per_connection": 1},
                                        redis=redis_config)
             streamer = asyncio.create_task(run(settings))
             deadline = asyncio.get_running_loop().time() + PATIENCE_S
