@@ -170,9 +170,8 @@ class StreamerSettings(_Frozen):
     # This streamer's name in the leases and `volcast status` (default: host:pid:random).
     name: str | None = Field(default=None, min_length=1, max_length=100, pattern=r"^[^\s{}]+$")
     # Symbols per websocket connection, the busiest together (streamer/connection_plan.py): a pong
-    # then closes a busy symbol's bar when its own next trade is late. 0 (the default until the
-    # lease tests pass with shared connections): ccxt's own round robin.
-    symbols_per_connection: StrictInt = Field(default=0, ge=0, le=200)
+    # then closes a busy symbol's bar when its own next trade is late. 0: ccxt's own round robin.
+    symbols_per_connection: StrictInt = Field(default=5, ge=0, le=200)
 
     @model_validator(mode="after")
     def _renew_within_ttl(self) -> StreamerSettings:
