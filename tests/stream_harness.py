@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 
@@ -100,7 +100,8 @@ def unique_prefix() -> str:
 
 
 async def redis_bars(redis: aioredis.Redis, keys: RedisKeys, feed: Feed) -> list[Bar]:
-    entries = await redis.xrange(keys.bars(feed))
+    # redis-py types stream replies loosely; this client answers bytes (decode_responses off)
+    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(keys.bars(feed)))
     return [Bar.from_fields(fields) for _id, fields in entries]
 
 
@@ -126,7 +127,7 @@ async def wait_for_bar(
     """Until the feed's stream holds a bar opening at or after ``open_time_ms``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        last = await redis.xrevrange(keys.bars(feed), count=1)
+        last = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrevrange(keys.bars(feed), count=1))
         if last and int(last[0][0].decode().split("-")[0]) >= open_time_ms:
             return
         await asyncio.sleep(0.05)
