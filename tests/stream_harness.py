@@ -101,7 +101,7 @@ def unique_prefix() -> str:
 
 async def redis_bars(redis: aioredis.Redis, keys: RedisKeys, feed: Feed) -> list[Bar]:
     # redis-py types stream replies loosely; this client answers bytes (decode_responses off)
-    entries = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(keys.bars(feed)))
+    entries = cast(list[tuple[bytes, dict[str | bytes, str | bytes]]], await redis.xrange(keys.bars(feed)))
     return [Bar.from_fields(fields) for _id, fields in entries]
 
 
