@@ -24,7 +24,7 @@ MIN_HAR_BARS = 240
 """Fewer bars than this fit HAR's eight regressors and per-minute profile to noise."""
 MAX_FIT_FEEDS = 100
 """Feeds a refit reads (the longest first): it runs beside the event loop, keep it short.
-HAR uses its global profile for the others."""
+HAR uses its global profile for the others. Shared by the live workers of a group (``fit_feeds``)."""
 
 
 class FallbackBaseline:
@@ -47,6 +47,14 @@ class FallbackBaseline:
     def look_back(self) -> int:
         """Bars worth keeping per feed: HAR's trailing day, whether or not HAR is fitted yet."""
         return HAR_HISTORY
+
+    def fit_feeds(self, workers: int) -> int:
+        """Feeds one refit reads when ``workers`` live workers split the feeds: ``max_fit_feeds``
+        between them, so a group refits as many feeds an hour as one worker does. Each worker
+        fitting its own ``max_fit_feeds`` made the fallback's refits most of what a second worker
+        added to the group's CPU (200 feeds: 100 + 67 feeds fitted instead of 100, about 1.7 ms
+        of CPU per feed; benchmarks/scale.py)."""
+        return -(-self.max_fit_feeds // max(1, workers))
 
     def choose(self, length: int) -> Predictor:
         """The baseline for a history of ``length`` bars."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 
 from forecaster.bar_reader import BarHistories, Histories
@@ -33,13 +33,16 @@ class ForwardPasses:
     """The predictors of a boundary's feeds, and their forward passes."""
 
     def __init__(self, swap: ModelSwap, fallback: FallbackBaseline, naive: Predictor, guards: GuardCounts,
-                 bars: BarHistories, executor: Executor) -> None:
+                 bars: BarHistories, executor: Executor, workers: Callable[[], int] = lambda: 1) -> None:
         self.swap = swap
         self.fallback = fallback
         self.naive = naive
         self.guards = guards
         self.bars = bars
         self._executor = executor
+        # The live workers splitting the feeds (the event shards' split, forecaster/event_reads.py):
+        # they share the fallback's refit budget (``FallbackBaseline.fit_feeds``).
+        self.workers = workers
         self._feed_keys: dict[Feed, str] = {}
         # The market-wide inputs of the boundary being predicted (forecaster/market.py), computed
         # once per read of its bars; status says how many feeds the last aggregate had and left out.
@@ -128,8 +131,9 @@ class ForwardPasses:
 
     async def refit_fallback(self, feeds: Sequence[Feed], histories: Histories) -> None:
         """Refit the fallback baselines on the histories at hand, beside the loop, between boundaries."""
-        # The refit uses the longest max_fit_feeds histories: copy only those out of the matrix.
-        longest = sorted(feeds, key=histories.length, reverse=True)[: self.fallback.max_fit_feeds]
+        # The refit uses the longest histories, this worker's share of max_fit_feeds: copy only
+        # those out of the matrix.
+        longest = sorted(feeds, key=histories.length, reverse=True)[: self.fallback.fit_feeds(self.workers())]
         frames = [(self.feed_key(f), histories.frame(f, self.bars.look_back)) for f in longest]
         try:
             await asyncio.get_running_loop().run_in_executor(self._executor, self.fallback.refit, frames)

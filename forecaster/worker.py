@@ -125,7 +125,8 @@ class Worker:
         self.handoffs = Handoffs(publisher, self.bars, self.interval_ms)
         self.swap = ModelSwap(redis, self.keys, self.store, settings.model, self._executor, self.bars,
                               self.fallback, self.handoffs)
-        self.passes = ForwardPasses(self.swap, self.fallback, self.naive, self.guards, self.bars, self._executor)
+        self.passes = ForwardPasses(self.swap, self.fallback, self.naive, self.guards, self.bars, self._executor,
+                                    workers=lambda: self.reader.workers)
         self.boundaries = BoundaryPass(settings, publisher, self.bars, self.reader, self.streams, self.events,
                                        self.swap, self.passes, self.calibration, self.late, self.handoffs,
                                        self.counts)

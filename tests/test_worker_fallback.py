@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from worker_harness import NEAR
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from worker_harness import NEAR, delete_prefix, feeds_of, settings_for, symbol_bars, write_bars
 
 from forecaster.fallback import FallbackBaseline
 from forecaster.frame import BarFrame
+from forecaster.publisher import Publisher
+from forecaster.worker import Worker
+from volcast.connections import redis_client
+from volcast.keys import RedisKeys
 
 
 def test_fallback_tracks_the_data_from_a_few_bars_and_switches_to_har_after_a_refit() -> None:
@@ -28,3 +36,35 @@ def test_fallback_tracks_the_data_from_a_few_bars_and_switches_to_har_after_a_re
     har = [fallback.choose(end).predict([("binance:NEAR/USDT", frame[:end])])[0].volume for end in range(600, 630)]
     assert fallback.choose(600).name == "har" and len(set(har)) > 20
     assert fallback.choose(10).name == "ewma"  # short feeds still get EWMA
+
+
+async def test_live_workers_share_the_fallback_refit(tmp_path: Path, redis_config: dict[str, Any]) -> None:
+    """Workers that split the feeds fit ``max_fit_feeds`` between them, the longest histories of
+    each one's share: a second worker must not double the refits' CPU (benchmarks/scale.py)."""
+    settings = settings_for(tmp_path / "models", symbols=[f"S{i}/USDT" for i in range(6)],
+                            redis={**redis_config, "event_shards": 3})
+    keys = RedisKeys(settings.redis.key_prefix)
+    feeds = feeds_of(settings)
+    bars = [symbol_bars(i)[:40] for i in range(len(feeds))]
+    async with redis_client(settings.redis) as redis:
+        try:
+            for i, feed in enumerate(feeds):
+                await write_bars(redis, keys, feed, bars[i][i:])  # 40, 39, ... bars, all ending at bar 39
+            w = Worker(settings, redis, Publisher(settings.mqtt), consumer="w1")
+            w.fallback.max_fit_feeds = 4
+            fitted: list[list[str]] = []
+            refit = w.fallback.refit
+
+            def counted(histories: Sequence[tuple[str, BarFrame]]) -> None:
+                fitted.append([key for key, _ in histories])
+                refit(histories)
+
+            w.fallback.refit = counted  # type: ignore[method-assign]
+            histories = await w.bars.at(feeds, bars[0][-1].open_time_ms)
+            longest = [w.passes.feed_key(f) for f in feeds]
+            for workers, share in ((1, 4), (2, 2), (3, 2), (5, 1)):
+                w.reader.workers = workers  # what the split's last look at the group found
+                await w.passes.refit_fallback(histories.ready, histories)
+                assert fitted[-1] == longest[:share]
+        finally:
+            await delete_prefix(settings)
