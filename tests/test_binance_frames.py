@@ -61,8 +61,8 @@ def _frames(tape: Tape) -> list[str]:
 class Route:
     """One client (fast path or ccxt's), and what each frame made of it."""
 
-    def __init__(self, markets: dict[str, Any], fast: bool) -> None:
-        exchange = ccxt.pro.binance(
+    def __init__(self, markets: dict[str, Any], fast: bool, exchange_id: str = "binance") -> None:
+        exchange = getattr(ccxt.pro, exchange_id)(
             {"enableRateLimit": False, "urls": {"api": {"ws": {"spot": WS_URL}}},
              "options": {"fetchMarkets": {"types": ["spot"]}}}
         )
@@ -226,6 +226,17 @@ def test_edge_cases_give_the_same_records_refusals_and_bad_frames(paths: tuple[R
     refusals = [e[1] for events in heard for e in events if e[0] == "BTC/USDT" and e[1].startswith("Refusal(")]
     reasons = {reason for r in refusals for reason in re.findall(r"reason='(\w+)'", r)}
     assert reasons >= {"id", "timestamp", "price", "amount"}
+
+
+async def test_binance_us_frames_give_the_same_records(markets: dict[str, Any]) -> None:
+    """Binance US: ccxt's class of its own, on binance's handler, also takes the fast path."""
+    pair = Route(markets, fast=True, exchange_id="binanceus"), Route(markets, fast=False, exchange_id="binanceus")
+    try:
+        tape = load_tape(DATA / "binance_BTCUSDT_trades_2021-01-08_000000-000046.csv.gz")
+        _compare(pair, [*EDGE_CASES, *_frames(tape)])
+    finally:
+        await pair[0].exchange.close()
+        await pair[1].exchange.close()
 
 
 def test_a_hook_without_a_receiver_is_left_to_ccxt(markets: dict[str, Any]) -> None:
