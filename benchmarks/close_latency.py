@@ -595,7 +595,7 @@ def main() -> int:
     parser.add_argument("--quiet", type=int, default=90)
     parser.add_argument("--grace", default="2s", help="bars.grace")
     parser.add_argument("--exchange-grace", default=None,
-                        help="exchanges[].grace: a duration or auto (absent: bars.grace)")
+                        help="exchanges[].grace: a duration or auto (absent: the default, auto)")
     parser.add_argument("--liquid-source", default="btc", choices=["btc", "eth", "btc+eth"])
     parser.add_argument("--symbols-per-connection", type=int, default=None,
                         help="streamer.symbols_per_connection (absent: the default; 0: ccxt's round robin)")

@@ -45,6 +45,7 @@ from streamer.source import (
     check_hook,
     drop_connection,
     install_hook,
+    sends_queued,
     subscription_sent,
     trade_from_ccxt,
 )
@@ -850,6 +851,13 @@ class FeedRunner:
         while time.monotonic() < deadline:
             probe = self.link.liveness.probe_for(self.symbol)
             if probe is not None:
+                if sends_queued(probe.client):
+                    # Still in ccxt's throttle behind the subscriptions of the symbols sharing
+                    # this connection (Binance: one every 250 ms): the wait for an answer starts
+                    # once they are out. Counted from the session's start, a short watchdog
+                    # dropped a connection of 3 while its last subscription waited, and the
+                    # reconnect met the same queue, again and again.
+                    deadline = max(deadline, time.monotonic() + self._watchdog_s)
                 request_id = _subscription_id(probe.client, self.symbol)
                 if request_id is not None and request_id in probe.acked:
                     self._use_probe(probe, probe.acked[request_id])

@@ -197,9 +197,14 @@ def subscription_sent(exchange: Any, symbol: str) -> bool:
         connected = getattr(client, "connected", None)
         if connected is None or not connected.done() or symbol not in client_symbols(client):
             continue
-        if not getattr(getattr(client, "throttle", None), "queue", None):
+        if not sends_queued(client):
             return True
     return False
+
+
+def sends_queued(client: Any) -> bool:
+    """ccxt's throttle still holds messages (subscriptions) for this connection."""
+    return bool(getattr(getattr(client, "throttle", None), "queue", None))
 
 
 def guard_frames(

@@ -38,12 +38,15 @@ class _Clock:
         return self.s
 
 
-def _settings(grace: Any = None, *, interval: str = "1s") -> Any:
+_ABSENT = object()
+
+
+def _settings(grace: Any = _ABSENT, *, interval: str = "1s") -> Any:
     exchange: dict[str, Any] = {
         "id": "binance", "symbols": ["BTC/USDT"], "options": {"fetchMarkets": {"types": ["spot"]}},
         "urls": {"api": {"public": "http://127.0.0.1:9/api/v3", "ws": {"spot": "ws://127.0.0.1:9/stream/ws"}}},
     }
-    if grace is not None:
+    if grace is not _ABSENT:
         exchange["grace"] = grace
     return settings_from_mapping({"exchanges": [exchange], "bars": {"interval": interval, "grace": f"{CEILING}ms"}},
                                  env={})
@@ -57,7 +60,8 @@ def _measured(grace: Grace, clock: _Clock, delays: list[int], seconds: float = 6
 
 
 def test_grace_settings() -> None:
-    assert _settings().exchanges[0].grace is None
+    assert _settings().exchanges[0].grace == "auto"  # the default
+    assert _settings(None).exchanges[0].grace is None  # bars.grace
     assert _settings("auto").exchanges[0].grace == "auto"
     assert _settings("250ms").exchanges[0].grace == 250
     with pytest.raises(ConfigError, match=r"shorter than bars\.interval"):

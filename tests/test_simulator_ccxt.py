@@ -175,6 +175,24 @@ async def test_real_file_every_trade_once_in_order(btc: Tape) -> None:
         assert [(t["id"], as_delivered(t)) for t in latest] == [(t["id"], as_delivered(t)) for t in cache[-1000:]]
 
 
+async def test_the_clock_never_runs_slower_than_real_time_while_the_replay_waits(btc: Tape) -> None:
+    """``start_on_subscribe`` holds the replay until every symbol has a subscriber. The clock must
+    still advance at least at real time: the streamer's lower bound of the exchange's clock is a
+    reading plus the time since (streamer/liveness.py), and a clock that stood still through a wait
+    of seconds let pongs prove bars complete before their trades went out."""
+    async with ReplayServer([btc], speed=10, start_on_subscribe=True) as server, binance(server) as ex:
+        before = await ex.fetch_time()
+        read_at = time.monotonic()  # the server read ``before`` earlier than this
+        await asyncio.sleep(1.0)  # nobody subscribed: the replay waits
+        assert not server.started.is_set()
+        watcher = asyncio.create_task(watch_forever(ex, "BTC/USDT", []))
+        await server.started.wait()
+        asked_at = time.monotonic()  # the server reads ``after`` later than this
+        after = await ex.fetch_time()
+        watcher.cancel()
+        assert after - before >= (asked_at - read_at) * 1000
+
+
 async def watch_forever(ex: Any, symbol: str, out: list[dict[str, Any]]) -> None:
     while True:
         out.extend(await ex.watch_trades(symbol))

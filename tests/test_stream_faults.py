@@ -54,8 +54,10 @@ async def _stream_with_faults(
     try:
         server = ReplayServer(tapes, speed=speed, faults=parse_faults(faults), seed=7, start_on_subscribe=True)
         async with server:
-            settings = stream_settings(server, [t.symbol for t in tapes], prefix, streamer=streamer,
-                                       redis=redis_config)
+            # The symbols share one connection (streamer.symbols_per_connection 5): every fault
+            # hits all of them at once.
+            settings = stream_settings(server, [t.symbol for t in tapes], prefix,
+                                       streamer={"symbols_per_connection": 5, **streamer}, redis=redis_config)
             streamer = asyncio.create_task(run(settings))
             expected = await streamed_to_the_end(redis, keys, server, tapes, files)
             streamer.cancel()
@@ -81,13 +83,14 @@ def _no_gaps_and_equal(expected: dict[Feed, list[Bar]], streamed: dict[Feed, lis
 async def test_dropped_connections_are_backfilled(tmp_path: Path, faults: str, redis_config: dict[str, Any]) -> None:
     expected, streamed, health, server = await _stream_with_faults(tmp_path, redis_config, faults)
     _no_gaps_and_equal(expected, streamed)
-    # Every connection after a feed's first follows a reconnect: a drop, or the watchdog once the
-    # replay is over; each feed's last reconnect may not have its new connection open yet when
+    # The three symbols share one connection (_stream_with_faults). Every connection
+    # after the first was dialled by a feed's session after a reconnect (a drop, or the watchdog
+    # once the replay is over); each of a feed's sessions is on a connection opened after its
+    # previous one was lost, and its last reconnect may not have its new connection open yet when
     # the test stops the streamer.
-    drops = sum(h["reconnects"] - h["watchdog_timeouts"] for h in health.values())
-    timeouts = sum(h["watchdog_timeouts"] for h in health.values())
-    opened_after_first = server.connections_opened - len(expected)
-    assert opened_after_first - timeouts <= drops <= opened_after_first + len(expected)
+    opened_after_first = server.connections_opened - 1
+    assert sum(h["reconnects"] for h in health.values()) >= opened_after_first
+    assert all(h["reconnects"] <= opened_after_first + 1 for h in health.values()), health
     assert health[Feed("binance", "BTC/USDT", 1000)]["reconnects"] >= 3
     assert sum(h["gaps"] for h in health.values()) == 0
     assert all(h["duplicates"] == 0 and h["late"] == h["amended"] == 0 for h in health.values())
@@ -102,6 +105,10 @@ async def test_silent_feed_is_caught_by_the_watchdog(tmp_path: Path, redis_confi
     _no_gaps_and_equal(expected, streamed)
     btc_feed = Feed("binance", "BTC/USDT", 1000)
     assert health[btc_feed]["watchdog_timeouts"] >= 1
+    # One silence, about one reconnect: the last of three subscriptions on a connection waits in
+    # ccxt's throttle, and its answer is awaited from when it left, not from the session's start
+    # (which with this short watchdog dropped the connection again and again: 10 reconnects a feed).
+    assert all(h["watchdog_timeouts"] <= 3 for h in health.values()), health
     assert health[btc_feed]["backfilled_trades"] > 0
     assert any(b.status is BarStatus.BACKFILLED for b in streamed[btc_feed])
 

@@ -67,7 +67,8 @@ class ReplayServer:
     """Serves ``tapes`` on ``host:port`` (0 = a free port) while inside ``async with``.
 
     ``start_on_subscribe`` holds the replay (and the clock) until every symbol has a websocket
-    subscriber: a flood or a test then loses nothing to a late subscription. ``history`` gives
+    subscriber: a flood or a test then loses nothing to a late subscription; the clock then jumps
+    forward by the wait, so that it never runs slower than real time. ``history`` gives
     symbols real 1-minute bars before their tape (served as klines, see klines.py);
     ``weight_limit`` (None: count only) and ``weight_window_s`` are the REST request weight rule
     (Binance: 6000 per minute, see weights.py).
@@ -320,11 +321,19 @@ class ReplayServer:
             sub.offer(mid, frames)
 
     async def _publish(self) -> None:
+        waited_ms = 0.0
         if self.start_on_subscribe:
+            waiting_since = time.monotonic()
             await self._all_subscribed.wait()
+            # The clock stood still while the replay waited for its subscribers. A real exchange's
+            # never does, and a client's lower bound of it rests on that (streamer/liveness.py
+            # ExchangeClock: a reading plus the time since): after a wait of seconds that bound ran
+            # seconds ahead and proved bars complete before their trades were out. The replay goes
+            # on from where a clock that had run at real time through the wait would be.
+            waited_ms = (time.monotonic() - waiting_since) * 1000.0
         timeline, clock, faults = self.timeline, self.clock, self.faults
         self.started_mono = time.monotonic()
-        clock.rebase(timeline.first_ms - self._lead_ms, self.speed)
+        clock.rebase(timeline.first_ms - self._lead_ms + waited_ms, self.speed)
         self.started.set()
         n = len(timeline)
         for loop in itertools.count():
