@@ -37,10 +37,12 @@ DATA = Path(__file__).parent / "data"
 TRADE_FILES = sorted(DATA.glob("*_trades_*.csv.gz"))
 HOOKED = ("BTC/USDT", "XRP/ETH")  # ETH/USDT is listed, not hooked: its frames stay ccxt's
 WS_URL = "ws://127.0.0.1:9/stream/ws"  # never dialled: frames are handed to the client
-# A plain frame: the shape the fast path takes (the test asserts it took all of these).
+# A plain frame: the shape the fast path takes (the test asserts it took all of these); price and
+# amount are plain digits, not all zeros.
+_PLAIN_NUMBER = r'"(?=[0-9.]*[1-9])\d{1,20}(?:\.\d{0,30})?"'
 _PLAIN = re.compile(
-    r'\{"e":"trade","E":\d+,"s":"(?:BTCUSDT|XRPETH)","t":\d{1,18},"p":"\d{1,20}(?:\.\d{0,30})?",'
-    r'"q":"\d{1,20}(?:\.\d{0,30})?","T":1[3-9]\d{11},"m":(?:true|false),"M":true\}'
+    r'\{"e":"trade","E":\d+,"s":"(?:BTCUSDT|XRPETH)","t":\d{1,18},'
+    rf'"p":{_PLAIN_NUMBER},"q":{_PLAIN_NUMBER},"T":1[3-9]\d{{11}},"m":(?:true|false),"M":true\}}'
 )
 
 Event = tuple[Any, ...]
