@@ -8,6 +8,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from streamer.binance_frames import trade_frames_for
 from streamer.close_proof import Grace
 from streamer.connection_plan import place_symbol
 from streamer.dial_budget import DialBudget
@@ -63,7 +64,12 @@ class ExchangeLink:
             return on_response(code, reason, url, method, headers, body, *rest)
 
         exchange.on_rest_response = on_rest_response
-        guard_frames(exchange, self._bad_frame, self.liveness.on_frame, self.liveness.on_send)
+        # Binance's trade frames are read without ccxt's per-trade parse (the most of a trade's CPU).
+        self.trade_frames = trade_frames_for(exchange)
+        guard_frames(
+            exchange, self._bad_frame, self.liveness.on_frame, self.liveness.on_send,
+            None if self.trade_frames is None else self.trade_frames.take,
+        )
         self._grace: Grace | None = None
         # Each symbol's connection (connection_plan.py), set at start; empty: ccxt's own choice.
         self.connections: dict[str, int] = {}

@@ -1,6 +1,7 @@
 """One feed (an exchange's symbol): websocket trades and REST backfill into one bar aggregator.
 
-Every trade ccxt parses reaches ``_on_raw`` through the hooked trade buffer (source.py), so a
+Every trade ccxt parses reaches ``_on_raw`` through the hooked trade buffer (source.py), and every
+Binance trade frame read without ccxt's parse (binance_frames.py) reaches ``_on_checked``, so a
 burst loses nothing. A bar closes as soon as a proof says no trade of its interval can still
 come (streamer/close_proof.py names them; docs/streamer.md draws the timeline):
 
@@ -149,7 +150,7 @@ class FeedRunner:
         self._unplaced_ids: set[int] = set()  # ids refused live without a usable time, already counted
         self._live = False
         self._last_message = time.monotonic()
-        self._hook = install_hook(link.exchange, feed.symbol, self._on_raw)
+        self._hook = install_hook(link.exchange, feed.symbol, self._on_raw, self._on_checked)
         link.runners[feed.symbol] = self
         self._recheck_listing = False  # silent, or refused by the exchange: is the symbol still listed?
         self._task: asyncio.Task[None] | None = None
@@ -195,8 +196,13 @@ class FeedRunner:
         self._on_amend(self.feed, bar, rev)
 
     def _on_raw(self, raw: dict[str, Any]) -> None:
+        """A trade ccxt parsed (into the hooked buffer)."""
+        self._on_checked(trade_from_ccxt(raw))
+
+    def _on_checked(self, checked: Trade | Refusal) -> None:
+        """A websocket trade, checked: from ``_on_raw``, or read off its frame without ccxt's
+        parse (binance_frames.py)."""
         self._last_message = time.monotonic()
-        checked = trade_from_ccxt(raw)
         item: Placed | None = placed(checked) if isinstance(checked, Refusal) else checked
         if item is None:
             assert isinstance(checked, Refusal)

@@ -39,12 +39,26 @@ class TradeHookError(RuntimeError):
     """The exchange replaced our trade buffer, so trades could bypass the hook."""
 
 
-class HookedTradeCache(ArrayCache):  # type: ignore[misc]
-    """ccxt's trade buffer that also passes each appended trade to ``on_trade``."""
+# What a hook's owner is given for a trade once checked: the exact Trade, or why it is refused.
+OnChecked = Callable[[Trade | Refusal], None]
 
-    def __init__(self, on_trade: Callable[[dict[str, Any]], None], max_size: int = _RING_ROWS) -> None:
+
+class HookedTradeCache(ArrayCache):  # type: ignore[misc]
+    """ccxt's trade buffer that also passes each appended trade to ``on_trade``.
+
+    ``on_checked``, if given, takes the checked record of a trade that never became a ccxt trade:
+    the trade frames read without ccxt's parse (binance_frames.py) go there, not into the buffer.
+    """
+
+    def __init__(
+        self,
+        on_trade: Callable[[dict[str, Any]], None],
+        max_size: int = _RING_ROWS,
+        on_checked: OnChecked | None = None,
+    ) -> None:
         super().__init__(max_size)
         self._on_trade = on_trade
+        self.on_checked = on_checked
 
     def append(self, item: dict[str, Any]) -> None:
         ArrayCache.append(self, item)  # not super(): its object costs on every trade
@@ -127,8 +141,10 @@ def create_exchange(settings: ExchangeSettings, env: Mapping[str, str] | None = 
     return cls(config)
 
 
-def install_hook(exchange: Any, symbol: str, on_trade: Callable[[dict[str, Any]], None]) -> HookedTradeCache:
-    cache = HookedTradeCache(on_trade)
+def install_hook(
+    exchange: Any, symbol: str, on_trade: Callable[[dict[str, Any]], None], on_checked: OnChecked | None = None
+) -> HookedTradeCache:
+    cache = HookedTradeCache(on_trade, on_checked=on_checked)
     exchange.trades[symbol] = cache
     return cache
 
@@ -196,6 +212,7 @@ def guard_frames(
     on_bad_frame: Callable[[Any, Exception], None],
     on_frame: Callable[[Any, Any], None] | None = None,
     on_send: Callable[[Any], None] | None = None,
+    take_frame: Callable[[Any, Any], bool] | None = None,
 ) -> None:
     """Make one bad frame cost one frame, not the connection; show every frame to ``on_frame``.
 
@@ -207,7 +224,10 @@ def guard_frames(
     included: ccxt opens its connections without autoping), after ccxt has handled it, in the
     order the connection delivered them: the liveness proof (liveness.py) rests on that order.
     ``on_send(client)`` hears of every message ccxt sends (subscriptions), which count against
-    the exchange's limit of incoming messages per connection.
+    the exchange's limit of incoming messages per connection. ``take_frame(client, message)``,
+    if given, sees each frame first; True means it handled it in ccxt's place (binance_frames.py:
+    a trade frame read without ccxt's parse), and ccxt's handler is skipped. An error in it is a
+    bad frame, as one in ccxt's handler.
     """
     create_client = exchange.client
 
@@ -218,7 +238,8 @@ def guard_frames(
 
             def guarded(message: Any) -> None:
                 try:
-                    handle(message)
+                    if take_frame is None or not take_frame(instance, message):
+                        handle(message)
                 except Exception as exc:
                     on_bad_frame(instance, exc)
                 if on_frame is not None:

@@ -154,6 +154,16 @@ def _decimal(value: object) -> Decimal:
     return number
 
 
+def plain_decimal(value: object) -> Decimal | None:
+    """The Decimal of a text of plain digits other than zero (``_decimal``'s fast path: such a
+    text passes every check of a price or amount), else None: let ``check_trade`` read it."""
+    if type(value) is str and _PLAIN_DECIMAL.fullmatch(value):
+        plain = Decimal(value)
+        if plain:
+            return plain
+    return None
+
+
 def _side(value: object) -> Side | None:
     if value is None or value == "":
         return None
