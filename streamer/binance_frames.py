@@ -11,8 +11,11 @@ record ``trade_from_ccxt`` would have made of ccxt's trade: the same fields read
 JSON parse (ccxt reads frames with orjson too), the same check. Every other frame goes to ccxt as
 before: a field missing or of another type, a key more or less, a refused value (so every
 refusal and every bad frame is still ccxt's and the trade check's, counted as before), a symbol
-nobody hooked. ccxt still owns the connection, subscriptions, pings and reconnects; its
-``watch_trades`` future is resolved as ccxt's handler would (``trade::<symbol>``).
+nobody hooked. ccxt still owns the connection, subscriptions, pings and reconnects. Its
+``watch_trades`` future (``trade::<symbol>``) is left pending: the feed's watch loop (feed.py
+``_watch``) reads nothing from it and needs it only to hear of a lost connection (ccxt rejects every
+pending future then). Resolved on every frame, it woke that loop for one more ``watch_trades``
+call per frame: at a few trades a second per symbol that wake-up cost more than the trade.
 
 tests/test_binance_frames.py replays the test trade files and hand-made frames through both paths
 and requires the same records, refusals and bad frames, and the fast path taking the plain ones.
@@ -58,8 +61,8 @@ class BinanceTradeFrames:
         self.passed = 0
 
     def take(self, client: Any, message: Any) -> bool:
-        """Hand a plain trade frame's record to its symbol's hook and resolve ccxt's future;
-        False (nothing done) for any other frame: ccxt's handler must take it."""
+        """Hand a plain trade frame's record to its symbol's hook; False (nothing done) for any
+        other frame: ccxt's handler must take it."""
         if message.type is not _TEXT:
             return False
         data = message.data
@@ -75,7 +78,7 @@ class BinanceTradeFrames:
         if hooked is None:
             self.passed += 1
             return False
-        cache, on_checked, message_hash = hooked
+        on_checked = hooked
         # What ccxt's binance parse_trade reads, where it reads it: the id from t (from a in an
         # aggregate trade, whose frame has no t), the time from T, the taker side from m (the
         # buyer is the maker: a sell); the hook's trade_from_ccxt reads p and q off the frame.
@@ -97,12 +100,11 @@ class BinanceTradeFrames:
             return False  # ccxt's trade and the full check, as before: a refusal keeps its words
         client.last_message_at = time.time_ns() // 1_000_000  # as ccxt's Client.handle_message
         on_checked(new_trade(timestamp, trade_id, price, amount, "sell" if maker else "buy"))
-        client.resolve(cache, message_hash)  # watch_trades returns, as after ccxt's handler
         self.taken += 1
         return True
 
-    def _hooked(self, client: Any, frame: Any) -> tuple[HookedTradeCache, OnChecked, str] | None:
-        """The hook of the frame's symbol (its buffer, its receiver and ccxt's message hash) if the
+    def _hooked(self, client: Any, frame: Any) -> OnChecked | None:
+        """The hook of the frame's symbol (the receiver of its checked trades) if the
         frame has a trade frame's keys and no other, names a spot market the client's stream
         carries, and ccxt would not log it."""
         if type(frame) is not dict:
@@ -133,7 +135,7 @@ class BinanceTradeFrames:
         cache = exchange.trades.get(symbol)
         if type(cache) is not HookedTradeCache or cache.on_checked is None:
             return None
-        return cache, cache.on_checked, "trade::" + symbol
+        return cache.on_checked
 
     def _resolve(self, market_id: str, spot_url: bool) -> str | None:
         """ccxt's own resolution of the frame's market (binance's handle_trade), if it is a listed

@@ -4,10 +4,11 @@ Two ccxt binance clients with the same markets get the same frames: one with the
 without (ccxt's handler, then the hook's ``trade_from_ccxt``, as before the fast path). For every
 frame both must give the hook the same records (repr: Decimal digits and exponent included),
 the same refusals, the same bad frames (error and text) and resolve the same ``watch_trades``
-future, and the fast path must have taken every plain trade frame (a fast path that took nothing
-would pass the comparison). Frames: the test trade files encoded as the simulator sends them,
-hand-made edge cases, generated ones, and the frames of a real websocket replay with duplicate
-and malformed frames injected.
+future (except the fast path's own trades, which leave it pending), and the fast path must have
+taken every plain trade frame (a fast path that took nothing would pass the comparison).
+Frames: the test trade files encoded as the simulator sends them, hand-made edge cases,
+generated ones, and the frames of a real websocket replay with duplicate and malformed frames
+injected.
 """
 
 from __future__ import annotations
@@ -99,7 +100,10 @@ class Route:
         for frame in frames:
             message = frame if isinstance(frame, WSMessage) else WSMessage(WSMsgType.TEXT, frame, None)
             self.events = []
+            taken = self.frames.taken if self.frames is not None else 0
             self.client.handle_message(message)
+            if self.frames is not None and self.frames.taken > taken:
+                self.events.append(("taken by the fast path",))
             out.append(self.events)
         return out
 
@@ -142,6 +146,12 @@ def _compare(paths: tuple[Route, Route], frames: Sequence[str | WSMessage]) -> l
     taken = fast.frames.taken
     heard_fast, heard_slow = fast.run(frames), slow.run(frames)
     for index, (a, b) in enumerate(zip(heard_fast, heard_slow, strict=True)):
+        if ("taken by the fast path",) in a:
+            # The same record, and ccxt's future left pending (the feed's watch loop is not woken
+            # per trade), where ccxt's handler resolves it.
+            a = [e for e in a if e != ("taken by the fast path",)]
+            assert not [e for e in a if e[0] == "resolved"], f"frame {index}: the fast path resolved a future"
+            b = [e for e in b if e[0] != "resolved"]
         assert a == b, f"frame {index}: {frames[index]!r}"
     plain = sum(1 for f in frames if isinstance(f, str) and _PLAIN.fullmatch(f))
     assert fast.frames.taken - taken >= plain, "the fast path left plain trade frames to ccxt"
