@@ -134,10 +134,9 @@ def _read_decimal(value: object) -> Decimal:
 
 
 def _decimal(value: object) -> Decimal:
-    if type(value) is str and _PLAIN_DECIMAL.fullmatch(value):
-        plain = Decimal(value)
-        if plain:  # zero: refused below, with the full reading's words
-            return plain
+    plain = plain_decimal(value)
+    if plain is not None:  # None for zero too: refused below, with the full reading's words
+        return plain
     number = _read_decimal(value)
     if not number.is_finite():
         raise _Bad("not_finite", f"{_text(value)} is not finite")
@@ -155,8 +154,9 @@ def _decimal(value: object) -> Decimal:
 
 
 def plain_decimal(value: object) -> Decimal | None:
-    """The Decimal of a text of plain digits other than zero (``_decimal``'s fast path: such a
-    text passes every check of a price or amount), else None: let ``check_trade`` read it."""
+    """The Decimal of a text of plain digits other than zero (such a text passes every check of a
+    price or amount: ``_decimal``'s fast path, and binance_frames.py's), else None: let
+    ``check_trade`` read it."""
     if type(value) is str and _PLAIN_DECIMAL.fullmatch(value):
         plain = Decimal(value)
         if plain:
