@@ -18,6 +18,7 @@ from typing import Any
 
 from ccxt.async_support.base.ws.cache import ArrayCache
 
+from streamer.receive_pump import install_pump
 from streamer.trade_validation import Refusal, check_trade
 from volcast.bar import Trade
 from volcast.settings import ExchangeSettings
@@ -227,7 +228,8 @@ def guard_frames(
     the exchange's limit of incoming messages per connection. ``take_frame(client, message)``,
     if given, sees each frame first; True means it handled it in ccxt's place (binance_frames.py:
     a trade frame read without ccxt's parse), and ccxt's handler is skipped. An error in it is a
-    bad frame, as one in ccxt's handler.
+    bad frame, as one in ccxt's handler. Frames are read by one task per connection
+    (receive_pump.py), not by ccxt's task-per-frame loop.
     """
     create_client = exchange.client
 
@@ -255,6 +257,7 @@ def guard_frames(
                 instance.send = counted_send
 
             instance.handle_message = guarded
+            install_pump(instance)
             instance._volcast_guarded = True
         return instance
 

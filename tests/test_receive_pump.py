@@ -1,0 +1,141 @@
+"""The receive pump (streamer/receive_pump.py) against ccxt's real binance client and the simulator.
+
+One task reads a connection's frames in place of ccxt's task per frame; every frame still
+reaches the guarded handler in order, and a lost connection still rejects the client's futures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Coroutine, Generator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import ccxt
+import ccxt.pro
+import orjson
+import pytest
+
+from streamer.simulator import FaultSpec, ReplayServer, binance_client_options, deep_merge, synthetic_tape
+from streamer.source import guard_frames
+
+TRADES = 20_000
+
+
+class Frames:
+    """What the guarded handler saw, in order; ``done`` is set once trade ``last_id``'s frame came."""
+
+    def __init__(self, last_id: int) -> None:
+        self.items: list[Any] = []
+        self.last_id = last_id
+        self.done = asyncio.Event()
+
+    def add(self, _client: Any, item: Any) -> None:
+        self.items.append(item)
+        if trade_ids([item]) == [self.last_id]:
+            self.done.set()
+
+    def trade_ids(self) -> list[int]:
+        return trade_ids(self.items)
+
+
+@asynccontextmanager
+async def guarded_binance(server: ReplayServer, frames: Frames) -> AsyncIterator[Any]:
+    ex = ccxt.pro.binance({"enableRateLimit": False})
+    extra = binance_client_options(server)
+    deep_merge(ex.urls, extra["urls"])
+    deep_merge(ex.options, extra["options"])
+    guard_frames(ex, frames.add, frames.add)
+    try:
+        await ex.load_markets()
+        yield ex
+    finally:
+        await ex.close()
+
+
+async def watch_forever(ex: Any, symbol: str) -> None:
+    while True:
+        await ex.watch_trades(symbol)
+
+
+def trade_ids(frames: list[Any]) -> list[int]:
+    ids = []
+    for message in frames:
+        data = getattr(message, "data", None)
+        if isinstance(data, str) and '"e":"trade"' in data:
+            ids.append(orjson.loads(data)["t"])
+    return ids
+
+
+async def delivered(ex: Any, server: ReplayServer, frames: Frames) -> list[int]:
+    """Watch until the last trade's frame has reached the handler (or 30 s passed)."""
+    watcher = asyncio.create_task(watch_forever(ex, "BTC/USDT"))
+    await server.wait_flushed()
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(frames.done.wait(), 30)
+    watcher.cancel()
+    return frames.trade_ids()
+
+
+class TaskCount:
+    """Counts the tasks the event loop creates while inside ``with``."""
+
+    def __init__(self) -> None:
+        self.created = 0
+
+    def __enter__(self) -> TaskCount:
+        loop = asyncio.get_running_loop()
+
+        def factory(loop: asyncio.AbstractEventLoop, coro: Generator[Any, None, Any] | Coroutine[Any, Any, Any],
+                    **kwargs: Any) -> asyncio.Task[Any]:
+            self.created += 1
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        loop.set_task_factory(factory)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.get_running_loop().set_task_factory(None)
+
+
+async def test_every_frame_of_a_flood_in_order() -> None:
+    tape = synthetic_tape("BTC/USDT", TRADES)
+    frames = Frames(tape.trades[-1].trade_id)
+    async with (
+        ReplayServer([tape], speed=float("inf"), start_on_subscribe=True) as server,
+        guarded_binance(server, frames) as ex,
+    ):
+        assert await delivered(ex, server, frames) == [t.trade_id for t in tape.trades]
+        assert not [f for f in frames.items if isinstance(f, Exception)]
+
+
+async def test_paced_frames_cost_no_task_each() -> None:
+    """At the pace of a live feed (a trade a millisecond, as the simulator plays at speed 1) each
+    frame is alone on the socket: ccxt's loop then creates a task for every one (~1,500 here)."""
+    tape = synthetic_tape("BTC/USDT", 1_500)
+    frames = Frames(tape.trades[-1].trade_id)
+    async with (
+        ReplayServer([tape], speed=1.0, start_on_subscribe=True) as server,
+        guarded_binance(server, frames) as ex,
+    ):
+        with TaskCount() as tasks:
+            ids = await delivered(ex, server, frames)
+        assert ids == [t.trade_id for t in tape.trades]
+        assert tasks.created < 100, tasks.created
+
+
+async def test_a_lost_connection_rejects_the_watch() -> None:
+    tape = synthetic_tape("BTC/USDT", TRADES)
+    frames = Frames(tape.trades[-1].trade_id)
+    faults = FaultSpec(drop_every_trades=5_000)
+    async with (
+        ReplayServer([tape], speed=float("inf"), start_on_subscribe=True, faults=faults) as server,
+        guarded_binance(server, frames) as ex,
+    ):
+        with pytest.raises(ccxt.NetworkError):
+            async with asyncio.timeout(30):
+                await watch_forever(ex, "BTC/USDT")
+        ids = frames.trade_ids()
+        assert ids == [t.trade_id for t in tape.trades[: len(ids)]]
+        assert 0 < len(ids) <= 5_000
