@@ -12,7 +12,10 @@ real `volcast stream` processes:
 
 - ``one``: one streamer, default settings (no leases): every feed;
 - ``one_leases``: one streamer with ``--leases``;
-- ``two``: two streamers with ``--leases``, two feeds each.
+- ``two``: two streamers with ``--leases``, two feeds each;
+- ``two_split``: two streamers without leases, each configured with half the feeds: two processes
+  and no coordination at all, so ``two`` against it is the leases' own cost
+  (``coordination_2_vs_split``), and it against ``one`` is what any second process costs.
 
 For each: trades/s (wall clock, gate to every trade in the feeds' bars in Redis, closed or forming,
 the latter written every ``bars.open_bar_update``, the default 1 s) and trades per
@@ -62,6 +65,11 @@ from volcast.settings import RedisSettings  # noqa: E402
 GATE = "GATE/USDT"
 _WAIT_S = 180.0
 _TICK_S = os.sysconf("SC_CLK_TCK")
+# Per variant, its streamer processes: None is one without leases on every feed; s1, s2 share them
+# through leases; h1, h2 have each half of them in their config, without leases.
+_PROCESSES: dict[str, list[str | None]] = {
+    "one": [None], "one_leases": ["s1"], "two": ["s1", "s2"], "two_split": ["h1", "h2"],
+}
 
 
 def _symbols(feeds: int) -> list[str]:
@@ -145,7 +153,7 @@ async def one_run(variant: str, feeds: int, trades: int, directory: Path,
     try:
         async with _flood(feeds, trades, speed) as port:
             base = f"http://127.0.0.1:{port}"
-            config = {
+            config: dict[str, Any] = {
                 "exchanges": [{"id": "binance", "symbols": _symbols(feeds),
                                "urls": {"api": {"public": f"{base}/api/v3", "ws": {"spot": f"ws://127.0.0.1:{port}/stream/ws"}}},
                                "options": {"fetchMarkets": {"types": ["spot"]}}}],
@@ -153,14 +161,17 @@ async def one_run(variant: str, feeds: int, trades: int, directory: Path,
                 "history": {"days": 0},
                 "redis": redis_raw,
             }
-            path = directory / "stream.yml"
-            path.write_text(yaml.safe_dump(config), encoding="utf-8")
-            names = {"one": [None], "one_leases": ["s1"], "two": ["s1", "s2"]}[variant]
+            names = _PROCESSES[variant]
+            symbols = _symbols(feeds)
+            halves = {"h1": symbols[: feeds // 2], "h2": symbols[feeds // 2:]}
             for name in names:
-                extra = ["--leases", "--name", name] if name else []
+                config["exchanges"][0]["symbols"] = halves.get(str(name), symbols)
+                path = directory / f"stream-{name}.yml"
+                path.write_text(yaml.safe_dump(config), encoding="utf-8")
+                leases = ["--leases", "--name", name] if name in ("s1", "s2") else []
                 log = (directory / f"{variant}-{name}.log").open("wb")
                 processes.append(await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "volcast.cli", "stream", "--config", str(path), *extra,
+                    sys.executable, "-m", "volcast.cli", "stream", "--config", str(path), *leases,
                     cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
 
             async def ready() -> bool:
@@ -194,7 +205,7 @@ async def one_run(variant: str, feeds: int, trades: int, directory: Path,
                 backfilled += int(health.get(b"backfilled_trades", 0))
             moves = 0  # leases lost or released (the split at the start releases some): feeds that moved
             for name in names:
-                if name:
+                if name in ("s1", "s2"):
                     info = await redis.hgetall(keys.streamer(name))
                     moves += int(info.get(b"lost", 0)) + int(info.get(b"released", 0))
             for process in processes:
@@ -219,7 +230,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     best: dict[str, dict[str, Any]] = {}
     for round_ in range(args.rounds):
-        for variant in ("one", "one_leases", "two"):
+        for variant in ("one", "one_leases", "two", "two_split"):
             directory = Path(tempfile.mkdtemp(prefix="volcast-streamers-"))
             try:
                 result = await one_run(variant, args.feeds, args.trades, directory, speed=args.speed)
@@ -235,8 +246,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "trades_per_feed": args.trades,
         "rounds": args.rounds,
         "speed": args.speed,
-        "streamers": {"1": best["one"], "1_leases": best["one_leases"], "2": best["two"]},
+        "streamers": {"1": best["one"], "1_leases": best["one_leases"], "2": best["two"],
+                      "2_split": best["two_split"]},
         "efficiency_2_vs_1": round(best["two"]["trades_per_cpu_s"] / best["one"]["trades_per_cpu_s"], 3),
+        "efficiency_2_split_vs_1": round(best["two_split"]["trades_per_cpu_s"] / best["one"]["trades_per_cpu_s"], 3),
+        "coordination_2_vs_split": round(best["two"]["trades_per_cpu_s"] / best["two_split"]["trades_per_cpu_s"], 3),
         "efficiency_1_leases_vs_1": round(best["one_leases"]["trades_per_cpu_s"] / best["one"]["trades_per_cpu_s"], 3),
         "goal": 0.9,
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],

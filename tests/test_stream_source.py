@@ -32,8 +32,10 @@ def test_binance_strings_give_exact_decimals() -> None:
 
 def test_rest_field_names_and_float_fallback() -> None:
     rest = trade_from_ccxt(_ccxt_trade(info={"id": 1, "price": "0.00141557", "qty": "11.00000000"}))
+    assert isinstance(rest, Trade)
     assert (rest.price, rest.amount) == (Decimal("0.00141557"), Decimal("11"))
     bare = trade_from_ccxt(_ccxt_trade(info={}, price=0.1, amount=3.3, side=None))
+    assert isinstance(bare, Trade)
     # repr, not the binary expansion of the float: 0.1 stays 0.1.
     assert (bare.price, bare.amount, bare.side) == (Decimal("0.1"), Decimal("3.3"), None)
 
@@ -74,7 +76,7 @@ def test_hook_sees_every_trade_while_the_ring_stays_small() -> None:
 def test_client_symbols_from_subscription_hashes() -> None:
     class Client:
         def __init__(self) -> None:
-            self.subscriptions = {"trade::BTC/USDT": {}, "unsubscribe:trade:BTC/USDT": {}}
+            self.subscriptions: dict[str, dict[str, object]] = {"trade::BTC/USDT": {}, "unsubscribe:trade:BTC/USDT": {}}
             self.futures = {"trade::ETH/USDT": None}
 
     assert client_symbols(Client()) == ["BTC/USDT", "ETH/USDT"]
