@@ -1,8 +1,9 @@
 """The bars a boundary's predictions are made from: held in memory, topped up from Redis.
 
 Each feed's recent bars stay in a ``BarMatrix``. A worker sees every bar of its feeds in order,
-so a boundary usually needs one new bar per feed: those are read with ONE ``XREAD`` over every
-feed's bar stream from the last bar held (``COUNT 1``). Anything else is read in the same round
+so a boundary usually needs one new bar per feed: its event carries it (``EVENT_BAR_FIELDS``,
+volcast/bar.py), or else those are read with ONE ``XREAD`` over every feed's bar stream from the
+last bar held (``COUNT 1``; on a cluster an ``XRANGE`` per feed). Anything else is read in the same round
 trip: a feed this process has not seen yet, or has not seen for more than ``look_back`` bars
 (a restart, another worker of the group had it), reads its last ``look_back`` bars afresh; a
 feed that missed a few bars (events claimed from a dead worker, or handled by another worker)
@@ -132,6 +133,7 @@ class BarHistories:
         self.interval_ms = interval_ms
         self.matrix = BarMatrix(interval_ms, look_back)
         self.bars_read = 0
+        self.bars_carried = 0  # new bars taken from their events instead of read (for tests)
         self.full_reads = 0  # feeds read afresh (look_back bars), for tests and the status
         # The newest bar each feed was ready at: a feed read apart can still be at its newest
         # bar, and an older one must not replace its forecast.
@@ -183,10 +185,15 @@ class BarHistories:
         """Between boundaries: shift the matrix now if bar ``next_ms`` would need it."""
         self.matrix.make_room(next_ms)
 
-    async def at(self, feeds: Sequence[Feed], open_ms: int) -> Histories:
+    async def at(self, feeds: Sequence[Feed], open_ms: int,
+                 carried: Mapping[Feed, Mapping[bytes, bytes]] | None = None) -> Histories:
         """Each feed's history ending with its bar ``open_ms``, reading only what is not held.
 
-        A feed whose bar is not in Redis (trimmed, or an event without its bar) is not ready.
+        ``carried``: the fields of feeds' events of bar ``open_ms`` (not revisions). A feed whose
+        event carries the bar's values and that needs only that bar takes it from there, not from
+        Redis: on a cluster each worker's read of them was a command per feed and a round trip to
+        every master at every boundary. A feed whose bar is read and is not in Redis (trimmed, or
+        an event without its bar) is not ready.
         """
         main = self.matrix
         apart = self._apart
@@ -196,6 +203,8 @@ class BarHistories:
         since: list[Feed] = []  # a few bars missed
         fresh: list[tuple[Feed, BarMatrix]] = []  # unknown, or too far behind: the last look_back bars
         old: list[Feed] = []  # an old event whose window is not held
+        given: list[Feed] = []  # the next bar, carried by its event
+        given_flat: list[bytes] = []
         previous = open_ms - interval
         for feed in dict.fromkeys(feeds):
             matrix = apart.get(feed, main) if apart else main
@@ -204,12 +213,26 @@ class BarHistories:
                     matrix is not main and self._place(feed, open_ms) is main):  # caught up: batched again
                 fresh.append((feed, self._place(feed, open_ms)))
             elif last == previous:
-                nexts[self._keys.bars(feed)] = feed
+                row = _carried(carried.get(feed)) if carried else None
+                if row is None:
+                    nexts[self._keys.bars(feed)] = feed
+                else:
+                    given.append(feed)
+                    given_flat.extend(row)
             elif last < open_ms:
                 since.append(feed)
             elif matrix.available(feed, open_ms) < look_back:
                 old.append(feed)
         one_off = BarMatrix(interval, look_back) if old else None
+        if given:
+            try:
+                values = np.array(given_flat, dtype=np.float64).reshape(len(given), len(_FIELDS)).T
+            except ValueError:  # not numbers (a hand-written event, say): the bars in Redis are the truth
+                log.warning("bar %d: values carried by events are not numbers; reading the bars", open_ms)
+                nexts.update((self._keys.bars(feed), feed) for feed in given)
+            else:
+                self.bars_carried += len(given)
+                self._append(given, open_ms, values)
         if nexts or since:
             pipe = self._redis.pipeline(transaction=False)
             # One XREAD of every feed's next bar; on a cluster one XRANGE of bar open_ms per feed
@@ -274,7 +297,10 @@ class BarHistories:
         self.bars_read += len(feeds)
         if not feeds:
             return
-        values = np.array(flat, dtype=np.float64).reshape(len(feeds), len(_FIELDS)).T
+        self._append(feeds, open_ms, np.array(flat, dtype=np.float64).reshape(len(feeds), len(_FIELDS)).T)
+
+    def _append(self, feeds: Sequence[Feed], open_ms: int, values: FloatArray) -> None:
+        """Bar ``open_ms`` of ``feeds`` (``values``: columns x feeds), in one write per matrix."""
         apart = self._apart
         if not apart:
             self.matrix.append(feeds, open_ms, values)
@@ -294,6 +320,17 @@ class BarHistories:
         times, values = parsed
         self.bars_read += len(times)
         matrix.write(feed, times, values, continues=continues)
+
+
+def _carried(fields: Mapping[bytes, bytes] | None) -> list[bytes] | None:
+    """The bar values an event carries (``EVENT_BAR_FIELDS``, volcast/bar.py), as a bar read from
+    Redis gives them; None when it carries none (an older streamer, a revision, a restored bar)."""
+    if fields is None:
+        return None
+    try:
+        return [fields[name] or _UNKNOWN for name in _FIELDS]
+    except KeyError:
+        return None
 
 
 def _held(matrix: BarMatrix, feed: Feed) -> int:

@@ -15,7 +15,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from redis.exceptions import RedisError
 
@@ -110,7 +110,7 @@ class BoundaryPass:
         events = list(events)
         feeds = list(dict.fromkeys(e.feed for e in events if e.feed is not None))
         full_reads = self.bars.full_reads
-        histories = await self.bars.at(feeds, open_ms)
+        histories = await self.bars.at(feeds, open_ms, _carried_by(events, open_ms))
         if self.bars.full_reads != full_reads:
             self.handoffs.settle_due = True  # lasting state was built: freeze it, see heap.py
         if self.calibration is not None:  # a round trip only for feeds new to this process
@@ -188,7 +188,7 @@ class BoundaryPass:
             return None
         fresh = [f for f in dict.fromkeys(e.feed for e in same if e.feed is not None) if f not in seen]
         try:
-            more = await self.bars.at(fresh, open_ms)
+            more = await self.bars.at(fresh, open_ms, _carried_by(same, open_ms))
         except (RedisError, OSError) as exc:
             log.debug("look-ahead bars of bar %d not read: %s", open_ms, exc)
             self.handoffs.stash += same
@@ -300,3 +300,9 @@ class BoundaryPass:
         if topic is None:
             topic = self._topics[feed] = forecast_topic(self.settings.mqtt.topic_prefix, feed)
         return topic
+
+
+def _carried_by(events: Sequence[Event], open_ms: int) -> dict[Feed, Mapping[bytes, bytes]]:
+    """The fields of the events of bar ``open_ms`` that may carry its values (not a revision's:
+    the bar changed since the values it first had)."""
+    return {e.feed: e.fields for e in events if e.feed is not None and not e.rev and e.open_time_ms == open_ms}

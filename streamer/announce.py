@@ -16,6 +16,13 @@ bar's event is lost. A stop between 2 and 3 sends an event twice: the forecaster
 forecast per bar (a repeated event is acknowledged and counted as ``duplicate_events``), or
 after its own restart the same forecast again.
 
+The event of a bar's first write carries the bar's values (``EVENT_BAR_FIELDS``, the very strings
+written to the bar), so that a forecaster need not read back each bar it is told about (on a
+cluster a command per feed, and a round trip to every master, by every worker at every boundary).
+A revision's event, a restored bar's (lost_bars.py) and one ``recover`` sends carry none: the
+forecaster then reads the bar, as it does an older streamer's events. On one node the same event
+is written by the bar's script (store.py).
+
 A revision of a bar already announced (bar_revisions.py) is written alone, then its event (with
 ``rev``) is sent; it never moves the mark. A stop between the two loses that event (the bar in
 Redis is the revision all the same; only its re-forecast is not made): not recovered, since the
@@ -25,13 +32,14 @@ mark cannot say which revisions were announced.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from streamer.lost_bars import CHECK_NEWEST
+from volcast.bar import EVENT_BAR_FIELDS
 from volcast.keys import Feed, RedisKeys
 from volcast.redis_text import as_text
 
@@ -61,13 +69,19 @@ return 1
 """
 
 
-def event_fields(feed: Feed, open_time_ms: int, status: str, rev: int = 0) -> dict[str, str]:
+def event_fields(feed: Feed, open_time_ms: int, status: str, rev: int = 0,
+                 bar: Mapping[str, str] | None = None) -> dict[str, str]:
     """A bar-closed event; ``rev`` (only above 0) says it is a revision of a bar already announced
-    (streamer/bar_revisions.py): the same bar, rewritten after a late trade."""
+    (streamer/bar_revisions.py): the same bar, rewritten after a late trade. ``bar``: the fields
+    just written to the bar (``Bar.to_fields``), whose values (``EVENT_BAR_FIELDS``) the event
+    carries; only for a bar's first write, never with ``rev``."""
     fields = {"exchange": feed.exchange, "symbol": feed.symbol, "interval": feed.interval,
               "open_time_ms": str(open_time_ms), "status": status}
     if rev:
         fields["rev"] = str(rev)
+    elif bar is not None:
+        for name in EVENT_BAR_FIELDS:
+            fields[name] = bar[name]
     return fields
 
 
@@ -80,9 +94,12 @@ class Announcer:
         self.shards = shards
         self.resent = 0  # events sent again by ``recover``
 
-    async def announce(self, bars: Sequence[tuple[Feed, int, str, int]]) -> None:
+    async def announce(self, bars: Sequence[tuple[Feed, int, str, int]],
+                       carried: Sequence[Mapping[str, str] | None] | None = None) -> None:
         """Events of bars Redis has confirmed (feed, open time, status, rev), in order; then the
         marks. A revision (rev above 0) never moves a mark: its bar was announced before.
+        ``carried``: per bar, the fields this streamer just wrote to it (its first write), whose
+        values the event carries (``event_fields``), or None.
 
         A refused event raises the ResponseError with the stream's key in its text (the caller
         turns it into a KeyProblem); an outage raises and the caller's retry recovers.
@@ -90,8 +107,8 @@ class Announcer:
         if not bars:
             return
         pipe = self.redis.pipeline(transaction=False)
-        for feed, open_ms, status, rev in bars:
-            pipe.xadd(self.keys.feed_events(feed, self.shards), event_fields(feed, open_ms, status, rev),  # type: ignore[arg-type]
+        for (feed, open_ms, status, rev), bar in zip(bars, carried or [None] * len(bars), strict=True):
+            pipe.xadd(self.keys.feed_events(feed, self.shards), event_fields(feed, open_ms, status, rev, bar),  # type: ignore[arg-type]
                       maxlen=EVENTS_MAXLEN, approximate=True)
         results = await pipe.execute(raise_on_error=False)
         for (feed, _, _, _), result in zip(bars, results, strict=True):

@@ -437,6 +437,7 @@ class BarStore:
         pipe = self.redis.pipeline(transaction=False)
         # (feed, bar, rev, put back): a bar put back is announced as a bar (rev 0), counted apart.
         written: list[tuple[Feed, Bar, int, bool]] = []
+        carried: list[dict[str, str] | None] = []  # per written bar: the fields its event carries
         tokens = self.tokens
         # Per feed, the newest bar Redis must hold before the next one: the one queued before it.
         chain: dict[Feed, int] = {}
@@ -457,14 +458,16 @@ class BarStore:
                 for kept, kept_rev in kept_bars:
                     await self._queue_bar(pipe, feed, kept, kept_rev, chain)
                     written.append((feed, kept, 0, True))
+                    carried.append(None)  # its event reads the bar: it may be a revision
                 last = self._last_written[feed]
             if rev:
                 await self._queue_revision(pipe, feed, bar, rev)
                 written.append((feed, bar, rev, False))
+                carried.append(None)
                 continue
             if bar.open_time_ms <= last:
                 continue  # already in Redis (a retried batch, or a restart that re-closed it)
-            await self._queue_bar(pipe, feed, bar, 0, chain)
+            carried.append(await self._queue_bar(pipe, feed, bar, 0, chain, carry=True))
             written.append((feed, bar, 0, False))
         if not written:
             return True
@@ -530,16 +533,19 @@ class BarStore:
         if self.announcer is not None:
             # Only bars this call wrote: one already there (a retried batch) was announced, or is
             # newer than its feed's mark and ``recover`` sends its event.
-            await self._announce([(feed, bar.open_time_ms, bar.status.value, rev)
-                                  for (feed, bar, rev, _), result in zip(written, results, strict=True)
-                                  if result == 1])
+            landed = [i for i, result in enumerate(results) if result == 1]
+            await self._announce([(written[i][0], written[i][1].open_time_ms, written[i][1].status.value, written[i][2])
+                                  for i in landed], [carried[i] for i in landed])
         for feed, newest in lost.items():
             self._lost(feed, newest)
         return not lost
 
-    async def _queue_bar(self, pipe: Any, feed: Feed, bar: Bar, rev: int, chain: dict[Feed, int]) -> None:
+    async def _queue_bar(self, pipe: Any, feed: Feed, bar: Bar, rev: int, chain: dict[Feed, int], *,
+                         carry: bool = False) -> dict[str, str] | None:
         """A bar's script call (revision ``rev`` of it when put back), queued on ``pipe``; ``chain``
-        says which bar Redis must hold before it (lost_bars.py) and is moved on to this one."""
+        says which bar Redis must hold before it (lost_bars.py) and is moved on to this one.
+        ``carry`` (a bar's first write): its event carries the bar's values, and the fields
+        written are returned for the event a cluster sends once the bar is confirmed."""
         minid = bar.open_time_ms - (self.retention_bars - 1) * feed.interval_ms
         fields = bar.to_fields()
         if rev:
@@ -550,7 +556,7 @@ class BarStore:
         self._last_written[feed] = bar.open_time_ms
         args: list[str | int]
         if self.announcer is None:
-            event = event_fields(feed, bar.open_time_ms, bar.status.value)
+            event = event_fields(feed, bar.open_time_ms, bar.status.value, bar=fields if carry else None)
             args = [entry_id, minid, EVENTS_MAXLEN, expected, len(fields)]
             args += _pairs(fields, event)
             keys = [self.keys.bars(feed), self.keys.feed_events(feed, self.event_shards)]
@@ -564,6 +570,7 @@ class BarStore:
             keys.append(self.keys.fence(feed))
             args.append(self.tokens[feed])
             await self._write_bar_fenced(keys=keys, args=args, client=pipe)
+        return fields if carry else None
 
     def _lost(self, feed: Feed, newest: int) -> None:
         """Redis holds less of ``feed`` than it confirmed (a failover): queue the bars kept to put
@@ -614,13 +621,14 @@ class BarStore:
             log.warning("%s: revision %d of bar %d not written: the bar is not in Redis (trimmed, or never "
                         "written); it stays as it was", feed, rev, bar.open_time_ms)
 
-    async def _announce(self, bars: list[tuple[Feed, int, str, int]]) -> None:
+    async def _announce(self, bars: list[tuple[Feed, int, str, int]],
+                        carried: list[dict[str, str] | None] | None = None) -> None:
         assert self.announcer is not None
         # Shielded: a stop (the service cancelled) between the events and their marks left the
         # marks behind, and the shutdown's flush then re-sent those events (test_stream_replay on
         # the cluster saw the last 4 bars announced twice in about 1 run of 4). The step is two
         # round trips; a second cancel still ends the wait.
-        announcing = asyncio.ensure_future(self.announcer.announce(bars))
+        announcing = asyncio.ensure_future(self.announcer.announce(bars, carried))
         try:
             try:
                 await asyncio.shield(announcing)

@@ -21,7 +21,7 @@ from forecaster.refit import read_frames
 from streamer.leases import Leases
 from streamer.store import BarStore
 from volcast.backoff import Backoff
-from volcast.bar import Bar, BarStatus
+from volcast.bar import EVENT_BAR_FIELDS, Bar, BarStatus
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
 from volcast.settings import RedisSettings
@@ -141,3 +141,30 @@ async def test_a_revision_with_a_stale_token_is_refused(redis: tuple[aioredis.Re
     assert store.counters.stale_writes == 1 and store.tokens == {}
     assert await _ids(client, keys) == [f"{T0}-1"]
     assert await _events(client, keys) == [(0, 0), (0, 1)]
+
+
+async def test_a_bars_first_event_carries_its_values_as_written_and_a_revisions_none(
+        redis: tuple[aioredis.Redis, RedisKeys]) -> None:
+    client, keys = redis
+    store = _store(client, keys)
+    for second in range(3):
+        store.put(FEED, _bar(second, volume=second + 1))
+    await store.write_pending()
+    store.amend(FEED, _bar(1, 5), 1)
+    await store.write_pending()
+    bars = {int(i.split(b"-")[0]): f for i, f in await client.xrange(keys.bars(FEED))}
+    events = [f for _, f in await client.xrange(keys.bar_events(SEC))]
+    assert len(events) == 4
+    def carried(event: dict[bytes, bytes]) -> dict[str, str]:
+        return {n: event[n.encode()].decode() for n in EVENT_BAR_FIELDS}
+
+    def values(fields: dict[str, str]) -> dict[str, str]:
+        return {n: fields[n] for n in EVENT_BAR_FIELDS}
+
+    # The very strings of the bar as it was written (one source of truth): bars 0 and 2 as they
+    # are in Redis, bar 1 as it was first written (its revision followed, with an event of its own).
+    assert carried(events[0]) == values({k.decode(): v.decode() for k, v in bars[T0].items()})
+    assert carried(events[2]) == values({k.decode(): v.decode() for k, v in bars[T0 + 2 * SEC].items()})
+    assert carried(events[1]) == values(_bar(1, volume=2).to_fields())
+    assert [events[i][b"volume"] for i in range(3)] == [b"1", b"2", b"3"]
+    assert events[3][b"rev"] == b"1" and not any(n.encode() in events[3] for n in EVENT_BAR_FIELDS)

@@ -20,6 +20,7 @@ from forecaster.bar_matrix import COLUMNS, BarMatrix, StoredBatch
 from forecaster.bar_reader import BarHistories, Histories
 from forecaster.features import Batch
 from forecaster.frame import BarFrame, FloatArray, IntArray
+from streamer.announce import event_fields
 from volcast.bar import Bar
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
@@ -163,6 +164,47 @@ async def test_histories_read_afresh_then_one_bar_then_the_gap_then_afresh(setti
         for feed in feeds:
             assert_history(histories, feed, series[feed], at)
         assert bars.full_reads == 4
+
+
+def carried_by(feed: Feed, bar: Bar) -> dict[bytes, bytes]:
+    """The fields of the bar's event as the streamer writes them (with the bar's values)."""
+    fields = event_fields(feed, bar.open_time_ms, bar.status.value, bar=bar.to_fields())
+    return {k.encode(): v.encode() for k, v in fields.items()}
+
+
+async def test_a_bar_carried_by_its_event_is_not_read_and_is_the_bar_read(settings: Settings) -> None:
+    keys = RedisKeys(settings.redis.key_prefix)
+    feeds = feeds_of(settings)[:3]
+    series = {feed: symbol_bars(i)[:200] for i, feed in enumerate(feeds)}
+    async with redis_client(settings.redis) as redis:
+        for feed in feeds:
+            await write_bars(redis, keys, feed, series[feed][:150])  # bars 150 on: only in the events
+        bars = BarHistories(redis, keys, MINUTE, LOOK_BACK)
+        await bars.at(feeds, series[feeds[0]][149].open_time_ms)
+        read = bars.bars_read
+        for at in range(150, 155):
+            stamp = series[feeds[0]][at].open_time_ms
+            histories = await bars.at(feeds, stamp, {f: carried_by(f, series[f][at]) for f in feeds})
+            assert histories.ready == feeds  # not in Redis: taken from the events
+            for feed in feeds:
+                assert_history(histories, feed, series[feed], at)
+        assert bars.bars_read == read and bars.bars_carried == 5 * len(feeds)
+        # Events that carry no values (an older streamer, a restored bar), only some of them, or
+        # values that are not numbers: the bar is read from Redis as before.
+        for feed in feeds:
+            await write_bars(redis, keys, feed, series[feed][155:160])
+        partial = {k: v for k, v in carried_by(feeds[1], series[feeds[1]][155]).items() if k != b"buy_volume"}
+        garbage = {**carried_by(feeds[2], series[feeds[2]][155]), b"volume": b"lots"}
+        histories = await bars.at(feeds, series[feeds[0]][155].open_time_ms, {feeds[1]: partial})
+        for feed in feeds:
+            assert_history(histories, feed, series[feed], 155)
+        assert bars.bars_read == read + 3 and bars.bars_carried == 15
+        histories = await bars.at(feeds, series[feeds[0]][156].open_time_ms,
+                                  {feeds[0]: carried_by(feeds[0], series[feeds[0]][156]), feeds[2]: garbage})
+        for feed in feeds:
+            assert_history(histories, feed, series[feed], 156)
+        # One event's values are not numbers: the boundary reads every bar (a rare case, made simple).
+        assert bars.bars_read == read + 6 and bars.bars_carried == 15
 
 
 async def test_an_old_event_is_served_from_its_own_bars_and_leaves_the_held_ones(settings: Settings) -> None:

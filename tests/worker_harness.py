@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 
 from forecaster.payload import Prediction
 from forecaster.worker import run as run_worker
+from streamer.announce import event_fields
 from volcast.bar import Bar, BarStatus
 from volcast.connections import mqtt_client, redis_client
 from volcast.keys import Feed, RedisKeys, forecast_topic_filter
@@ -100,19 +101,20 @@ async def write_bars(redis: aioredis.Redis, keys: RedisKeys, feed: Feed, bars: S
 
 
 async def close_bars(redis: aioredis.Redis, keys: RedisKeys, closing: Sequence[tuple[Feed, Bar]],
-                     shards: int = 1) -> None:
+                     shards: int = 1, *, carry: bool = True) -> None:
     """What the streamer does when bars close: the bars, then their events (to ``shards`` event
-    streams; on a cluster the bar and its event are in different slots, written in this order)."""
+    streams; on a cluster the bar and its event are in different slots, written in this order).
+    ``carry``: the events carry the bars' values, as the streamer's do (False: as an older
+    streamer's, and a restored bar's or a recovered event, which the worker reads the bar of)."""
     pipe = redis.pipeline(transaction=False)
-    for feed, bar in closing:
-        pipe.xadd(keys.bars(feed), bar.to_fields(), id=f"{bar.open_time_ms}-0")  # type: ignore[arg-type]
+    written = [bar.to_fields() for _, bar in closing]
+    for (feed, bar), fields in zip(closing, written, strict=True):
+        pipe.xadd(keys.bars(feed), fields, id=f"{bar.open_time_ms}-0")  # type: ignore[arg-type]
     await pipe.execute()
     pipe = redis.pipeline(transaction=False)
-    for feed, bar in closing:
-        pipe.xadd(keys.feed_events(feed, shards), {
-            "exchange": feed.exchange, "symbol": feed.symbol, "interval": feed.interval,
-            "open_time_ms": str(bar.open_time_ms), "status": bar.status.value,
-        }, maxlen=100_000, approximate=True)
+    for (feed, bar), fields in zip(closing, written, strict=True):
+        event = event_fields(feed, bar.open_time_ms, bar.status.value, bar=fields if carry else None)
+        pipe.xadd(keys.feed_events(feed, shards), event, maxlen=100_000, approximate=True)  # type: ignore[arg-type]
     await pipe.execute()
 
 
