@@ -39,6 +39,7 @@ from streamer.backfill import Backfill, History
 from streamer.close_proof import CloseProof, CloseStats, DeliveryStats
 from streamer.exchange_link import ExchangeLink, now_ms
 from streamer.feed_errors import FeedStopped, NotTrading, WatchdogTimeout
+from streamer.feed_flow import FeedFlow
 from streamer.health import FeedHealth, FeedState
 from streamer.liveness import ConnectionProbe
 from streamer.source import (
@@ -168,6 +169,11 @@ class FeedRunner:
         self._confirmed_ms = 0  # local time the server had confirmed the subscription on it
         self._seen_probe_stalls = 0
         self._seen_link_stalls = 0
+        # This symbol's own websocket trades: a stream that stops inside a connection shared with
+        # busy neighbours shows only here (feed_flow.py).
+        self._own = FeedFlow()
+        self._seen_own_stalls = 0
+        self._redialled_stall = 0  # the own stall after which the connection was dialled again
         # After a stalled trade flow: pongs prove trades only up to this time, until a REST read
         # or a trade with no hole before it shows that nothing was lost.
         self._unverified_from: int | None = None
@@ -265,6 +271,10 @@ class FeedRunner:
         probe = self._probe
         if probe is not None and timestamp_ms > probe.flow.newest_ms:
             probe.flow.newest_ms = timestamp_ms
+        own = self._own
+        own.trades += 1
+        if timestamp_ms > own.newest_ms:
+            own.newest_ms = timestamp_ms
 
     def _take(self, trade: Placed, *, backfilled: bool) -> None:
         if self.start_ms is not None and trade.timestamp_ms < self.start_ms:
@@ -288,8 +298,10 @@ class FeedRunner:
             self._late(trade, backfilled, outcome)  # LATE or AMENDED
             if outcome is Outcome.LATE:
                 return
-        if backfilled and trade.trade_id > self._backfill_high:
-            self._backfill_high = trade.trade_id
+        if backfilled:
+            if trade.trade_id > self._backfill_high:
+                self._backfill_high = trade.trade_id
+            self._own.note_rest_trade(trade.timestamp_ms)
         health = self.health
         if trade.timestamp_ms > health.last_trade_ms:
             health.last_trade_ms = trade.timestamp_ms
@@ -595,22 +607,28 @@ class FeedRunner:
     def _flows_suspect(self) -> bool:
         now = time.monotonic()
         probe = self._probe
-        return (probe is not None and probe.flow.suspect(now)) | self.link.liveness.flow.suspect(now)
+        return ((probe is not None and probe.flow.suspect(now)) | self.link.liveness.flow.suspect(now)
+                | self._own.look(now, self._last_message))
 
     def _note_stalls(self) -> None:
-        """Stalls of this feed's connection or exchange not seen yet cap what pongs prove. (A stall
-        under way is registered by the prober, which looks at every flow at least every 50 ms.)"""
+        """Stalls of this feed's connection, exchange or own stream not seen yet cap what pongs
+        prove. (A stall of a connection or exchange under way is registered by the prober, which
+        looks at every flow at least every 50 ms; the feed's own, here and on every tick.)"""
         probe = self._probe
         if probe is None:
             return
+        own = self._own
+        own.look(time.monotonic(), self._last_message)
         flows = self.link.liveness.flow
-        for flow, seen in ((probe.flow, self._seen_probe_stalls), (flows, self._seen_link_stalls)):
+        for flow, seen in ((probe.flow, self._seen_probe_stalls), (flows, self._seen_link_stalls),
+                           (own, self._seen_own_stalls)):
             if flow.episodes > seen:
                 start = flow.first_since(seen)
                 self.health.stalls += flow.episodes - seen
                 if start is not None:
                     self._cap_pongs(start)
         self._seen_probe_stalls, self._seen_link_stalls = probe.flow.episodes, flows.episodes
+        self._seen_own_stalls = own.episodes
 
     def _rest_check_due(self) -> bool:
         """A pong would close the next bar but a stall caps it: time for a REST read of the trades."""
@@ -649,6 +667,23 @@ class FeedRunner:
         if calm and not self._flows_suspect():
             self._unverified_from = None
         self.try_close()
+        await self._redial_a_stopped_stream(at)
+
+    async def _redial_a_stopped_stream(self, at_ms: int) -> None:
+        """This symbol is silent past its stall limit, and REST has a trade its connection owed and
+        should have sent (stamped a grace before ``at_ms``, the read's time): the exchange stopped
+        sending it on this connection. Dial again (once a stall: a stream that stays away on the
+        new connection too leaves the bars to REST checks, which keep them exact)."""
+        own = self._own
+        if own.episodes == self._redialled_stall or not own.look(time.monotonic(), self._last_message):
+            return
+        if not own.unsent_by(at_ms - self._grace.ms):
+            return
+        self._redialled_stall = own.episodes
+        error = WatchdogTimeout(f"{self.symbol}: its stream stopped inside a live connection (REST has trades "
+                                f"from {own.unsent_ms} ms on that it did not send)")
+        await drop_connection(self.link.exchange, self.symbol, error)
+        raise error
 
     def _sync_counters(self) -> None:
         health, aggregator = self.health, self.aggregator
@@ -879,12 +914,14 @@ class FeedRunner:
         if self._probe is not None and self._probe is not probe:
             self._probe.needs.pop(id(self), None)
         self._probe, self._confirmed_ms = probe, confirmed_ms
-        flows = self.link.liveness.flow
+        flows, own = self.link.liveness.flow, self._own
+        own.watch_from(self.exchange_now_ms())
         self._seen_probe_stalls, self._seen_link_stalls = probe.flow.episodes, flows.episodes
+        self._seen_own_stalls = own.episodes
         # A stall under way now: the catch-up covers what it held back, pongs still prove nothing past it.
         self._unverified_from = None
         now = time.monotonic()
-        for flow in (probe.flow, flows):
+        for flow in (probe.flow, flows, own):
             if flow.suspect(now):
                 self._cap_pongs(flow.newest_ms)
 

@@ -153,7 +153,12 @@ async def test_refused_backfill_closes_bars_as_gaps(tmp_path: Path, redis_config
     expected, streamed, health, _server = await _stream_with_faults(
         tmp_path,
         redis_config,
-        "drop_every_trades=500,rest_error_rate=1.0,rest_error_status=503",
+        # Two drops (at the 800th and 1600th trade frame the connection carried, of 2,275): each
+        # reconnect's catch-up is refused, so each symbol's bars wait for its next trade, which for
+        # XRP/ETH (9 trades) comes at frame 2,247. With a drop every 500, the frames the replay
+        # sent while three reconnects were under way put the fourth drop past that on a loaded
+        # machine, and XRP/ETH's last bars waited for ever (correctly: its loss had no known end).
+        "drop_every_trades=800,rest_error_rate=1.0,rest_error_status=503",
         # 12 refused attempts per hole before it is given up: with short waits between them, seconds
         # instead of most of a minute of backoff.
         backoff_initial="20ms",

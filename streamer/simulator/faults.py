@@ -18,6 +18,12 @@ Every fault is off by default. What each one does (per websocket connection unle
   rest of the exchange: its bars can close on a pong (the others' trades show the exchange's
   flow past the bar's end) before their last trades arrive, a grace below D is proven wrong,
   and those trades come for a bar already closed (streamer/bar_revisions.py amends it).
+- ``mute_after_s=A,mute_for_s=D``: server-wide, once: from A s after the replay started, for
+  D s, the first tape's trades are sent on no connection, while the other tapes' trades and the
+  pongs go on (published to REST all the same). One symbol's stream stopping inside a live
+  connection it shares with others: the connection's flow and its pongs look healthy, and only
+  the symbol's own silence shows the loss (streamer/feed_flow.py). ``mute_for_s`` longer than
+  the replay: a stream that never comes back, not even on a new connection.
 - ``duplicate_rate=P``: send a trade frame twice (back to back) with probability P.
 - ``reorder_window=K``: shuffle the trades due at the same moment in chunks of K.
 - ``malformed_rate=P``: with probability P, put a broken frame before a trade (added, never
@@ -59,6 +65,8 @@ class FaultSpec:
     late_after_s: float = 0.0
     late_for_s: float = 0.0
     late_ms: float = 0.0
+    mute_after_s: float = 0.0
+    mute_for_s: float = 0.0
     duplicate_rate: float = 0.0
     reorder_window: int = 0
     malformed_rate: float = 0.0
@@ -72,7 +80,7 @@ class FaultSpec:
             if getattr(self, name) < 0:
                 raise FaultSpecError(f"{name} must be >= 0")
         for name in ("drop_every_s", "silent_after_s", "silent_for_s", "stall_after_s", "late_after_s", "late_for_s",
-                     "late_ms"):
+                     "late_ms", "mute_after_s", "mute_for_s"):
             if not math.isfinite(getattr(self, name)) or getattr(self, name) < 0:
                 raise FaultSpecError(f"{name} must be >= 0 seconds")
         for name in ("duplicate_rate", "malformed_rate", "rest_error_rate", "klines_error_rate"):
@@ -83,6 +91,8 @@ class FaultSpec:
             raise FaultSpecError(f"rest_error_status must be 429 or 5xx, got {self.rest_error_status}")
         if self.silent_after_s and not self.silent_for_s:
             raise FaultSpecError("silent_after_s needs silent_for_s")
+        if self.mute_after_s and not self.mute_for_s:
+            raise FaultSpecError("mute_after_s needs mute_for_s")
         if (self.late_for_s > 0) != (self.late_ms > 0):
             raise FaultSpecError("late_for_s and late_ms go together")
         if not self.malformed_kinds or any(k not in MALFORMED_KINDS for k in self.malformed_kinds):
@@ -95,6 +105,10 @@ class FaultSpec:
     def late_at(self, elapsed_s: float) -> bool:
         """Whether the first tape's trades published ``elapsed_s`` after the start are sent late."""
         return self.late_for_s > 0 and self.late_after_s <= elapsed_s < self.late_after_s + self.late_for_s
+
+    def muted_at(self, elapsed_s: float) -> bool:
+        """Whether the first tape's trades published ``elapsed_s`` after the start are sent on no connection."""
+        return self.mute_for_s > 0 and self.mute_after_s <= elapsed_s < self.mute_after_s + self.mute_for_s
 
     def silent_at(self, elapsed_s: float) -> bool:
         """Whether the feed is silent ``elapsed_s`` seconds after the replay started."""

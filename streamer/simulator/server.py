@@ -283,10 +283,12 @@ class ReplayServer:
             for t in tape.trades[start:stop]
         ]
 
-    def _fan_out(self, ti: int, loop: int, start: int, stop: int, silent: bool, late: bool = False) -> None:
+    def _fan_out(
+        self, ti: int, loop: int, start: int, stop: int, silent: bool, late: bool = False, muted: bool = False
+    ) -> None:
         market_id = self._tape_market_ids[ti]
         self._stores[market_id].advance(stop - start)
-        if silent or market_id in self._rest.delisted:
+        if silent or (muted and ti == 0) or market_id in self._rest.delisted:
             return
         if ti == 0 and (late or self._late):  # held back, or queued behind what is
             release = time.monotonic() + self.faults.late_ms / 1000 if late else self._late[-1][0]
@@ -355,6 +357,7 @@ class ReplayServer:
                 elapsed = time.monotonic() - self.started_mono
                 silent = faults.silent_at(elapsed)
                 late = faults.late_at(elapsed)
+                muted = faults.muted_at(elapsed)
                 counts = [0] * len(tapes)
                 end = min(n, i + MAX_BATCH)
                 j = i
@@ -368,7 +371,7 @@ class ReplayServer:
                     if count:
                         start = done_in_pass[ti]
                         done_in_pass[ti] = start + count
-                        self._fan_out(ti, loop, start, start + count, silent, late)
+                        self._fan_out(ti, loop, start, start + count, silent, late, muted)
                 i = j
                 clock.hold_below = timeline.timestamp(loop, i) if i < n else timeline.timestamp(loop + 1, 0)
                 await asyncio.sleep(0)
