@@ -230,6 +230,7 @@ class FeedRunner:
         ):
             self._live_high = tid  # REST had it first (the overlap of a reconnect or of the history)
             self.aggregator.delivered_live(tid, trade.timestamp_ms)
+            self._own.delivered(trade.timestamp_ms)  # the stream runs, if behind REST
             return
         if tid > self._live_high:
             self._live_high = tid
@@ -271,7 +272,7 @@ class FeedRunner:
         probe = self._probe
         if probe is not None and timestamp_ms > probe.flow.newest_ms:
             probe.flow.newest_ms = timestamp_ms
-        own = self._own
+        own = self._own  # own.delivered(timestamp_ms), written out (on every trade)
         own.trades += 1
         if timestamp_ms > own.newest_ms:
             own.newest_ms = timestamp_ms

@@ -50,6 +50,12 @@ class FeedFlow(FlowGuard):
         self.owed_from_ms = 0  # exchange time from which the current connection owes every trade
         self.unsent_ms: int | None = None  # oldest trade REST gave since then that the stream had not sent
 
+    def delivered(self, timestamp_ms: int) -> None:
+        """A websocket trade of the feed (the feed writes this out on its hot path)."""
+        self.trades += 1
+        if timestamp_ms > self.newest_ms:
+            self.newest_ms = timestamp_ms
+
     @property
     def warm(self) -> bool:
         return not math.isinf(self.mean_gap_s())

@@ -13,8 +13,7 @@ def _trades(flow: FeedFlow, start: float, seconds: float, per_s: float, first_ms
     now = start
     for i in range(int(seconds * per_s)):
         now = start + i / per_s
-        flow.trades += 1
-        flow.newest_ms = first_ms + int((now - start) * 1000)
+        flow.delivered(first_ms + int((now - start) * 1000))
         assert not flow.look(now, now)
     return now
 
