@@ -84,6 +84,20 @@ def _cluster_section(cluster: LocalCluster) -> dict[str, Any]:
             "cluster_nodes": [f"127.0.0.1:{p}" for p in cluster.ports[1:]]}
 
 
+def _command_calls(cluster: LocalCluster) -> dict[str, int]:
+    """Commands the cluster's masters have executed so far, by name (``INFO commandstats``)."""
+    calls: dict[str, int] = {}
+    for port in cluster.ports:
+        if "role:master" not in cluster.cli(port, "info", "replication"):
+            continue
+        for line in cluster.cli(port, "info", "commandstats").splitlines():
+            name, _, stats = line.partition(":")
+            if name.startswith("cmdstat_") and stats.startswith("calls="):
+                command = name.removeprefix("cmdstat_")
+                calls[command] = calls.get(command, 0) + int(stats.split(",")[0].removeprefix("calls="))
+    return calls
+
+
 def _forecaster(config: Path, name: str) -> subprocess.Popen[bytes]:
     log = (config.parent / f"forecast-{name}.log").open("wb")
     return subprocess.Popen([sys.executable, "-m", "volcast.cli", "forecast", "--config", str(config), "--consumer",
@@ -149,12 +163,14 @@ async def forecasters_run(cluster: LocalCluster, workers: int, feeds: int, bound
             await asyncio.sleep(RECORD_DEFER_S + 0.5)
             passes0 = int(await redis.hget(keys.forecaster(), "batches") or 0)
             cpu0 = sum(streamers._cpu_s(p.pid) for p in processes)
+            calls0 = _command_calls(cluster)
             started = time.monotonic()
             for step in range(2, boundaries + 2):
                 await boundary(step)
             wall = time.monotonic() - started
             each = [streamers._cpu_s(p.pid) for p in processes]
             cpu = sum(each) - cpu0
+            calls1 = _command_calls(cluster)
             await asyncio.sleep(0.2)  # the last boundary's bookkeeping (it counts the passes)
             passes = int(await redis.hget(keys.forecaster(), "batches") or 0) - passes0
             idle: dict[str, Any] = {}
@@ -168,7 +184,11 @@ async def forecasters_run(cluster: LocalCluster, workers: int, feeds: int, bound
         return {"feeds_forecast_per_s": round(done / wall, 1), "feeds_forecast_per_cpu_s": round(done / cpu, 1),
                 "cpu_s": round(cpu, 2), "wall_s": round(wall, 2), "forecasts": done,
                 # Passes of the workers (one per boundary each at best): each one pays a boundary's fixed costs.
-                "passes_per_boundary": round(passes / boundaries, 2), **idle}
+                "passes_per_boundary": round(passes / boundaries, 2),
+                # What the masters executed per boundary, this benchmark's bar writes included (the
+                # same in every variant): where a worker's fixed cost per boundary goes.
+                "commands_per_boundary": {c: round((n - calls0.get(c, 0)) / boundaries, 2)
+                                          for c, n in sorted(calls1.items()) if n > calls0.get(c, 0)}, **idle}
     finally:
         for process in processes:
             if process.poll() is None:
