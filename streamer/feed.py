@@ -15,7 +15,9 @@ come (streamer/close_proof.py names them; docs/streamer.md draws the timeline):
 
 While a feed is connecting, backfilling, has a hole in its trade ids or a loss of unknown end,
 nothing closes: its bars wait instead of closing short. The watchdog reconnects a connection that
-answers no ping (or whose trade flow stopped for a watchdog), never one whose symbols are quiet.
+answers no ping (or whose trade flow stopped for a watchdog), never one whose symbols are quiet;
+a REST check that finds trades a busy symbol's stream did not send dials its connection again
+(feed_flow.py).
 
 Where ids are consecutive (``consecutive_trade_ids``), ``frontier`` is the id up to which every
 trade is known; an id beyond ``frontier + 1`` opens a hole, filled by REST ``fromId`` pages (backfill.py). A

@@ -26,8 +26,8 @@ from collections import deque
 
 from streamer.liveness import FlowGuard
 
-# The window must span this long before the flow is judged: a connection's first second is a
-# burst of the subscription's catch-up, not the symbol's usual rate.
+# The window must span this long before the flow is judged: the first trades after a subscription
+# can come as a burst (what queued while it was under way), not at the symbol's usual rate.
 _MIN_SPAN_S = 5.0
 
 

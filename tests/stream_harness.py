@@ -4,6 +4,7 @@ the real ccxt client at the simulator, and the offline bars the streamed ones mu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import gzip
 import time
@@ -16,13 +17,16 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from streamer.offline import aggregate_trades
+from streamer.service import run
 from streamer.simulator.client_options import binance_client_options
+from streamer.simulator.faults import parse_faults
 from streamer.simulator.server import ReplayServer
 from streamer.simulator.tape import Tape, load_tape
 from streamer.trades_csv import read_trades
 from volcast.bar import Bar
+from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
-from volcast.settings import Settings, settings_from_mapping
+from volcast.settings import RedisSettings, Settings, settings_from_mapping
 
 DATA = Path(__file__).parent / "data"
 TRADE_FILES = (
@@ -155,3 +159,40 @@ def same_bars(streamed: list[Bar], expected: list[Bar], *, statuses: bool = True
     )
     for got, want in zip(window, expected, strict=True):
         assert got == want, (got, want)
+
+
+async def stream_with_faults(
+    tmp_path: Path, redis_config: dict[str, Any], faults: str, *, seconds: float = 60, speed: float = 10,
+    seed: int = 7, sources: Sequence[Path] = TRADE_FILES, **streamer: str
+) -> tuple[dict[Feed, list[Bar]], dict[Feed, list[Bar]], dict[Feed, dict[str, int]], ReplayServer]:
+    """The first ``seconds`` of ``sources`` replayed with ``faults`` and streamed into the Redis of
+    ``redis_config`` (single or cluster) until every feed's last offline bar is in: the offline
+    bars, the streamed ones and each feed's health counters (integers), by feed."""
+    files = write_windows(tmp_path, seconds, sources)
+    tapes = [load_tape(f) for f in files]
+    prefix = unique_prefix()
+    redis = redis_client(RedisSettings(**redis_config))
+    keys = RedisKeys(prefix)
+    expected: dict[Feed, list[Bar]] = {}
+    streamed: dict[Feed, list[Bar]] = {}
+    health: dict[Feed, dict[str, int]] = {}
+    try:
+        server = ReplayServer(tapes, speed=speed, faults=parse_faults(faults), seed=seed, start_on_subscribe=True)
+        async with server:
+            # The symbols share one connection (streamer.symbols_per_connection 5): every fault
+            # hits all of them at once.
+            settings = stream_settings(server, [t.symbol for t in tapes], prefix,
+                                       streamer={"symbols_per_connection": 5, **streamer}, redis=redis_config)
+            task = asyncio.create_task(run(settings))
+            expected = await streamed_to_the_end(redis, keys, server, tapes, files)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for feed in expected:
+            streamed[feed] = await redis_bars(redis, keys, feed)
+            raw = cast(dict[bytes, bytes], await redis.hgetall(keys.health(feed)))  # decode_responses off
+            health[feed] = {k.decode(): int(v) for k, v in raw.items() if v.lstrip(b"-").isdigit()}
+    finally:
+        await delete_prefix(redis, prefix)
+        await redis.aclose()
+    return expected, streamed, health, server

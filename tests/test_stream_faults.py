@@ -3,32 +3,14 @@ health counters account for the faults (real ccxt client, real Redis)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from stream_harness import (
-    TRADE_FILES,
-    delete_prefix,
-    redis_bars,
-    same_bars,
-    stream_settings,
-    streamed_to_the_end,
-    unique_prefix,
-    write_windows,
-)
+from stream_harness import TRADE_FILES, same_bars, stream_with_faults
 
-from streamer.service import run
-from streamer.simulator.faults import parse_faults
-from streamer.simulator.server import ReplayServer
-from streamer.simulator.tape import load_tape
 from volcast.bar import Bar, BarStatus
-from volcast.connections import redis_client
-from volcast.keys import Feed, RedisKeys
-from volcast.settings import RedisSettings
+from volcast.keys import Feed
 
 pytestmark = pytest.mark.slow
 
@@ -36,41 +18,6 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(autouse=True)
 def _api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOLCAST_BINANCE_API_KEY", "simulator")
-
-
-async def _stream_with_faults(
-    tmp_path: Path, redis_config: dict[str, Any], faults: str, *, speed: float = 10,
-    sources: Sequence[Path] = TRADE_FILES, **streamer: str
-) -> tuple[dict[Feed, list[Bar]], dict[Feed, list[Bar]], dict[Feed, dict[str, int]], ReplayServer]:
-    """The replay with ``faults`` streamed into the Redis of ``redis_config`` (single or cluster)."""
-    files = write_windows(tmp_path, 60, sources)
-    tapes = [load_tape(f) for f in files]
-    prefix = unique_prefix()
-    redis = redis_client(RedisSettings(**redis_config))
-    keys = RedisKeys(prefix)
-    expected: dict[Feed, list[Bar]] = {}
-    streamed: dict[Feed, list[Bar]] = {}
-    health: dict[Feed, dict[str, int]] = {}
-    try:
-        server = ReplayServer(tapes, speed=speed, faults=parse_faults(faults), seed=7, start_on_subscribe=True)
-        async with server:
-            # The symbols share one connection (streamer.symbols_per_connection 5): every fault
-            # hits all of them at once.
-            settings = stream_settings(server, [t.symbol for t in tapes], prefix,
-                                       streamer={"symbols_per_connection": 5, **streamer}, redis=redis_config)
-            streamer = asyncio.create_task(run(settings))
-            expected = await streamed_to_the_end(redis, keys, server, tapes, files)
-            streamer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await streamer
-        for feed in expected:
-            streamed[feed] = await redis_bars(redis, keys, feed)
-            raw = await redis.hgetall(keys.health(feed))
-            health[feed] = {k.decode(): int(v) for k, v in raw.items() if v.isdigit()}
-    finally:
-        await delete_prefix(redis, prefix)
-        await redis.aclose()
-    return expected, streamed, health, server
 
 
 def _no_gaps_and_equal(expected: dict[Feed, list[Bar]], streamed: dict[Feed, list[Bar]]) -> None:
@@ -81,7 +28,7 @@ def _no_gaps_and_equal(expected: dict[Feed, list[Bar]], streamed: dict[Feed, lis
 
 @pytest.mark.parametrize("faults", ["drop_every_trades=300", "drop_every_s=1.5"])
 async def test_dropped_connections_are_backfilled(tmp_path: Path, faults: str, redis_config: dict[str, Any]) -> None:
-    expected, streamed, health, server = await _stream_with_faults(tmp_path, redis_config, faults)
+    expected, streamed, health, server = await stream_with_faults(tmp_path, redis_config, faults)
     _no_gaps_and_equal(expected, streamed)
     # The three symbols share one connection (_stream_with_faults). Every connection
     # after the first was dialled by a feed's session after a reconnect (a drop, or the watchdog
@@ -99,7 +46,7 @@ async def test_dropped_connections_are_backfilled(tmp_path: Path, faults: str, r
 
 
 async def test_silent_feed_is_caught_by_the_watchdog(tmp_path: Path, redis_config: dict[str, Any]) -> None:
-    expected, streamed, health, _server = await _stream_with_faults(
+    expected, streamed, health, _server = await stream_with_faults(
         tmp_path, redis_config, "silent_after_s=1,silent_for_s=2", watchdog="600ms"
     )
     _no_gaps_and_equal(expected, streamed)
@@ -114,7 +61,7 @@ async def test_silent_feed_is_caught_by_the_watchdog(tmp_path: Path, redis_confi
 
 
 async def test_duplicates_are_dropped_and_counted(tmp_path: Path, redis_config: dict[str, Any]) -> None:
-    expected, streamed, health, _server = await _stream_with_faults(tmp_path, redis_config, "duplicate_rate=0.05")
+    expected, streamed, health, _server = await stream_with_faults(tmp_path, redis_config, "duplicate_rate=0.05")
     _no_gaps_and_equal(expected, streamed)
     total = sum(sum(b.trades for b in bars) for bars in expected.values())
     duplicates = sum(h["duplicates"] for h in health.values())
@@ -124,13 +71,13 @@ async def test_duplicates_are_dropped_and_counted(tmp_path: Path, redis_config: 
 
 
 async def test_reordered_trades_make_the_same_bars(tmp_path: Path, redis_config: dict[str, Any]) -> None:
-    expected, streamed, health, _server = await _stream_with_faults(tmp_path, redis_config, "reorder_window=5")
+    expected, streamed, health, _server = await stream_with_faults(tmp_path, redis_config, "reorder_window=5")
     _no_gaps_and_equal(expected, streamed)
     assert all(h["late"] == h["amended"] == 0 and h["gaps"] == 0 for h in health.values())
 
 
 async def test_malformed_frames_are_counted_not_fatal(tmp_path: Path, redis_config: dict[str, Any]) -> None:
-    expected, streamed, health, _server = await _stream_with_faults(tmp_path, redis_config, "malformed_rate=0.03")
+    expected, streamed, health, _server = await stream_with_faults(tmp_path, redis_config, "malformed_rate=0.03")
     _no_gaps_and_equal(expected, streamed)
     total = sum(sum(b.trades for b in bars) for bars in expected.values())
     assert sum(h["trades"] for h in health.values()) == total
@@ -142,7 +89,7 @@ async def test_malformed_frames_are_counted_not_fatal(tmp_path: Path, redis_conf
 
 
 async def test_rest_errors_are_retried(tmp_path: Path, redis_config: dict[str, Any]) -> None:
-    expected, streamed, health, _server = await _stream_with_faults(
+    expected, streamed, health, _server = await stream_with_faults(
         tmp_path, redis_config, "drop_every_trades=400,rest_error_rate=0.3,rest_error_status=503"
     )
     _no_gaps_and_equal(expected, streamed)
@@ -150,7 +97,7 @@ async def test_rest_errors_are_retried(tmp_path: Path, redis_config: dict[str, A
 
 
 async def test_refused_backfill_closes_bars_as_gaps(tmp_path: Path, redis_config: dict[str, Any]) -> None:
-    expected, streamed, health, _server = await _stream_with_faults(
+    expected, streamed, health, _server = await stream_with_faults(
         tmp_path,
         redis_config,
         # Two drops (at the 800th and 1600th trade frame the connection carried, of 2,275): each
@@ -179,7 +126,7 @@ async def test_a_loss_of_unknown_end_keeps_its_bars_waiting(tmp_path: Path, redi
     """REST refuses while the feed is silent: the hole is given up before any trade after it has
     come, so the gap must run to the first trade after the silence, not to a clock reading (which,
     against this replay at 10x, lags the exchange's time)."""
-    expected, streamed, health, _server = await _stream_with_faults(
+    expected, streamed, health, _server = await stream_with_faults(
         tmp_path,
         redis_config,
         "silent_after_s=2,silent_for_s=5,rest_error_rate=1.0,rest_error_status=503",
@@ -205,7 +152,7 @@ async def test_a_connection_that_stops_answering_is_reconnected_by_its_pings(
     """Every connection stops at once without closing (no frame, no pong): each feed's watchdog
     finds its pings unanswered, quiet XRP/ETH's too, reconnects, and the backfill fills the gap.
     (A quiet connection that answers pings is never reconnected: test_close_quiet.py.)"""
-    expected, streamed, health, _server = await _stream_with_faults(tmp_path, redis_config, "stall_after_s=2",
+    expected, streamed, health, _server = await stream_with_faults(tmp_path, redis_config, "stall_after_s=2",
                                                                     speed=5, watchdog="1s")
     _no_gaps_and_equal(expected, streamed)
     for feed, h in health.items():

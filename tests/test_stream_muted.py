@@ -10,29 +10,13 @@ time would have closed five bars before the silence could be told from a gap bet
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from pathlib import Path
 from typing import Any
 
 import pytest
-from stream_harness import (
-    delete_prefix,
-    redis_bars,
-    same_bars,
-    stream_settings,
-    streamed_to_the_end,
-    unique_prefix,
-    write_windows,
-)
+from stream_harness import same_bars, stream_with_faults
 
-from streamer.service import run
-from streamer.simulator.faults import parse_faults
-from streamer.simulator.server import ReplayServer
-from streamer.simulator.tape import load_tape
-from volcast.connections import redis_client
-from volcast.keys import RedisKeys
-from volcast.settings import RedisSettings
+from volcast.keys import Feed
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +24,7 @@ pytestmark = pytest.mark.slow
 # ETH/USDT (6 a second) and XRP/ETH (a few in all). Its stream stops 7 s in (past the 5 s its
 # own flow needs to be judged), for 4 s or for good.
 SECONDS = 16
+BTC = Feed("binance", "BTC/USDT", 1000)
 
 
 @pytest.fixture(autouse=True)
@@ -47,51 +32,29 @@ def _api_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VOLCAST_BINANCE_API_KEY", "simulator")
 
 
-async def _stream_muted(tmp_path: Path, redis_config: dict[str, Any], faults: str) -> dict[str, dict[str, int]]:
-    """Replay with ``faults``; assert every bar equals the offline one; return each symbol's health."""
-    files = write_windows(tmp_path, SECONDS)
-    tapes = [load_tape(f) for f in files]
-    prefix = unique_prefix()
-    redis = redis_client(RedisSettings(**redis_config))
-    keys = RedisKeys(prefix)
-    health: dict[str, dict[str, int]] = {}
-    try:
-        server = ReplayServer(tapes, speed=1, faults=parse_faults(faults), seed=3, start_on_subscribe=True)
-        async with server:
-            # The watchdog is longer than the replay: a stream dialled again is the muted feed's doing.
-            settings = stream_settings(server, [t.symbol for t in tapes], prefix, redis=redis_config,
-                                       streamer={"watchdog": "60s", "symbols_per_connection": 5})
-            streamer = asyncio.create_task(run(settings))
-            expected = await streamed_to_the_end(redis, keys, server, tapes, files)
-            streamer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await streamer
-        for feed, bars in expected.items():
-            same_bars(await redis_bars(redis, keys, feed), bars, statuses=False)
-            raw = await redis.hgetall(keys.health(feed))
-            health[feed.symbol] = {k.decode(): int(v) for k, v in raw.items() if v.lstrip(b"-").isdigit()}
-    finally:
-        await delete_prefix(redis, prefix)
-        await redis.aclose()
-    for symbol, h in health.items():
-        assert h["late"] == h["amended"] == 0, symbol  # no bar closed short
-        assert h["gap_bars"] == 0, symbol
-    return health
+async def _stream_muted(tmp_path: Path, redis_config: dict[str, Any], faults: str) -> dict[str, int]:
+    """Replay with ``faults``; assert every bar equals the offline one; return BTC/USDT's health."""
+    # The watchdog is longer than the replay: a stream dialled again is the muted feed's doing.
+    expected, streamed, health, _server = await stream_with_faults(
+        tmp_path, redis_config, faults, seconds=SECONDS, speed=1, seed=3, watchdog="60s")
+    for feed, bars in expected.items():
+        same_bars(streamed[feed], bars, statuses=False)
+        assert health[feed]["late"] == health[feed]["amended"] == 0, feed  # no bar closed short
+        assert health[feed]["gap_bars"] == 0, feed
+    return health[BTC]
 
 
 async def test_a_stream_stopped_inside_a_shared_connection_holds_its_bars_until_rest_shows_them(
     tmp_path: Path, redis_config: dict[str, Any]
 ) -> None:
-    health = await _stream_muted(tmp_path, redis_config, "mute_after_s=7,mute_for_s=4")
-    busy = health["BTC/USDT"]
+    busy = await _stream_muted(tmp_path, redis_config, "mute_after_s=7,mute_for_s=4")
     assert busy["stalls"] >= 1 and busy["rest_checks"] >= 1, busy
 
 
 async def test_a_stream_that_never_comes_back_is_dialled_again_and_its_bars_close_by_rest(
     tmp_path: Path, redis_config: dict[str, Any]
 ) -> None:
-    health = await _stream_muted(tmp_path, redis_config, "mute_after_s=7,mute_for_s=600")
-    busy = health["BTC/USDT"]
+    busy = await _stream_muted(tmp_path, redis_config, "mute_after_s=7,mute_for_s=600")
     assert busy["reconnects"] >= 1, busy  # REST had trades its stream did not send: dialled again
     # From then on every bar waits for a REST read (its trades advance the frontier: most bars then
     # close by trade proof).
