@@ -25,10 +25,12 @@ import numpy.typing as npt
 
 from forecaster.features import Batch
 from forecaster.frame import OPTIONAL_COLUMNS, BarFrame, FloatArray
+from volcast.bar import EVENT_BAR_FIELDS
 from volcast.keys import Feed
 
-COLUMNS: tuple[str, ...] = ("open", "high", "low", "close", "volume", "trades", "buy_volume")
-"""The float columns of a bar, in the order of ``values`` arguments (the planes of the matrix)."""
+COLUMNS: tuple[str, ...] = EVENT_BAR_FIELDS
+"""The float columns of a bar, in the order of ``values`` arguments (the planes of the matrix):
+the values a bar's event carries, so that a column added here is carried too (bar_reader.py)."""
 _CLOSE = COLUMNS.index("close")
 _VOLUME = COLUMNS.index("volume")
 _PRICES = tuple(COLUMNS.index(c) for c in ("open", "high", "low", "close"))

@@ -289,7 +289,7 @@ class BarHistories:
             if not entry_id.startswith(stamp):
                 continue  # bar open_ms is not in Redis (the next one is): not ready
             try:
-                flat.extend(fields[name] or _UNKNOWN for name in _FIELDS)
+                flat.extend(_row(fields))
             except KeyError:
                 log.warning("bar %s of %s has no %s", open_ms, feed, [n for n in _FIELDS if n not in fields])
                 continue
@@ -328,9 +328,14 @@ def _carried(fields: Mapping[bytes, bytes] | None) -> list[bytes] | None:
     if fields is None:
         return None
     try:
-        return [fields[name] or _UNKNOWN for name in _FIELDS]
+        return _row(fields)
     except KeyError:
         return None
+
+
+def _row(fields: Mapping[bytes, bytes]) -> list[bytes]:
+    """A bar's values in ``_FIELDS`` order (an empty one unknown); KeyError when one is missing."""
+    return [fields[name] or _UNKNOWN for name in _FIELDS]
 
 
 def _held(matrix: BarMatrix, feed: Feed) -> int:
@@ -344,7 +349,7 @@ def _parse(feed: Feed, entries: Sequence[_Entry]) -> tuple[npt.NDArray[np.int64]
     flat: list[bytes] = []
     for entry_id, fields in entries:
         try:
-            row = [fields[name] or _UNKNOWN for name in _FIELDS]
+            row = _row(fields)
         except KeyError:
             log.warning("skipping bar %r of %s: fields missing", entry_id, feed)
             continue

@@ -132,9 +132,10 @@ BAR_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Bar))
 
 EVENT_BAR_FIELDS: tuple[str, ...] = ("open", "high", "low", "close", "volume", "trades", "buy_volume")
 """The bar's values its bar-closed event carries, as the very strings written to the bar
-(``to_fields``), so that a forecaster need not read back the bar it was just told about. Only the
-event of a bar's first write carries them: a revision's, a restored bar's or a recovered event
-does not, and the forecaster then reads the bar from Redis."""
+(``to_fields``), so that a forecaster need not read back the bar it was just told about: the
+columns the forecaster keeps of each bar (forecaster/bar_matrix.py ``COLUMNS`` is this tuple).
+Only the event of a bar's first write carries them: a revision's, a restored bar's or a recovered
+event does not, and the forecaster then reads the bar from Redis."""
 
 
 def _optional_decimal(text: str) -> Decimal | None:
