@@ -70,6 +70,7 @@ _TICK_S = os.sysconf("SC_CLK_TCK")
 _PROCESSES: dict[str, list[str | None]] = {
     "one": [None], "one_leases": ["s1"], "two": ["s1", "s2"], "two_split": ["h1", "h2"],
 }
+_LEASED = frozenset({"s1", "s2"})
 
 
 def _symbols(feeds: int) -> list[str]:
@@ -168,7 +169,7 @@ async def one_run(variant: str, feeds: int, trades: int, directory: Path,
                 config["exchanges"][0]["symbols"] = halves.get(str(name), symbols)
                 path = directory / f"stream-{name}.yml"
                 path.write_text(yaml.safe_dump(config), encoding="utf-8")
-                leases = ["--leases", "--name", name] if name in ("s1", "s2") else []
+                leases = ["--leases", "--name", name] if name in _LEASED else []
                 log = (directory / f"{variant}-{name}.log").open("wb")
                 processes.append(await asyncio.create_subprocess_exec(
                     sys.executable, "-m", "volcast.cli", "stream", "--config", str(path), *leases,
@@ -205,7 +206,7 @@ async def one_run(variant: str, feeds: int, trades: int, directory: Path,
                 backfilled += int(health.get(b"backfilled_trades", 0))
             moves = 0  # leases lost or released (the split at the start releases some): feeds that moved
             for name in names:
-                if name in ("s1", "s2"):
+                if name in _LEASED:
                     info = await redis.hgetall(keys.streamer(name))
                     moves += int(info.get(b"lost", 0)) + int(info.get(b"released", 0))
             for process in processes:
