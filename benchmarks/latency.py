@@ -47,7 +47,11 @@ trained with ``model.horizons: 1`` and no sums (what the worker did before horiz
 the ratios (``horizons``: with / without, as ``calibration``). ``--market`` likewise measures the
 default model with the market-wide inputs added (forecaster/market.py: one reduction over every
 feed's day of bars per boundary), trained on two feeds so that the inputs are live, and gives
-the ratios (``market``: with / without).
+the ratios (``market``: with / without). ``--horizons-calibration-ratio`` measures each size again
+with ``forecaster.calibrate_horizons`` off (only the next bar's band calibrated) and gives the
+ratios (``horizons_calibration``: with / without); with it on (the default), every feed starts
+with every target past its warm-up, and a target learns once this worker's forecast of it is
+realised (its window closed): run ``--boundaries 80`` or more for the hour's targets to learn too.
 """
 
 from __future__ import annotations
@@ -183,7 +187,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from forecaster.calibration import WARM_UP as CALIBRATION_WARM_UP  # noqa: E402
+from forecaster.calibration import BandCalibrator  # noqa: E402
 from forecaster.frame import BarFrame  # noqa: E402
+from forecaster.horizons import resolve as resolve_horizons  # noqa: E402
 from forecaster.market import MARKET_FEATURES, attach  # noqa: E402
 from forecaster.model_store import ModelRecord, ModelStore, promote  # noqa: E402
 from forecaster.training import train_model  # noqa: E402
@@ -243,7 +249,7 @@ MARKET: dict[str, Any] = {"features": [*ModelSettings().features, *MARKET_FEATUR
 
 
 def raw_settings(port: int, model_dir: Path, redis_url: str, n: int, calibrate: bool = True,
-                 model: dict[str, Any] | None = None) -> dict[str, Any]:
+                 model: dict[str, Any] | None = None, calibrate_horizons: bool | None = None) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     return {
         "exchanges": [{"id": "binance", "symbols": [f"S{i:04d}/USDT" for i in range(n)]}],
@@ -252,8 +258,17 @@ def raw_settings(port: int, model_dir: Path, redis_url: str, n: int, calibrate: 
         "model": model or {},  # the default shape: hidden 50, look_back 60, all features
         "training": {"epochs": 1, "batch_size": 256, "patience": 0, "max_bars": 3000},
         "refit": {"model_dir": str(model_dir)},
-        "forecaster": {"threads": 1, "calibrate_bands": calibrate},
+        "forecaster": {"threads": 1, "calibrate_bands": calibrate,
+                       **({} if calibrate_horizons is None else {"calibrate_horizons": calibrate_horizons})},
     }
+
+
+def steady_calibration(targets: int) -> dict[str, str]:
+    """A calibrator state past its warm-up at every one of ``targets``, as the worker writes it."""
+    calibrator = BandCalibrator(targets)
+    row = int(calibrator.rows(["feed"])[0])
+    calibrator.c_low[row], calibrator.c_high[row], calibrator.n[row] = 0.125, 0.25, CALIBRATION_WARM_UP
+    return calibrator.fields(row)
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -378,10 +393,13 @@ def worker_timings(log: Path, boundaries: int, n: int) -> dict[str, Any]:
 
 async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: str, model: Path,
                   log_dir: Path, calibrate: bool = True,
-                  model_settings: dict[str, Any] | None = None, metrics: bool = False) -> dict[str, Any]:
+                  model_settings: dict[str, Any] | None = None, metrics: bool = False,
+                  calibrate_horizons: bool | None = None) -> dict[str, Any]:
     tag = "" if model_settings is None else "-market" if model_settings is MARKET else "-one-step"
     tag += "-metrics" if metrics else ""
-    raw = raw_settings(port, workdir / f"models-{n}-{calibrate}{tag}", redis_url, n, calibrate, model_settings)
+    tag += "" if calibrate_horizons is None else f"-horizons-calibrated-{calibrate_horizons}"
+    raw = raw_settings(port, workdir / f"models-{n}-{calibrate}{tag}", redis_url, n, calibrate, model_settings,
+                       calibrate_horizons)
     if metrics:  # Prometheus metrics on a free port, scraped every second (scraper below)
         raw["metrics"] = {"enabled": True, "forecast_port": 0}
     settings = settings_from_mapping(raw, env={})
@@ -415,12 +433,13 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
         # 250,000 commands took longer than that on a loaded machine.
         async with redis_client(settings.redis, socket_timeout=120) as redis:
             await promote(redis, keys, ModelRecord("lstm", "1", {}, 0))
-            if calibrate:  # steady state: every feed's band is past its warm-up
+            spec = resolve_horizons(settings.model, MINUTE)
+            every = calibrate and settings.forecaster.calibrate_horizons and spec.multi
+            if calibrate:  # steady state: every feed's band (every target's, when calibrated) is past its warm-up
+                state = steady_calibration(len(spec.targets) if every else 1)
                 pipe = redis.pipeline(transaction=False)
                 for feed in feeds:
-                    pipe.hset(keys.calibration(feed), mapping={
-                        "horizons": "1", "c_low": "0.125", "c_high": "0.25", "n": str(CALIBRATION_WARM_UP),
-                        "to_ms": "-1", "step": "0.02", "warm_up": str(CALIBRATION_WARM_UP)})
+                    pipe.hset(keys.calibration(feed), mapping=state)  # type: ignore[arg-type]
                 await pipe.execute()
             for lo in range(0, HISTORY, 250):
                 pipe = redis.pipeline(transaction=False)
@@ -449,6 +468,7 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
                         assert all(p["last_bar_ms"] == times[j] for p in parsed)
                         assert all(p["model"]["version"] == "1" for p in parsed)
                         assert all(p["calibrated"] is calibrate for p in parsed)
+                        assert all(p.get("horizons_calibrated", False) is every for p in parsed)
                         assert len({p["symbol"] for p in parsed}) == n
                         ms = [(t - written) / 1e6 for t, _, _ in got]
                         latency += ms
@@ -573,6 +593,9 @@ async def main() -> None:
                         help="also measure each size without band calibration, and give the ratios")
     parser.add_argument("--horizons-ratio", action="store_true",
                         help="also measure each size with a model of the next bar only, and give the ratios")
+    parser.add_argument("--horizons-calibration-ratio", action="store_true",
+                        help="also measure each size with forecaster.calibrate_horizons off (the next bar's band "
+                             "calibrated only), and give the ratios")
     parser.add_argument("--market", action="store_true",
                         help="also measure each size with the market-wide inputs, and give the ratios")
     parser.add_argument("--metrics-ratio", action="store_true",
@@ -605,6 +628,10 @@ async def main() -> None:
                                                 model_settings=MARKET)
                     results[str(n)]["market"] = calibration_ratio(with_market, results[str(n)])
                     results[str(n)]["market"]["with"] = {k: with_market[k] for k in ("p50_ms", "p99_ms", "worker_ms")}
+                if args.horizons_calibration_ratio:
+                    own = await measure(n, args.boundaries, port, workdir, args.redis, model, log_dir,
+                                        calibrate_horizons=False)
+                    results[str(n)]["horizons_calibration"] = calibration_ratio(results[str(n)], own)
                 if args.metrics_ratio:
                     on = await measure(n, args.boundaries, port, workdir, args.redis, model, log_dir, metrics=True)
                     results[str(n)]["metrics"] = metrics_ratio(on, results[str(n)])

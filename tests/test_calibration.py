@@ -3,6 +3,7 @@ published band stays sane, and its state survives a restart through real Redis."
 
 from __future__ import annotations
 
+import base64
 import math
 import uuid
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ import pytest
 from forecaster.calibration import STEP, WARM_UP, BandCalibrator, replay, replay_targets
 from forecaster.calibration_store import Calibration
 from forecaster.predictor import Forecast
+from volcast.calibration_state import unpack_state
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
 from volcast.settings import settings_from_mapping
@@ -126,8 +128,63 @@ def test_state_fields_round_trip_and_bad_fields_are_refused() -> None:
     # Fewer horizons than saved: the first ones are kept.
     one = BandCalibrator(horizons=1)
     assert one.load(FEED, fields) and one.n[one.rows([FEED])[0]].tolist() == [70]
-    for bad in ({}, {**fields, "c_low": "0.1,nan,0"}, {**fields, "n": "1,2"}, {**fields, "c_high": "x"}):
+    # Every horizon is in ``packed`` (exact bits); the text fields hold horizon 0, which is all a
+    # one-horizon reader (or ``volcast status``) reads.
+    assert fields["c_low"] == "0.1" and fields["n"] == "70" and fields["to_ms"] == "123000" and "banded" not in fields
+    state = unpack_state(fields["packed"])
+    assert state is not None and state["c_low"] == [0.1, -0.25, 1e-17] and state["to_ms"] == [123_000, 60_000, -1]
+    # A packed state that cannot be read falls back on the text fields: horizon 0 is kept.
+    for broken in ("not base64!", fields["packed"][:-4], base64.b64encode(b"\0" * 47).decode(),
+                   pack_one([0.1, math.nan, 0.0])):
+        fallback = BandCalibrator(horizons=3)
+        assert fallback.load(FEED, {**fields, "packed": broken}), broken
+        kept = int(fallback.rows([FEED])[0])
+        assert fallback.n[kept].tolist() == [70, 0, 0] and fallback.c_low[kept, 0] == 0.1
+    # A state written as comma-separated text (before ``packed``) is read whole.
+    text = {"horizons": "3", "c_low": "0.1,-0.25,1e-17", "c_high": "0.3,0.0,-2.5", "n": "70,3,0",
+            "to_ms": "123000,60000,-1", "banded": "0,5,6", "covered": "0,4,5"}
+    old = BandCalibrator(horizons=3)
+    assert old.load(FEED, text)
+    back = int(old.rows([FEED])[0])
+    assert old.c_low[back].tolist() == [0.1, -0.25, 1e-17] and old.covered[back].tolist() == [0, 4, 5]
+    plain = {k: v for k, v in fields.items() if k != "packed"}
+    for bad in ({}, {**text, "c_low": "0.1,nan,0"}, {**text, "n": "1,2"}, {**plain, "c_high": "x"}):
         assert not BandCalibrator(horizons=3).load(FEED, bad)
+
+
+def pack_one(c_low: list[float]) -> str:
+    """A packed state of len(c_low) horizons with these low corrections (the rest 0)."""
+    calibrator = BandCalibrator(horizons=len(c_low))
+    row = int(calibrator.rows([FEED])[0])
+    calibrator.c_low[row] = c_low
+    return calibrator.packed(np.array([row]))[0]
+
+
+def test_a_packed_state_is_exact_and_the_same_made_for_many_rows_or_one() -> None:
+    """1000 rows of 63 horizons packed at once give, row by row, what each gives alone, and read
+    back bit for bit (the worker packs a boundary's feeds at once; ``volcast status`` and a
+    restarted worker read one)."""
+    rng = np.random.default_rng(5)
+    calibrator = BandCalibrator(horizons=63)
+    rows = calibrator.rows([f"feed-{i}" for i in range(1000)])
+    calibrator.c_low[rows] = rng.standard_normal((1000, 63)) * 1e-3
+    calibrator.c_high[rows] = rng.standard_normal((1000, 63))
+    calibrator.n[rows] = rng.integers(0, 10**6, (1000, 63))
+    calibrator.to_ms[rows] = rng.integers(-1, 2**53, (1000, 63))
+    calibrator.banded[rows] = rng.integers(0, 10**6, (1000, 63))
+    calibrator.covered[rows] = rng.integers(0, 10**6, (1000, 63))
+    packed = calibrator.packed(rows)
+    assert packed[17] == calibrator.packed(rows[17:18])[0] and packed[999] == calibrator.packed(rows[999:])[0]
+    for i in (0, 17, 999):
+        state = unpack_state(packed[i])
+        assert state is not None
+        for name in ("c_low", "c_high", "n", "to_ms", "banded", "covered"):
+            assert state[name] == getattr(calibrator, name)[rows[i]].tolist(), name
+    other = BandCalibrator(horizons=63)
+    assert other.load("feed-17", calibrator.fields(int(rows[17])))
+    back = int(other.rows(["feed-17"])[0])
+    assert other.c_high[back].tobytes() == calibrator.c_high[rows[17]].tobytes()
+    assert other.covered[back].tolist() == calibrator.covered[rows[17]].tolist()
 
 
 @pytest.fixture

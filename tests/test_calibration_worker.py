@@ -32,6 +32,7 @@ from forecaster.model_store import ModelRecord, ModelStore, promote
 from forecaster.payload import Prediction
 from forecaster.training import train_model
 from forecaster.training_loop import quiet
+from volcast.calibration_state import unpack_state
 from volcast.connections import redis_client
 from volcast.keys import RedisKeys
 from volcast.settings import Settings
@@ -132,11 +133,13 @@ async def test_worker_publishes_calibrated_bands_and_counts_coverage(settings: S
             # The model forecasts every bar of the next hour and three windows (issue 15): each
             # target is a horizon of the state, learnt once its window closed, its published
             # band counted. Their bands are raw while any target is warming up.
-            targets = len(state[b"n"].split(b","))
+            # Every target's state is in ``packed``, horizon 0's also in the text fields.
+            packed = unpack_state(state[b"packed"].decode())
+            assert packed is not None and packed["n"][0] == first_of(state[b"n"])
+            targets = len(packed["n"])
             assert targets == len(first.horizons.volume) + len(first.horizons.sums) > 1  # type: ignore[union-attr]
             assert not first.horizons_calibrated
-            banded = [int(v) for v in state[b"banded"].split(b",")]
-            assert banded[:4] == [0, 2, 1, 0]  # 4 bars closed since the first lstm forecast
+            assert packed["banded"][:4] == [0, 2, 1, 0]  # 4 bars closed since the first lstm forecast
 
         # A restart: the new worker reads the states back and goes on from them.
         async with worker(settings), listening(settings) as listener:

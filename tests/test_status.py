@@ -15,6 +15,7 @@ import orjson
 import pytest
 import redis
 
+from forecaster.calibration import BandCalibrator
 from forecaster.model_store import ModelRecord
 from forecaster.payload import Prediction
 from streamer.health import FeedHealth, FeedState
@@ -89,6 +90,17 @@ CALIBRATION = {"horizons": str(TARGETS), "c_low": "0.125" + ",0.0" * (TARGETS - 
                "c_high": "-0.25" + ",0.0" * (TARGETS - 1), "n": "75" + ",70" * (TARGETS - 1),
                "to_ms": str(T0) + f",{T0}" * (TARGETS - 1), "step": "0.02", "warm_up": "60",
                "banded": "0" + ",100" * (TARGETS - 1), "covered": "0" + ",80" * (TARGETS - 2) + ",75"}
+
+
+def packed_calibration() -> dict[str, str]:
+    """``CALIBRATION`` as the worker writes it now: horizon 0 as text, every horizon packed."""
+    calibrator = BandCalibrator(TARGETS)
+    row = int(calibrator.rows(["BTC/USDT"])[0])
+    calibrator.c_low[row], calibrator.c_high[row] = [0.125] + [0.0] * (TARGETS - 1), [-0.25] + [0.0] * (TARGETS - 1)
+    calibrator.n[row], calibrator.to_ms[row] = [75] + [70] * (TARGETS - 1), T0
+    calibrator.banded[row] = [0] + [100] * (TARGETS - 1)
+    calibrator.covered[row] = [0] + [80] * (TARGETS - 2) + [75]
+    return calibrator.fields(row)
 FORECASTER = {
     "consumer": "host-1", "model_name": "lstm", "model_version": "7", "baseline": "0", "fallback_fits": "1",
     "mqtt_connected": "1", "unpublished": "0", "record_errors": "0", "prepared_forecasts": "12",
@@ -98,8 +110,9 @@ FORECASTER = {
 }
 
 
-def _populate(settings: Settings, now: int) -> Feed:
-    """The keys a running stack writes, for BTC/USDT only (ETH/USDT stays as a starting feed)."""
+def _populate(settings: Settings, now: int, calibration: dict[str, str] | None = None) -> Feed:
+    """The keys a running stack writes, for BTC/USDT only (ETH/USDT stays as a starting feed);
+    ``calibration``: the calibrator's state (default: as the worker writes it)."""
     keys = RedisKeys(settings.redis.key_prefix)
     feed = Feed("binance", "BTC/USDT", MINUTE)
     client = redis.Redis.from_url(REDIS_URL)
@@ -122,7 +135,7 @@ def _populate(settings: Settings, now: int) -> Feed:
     )
     client.hset(keys.prediction(feed), mapping=prediction.to_fields())  # type: ignore[arg-type]
     client.hset(keys.scores(feed), mapping=SCORES)  # type: ignore[arg-type]
-    client.hset(keys.calibration(feed), mapping=CALIBRATION)  # type: ignore[arg-type]
+    client.hset(keys.calibration(feed), mapping=calibration or packed_calibration())  # type: ignore[arg-type]
     client.hset(keys.model(), mapping=ModelRecord("lstm", "7", {"rmse_log": 0.4}, now - 3_600_000).to_fields())  # type: ignore[arg-type]
     client.hset(keys.refit(), mapping={"last_run_ms": str(now - 3_600_000), "result": "promoted",
                                        "next_run_ms": str(now + 7_200_000), "message": "challenger 7 beat 6"})
@@ -136,11 +149,14 @@ def _populate(settings: Settings, now: int) -> Feed:
     return feed
 
 
-def test_json_shows_every_field_from_the_contract_keys(prefix: str, tmp_path: Path,
+@pytest.mark.parametrize("calibration", ["packed", "text"])
+def test_json_shows_every_field_from_the_contract_keys(prefix: str, tmp_path: Path, calibration: str,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """``calibration``: the calibrator's state as the worker writes it, or as it wrote it before
+    the packed form (comma-separated text), which a store may still hold."""
     settings = _settings(prefix)
     now = status_now()
-    _populate(settings, now)
+    _populate(settings, now, packed_calibration() if calibration == "packed" else CALIBRATION)
     assert status.main(_args("--config", str(_config_file(tmp_path, settings)), "--json")) == 0
     report = orjson.loads(capsys.readouterr().out)
     assert report["schema"] == 1

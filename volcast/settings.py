@@ -397,9 +397,9 @@ class ForecasterSettings(_Frozen):
     # (forecaster/calibration.py); false: the model's own band, as trained.
     calibrate_bands: StrictBool = True
     # Also calibrate the bands of every horizon of a multi-horizon model (each coming bar and
-    # window, forecaster/calibration_horizons.py). Off by default: at 1000 feeds x 63 targets its
-    # hand-over and bookkeeping cost tens of ms per boundary in this version.
-    calibrate_horizons: StrictBool = False
+    # window, forecaster/calibration_horizons.py); false: only the next bar's band, the horizons
+    # publish the model's own. Needs calibrate_bands.
+    calibrate_horizons: StrictBool = True
 
 
 Port = Annotated[int, Field(ge=0, le=65_535)]

@@ -16,6 +16,7 @@ import orjson
 import redis.asyncio as aioredis
 import redis.exceptions as redis_errors
 
+from volcast.calibration_state import unpack_state
 from volcast.connections import redact_url
 from volcast.keys import Feed, RedisKeys
 from volcast.settings import Settings
@@ -217,6 +218,7 @@ def _calibration(raw: dict[str, str] | None) -> dict[str, Any] | None:
         value = raw.get(name)
         return value.split(",")[0] if value else None
     n, warm_up = _int(first("n")), _int(raw.get("warm_up"))
+    packed = unpack_state(raw.get("packed"))
     return {
         "calibrated": n >= warm_up if n is not None and warm_up is not None else None,
         "n": n,
@@ -226,8 +228,9 @@ def _calibration(raw: dict[str, str] | None) -> dict[str, Any] | None:
         "to_ms": _int(first("to_ms")),
         # Per horizon (target) of a multi-horizon model: realised bars with a known published
         # band, and those inside it (forecaster/calibration_horizons.py); [] for the next bar only.
-        "banded": _ints(raw.get("banded")),
-        "covered": _ints(raw.get("covered")),
+        # Packed (volcast/calibration_state.py), or comma-separated in a state written before.
+        "banded": [int(v) for v in packed["banded"]] if packed else _ints(raw.get("banded")),
+        "covered": [int(v) for v in packed["covered"]] if packed else _ints(raw.get("covered")),
     }
 
 
