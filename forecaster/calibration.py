@@ -265,15 +265,22 @@ class BandCalibrator:
     def load(self, key: Hashable, fields: Mapping[str, str]) -> bool:
         """Replace the key's state with one read back from Redis; False (the state left as it
         was) when the fields are missing or unreadable. A state saved with fewer horizons fills
-        the ones it lacks fresh; extra ones are dropped. The ``packed`` form is read first; a
-        state without it (one horizon, or written before it) or with one that cannot be read is
-        read from the text fields (which then hold horizon 0 only, or every horizon
-        comma-separated)."""
+        the ones it lacks fresh; extra ones are dropped.
+
+        Every horizon is read from the ``packed`` form, horizon 0 from the text fields, which
+        every writer writes: a worker of one horizon (``calibrate_horizons: false``) leaves an
+        older ``packed`` behind, whose next bar is then out of date. A state without ``packed``
+        (one horizon, or written before it) or with one that cannot be read is read from the
+        text fields alone (horizon 0 only, or every horizon comma-separated)."""
+        text = text_state(fields)
         state = unpack_state(fields.get("packed"))
         if state is None:
-            state = text_state(fields)
-            if state is None:
+            if text is None:
                 return False
+            state = text
+        elif text is not None:
+            for name in ("c_low", "c_high", "n", "to_ms"):
+                state[name][0] = text[name][0]  # type: ignore[assignment]  # the same kind of number per name
         c_low, c_high, n, to_ms = state["c_low"], state["c_high"], state["n"], state["to_ms"]
         row = self.rows([key])[0]
         k = min(len(n), self.horizons)

@@ -140,6 +140,14 @@ def test_state_fields_round_trip_and_bad_fields_are_refused() -> None:
         assert fallback.load(FEED, {**fields, "packed": broken}), broken
         kept = int(fallback.rows([FEED])[0])
         assert fallback.n[kept].tolist() == [70, 0, 0] and fallback.c_low[kept, 0] == 0.1
+    # A worker of one horizon since wrote horizon 0 as text and left ``packed`` as it was: the
+    # text's horizon 0 counts, the other horizons come from ``packed``.
+    later = {**fields, "c_low": "0.5", "c_high": "0.75", "n": "90", "to_ms": "153000"}
+    merged = BandCalibrator(horizons=3)
+    assert merged.load(FEED, later)
+    kept = int(merged.rows([FEED])[0])
+    assert merged.c_low[kept].tolist() == [0.5, -0.25, 1e-17] and merged.n[kept].tolist() == [90, 3, 0]
+    assert merged.to_ms[kept].tolist() == [153_000, 60_000, -1] and merged.c_high[kept, 0] == 0.75
     # A state written as comma-separated text (before ``packed``) is read whole.
     text = {"horizons": "3", "c_low": "0.1,-0.25,1e-17", "c_high": "0.3,0.0,-2.5", "n": "70,3,0",
             "to_ms": "123000,60000,-1", "banded": "0,5,6", "covered": "0,4,5"}
