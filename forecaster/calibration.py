@@ -189,7 +189,7 @@ class BandCalibrator:
         # Duplicates (two realised bars of one row at once: a backlog) need their own passes, in
         # order, as each miss is judged against the correction the previous one left.
         flat = rows * self.horizons + h
-        if len(np.unique(flat)) < len(flat):
+        if len(flat) > 1 and int(np.bincount(flat).max()) > 1:  # flat < rows x horizons: a small table
             for i in range(len(rows)):
                 one = slice(i, i + 1)
                 self.update(rows[one], h[one], low[one], high[one], actual[one], None if open_ms is None else bars[one],
