@@ -13,10 +13,13 @@
    history, as from a live exchange) and its bars wait for that.
 3. Memory: ``volcast stream`` as its own process on 100 symbols of a looping real-trade replay (1h
    bars, about 43 trades/s per symbol), RSS sampled after a warm-up and at the end of the run (a
-   few minutes; ``--quick``: ~1). ``rss_mb_100_symbols`` is the peak VmRSS of that process alone:
-   not the replay server's (another process) nor this one's. What it is made of: docs/streamer.md
-   ("Memory"). It grows when the streamer falls behind (websocket buffers), so a loaded machine
-   reads higher.
+   few minutes; ``--quick``: ~1; ``--memory-warm-up`` and ``--memory-run`` set both spans). The
+   growth over the default span includes the failover window (``streamer/lost_bars.py``, 128 bars
+   a feed) filling at the replay's 24 bars a feed a pass: full after ~280 s, so
+   ``--memory-warm-up 300`` measures what grows after it. ``rss_mb_100_symbols`` is the peak
+   VmRSS of that process alone: not the replay server's (another process) nor this one's. What
+   it is made of: docs/streamer.md ("Memory"). It grows when the streamer falls behind (websocket
+   buffers), so a loaded machine reads higher.
 4. One 1h bar: the replay's loop moves a day per pass, so in step 3 each 1h bar holds one pass
    (46 s) of trades, and memory that grows with the trades in a bar cannot show. Here the
    aggregator alone takes an hour of the tape's trades (its rate, consecutive ids) into one bar,
@@ -271,6 +274,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         ccxt_tps = await bare_ccxt(args.trades)
         pipeline_tps, aggregated, in_redis, rest_trades = await pipeline(args.trades, prefix)
         warm, run_s = (30.0, 30.0) if args.quick else (60.0, 180.0)
+        warm = args.memory_warm_up if args.memory_warm_up is not None else warm
+        run_s = args.memory_run if args.memory_run is not None else run_s
         rss, growth = await memory(prefix + "-mem", 100, warm, run_s, Path("/tmp"))
         bar_trades, bar_mb = hour_bar_memory()
     finally:
@@ -288,6 +293,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "ratio": round(pipeline_tps / ccxt_tps, 3),
         "rss_mb_100_symbols": round(rss, 1),
         "rss_growth_pct": round(growth, 2),
+        "memory_warm_up_s": warm,
         "memory_run_s": run_s,
         "trades_per_symbol_1h_bar": bar_trades,
         "aggregator_mb_per_symbol_1h_bar": round(bar_mb, 2),
@@ -299,6 +305,11 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--quick", action="store_true", help="a one-minute memory run instead of four")
     parser.add_argument("--trades", type=int, default=100_000, help="trades in the flood (default 100000)")
+    parser.add_argument("--memory-warm-up", type=float, default=None, metavar="S",
+                        help="seconds of the memory run before its first RSS reading (default 60, --quick 30); "
+                             "300 or more: after the failover window of 128 bars a feed is full")
+    parser.add_argument("--memory-run", type=float, default=None, metavar="S",
+                        help="seconds from that reading to the last (default 180, --quick 30)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     print_result(result, args.json, 22)
