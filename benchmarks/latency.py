@@ -60,6 +60,7 @@ import argparse
 import asyncio
 import contextlib
 import csv
+import functools
 import gc
 import gzip
 import io
@@ -394,7 +395,7 @@ def worker_timings(log: Path, boundaries: int, n: int) -> dict[str, Any]:
 async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: str, model: Path,
                   log_dir: Path, calibrate: bool = True,
                   model_settings: dict[str, Any] | None = None, metrics: bool = False,
-                  calibrate_horizons: bool | None = None) -> dict[str, Any]:
+                  calibrate_horizons: bool | None = None, gap_s: float = 0.2) -> dict[str, Any]:
     tag = "" if model_settings is None else "-market" if model_settings is MARKET else "-one-step"
     tag += "-metrics" if metrics else ""
     tag += "" if calibrate_horizons is None else f"-horizons-calibrated-{calibrate_horizons}"
@@ -477,7 +478,7 @@ async def measure(n: int, boundaries: int, port: int, workdir: Path, redis_url: 
                         to_payload += [p["created_ms"] - written_wall / 1e6 for p in parsed]
                         transit += [w / 1e6 - p["created_ms"] for (_, w, _), p in zip(got, parsed, strict=True)]
                         per_boundary.append(round(max(ms), 1))
-                    await asyncio.sleep(0.2)
+                    await asyncio.sleep(gap_s)
                     if step >= WARM_UP:  # the bookkeeping and the next boundary's preparation ran meanwhile
                         cpu_to_out.append((cpu_out - cpu_before) / 1e6)
                         cpu_whole.append((worker_cpu_ns(worker.pid) - cpu_before) / 1e6)
@@ -596,12 +597,17 @@ async def main() -> None:
     parser.add_argument("--horizons-calibration-ratio", action="store_true",
                         help="also measure each size with forecaster.calibrate_horizons off (the next bar's band "
                              "calibrated only), and give the ratios")
+    parser.add_argument("--gap", type=float, default=0.2, metavar="S",
+                        help="seconds from a boundary's last arrival to the next boundary's bars (default 0.2; live: "
+                             "the interval); the bookkeeping runs meanwhile, and when it takes longer than the gap it "
+                             "delays the next boundary, which a live worker's minute never does")
     parser.add_argument("--market", action="store_true",
                         help="also measure each size with the market-wide inputs, and give the ratios")
     parser.add_argument("--metrics-ratio", action="store_true",
                         help="also measure each size with Prometheus metrics on (scraped every second), and give "
                         "the ratios")
     args = parser.parse_args()
+    measure_at = functools.partial(measure, gap_s=args.gap)
     with tempfile.TemporaryDirectory(prefix="volcast-latency-") as tmp:
         workdir = Path(tmp)
         model = await asyncio.to_thread(train_artifact, workdir)
@@ -615,25 +621,26 @@ async def main() -> None:
                 log_dir.mkdir(parents=True, exist_ok=True)
                 off = None
                 if args.calibration_ratio:
-                    off = await measure(n, args.boundaries, port, workdir, args.redis, model, log_dir, calibrate=False)
-                results[str(n)] = await measure(n, args.boundaries, port, workdir, args.redis, model, log_dir)
+                    off = await measure_at(n, args.boundaries, port, workdir, args.redis, model, log_dir,
+                                           calibrate=False)
+                results[str(n)] = await measure_at(n, args.boundaries, port, workdir, args.redis, model, log_dir)
                 if off is not None:
                     results[str(n)]["calibration"] = calibration_ratio(results[str(n)], off)
                 if one_step is not None:
-                    single = await measure(n, args.boundaries, port, workdir, args.redis, one_step, log_dir,
+                    single = await measure_at(n, args.boundaries, port, workdir, args.redis, one_step, log_dir,
                                            model_settings=ONE_STEP)
                     results[str(n)]["horizons"] = calibration_ratio(results[str(n)], single)
                 if market is not None:
-                    with_market = await measure(n, args.boundaries, port, workdir, args.redis, market, log_dir,
+                    with_market = await measure_at(n, args.boundaries, port, workdir, args.redis, market, log_dir,
                                                 model_settings=MARKET)
                     results[str(n)]["market"] = calibration_ratio(with_market, results[str(n)])
                     results[str(n)]["market"]["with"] = {k: with_market[k] for k in ("p50_ms", "p99_ms", "worker_ms")}
                 if args.horizons_calibration_ratio:
-                    own = await measure(n, args.boundaries, port, workdir, args.redis, model, log_dir,
+                    own = await measure_at(n, args.boundaries, port, workdir, args.redis, model, log_dir,
                                         calibrate_horizons=False)
                     results[str(n)]["horizons_calibration"] = calibration_ratio(results[str(n)], own)
                 if args.metrics_ratio:
-                    on = await measure(n, args.boundaries, port, workdir, args.redis, model, log_dir, metrics=True)
+                    on = await measure_at(n, args.boundaries, port, workdir, args.redis, model, log_dir, metrics=True)
                     results[str(n)]["metrics"] = metrics_ratio(on, results[str(n)])
                 if not args.json:
                     print(n, results[str(n)], file=sys.stderr)
