@@ -73,9 +73,6 @@ class ExchangeLink:
         self._grace: Grace | None = None
         # Each symbol's connection (connection_plan.py), set at start; empty: ccxt's own choice.
         self.connections: dict[str, int] = {}
-        # The newest shared reading of the exchange's clock (recent_clock_offset_ms) and when it began.
-        self._clock_reading: asyncio.Future[int] | None = None
-        self._clock_reading_at = float("-inf")
 
     def place(self, symbol: str) -> None:
         """Put ``symbol`` on its planned connection before it subscribes (no plan: ccxt decides)."""
@@ -139,22 +136,3 @@ class ExchangeLink:
             return 0
         self.liveness.clock.note_reading(int(server), before, after)
         return int(server) - (before + after) // 2
-
-    async def recent_clock_offset_ms(self, max_age_s: float) -> int:
-        """``clock_offset_ms`` from a reading begun at most ``max_age_s`` ago, one for every feed.
-
-        Each feed holding trades stamped past the clock (trade_validation.ahead_of_clock) asked for
-        its own reading: the memory benchmark's looping replay moves a day per pass, so at each
-        pass all 100 feeds sent a ``GET /api/v3/time`` at once through ccxt's REST throttle. A
-        reading begun less than ``max_age_s`` ago is as recent as a feed's own was (each read at
-        most that often), so one request now serves them all. A failed reading fails every feed
-        that asks within ``max_age_s``; each then judges by its last offset, as after its own
-        failure."""
-        reading = self._clock_reading
-        if reading is None or time.monotonic() - self._clock_reading_at >= max_age_s:
-            self._clock_reading_at = time.monotonic()
-            reading = self._clock_reading = asyncio.ensure_future(self.clock_offset_ms())
-            # Retrieved here, so that a failure every waiter gave up on is not logged as unretrieved.
-            reading.add_done_callback(lambda done: done.cancelled() or done.exception())
-        # Shielded: a feed cancelled while waiting must not cancel the reading the others wait for.
-        return await asyncio.shield(reading)

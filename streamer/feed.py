@@ -148,6 +148,7 @@ class FeedRunner:
         # The offset by which trades are judged "from the future" (ahead_of_clock): read again
         # whenever a trade runs ahead of it, unlike _offset_ms, whose lag the watermark relies on.
         self._check_offset_ms = 0
+        self._clock_read_at = float("-inf")
         self._held: list[Placed] = []  # trades past the clock as last read, waiting for a new reading
         self._unplaced_ids: set[int] = set()  # ids refused live without a usable time, already counted
         self._live = False
@@ -388,9 +389,11 @@ class FeedRunner:
         return ahead_of_clock(trade.trade_id, trade.timestamp_ms, self._checked_now_ms())
 
     async def _read_clock(self) -> None:
-        """Read the exchange's clock again for ``ahead_of_clock``: a reading begun at most
-        _CLOCK_READ_EVERY_S ago, shared by the exchange's feeds (ExchangeLink.recent_clock_offset_ms)."""
-        self._check_offset_ms = await self.link.recent_clock_offset_ms(_CLOCK_READ_EVERY_S)
+        """Read the exchange's clock again for ``ahead_of_clock`` (at most every _CLOCK_READ_EVERY_S)."""
+        if time.monotonic() - self._clock_read_at < _CLOCK_READ_EVERY_S:
+            return
+        self._clock_read_at = time.monotonic()
+        self._check_offset_ms = await self.link.clock_offset_ms()
 
     async def _release_held(self) -> None:
         """Judge the held trades against a fresh reading of the exchange's clock, in arrival order."""
@@ -790,6 +793,7 @@ class FeedRunner:
         self.link.check_listed(self.symbol)
         self._recheck_listing = False
         self._offset_ms = self._check_offset_ms = await self.link.clock_offset_ms()
+        self._clock_read_at = time.monotonic()
         check_hook(ex, self.symbol, self._hook)
         self.link.place(self.symbol)
         if self.link.liveness.probe_for(self.symbol) is None:  # this session opens a connection

@@ -4,7 +4,6 @@ again: a replay faster than real time runs ahead of any old reading and must not
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -58,43 +57,3 @@ async def test_a_trade_from_the_future_is_refused_once_the_clock_is_read(stale_b
     snapshot = runner.aggregator.open_bars()  # bars up to 2096 would never end
     assert len(snapshot) <= 2 and all(b.open_time_ms <= now for b in snapshot)
     assert health.last_trade_ms == now
-
-
-async def test_the_feeds_of_an_exchange_share_one_reading_of_its_clock() -> None:
-    """Every feed holding trades past its reading reads the clock again; one REST request serves
-    them all (benchmarks/ingest.py's memory run: 100 feeds a day behind the clock at every pass of
-    its looping replay sent 100 requests at once)."""
-    tape = load_tape(TRADE_FILES[0])
-    feeds = 5
-    async with ReplayServer([tape], speed=1) as server:
-        settings = stream_settings(server, [tape.symbol], unique_prefix())
-        link = ExchangeLink(create_exchange(settings.exchanges[0], env={}), settings.exchanges[0])
-        reads = 0
-        fetch_time = link.exchange.fetch_time
-
-        async def counted(*args: Any, **kwargs: Any) -> Any:
-            nonlocal reads
-            reads += 1
-            return await fetch_time(*args, **kwargs)
-
-        link.exchange.fetch_time = counted
-        try:
-            offset = await link.clock_offset_ms()
-            runners = [
-                FeedRunner(Feed("binance", f"{tape.symbol}{i}", 1000), link, settings, lambda f, b: None, None)
-                for i in range(feeds)
-            ]
-            now = server.clock_ms()
-            for runner in runners:
-                runner._check_offset_ms = offset - 2 * MAX_AHEAD_MS  # a day behind: every trade waits
-                runner._on_raw(_raw(100, now))
-                assert [t.trade_id for t in runner._held] == [100]
-            reads = 0
-            await asyncio.gather(*(runner._release_held() for runner in runners))
-            assert reads == 1
-            assert all(not r._held and r.aggregator.trades == 1 for r in runners)
-            # A reading is shared only while recent: one older than asked for is taken again.
-            await link.recent_clock_offset_ms(0.0)
-            assert reads == 2
-        finally:
-            await link.exchange.close()
