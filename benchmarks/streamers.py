@@ -1,6 +1,7 @@
 """Work per CPU-second of one streamer against two sharing the feeds through leases, in one run.
 
     .venv/bin/python benchmarks/streamers.py --json [--feeds 4] [--trades 30000] [--speed 1] [--rounds 2]
+        [--read-hold 10ms] [--hold-baseline 0]
 
 A replay server (the simulator, its own process) holds ``--feeds`` synthetic symbols of ``--trades``
 trades each (one per millisecond, played at ``--speed``: 1 by default, 1,000 trades/s per feed, a
@@ -24,6 +25,9 @@ reconnects and backfilled trades (a reconnect under load costs a REST backfill: 
 outlier). The goal
 (issue 14): two processes do at least 0.9x the work per CPU-second of one; on a 2-core machine that
 also runs the flood server the wall clock cannot show a speed-up. Best of ``--rounds`` per variant.
+
+``--hold-baseline 0`` also runs ``one`` and ``two`` with every frame read as it comes (no read
+hold, streamer/receive_pump.py) and gives each one's work per CPU-second against that baseline.
 
 Needs Redis at 127.0.0.1:6379; every key is under a random prefix, deleted afterwards.
 """
@@ -141,9 +145,11 @@ async def _in_bars(redis: aioredis.Redis, keys: RedisKeys, feed: Feed) -> int:
 
 
 async def one_run(variant: str, feeds: int, trades: int, directory: Path,
-                  redis_section: dict[str, Any] | None = None, *, speed: float = 1.0) -> dict[str, Any]:
+                  redis_section: dict[str, Any] | None = None, *, speed: float = 1.0,
+                  read_hold: str | None = None) -> dict[str, Any]:
     """One variant; ``redis_section`` (the settings' ``redis`` without key_prefix) points it at
-    another Redis, e.g. a cluster (benchmarks/scale.py)."""
+    another Redis, e.g. a cluster (benchmarks/scale.py); ``read_hold`` sets ``streamer.read_hold``
+    (None: its default)."""
     prefix = f"bench-streamers-{uuid.uuid4().hex[:8]}"
     keys = RedisKeys(prefix)
     feed_list = [Feed("binance", s, 5000) for s in _symbols(feeds)]
@@ -162,6 +168,8 @@ async def one_run(variant: str, feeds: int, trades: int, directory: Path,
                 "history": {"days": 0},
                 "redis": redis_raw,
             }
+            if read_hold is not None:  # "0" is the setting's 0 (a duration needs a unit otherwise)
+                config["streamer"] = {"read_hold": int(read_hold) if read_hold.isdigit() else read_hold}
             names = _PROCESSES[variant]
             symbols = _symbols(feeds)
             halves = {"h1": symbols[: feeds // 2], "h2": symbols[feeds // 2:]}
@@ -230,11 +238,16 @@ async def one_run(variant: str, feeds: int, trades: int, directory: Path,
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     best: dict[str, dict[str, Any]] = {}
+    variants = ["one", "one_leases", "two", "two_split"]
+    if args.hold_baseline is not None:
+        variants += ["one_baseline_hold", "two_baseline_hold"]
     for round_ in range(args.rounds):
-        for variant in ("one", "one_leases", "two", "two_split"):
+        for variant in variants:
             directory = Path(tempfile.mkdtemp(prefix="volcast-streamers-"))
+            base, _, against = variant.partition("_baseline")
+            hold = args.hold_baseline if against else args.read_hold
             try:
-                result = await one_run(variant, args.feeds, args.trades, directory, speed=args.speed)
+                result = await one_run(base, args.feeds, args.trades, directory, speed=args.speed, read_hold=hold)
             except BaseException:
                 print(f"{variant}: failed; the streamers' logs are in {directory}", file=sys.stderr)
                 raise
@@ -242,11 +255,23 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             print(f"round {round_ + 1} {variant}: {result}", file=sys.stderr)
             if variant not in best or result["trades_per_cpu_s"] > best[variant]["trades_per_cpu_s"]:
                 best[variant] = result
+    baseline: dict[str, Any] = {}
+    if args.hold_baseline is not None:
+        baseline = {"hold_baseline": {
+            "read_hold": args.hold_baseline,
+            "streamers": {"1": best["one_baseline_hold"], "2": best["two_baseline_hold"]},
+            "efficiency_2_vs_1": round(best["two_baseline_hold"]["trades_per_cpu_s"]
+                                       / best["one_baseline_hold"]["trades_per_cpu_s"], 3),
+            "work_per_cpu_s_vs_baseline": {
+                n: round(best[v]["trades_per_cpu_s"] / best[f"{v}_baseline_hold"]["trades_per_cpu_s"], 3)
+                for n, v in (("1", "one"), ("2", "two"))},
+        }}
     return {
         "feeds": args.feeds,
         "trades_per_feed": args.trades,
         "rounds": args.rounds,
         "speed": args.speed,
+        "read_hold": args.read_hold or "default",
         "streamers": {"1": best["one"], "1_leases": best["one_leases"], "2": best["two"],
                       "2_split": best["two_split"]},
         "efficiency_2_vs_1": round(best["two"]["trades_per_cpu_s"] / best["one"]["trades_per_cpu_s"], 3),
@@ -254,6 +279,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         "coordination_2_vs_split": round(best["two"]["trades_per_cpu_s"] / best["two_split"]["trades_per_cpu_s"], 3),
         "efficiency_1_leases_vs_1": round(best["one_leases"]["trades_per_cpu_s"] / best["one"]["trades_per_cpu_s"], 3),
         "goal": 0.9,
+        **baseline,
         "load_avg_1m": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
@@ -266,6 +292,10 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="runs of each variant (default 2); the best counts")
     parser.add_argument("--speed", type=float, default=1.0,
                         help="replay speed (default 1: 1,000 trades/s per feed; inf floods them at once)")
+    parser.add_argument("--read-hold", default=None, metavar="DURATION",
+                        help="the streamers' streamer.read_hold, e.g. 25ms or 0 (default: the setting's default)")
+    parser.add_argument("--hold-baseline", default=None, metavar="DURATION",
+                        help="also run one and two streamers with this read_hold (e.g. 0) and give the ratios")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     print_result(result, args.json, 26)

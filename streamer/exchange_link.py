@@ -14,6 +14,7 @@ from streamer.connection_plan import place_symbol
 from streamer.dial_budget import DialBudget
 from streamer.feed_errors import FeedStopped, NotTrading
 from streamer.liveness import ConnectionProbe, Liveness
+from streamer.receive_pump import ReadHold
 from streamer.request_budget import WeightBudget
 from streamer.source import client_symbols, guard_frames
 from volcast.gc_pauses import freeze_lasting
@@ -29,6 +30,9 @@ log = logging.getLogger("streamer.feed")
 # them, as the history loader does (request_budget.py), and both read the weight the exchange
 # says is used.
 REST_LIMITS = {"binance": ((60, 6000),), "binanceus": ((60, 6000),)}
+# A busy connection reads at once from this long (plus the hold) before a bar of its feeds ends:
+# room for the difference between the clocks' readings and a late timer.
+HOLD_MARGIN_MS = 50
 
 
 def now_ms() -> int:
@@ -40,7 +44,8 @@ class ExchangeLink:
     """What the feeds of one exchange share: the ccxt client, its markets, one load at a time."""
 
     def __init__(
-        self, exchange: Any, settings: ExchangeSettings, *, markets_max_age_s: float = 30.0, watchdog_s: float = 30.0
+        self, exchange: Any, settings: ExchangeSettings, *, markets_max_age_s: float = 30.0, watchdog_s: float = 30.0,
+        read_hold_ms: int = 0,
     ) -> None:
         self.exchange = exchange
         self.settings = settings
@@ -66,9 +71,12 @@ class ExchangeLink:
         exchange.on_rest_response = on_rest_response
         # Binance's trade frames are read without ccxt's per-trade parse (the most of a trade's CPU).
         self.trade_frames = trade_frames_for(exchange)
+        # A busy connection's socket rests between reads, away from its bars' ends (receive_pump.py).
+        self._hold_horizon_ms = read_hold_ms + HOLD_MARGIN_MS
+        self.read_hold = ReadHold(read_hold_ms / 1000, self._may_hold) if read_hold_ms > 0 else None
         guard_frames(
             exchange, self._bad_frame, self.liveness.on_frame, self.liveness.on_send,
-            None if self.trade_frames is None else self.trade_frames.take,
+            None if self.trade_frames is None else self.trade_frames.take, self.read_hold,
         )
         self._grace: Grace | None = None
         # Each symbol's connection (connection_plan.py), set at start; empty: ccxt's own choice.
@@ -93,6 +101,22 @@ class ExchangeLink:
             runner = self.runners.get(symbol)
             if runner is not None:
                 runner.try_close()
+
+    def _may_hold(self, client: Any) -> bool:
+        """No feed of the connection has a bar that ends within the hold (and a margin) or that ended
+        and waits to close: its closing trade or pong is read as soon as it comes."""
+        horizon = self._hold_horizon_ms
+        now = None
+        for symbol in client_symbols(client):
+            runner = self.runners.get(symbol)
+            end = None if runner is None else runner.aggregator.next_end_ms
+            if end is None:
+                continue  # no bar forming: nothing to close
+            if now is None:
+                now = runner.exchange_now_ms()  # type: ignore[union-attr]
+            if end - now <= horizon:
+                return False
+        return True
 
     def _bad_frame(self, client: Any, error: Exception) -> None:
         symbols = [s for s in client_symbols(client) if s in self.runners]

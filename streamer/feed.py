@@ -267,7 +267,10 @@ class FeedRunner:
         delay = int(time.time() * 1000) + (self._offset_ms if mid is None else mid) - timestamp_ms  # now_ms()
         self.delivery.record(delay)
         grace = self._grace
-        if grace.auto:  # only an auto grace keeps the delays
+        hold = self.link.read_hold
+        # Only an auto grace keeps the delays; not of a frame read after a rest (receive_pump.py):
+        # its delay is partly our choice, and no rest is taken where a bar is about to close.
+        if grace.auto and (hold is None or not hold.rested):
             grace.note_delivery(delay)
         if timestamp_ms > liveness.flow.newest_ms:
             liveness.flow.newest_ms = liveness.clock.newest_trade_ms = timestamp_ms

@@ -13,31 +13,66 @@ goes to the client's ``handle_message`` (our guarded one, source.py) in the orde
 error rejects the client's futures as ccxt's ``NetworkError``; a closed connection calls
 ``on_close(1006)`` as ccxt's loop does when it finds the connection closed; cancelling the task
 (shutdown) ends it silently.
+
+**The read hold.** A socket read costs a process ~43 us (epoll, recv, aiohttp's parse, a task
+step) before any frame is handled, and a busy exchange sends a frame every millisecond or so: a
+streamer's own cost was then its wake-ups, one per frame, paid again by every process of a
+sharded deployment (docs/benchmarks.md). When the connection is busy (its last three frames came
+within a hold) and ``hold.may(client)`` allows it, the pump stops reading the socket for that
+long (aiohttp's protocol ``pause_reading``, so the kernel keeps the bytes) and then takes what came
+in one read. ``may`` (exchange_link.py) allows it only while no feed of the connection has a bar
+ending within the hold and a margin, or waiting to close: a bar's closing trade or pong is read
+as soon as it comes. Order is kept (one TCP stream), nothing is dropped; a trade may be handled up
+to a hold later in the middle of a bar, where only the forming bar's write (once a second) sees it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from typing import Any
 
 from ccxt.base.errors import NetworkError
 
 
-def install_pump(client: Any) -> None:
+class ReadHold:
+    """How long a busy connection's socket may rest between reads, and when it may."""
+
+    __slots__ = ("may", "rested", "seconds")
+
+    def __init__(self, seconds: float, may: Callable[[Any], bool]) -> None:
+        self.seconds = seconds
+        self.may = may  # may(client): no bar of the connection's feeds is near its close
+        # The frame being handled came in a read after a rest: its delay is partly ours (a pump
+        # sets it before each frame it hands on; frames are handled one at a time).
+        self.rested = False
+
+
+def install_pump(client: Any, hold: ReadHold | None = None) -> None:
     """Replace ``client.receive_loop`` (called once by ccxt's ``open``) with the pump."""
 
     def start() -> None:
-        client._volcast_pump = client.asyncio_loop.create_task(pump(client))
+        client._volcast_pump = client.asyncio_loop.create_task(pump(client, hold))
 
     client.receive_loop = start
+    client._volcast_hold = hold
 
 
-async def pump(client: Any) -> None:
+async def pump(client: Any, hold: ReadHold | None = None) -> None:
     """Hand every frame of the connection to ``client.handle_message`` until it closes."""
+    # Monotonic times of the last three frames: three within a hold make the connection busy (two
+    # can come together on a quiet one: a subscription's answer and a trade).
+    first = second = latest = float("-inf")
+    rested = False  # the frames now buffered came in a read after a rest
     while True:
         if client.closed():
             client.on_close(1006)
             return
+        if hold is not None and _drained(client):
+            rested = latest - first < hold.seconds and hold.may(client)
+            if rested:
+                await _rest(client, hold.seconds)
         try:
             message = await client.receive()
         except asyncio.CancelledError:
@@ -45,4 +80,27 @@ async def pump(client: Any) -> None:
         except Exception as exc:
             client.reject(NetworkError(str(exc)))
             return
+        first, second, latest = second, latest, time.monotonic()
+        if hold is not None:
+            hold.rested = rested  # here, not before the await: other connections' pumps share it
         client.handle_message(message)
+
+
+def _drained(client: Any) -> bool:
+    """aiohttp holds no frame already read: the next ``receive()`` would read the socket."""
+    reader = getattr(client.connection, "_reader", None)
+    return reader is not None and not getattr(reader, "_buffer", True)
+
+
+async def _rest(client: Any, seconds: float) -> None:
+    """Leave the socket unread for ``seconds`` (the kernel buffers what comes), then read again."""
+    protocol = getattr(client.connection._reader, "_protocol", None)
+    if protocol is None or getattr(protocol, "transport", None) is None:
+        return
+    protocol.pause_reading()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        # aiohttp's own flow control cannot have paused it meanwhile: its buffer was empty and
+        # nothing was read into it.
+        protocol.resume_reading()

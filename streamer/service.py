@@ -174,7 +174,10 @@ async def run(settings: Settings) -> None:
             exchange = create_exchange(exchange_settings)
             stack.push_async_callback(exchange.close)
             watchdog_s = streamer.watchdog / 1000
-            link = ExchangeLink(exchange, exchange_settings, markets_max_age_s=watchdog_s, watchdog_s=watchdog_s)
+            link = ExchangeLink(
+                exchange, exchange_settings, markets_max_age_s=watchdog_s, watchdog_s=watchdog_s,
+                read_hold_ms=streamer.read_hold,
+            )
             links.append(link)
             for symbol in exchange_settings.symbols:
                 feeds[Feed(exchange_settings.id, symbol, settings.bars.interval)] = link

@@ -18,7 +18,7 @@ from typing import Any
 
 from ccxt.async_support.base.ws.cache import ArrayCache
 
-from streamer.receive_pump import install_pump
+from streamer.receive_pump import ReadHold, install_pump
 from streamer.trade_validation import Refusal, check_trade
 from volcast.bar import Trade
 from volcast.settings import ExchangeSettings
@@ -214,6 +214,7 @@ def guard_frames(
     on_frame: Callable[[Any, Any], None] | None = None,
     on_send: Callable[[Any], None] | None = None,
     take_frame: Callable[[Any, Any], bool] | None = None,
+    hold: ReadHold | None = None,
 ) -> None:
     """Make one bad frame cost one frame, not the connection; show every frame to ``on_frame``.
 
@@ -229,7 +230,8 @@ def guard_frames(
     if given, sees each frame first; True means it handled it in ccxt's place (binance_frames.py:
     a trade frame read without ccxt's parse), and ccxt's handler is skipped. An error in it is a
     bad frame, as one in ccxt's handler. Frames are read by one task per connection
-    (receive_pump.py), not by ccxt's task-per-frame loop.
+    (receive_pump.py), not by ccxt's task-per-frame loop, resting ``hold`` between reads of a busy
+    connection where it allows.
     """
     create_client = exchange.client
 
@@ -257,7 +259,7 @@ def guard_frames(
                 instance.send = counted_send
 
             instance.handle_message = guarded
-            install_pump(instance)
+            install_pump(instance, hold)
             instance._volcast_guarded = True
         return instance
 

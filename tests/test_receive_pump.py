@@ -16,7 +16,10 @@ import ccxt
 import ccxt.pro
 import orjson
 import pytest
+from aiohttp.client_proto import ResponseHandler
 
+from streamer import receive_pump
+from streamer.receive_pump import ReadHold
 from streamer.simulator import FaultSpec, ReplayServer, binance_client_options, deep_merge, synthetic_tape
 from streamer.source import guard_frames
 
@@ -41,12 +44,12 @@ class Frames:
 
 
 @asynccontextmanager
-async def guarded_binance(server: ReplayServer, frames: Frames) -> AsyncIterator[Any]:
+async def guarded_binance(server: ReplayServer, frames: Frames, hold: ReadHold | None = None) -> AsyncIterator[Any]:
     ex = ccxt.pro.binance({"enableRateLimit": False})
     extra = binance_client_options(server)
     deep_merge(ex.urls, extra["urls"])
     deep_merge(ex.options, extra["options"])
-    guard_frames(ex, frames.add, frames.add)
+    guard_frames(ex, frames.add, frames.add, hold=hold)
     try:
         await ex.load_markets()
         yield ex
@@ -139,3 +142,81 @@ async def test_a_lost_connection_rejects_the_watch() -> None:
         ids = frames.trade_ids()
         assert ids == [t.trade_id for t in tape.trades[: len(ids)]]
         assert 0 < len(ids) <= 5_000
+
+
+class SocketReads:
+    """Counts the socket reads that reach aiohttp's protocol (each a ``data_received``) and the
+    pump's rests; instruments the real code, replaces nothing."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reads = 0
+        self.pauses = 0
+        received = ResponseHandler.data_received
+        rest = receive_pump._rest
+
+        def counted_received(protocol: ResponseHandler, data: bytes) -> None:
+            self.reads += 1
+            received(protocol, data)
+
+        async def counted_rest(client: Any, seconds: float) -> None:
+            self.pauses += 1
+            await rest(client, seconds)
+
+        monkeypatch.setattr(ResponseHandler, "data_received", counted_received)
+        monkeypatch.setattr(receive_pump, "_rest", counted_rest)
+
+
+async def test_a_busy_connection_is_read_in_few_reads_every_frame_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A frame a millisecond, a 10 ms hold: about one read per 10 frames, not one per frame."""
+    tape = synthetic_tape("BTC/USDT", 1_500)
+    frames = Frames(tape.trades[-1].trade_id)
+    asked: list[Any] = []
+
+    def may(client: Any) -> bool:
+        asked.append(client)
+        return True
+
+    counted = SocketReads(monkeypatch)
+    async with (
+        ReplayServer([tape], speed=1.0, start_on_subscribe=True) as server,
+        guarded_binance(server, frames, ReadHold(0.010, may)) as ex,
+    ):
+        ids = await delivered(ex, server, frames)
+    assert ids == [t.trade_id for t in tape.trades]
+    assert asked and counted.pauses > 0
+    assert counted.reads < len(tape.trades) / 3, counted.reads
+
+
+async def test_no_hold_where_a_bar_is_about_to_close(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``may`` says no (a bar of the connection ends soon, or waits for its close): every read at once."""
+    tape = synthetic_tape("BTC/USDT", 1_500)
+    frames = Frames(tape.trades[-1].trade_id)
+    asked: list[Any] = []
+
+    def may(client: Any) -> bool:
+        asked.append(client)
+        return False
+
+    counted = SocketReads(monkeypatch)
+    async with (
+        ReplayServer([tape], speed=1.0, start_on_subscribe=True) as server,
+        guarded_binance(server, frames, ReadHold(0.010, may)) as ex,
+    ):
+        ids = await delivered(ex, server, frames)
+    assert ids == [t.trade_id for t in tape.trades]
+    assert asked and counted.pauses == 0
+
+
+async def test_a_quiet_connection_is_not_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Frames further apart than the hold: reading them later would save no read, so they do not
+    wait. (The simulator sends its first ~10 trades at once, a burst the pump may rest after.)"""
+    tape = synthetic_tape("BTC/USDT", 40)
+    frames = Frames(tape.trades[-1].trade_id)
+    counted = SocketReads(monkeypatch)
+    async with (
+        ReplayServer([tape], speed=0.05, start_on_subscribe=True) as server,  # a trade every 20 ms
+        guarded_binance(server, frames, ReadHold(0.010, lambda _client: True)) as ex,
+    ):
+        ids = await delivered(ex, server, frames)
+    assert ids == [t.trade_id for t in tape.trades]
+    assert counted.pauses <= 2, counted.pauses  # one per frame (40) if quiet frames were held

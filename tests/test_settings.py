@@ -43,6 +43,7 @@ def test_defaults_from_minimal_file(tmp_path: Path) -> None:
         (MINIMAL + "bars:\n  interval: 2d\n", "between 1s and 1d"),
         (MINIMAL + "training:\n  epochs: many\n", "training.epochs"),
         (MINIMAL + "mqtt:\n  qos: 3\n", "mqtt.qos"),
+        (MINIMAL + "streamer:\n  read_hold: 1s\n", "streamer.read_hold: must be 0 (off) to 100ms, got 1s"),
         (
             "exchanges:\n  - id: notanexchange\n    symbols: [BTC/USDT]\n",
             "exchanges.0.id: unknown exchange id 'notanexchange'",

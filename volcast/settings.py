@@ -174,6 +174,19 @@ class StreamerSettings(_Frozen):
     # Symbols per websocket connection, the busiest together (streamer/connection_plan.py): a pong
     # then closes a busy symbol's bar when its own next trade is late. 0: ccxt's own round robin.
     symbols_per_connection: StrictInt = Field(default=5, ge=0, le=200)
+    # A busy connection's socket rests this long between reads, away from its bars' ends, so that
+    # one read takes many frames (streamer/receive_pump.py); 0: read every frame as it comes.
+    read_hold: DurationMs = 10
+
+    @field_validator("read_hold")
+    @classmethod
+    def _short_hold(cls, value: int) -> int:
+        if not 0 <= value <= 100:
+            raise ValueError(
+                f"must be 0 (off) to 100ms, got {format_duration_ms(value)}: a longer rest would delay "
+                "the forming bar's trades and save few more reads"
+            )
+        return value
 
     @model_validator(mode="after")
     def _renew_within_ttl(self) -> StreamerSettings:
