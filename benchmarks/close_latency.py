@@ -32,7 +32,8 @@ the busy tapes that wait more than 300 ms for a trade). ``--exchange-grace auto`
 duration) sets ``exchanges[].grace``; ``grace_ms_at_end`` reports what the proofs used.
 ``--symbols-per-connection N`` sets ``streamer.symbols_per_connection`` (0: ccxt's round robin, one
 busy symbol per connection); with no history to rank by, the plan follows the config's order,
-which lists the busy symbols first. Progress goes to stderr; with
+which lists the busy symbols first. ``--read-hold D`` sets ``streamer.read_hold`` (0: every frame
+read as it comes). Progress goes to stderr; with
 ``--json`` one JSON object goes to stdout.
 """
 
@@ -273,7 +274,12 @@ def percentiles(values: list[int]) -> dict[str, Any]:
 
 def service_config(*, replay_port: int, redis_port: int, mqtt_port: int, prefix: str, symbols: list[str],
                    model_dir: Path, grace: str, exchange_grace: str | None,
-                   symbols_per_connection: int | None = None) -> dict[str, Any]:
+                   symbols_per_connection: int | None = None, read_hold: str | None = None) -> dict[str, Any]:
+    streamer: dict[str, Any] = {}
+    if symbols_per_connection is not None:
+        streamer["symbols_per_connection"] = symbols_per_connection
+    if read_hold is not None:  # "0" is the setting's 0 (a duration needs a unit otherwise)
+        streamer["read_hold"] = int(read_hold) if read_hold.isdigit() else read_hold
     return {
         "exchanges": [{
             "id": "binance",
@@ -285,7 +291,7 @@ def service_config(*, replay_port: int, redis_port: int, mqtt_port: int, prefix:
         }],
         "bars": {"interval": "1m", "grace": grace, "open_bar_update": "1s"},
         # Without history the connection plan ranks symbols in config order: busy ones first here.
-        **({} if symbols_per_connection is None else {"streamer": {"symbols_per_connection": symbols_per_connection}}),
+        **({"streamer": streamer} if streamer else {}),
         "history": {"days": 0},  # no kline bootstrap: the tapes start with the run
         "redis": {"url": f"redis://127.0.0.1:{redis_port}/0", "key_prefix": prefix},
         "mqtt": {"url": f"mqtt://127.0.0.1:{mqtt_port}", "topic_prefix": prefix},
@@ -476,7 +482,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         config.write_text(yaml.safe_dump(service_config(
             replay_port=replay_port, redis_port=redis_port, mqtt_port=mqtt_port, prefix=prefix,
             symbols=list(tapes), model_dir=work / "models", grace=args.grace, exchange_grace=args.exchange_grace,
-            symbols_per_connection=args.symbols_per_connection)))
+            symbols_per_connection=args.symbols_per_connection, read_hold=args.read_hold)))
         started_wall = time.time()
         add("stream", volcast("stream", "--config", str(config)))
         add("forecast", volcast("forecast", "--config", str(config)))
@@ -566,6 +572,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "exchange_grace": args.exchange_grace,
         "liquid_source": args.liquid_source,
         "symbols_per_connection": args.symbols_per_connection,  # None: the streamer's default
+        "read_hold": args.read_hold,  # None: the streamer's default
         "websocket_connections_opened": exchange_limits["websocket"]["attempts_total"],
         "exchange_offset_ms": offset_ms,
         "clock_read_rtt_ms": rtt_ms,
@@ -599,6 +606,8 @@ def main() -> int:
     parser.add_argument("--liquid-source", default="btc", choices=["btc", "eth", "btc+eth"])
     parser.add_argument("--symbols-per-connection", type=int, default=None,
                         help="streamer.symbols_per_connection (absent: the default; 0: ccxt's round robin)")
+    parser.add_argument("--read-hold", default=None, metavar="DURATION",
+                        help="streamer.read_hold, e.g. 0 (every frame read as it comes) or 25ms (absent: the default)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = run(args)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from streamer.binance_frames import trade_frames_for
@@ -33,6 +35,8 @@ REST_LIMITS = {"binance": ((60, 6000),), "binanceus": ((60, 6000),)}
 # A busy connection reads at once from this long (plus the hold) before a bar of its feeds ends:
 # room for the difference between the clocks' readings and a late timer.
 HOLD_MARGIN_MS = 50
+_HOLD_RECHECK_MS = 5
+_HOLD_ANSWER_MS = 100
 
 
 def now_ms() -> int:
@@ -73,6 +77,8 @@ class ExchangeLink:
         self.trade_frames = trade_frames_for(exchange)
         # A busy connection's socket rests between reads, away from its bars' ends (receive_pump.py).
         self._hold_horizon_ms = read_hold_ms + HOLD_MARGIN_MS
+        self._hold_until_ms = self._hold_recheck_ms = -math.inf
+        self._clock_ms: Callable[[], float] = now_ms
         self.read_hold = ReadHold(read_hold_ms / 1000, self._may_hold) if read_hold_ms > 0 else None
         guard_frames(
             exchange, self._bad_frame, self.liveness.on_frame, self.liveness.on_send,
@@ -102,21 +108,26 @@ class ExchangeLink:
             if runner is not None:
                 runner.try_close()
 
-    def _may_hold(self, client: Any) -> bool:
-        """No feed of the connection has a bar that ends within the hold (and a margin) or that ended
-        and waits to close: its closing trade or pong is read as soon as it comes."""
-        horizon = self._hold_horizon_ms
-        now = None
-        for symbol in client_symbols(client):
-            runner = self.runners.get(symbol)
-            end = None if runner is None else runner.aggregator.next_end_ms
-            if end is None:
-                continue  # no bar forming: nothing to close
-            if now is None:
-                now = runner.exchange_now_ms()  # type: ignore[union-attr]
-            if end - now <= horizon:
-                return False
-        return True
+    def _may_hold(self, _client: Any) -> bool:
+        """No live feed of the exchange has a bar that ends within the hold (and a margin) or that
+        ended and waits to close. Of the exchange, not only of the connection: a pong proves no
+        more than the newest trade of the exchange's busy flows (liveness.py ``cap_ms``), so a
+        quiet feed's close waits for the busy connections' frames too. A yes holds until the soonest
+        such end, for at most 100 ms (a feed that goes live, or starts, may bring an earlier one); a
+        no is looked at again 5 ms later, not on every read."""
+        now = self._clock_ms()
+        if now < self._hold_until_ms:
+            return True
+        if now < self._hold_recheck_ms:
+            return False
+        soonest = math.inf
+        for runner in self.runners.values():
+            end = runner.pending_end_local_ms()
+            if end is not None and end < soonest:
+                soonest = end
+        self._hold_until_ms = min(soonest - self._hold_horizon_ms, now + _HOLD_ANSWER_MS)
+        self._hold_recheck_ms = now + _HOLD_RECHECK_MS
+        return now < self._hold_until_ms
 
     def _bad_frame(self, client: Any, error: Exception) -> None:
         symbols = [s for s in client_symbols(client) if s in self.runners]

@@ -541,6 +541,12 @@ class FeedRunner:
     def exchange_now_ms(self) -> int:
         return now_ms() + self._offset_ms
 
+    def pending_end_local_ms(self) -> int | None:
+        """When, on our clock, the oldest bar this live feed has yet to close ends (None: not live,
+        or no bar): until then and after, its close waits on frames read as they come."""
+        end = self.aggregator.next_end_ms
+        return None if end is None or not self._live else end - self._offset_ms
+
     def tick(self) -> None:
         """Close what the proofs allow; called often by the feed's own ticker. (The counters are
         copied into health only when it is written: ``sync_health``.)"""

@@ -1,7 +1,8 @@
 """When a busy connection's socket may rest between reads (ExchangeLink._may_hold): never when a
-bar of one of its feeds ends within the hold and its margin, nor while such a bar waits to close,
-so that its closing trade or pong is read as soon as it comes. A real FeedRunner on a stand-in
-connection (as test_close_exactness); no network."""
+bar of a live feed of the exchange ends within the hold and its margin, nor while such a bar waits
+to close, so that closing trades and pongs are read as soon as they come (a quiet feed's pong
+proves no more than the busy flows' newest trade). Real FeedRunners on a stand-in connection (as
+test_close_exactness); the link's clock is set by the test; no network."""
 
 from __future__ import annotations
 
@@ -20,11 +21,23 @@ from volcast.settings import settings_from_mapping
 
 SEC = 1_000
 HOLD_MS = 10
+HORIZON_MS = HOLD_MS + HOLD_MARGIN_MS
 FIRST_ID = 7_000
+CONNECTION = SimpleNamespace(subscriptions={}, futures={})  # the rule is the exchange's, not one connection's
 
 
-def _link_and_runner(symbols: list[str], start: int) -> tuple[ExchangeLink, dict[str, FeedRunner], list[Bar]]:
-    """A link streaming ``symbols`` from the bar opening at ``start`` (its first to close)."""
+class Clock:
+    """The link's clock (local ms), moved by the test; the feeds' offsets are 0."""
+
+    def __init__(self, at_ms: int) -> None:
+        self.at_ms = at_ms
+
+    def __call__(self) -> float:
+        return self.at_ms
+
+
+def _link(symbols: list[str], start: int) -> tuple[ExchangeLink, dict[str, FeedRunner], list[Bar], Clock]:
+    """A link streaming ``symbols``, live, from the bar opening at ``start`` (its first to close)."""
     settings = settings_from_mapping(
         {
             "exchanges": [{
@@ -38,6 +51,8 @@ def _link_and_runner(symbols: list[str], start: int) -> tuple[ExchangeLink, dict
     )
     link = ExchangeLink(create_exchange(settings.exchanges[0], env={}), settings.exchanges[0],
                         read_hold_ms=settings.streamer.read_hold)
+    clock = Clock(start)
+    link._clock_ms = clock
     bars: list[Bar] = []
     runners = {}
     for symbol in symbols:
@@ -46,17 +61,7 @@ def _link_and_runner(symbols: list[str], start: int) -> tuple[ExchangeLink, dict
         runner._live = True
         link.runners[symbol] = runner
         runners[symbol] = runner
-    return link, runners, bars
-
-
-def _connection(symbols: list[str]) -> Any:
-    """A websocket client as ccxt holds it: its subscriptions name the symbols it carries."""
-    return SimpleNamespace(subscriptions={f"trade::{s}": True for s in symbols}, futures={})
-
-
-def _at(runner: FeedRunner, exchange_ms: int) -> None:
-    """Set the feed's clock offset so that the exchange's clock reads ``exchange_ms`` now."""
-    runner._offset_ms = exchange_ms - now_ms()
+    return link, runners, bars, clock
 
 
 def _trade(trade_id: int, timestamp_ms: int) -> dict[str, Any]:
@@ -65,56 +70,64 @@ def _trade(trade_id: int, timestamp_ms: int) -> dict[str, Any]:
             "info": {"t": trade_id, "p": "10", "q": "1", "T": timestamp_ms}}
 
 
-def test_a_bar_far_from_its_end_lets_the_socket_rest_one_near_it_does_not() -> None:
-    start = now_ms() // SEC * SEC + 5 * SEC
-    link, runners, _bars = _link_and_runner(["BTC/USDT"], start)
-    runner = runners["BTC/USDT"]
-    client = _connection(["BTC/USDT"])
-    _at(runner, start + 100)
-    runner._on_raw(_trade(FIRST_ID, start + 100))
-    end = runner.aggregator.next_end_ms
-    assert end == start + SEC
-    assert link._may_hold(client)
-    _at(runner, end - HOLD_MS - HOLD_MARGIN_MS - 50)
-    assert link._may_hold(client)
-    _at(runner, end - HOLD_MS - HOLD_MARGIN_MS + 5)
-    assert not link._may_hold(client)
-    _at(runner, end + 300)  # ended, not closed yet (no later trade, no pong): still read at once
-    assert not link._may_hold(client)
+def _asked_at(link: ExchangeLink, clock: Clock, at_ms: int) -> bool:
+    """``_may_hold`` at ``at_ms``, its remembered answer forgotten (the test moves time both ways)."""
+    clock.at_ms = at_ms
+    link._hold_until_ms = link._hold_recheck_ms = float("-inf")
+    return link._may_hold(CONNECTION)
 
 
-def test_its_closing_trade_lets_it_rest_again() -> None:
-    start = now_ms() // SEC * SEC + 5 * SEC
-    link, runners, bars = _link_and_runner(["BTC/USDT"], start)
+def _start() -> int:
+    return now_ms() // SEC * SEC - 10 * SEC  # in the past: its trades are not from the future
+
+
+def test_far_from_the_end_it_may_rest_near_it_or_after_it_not() -> None:
+    start = _start()
+    link, _runners, _bars, clock = _link(["BTC/USDT"], start)
+    end = start + SEC
+    assert _asked_at(link, clock, start + 100)
+    assert _asked_at(link, clock, end - HORIZON_MS - 1)
+    assert not _asked_at(link, clock, end - HORIZON_MS + 1)
+    assert not _asked_at(link, clock, end + 300)  # ended, not closed yet (no later trade, no pong)
+
+
+def test_a_closed_bar_lets_it_rest_until_the_next_end() -> None:
+    start = _start()
+    link, runners, bars, clock = _link(["BTC/USDT"], start)
     runner = runners["BTC/USDT"]
-    client = _connection(["BTC/USDT"])
-    _at(runner, start + 100)
     runner._on_raw(_trade(FIRST_ID, start + 100))
-    _at(runner, start + SEC + 20)
+    assert not _asked_at(link, clock, start + SEC + 20)
     runner._on_raw(_trade(FIRST_ID + 1, start + SEC + 10))  # the next trade proves the bar whole
-    assert [b.open_time_ms for b in bars][-1:] == [start]
-    assert link._may_hold(client)
+    assert [b.open_time_ms for b in bars] == [start]
+    assert _asked_at(link, clock, start + SEC + 20)
+    assert not _asked_at(link, clock, start + 2 * SEC - HORIZON_MS + 1)
 
 
-def test_one_feed_near_its_close_keeps_its_whole_connection_reading() -> None:
-    start = now_ms() // SEC * SEC + 5 * SEC
-    link, runners, _bars = _link_and_runner(["BTC/USDT", "ETH/USDT"], start)
-    for i, runner in enumerate(runners.values()):
-        _at(runner, start + 100)
-        runner._on_raw(_trade(FIRST_ID + i * 100, start + 100))
-    client = _connection(["BTC/USDT", "ETH/USDT"])
-    assert link._may_hold(client)
-    _at(runners["ETH/USDT"], start + SEC - 20)
-    _at(runners["BTC/USDT"], start + SEC - 20)
-    assert not link._may_hold(client)
-    other, _, _ = _link_and_runner(["BTC/USDT", "ETH/USDT"], start)
-    other.runners["ETH/USDT"].aggregator.next_open_ms = start + 10 * SEC  # only BTC's bar ends soon
-    for runner in other.runners.values():
-        _at(runner, start + SEC - 20)
-    assert not other._may_hold(client)
-    other.runners["BTC/USDT"].aggregator.next_open_ms = start + 10 * SEC
-    assert other._may_hold(client)
-    assert link._may_hold(_connection(["SOL/USDT"]))  # a symbol this link does not stream
+def test_one_feed_waiting_to_close_keeps_every_connection_reading() -> None:
+    """The quiet feed's bar waits for its pong, whose proof the busy flow caps: no rest anywhere."""
+    start = _start()
+    link, runners, _bars, clock = _link(["BTC/USDT", "XRP/ETH"], start)
+    runners["BTC/USDT"]._on_raw(_trade(FIRST_ID, start + 100))
+    runners["BTC/USDT"]._on_raw(_trade(FIRST_ID + 1, start + SEC + 10))  # BTC's bar closes
+    assert not _asked_at(link, clock, start + SEC + 20)  # XRP/ETH's has not
+    runners["XRP/ETH"]._live = False  # a feed reconnecting closes nothing on pongs: it is left out
+    assert _asked_at(link, clock, start + SEC + 20)
+
+
+def test_a_yes_is_remembered_a_no_looked_at_again_soon() -> None:
+    start = _start()
+    link, runners, _bars, clock = _link(["BTC/USDT"], start)
+    assert _asked_at(link, clock, start + 100)
+    runners["BTC/USDT"].aggregator.next_open_ms = start - 5 * SEC  # an older bar to close (a feed back live)
+    clock.at_ms = start + 150
+    assert link._may_hold(CONNECTION)  # remembered: at most 100 ms
+    clock.at_ms = start + 201
+    assert not link._may_hold(CONNECTION)
+    runners["BTC/USDT"].aggregator.next_open_ms = start
+    clock.at_ms = start + 204
+    assert not link._may_hold(CONNECTION)  # the no stands for 5 ms
+    clock.at_ms = start + 207
+    assert link._may_hold(CONNECTION)
 
 
 async def test_the_setting_reaches_every_connection_zero_installs_no_hold() -> None:
