@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -64,6 +65,13 @@ log = logging.getLogger(__name__)
 # A hole in the ids may be a reorder within one moment: wait this long before fetching it.
 _HOLE_PATIENCE_S = 0.2
 _TICK_S = 0.05
+
+
+def until_next_tick(loop_time: float, period_s: float = _TICK_S) -> float:
+    """Seconds to the next multiple of ``period_s`` on the event loop's clock. Every feed of the
+    process ticks at the same moments, so their timers fall due in one loop turn: one wake-up a
+    tick for the process, not one per feed (a streamer of 100 feeds woke 2,000 times a second)."""
+    return (math.floor(loop_time / period_s) + 1) * period_s - loop_time
 # A trade stamped past the exchange's clock (as last read) waits for a fresh reading, taken at
 # most this often: a replay faster than real time runs ahead of any reading.
 _CLOCK_READ_EVERY_S = 1.0
@@ -834,8 +842,9 @@ class FeedRunner:
         connection is left alone (its bars close on pongs).
         """
         waiting_since = time.monotonic()
+        period_s = min(self._watchdog_s / 4, 1.0)
         while True:
-            await asyncio.sleep(min(self._watchdog_s / 4, 1.0))
+            await asyncio.sleep(until_next_tick(asyncio.get_running_loop().time(), period_s))
             now = time.monotonic()
             probe = self.link.liveness.probe_for(self.symbol)
             if probe is None:
@@ -871,7 +880,7 @@ class FeedRunner:
             now = time.monotonic()
             if now - self._last_message > self._watchdog_s and now - self._listing_checked_at > self._watchdog_s:
                 await self._check_listing()
-            await asyncio.sleep(_TICK_S)
+            await asyncio.sleep(until_next_tick(asyncio.get_running_loop().time()))
 
     async def _check_listing(self) -> None:
         """A symbol without a trade for a watchdog may have been delisted: read the markets again

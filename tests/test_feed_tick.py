@@ -1,0 +1,40 @@
+"""Every feed of a streamer ticks at the same moments (streamer/feed.py ``until_next_tick``): its
+timers fall due in one event-loop turn, one wake-up a tick for the process, not one per feed."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from streamer.feed import _TICK_S, until_next_tick
+
+
+@given(st.floats(min_value=0, max_value=1e7, allow_nan=False))
+def test_the_next_tick_is_the_next_multiple_of_the_tick(now: float) -> None:
+    wait = until_next_tick(now)
+    assert 0 < wait <= _TICK_S + 1e-9
+    ticks = (now + wait) / _TICK_S
+    assert math.isclose(ticks, round(ticks), rel_tol=0, abs_tol=1e-6)
+
+
+async def test_feeds_started_apart_wake_the_loop_together() -> None:
+    """Forty tickers started at different moments: their timers are due in the same loop turns."""
+    loop = asyncio.get_running_loop()
+    turns: list[float] = []
+
+    async def ticker() -> None:
+        for _ in range(6):
+            await asyncio.sleep(until_next_tick(loop.time()))
+            turns.append(round(loop.time() * 1000))  # the millisecond it woke in
+
+    tasks = []
+    for _ in range(40):
+        tasks.append(asyncio.create_task(ticker()))
+        await asyncio.sleep(0.001)  # the feeds start over 40 ms, as they do when they come live
+    await asyncio.gather(*tasks)
+    assert len(turns) == 240
+    # 6 moments, one per tick (a turn may straddle a millisecond), not 40 x 6 as with a plain sleep
+    assert len(set(turns)) <= 12, sorted(set(turns))
