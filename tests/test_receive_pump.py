@@ -166,15 +166,19 @@ class SocketReads:
         monkeypatch.setattr(receive_pump, "_rest", counted_rest)
 
 
-async def test_a_busy_connection_is_read_in_few_reads_every_frame_in_order(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A frame a millisecond, a 10 ms hold: about one read per 10 frames, not one per frame."""
+@pytest.mark.parametrize("allowed", [True, False], ids=["may_rest", "a_bar_about_to_close"])
+async def test_a_busy_connection_rests_between_reads_only_where_allowed(
+    monkeypatch: pytest.MonkeyPatch, allowed: bool
+) -> None:
+    """A frame a millisecond, a 10 ms hold: about one read per 10 frames, not one per frame. Where
+    ``may`` says no (a bar ends soon, or waits for its close) every frame is read at once."""
     tape = synthetic_tape("BTC/USDT", 1_500)
     frames = Frames(tape.trades[-1].trade_id)
     asked: list[Any] = []
 
     def may(client: Any) -> bool:
         asked.append(client)
-        return True
+        return allowed
 
     counted = SocketReads(monkeypatch)
     async with (
@@ -183,28 +187,12 @@ async def test_a_busy_connection_is_read_in_few_reads_every_frame_in_order(monke
     ):
         ids = await delivered(ex, server, frames)
     assert ids == [t.trade_id for t in tape.trades]
-    assert asked and counted.pauses > 0
-    assert counted.reads < len(tape.trades) / 3, counted.reads
-
-
-async def test_no_hold_where_a_bar_is_about_to_close(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``may`` says no (a bar of the connection ends soon, or waits for its close): every read at once."""
-    tape = synthetic_tape("BTC/USDT", 1_500)
-    frames = Frames(tape.trades[-1].trade_id)
-    asked: list[Any] = []
-
-    def may(client: Any) -> bool:
-        asked.append(client)
-        return False
-
-    counted = SocketReads(monkeypatch)
-    async with (
-        ReplayServer([tape], speed=1.0, start_on_subscribe=True) as server,
-        guarded_binance(server, frames, ReadHold(0.010, may)) as ex,
-    ):
-        ids = await delivered(ex, server, frames)
-    assert ids == [t.trade_id for t in tape.trades]
-    assert asked and counted.pauses == 0
+    assert asked
+    if allowed:
+        assert counted.pauses > 0
+        assert counted.reads < len(tape.trades) / 3, counted.reads
+    else:
+        assert counted.pauses == 0
 
 
 async def test_a_quiet_connection_is_not_held(monkeypatch: pytest.MonkeyPatch) -> None:
