@@ -32,8 +32,8 @@ log = logging.getLogger("streamer.feed")
 # them, as the history loader does (request_budget.py), and both read the weight the exchange
 # says is used.
 REST_LIMITS = {"binance": ((60, 6000),), "binanceus": ((60, 6000),)}
-# A busy connection reads at once from this long (plus the hold) before a bar of its feeds ends:
-# room for the difference between the clocks' readings and a late timer.
+# A busy connection reads at once from this long (plus the hold) before a bar of the exchange's
+# feeds ends: room for the difference between the clocks' readings and a late timer.
 HOLD_MARGIN_MS = 50
 _HOLD_RECHECK_MS = 5
 _HOLD_ANSWER_MS = 100

@@ -65,16 +65,10 @@ log = logging.getLogger(__name__)
 # A hole in the ids may be a reorder within one moment: wait this long before fetching it.
 _HOLE_PATIENCE_S = 0.2
 _TICK_S = 0.05
-
-
-def until_next_tick(loop_time: float, period_s: float = _TICK_S) -> float:
-    """Seconds to the next multiple of ``period_s`` on the event loop's clock. Every feed of the
-    process ticks at the same moments, so their timers fall due in one loop turn: one wake-up a
-    tick for the process, not one per feed (a streamer of 100 feeds woke 2,000 times a second)."""
-    return (math.floor(loop_time / period_s) + 1) * period_s - loop_time
 # A trade stamped past the exchange's clock (as last read) waits for a fresh reading, taken at
 # most this often: a replay faster than real time runs ahead of any reading.
 _CLOCK_READ_EVERY_S = 1.0
+
 # A REST check of the bars after a stalled flow, at most this often per feed.
 _REST_CHECK_EVERY_S = 1.0
 # Refused trades logged one by one per feed; after that one line per this many.
@@ -86,6 +80,13 @@ _BY_TRADE = CloseProof.TRADE
 
 # A trade as the feed places it: a usable one, or one refused whose id and time are known.
 Placed = Trade | RefusedTrade
+
+
+def until_next_tick(loop_time: float, period_s: float = _TICK_S) -> float:
+    """Seconds to the next multiple of ``period_s`` on the event loop's clock. Every feed of the
+    process ticks at the same moments, so their timers fall due in one loop turn: one wake-up a
+    tick for the process, not one per feed (a streamer of 100 feeds woke 2,000 times a second)."""
+    return (math.floor(loop_time / period_s) + 1) * period_s - loop_time
 
 
 def describe_error(error: BaseException) -> str:

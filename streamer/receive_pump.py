@@ -20,9 +20,9 @@ streamer's own cost was then its wake-ups, one per frame, paid again by every pr
 sharded deployment (docs/benchmarks.md). When the connection is busy (its last three frames came
 within a hold) and ``hold.may(client)`` allows it, the pump stops reading the socket for that
 long (aiohttp's protocol ``pause_reading``, so the kernel keeps the bytes) and then takes what came
-in one read. ``may`` (exchange_link.py) allows it only while no feed of the connection has a bar
-ending within the hold and a margin, or waiting to close: a bar's closing trade or pong is read
-as soon as it comes. Order is kept (one TCP stream), nothing is dropped; a trade may be handled up
+in one read. ``may`` (exchange_link.py) allows it only while no live feed of the exchange has a
+bar ending within the hold and a margin, or waiting to close: closing trades and pongs are read
+as soon as they come. Order is kept (one TCP stream), nothing is dropped; a trade may be handled up
 to a hold later in the middle of a bar, where only the forming bar's write (once a second) sees it.
 """
 
@@ -43,7 +43,7 @@ class ReadHold:
 
     def __init__(self, seconds: float, may: Callable[[Any], bool]) -> None:
         self.seconds = seconds
-        self.may = may  # may(client): no bar of the connection's feeds is near its close
+        self.may = may  # may(client): no bar of the exchange's feeds is near its close
         # The frame being handled came in a read after a rest: its delay is partly ours (a pump
         # sets it before each frame it hands on; frames are handled one at a time).
         self.rested = False
