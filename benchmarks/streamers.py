@@ -238,16 +238,16 @@ async def one_run(variant: str, feeds: int, trades: int, directory: Path,
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
     best: dict[str, dict[str, Any]] = {}
-    variants = ["one", "one_leases", "two", "two_split"]
+    # (name in the results, variant, streamer.read_hold)
+    runs = [(v, v, args.read_hold) for v in ("one", "one_leases", "two", "two_split")]
     if args.hold_baseline is not None:
-        variants += ["one_baseline_hold", "two_baseline_hold"]
+        runs += [(f"{v}_baseline_hold", v, args.hold_baseline) for v in ("one", "two")]
     for round_ in range(args.rounds):
-        for variant in variants:
+        for variant, processes, hold in runs:
             directory = Path(tempfile.mkdtemp(prefix="volcast-streamers-"))
-            base, _, against = variant.partition("_baseline")
-            hold = args.hold_baseline if against else args.read_hold
             try:
-                result = await one_run(base, args.feeds, args.trades, directory, speed=args.speed, read_hold=hold)
+                result = await one_run(processes, args.feeds, args.trades, directory, speed=args.speed,
+                                       read_hold=hold)
             except BaseException:
                 print(f"{variant}: failed; the streamers' logs are in {directory}", file=sys.stderr)
                 raise

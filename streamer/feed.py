@@ -68,7 +68,6 @@ _TICK_S = 0.05
 # A trade stamped past the exchange's clock (as last read) waits for a fresh reading, taken at
 # most this often: a replay faster than real time runs ahead of any reading.
 _CLOCK_READ_EVERY_S = 1.0
-
 # A REST check of the bars after a stalled flow, at most this often per feed.
 _REST_CHECK_EVERY_S = 1.0
 # Refused trades logged one by one per feed; after that one line per this many.
