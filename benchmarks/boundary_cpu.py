@@ -198,6 +198,8 @@ async def _measure(args: argparse.Namespace, settings: Any, redis: Any, n: int, 
     profile = cProfile.Profile(time.thread_time) if args.profile else None
     cpu = 0.0
     loop_cpu = 0.0
+    redis_cpu = 0.0
+    redis_usec: dict[str, int] = {}
     timings: list[dict[str, float]] = []
     async with asyncio.TaskGroup() as tasks:
         running = [tasks.create_task(coro) for coro in (
@@ -212,6 +214,7 @@ async def _measure(args: argparse.Namespace, settings: Any, redis: Any, n: int, 
             measuring[0] = measured
             if measured:
                 started_cpu, started_loop = time.process_time(), time.thread_time()
+                started_redis, started_commands = await _redis_cpu(redis), await _redis_commands(redis)
                 if profile is not None:
                     profile.enable()
             writer.send(j)
@@ -227,6 +230,9 @@ async def _measure(args: argparse.Namespace, settings: Any, redis: Any, n: int, 
                     profile.disable()
                 cpu += time.process_time() - started_cpu
                 loop_cpu += time.thread_time() - started_loop
+                redis_cpu += await _redis_cpu(redis) - started_redis
+                for name, usec in (await _redis_commands(redis)).items():
+                    redis_usec[name] = redis_usec.get(name, 0) + usec - started_commands.get(name, 0)
                 timings.append(dict(worker.timings))
         status = worker.status()
         for task in running:
@@ -244,7 +250,14 @@ async def _measure(args: argparse.Namespace, settings: Any, redis: Any, n: int, 
                                                          "guarded")},
                            "process_cpu_ms": round(cpu / per * 1000, 2), "loop_cpu_ms": round(loop_cpu / per * 1000, 2),
                            "boundary_cpu_ms": round(spent["boundary"] / per * 1000, 2),
-                           "record_cpu_ms": round(spent["record"] / per * 1000, 2)}
+                           "record_cpu_ms": round(spent["record"] / per * 1000, 2),
+                           # The Redis server's CPU over the same spans (the streamer's bar writes
+                           # included): the worker's writes cost it too, on the same cores.
+                           "redis_cpu_ms": round(redis_cpu / per * 1000, 2),
+                           # ... and what took it: the five costliest commands (a script's calls
+                           # count in their own entries too), ms of the server's time per boundary.
+                           "redis_commands_ms": {name: round(usec / per / 1000, 2) for name, usec in sorted(
+                               redis_usec.items(), key=lambda item: -item[1])[:5]}}
     for label, filename, name in PHASES if profile is not None else ():
         # Before worker.py was split (a --root checkout), every worker phase was in worker.py.
         seconds = cumulative.get((filename, name), cumulative.get(("worker.py", name)))
@@ -254,6 +267,18 @@ async def _measure(args: argparse.Namespace, settings: Any, redis: Any, n: int, 
         values = sorted(t[name] for t in timings if name in t)
         out[f"worker_{name}"] = round(values[len(values) // 2], 2)
     return out
+
+
+async def _redis_cpu(redis: Any) -> float:
+    """CPU seconds the Redis server has used (every thread), from INFO."""
+    info = await redis.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def _redis_commands(redis: Any) -> dict[str, int]:
+    """Microseconds the Redis server has spent in each command, from INFO commandstats."""
+    stats = await redis.info("commandstats")
+    return {name.removeprefix("cmdstat_"): int(fields["usec"]) for name, fields in stats.items()}
 
 
 def main() -> None:

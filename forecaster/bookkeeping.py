@@ -15,7 +15,7 @@ from redis.exceptions import RedisError, ResponseError
 from forecaster import heap
 from forecaster.handoffs import BoundaryRecord, Handoffs
 from forecaster.payload import Prediction
-from forecaster.recorder import Recorder
+from forecaster.recorder import Recorder, Write
 from forecaster.worker_counts import WorkerCounts
 from volcast.aio import raise_if_cancelled
 from volcast.backoff import Backoff, retry_later
@@ -49,7 +49,7 @@ class Bookkeeping:
             job = await self.handoffs.records.get()
             await self.handoffs.until_out(job.open_ms, job.ticket)
             started = time.perf_counter()
-            writes: list[list[str]] | None = None
+            writes: list[Write] | None = None
             while True:
                 raise_if_cancelled()
                 try:
@@ -78,12 +78,12 @@ class Bookkeeping:
             log.debug("bar %d: %d predictions; %s, record_ms %.1f", job.open_ms, len(job.predictions),
                       ", ".join(f"{k} {v:.1f}" for k, v in job.timings.items()), self.counts.timings["record_ms"])
 
-    def _status_writes(self, job: BoundaryRecord) -> list[list[str]]:
+    def _status_writes(self, job: BoundaryRecord) -> list[Write]:
         key = self.keys.forecaster()
         status = self.status()
         status["last_bar_ms"] = str(job.open_ms) if job.predictions else ""
         status["last_batch_size"] = str(len(job.predictions))
-        flat = ["h", key]
+        flat: Write = ["h", key]
         for name, value in status.items():
             flat += [name, value]
         return [flat, ["i", key, "predictions", str(len(job.predictions))], ["i", key, "batches", "1"]]

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Hashable, Mapping, Sequence
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -227,16 +228,18 @@ class BandCalibrator:
     def fields(self, row: int) -> dict[str, str]:
         """The row's state as hash fields, its settings included (``flat_fields``)."""
         flat = self.flat_fields([row])[0] + self.settings_fields()
-        return dict(zip(flat[::2], flat[1::2], strict=True))
+        return {cast(str, name): value.decode() if isinstance(value, bytes) else value
+                for name, value in zip(flat[::2], flat[1::2], strict=True)}
 
-    def flat_fields(self, rows: Sequence[int]) -> list[list[str]]:
+    def flat_fields(self, rows: Sequence[int]) -> list[list[str | bytes]]:
         """The state of many rows as flat [name, value, ...] lists, without the settings
         (``horizons``, ``step``, ``warm_up``: written once per row by the caller).
 
         One horizon: ``c_low``, ``c_high``, ``n``, ``to_ms`` as text. More: the same four of
         horizon 0 as text (what ``volcast status`` shows of the next bar, and all a reader that
         knows one horizon reads), and every horizon's values ``packed`` (volcast/calibration_state.py:
-        exact, and at 1000 feeds of 63 targets ~60x cheaper than their comma-separated text)."""
+        exact, and at 1000 feeds of 63 targets ~60x cheaper than their comma-separated text), last
+        and as bytes (4 kB of 63 targets: the recorder sends it as a script argument of its own)."""
         picked = np.asarray(rows, dtype=np.int64)
         first = (self.c_low[picked, 0].tolist(), self.c_high[picked, 0].tolist(), self.n[picked, 0].tolist(),
                  self.to_ms[picked, 0].tolist())
@@ -244,17 +247,20 @@ class BandCalibrator:
             return [["c_low", repr(lo), "c_high", repr(hi), "n", str(n), "to_ms", str(t)]
                     for lo, hi, n, t in zip(*first, strict=True)]
         return [["c_low", repr(lo), "c_high", repr(hi), "n", str(n), "to_ms", str(t), "packed", state]
-                for lo, hi, n, t, state in zip(*first, self.packed(picked), strict=True)]
+                for lo, hi, n, t, state in zip(*first, self.packed_ascii(picked), strict=True)]
 
     def packed(self, rows: IntArray) -> list[str]:
-        """Each row's state in the packed form (volcast/calibration_state.py), all at once: one
-        base64 text of the rows' bytes, cut per row (a row is 48 x horizons bytes, a multiple of
-        3, so its base64 ends on a character boundary)."""
+        """Each row's state in the packed form (volcast/calibration_state.py), all at once."""
+        return [state.decode("ascii") for state in self.packed_ascii(rows)]
+
+    def packed_ascii(self, rows: IntArray) -> list[bytes]:
+        """``packed`` as ASCII bytes: one base64 text of the rows' bytes, cut per row (a row is
+        48 x horizons bytes, a multiple of 3, so its base64 ends on a character boundary)."""
         block = np.empty((len(rows), len(PACKED_ROWS), self.horizons), dtype="<i8")
         for i, name in enumerate(PACKED_ROWS):
             values = getattr(self, name)[rows]
             block[:, i] = values.astype("<f8").view("<i8") if i < FLOAT_ROWS else values
-        text = base64.b64encode(block.tobytes()).decode("ascii")
+        text = base64.b64encode(block.tobytes())
         width = 4 * BYTES_PER_HORIZON * self.horizons // 3
         return [text[i * width:(i + 1) * width] for i in range(len(rows))]
 

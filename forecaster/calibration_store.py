@@ -156,7 +156,7 @@ class Calibration:
             return
         self._pending.append((feed, closed_ms, raw[LOW], raw[HIGH], actual))
 
-    def writes(self) -> list[list[str]]:
+    def writes(self) -> list[list[str | bytes]]:
         """Fold in what ``realised`` queued; the new states as the recorder's hash writes."""
         pending, self._pending = self._pending, []
         calibrator = self.calibrator
@@ -180,12 +180,13 @@ class Calibration:
         if not latest:
             return []
         keys, settings, written = self.keys, calibrator.settings_fields(), self._written
-        out: list[list[str]] = []
+        out: list[list[str | bytes]] = []
         for feed, fields in zip(latest, calibrator.flat_fields(list(latest.values())), strict=True):
-            if feed not in written:  # the settings once per feed and process
-                written.add(feed)
-                fields += settings
-            out.append(["h", keys.calibration(feed), *fields])
+            if feed not in written:  # the settings once per feed and process (before the packed
+                written.add(feed)    # state, which a write ends with: recorder.py's Write)
+                out.append(["h", keys.calibration(feed), *settings, *fields])
+            else:
+                out.append(["h", keys.calibration(feed), *fields])
         return out
 
     def status(self) -> dict[str, str]:

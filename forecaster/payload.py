@@ -20,7 +20,7 @@ import functools
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import orjson
 
@@ -238,20 +238,28 @@ class Prediction:
         the numbers). ``guard`` is always there (empty when the forecast passed): HSET leaves the
         fields it is not given, so the hash would otherwise keep an earlier prediction's reason.
         """
+        flat = self.flat_fields(payload)
+        fields = {cast(str, name): cast(str, value) for name, value in zip(flat[:-2:2], flat[1:-2:2], strict=True)}
+        fields["json"] = cast(bytes, flat[-1]).decode()
+        return fields
+
+    def flat_fields(self, payload: bytes | None = None) -> list[str | bytes]:
+        """``to_fields`` as [name, value, ...], the JSON last and as bytes: the recorder's form
+        (forecaster/recorder.py sends it to Redis as an argument of its own)."""
         if payload is None:
             payload = self.to_json()
-        return {
-            "open_time_ms": str(self.open_time_ms),
-            "last_bar_ms": str(self.last_bar_ms),
-            "last_volume": repr(self.last_volume),
-            "volume": repr(self.volume),
-            "model_name": self.model_name,
-            "model_version": self.model_version,
-            "baseline": "1" if self.baseline else "0",
-            "created_ms": str(self.created_ms),
-            "guard": self.guard.reason if self.guard is not None else "",
-            "json": payload.decode(),
-        }
+        return [
+            "open_time_ms", str(self.open_time_ms),
+            "last_bar_ms", str(self.last_bar_ms),
+            "last_volume", repr(self.last_volume),
+            "volume", repr(self.volume),
+            "model_name", self.model_name,
+            "model_version", self.model_version,
+            "baseline", "1" if self.baseline else "0",
+            "created_ms", str(self.created_ms),
+            "guard", self.guard.reason if self.guard is not None else "",
+            "json", payload,
+        ]
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Prediction:

@@ -30,7 +30,7 @@ import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -51,12 +51,18 @@ WRITE_SCRIPT = """
 --   ["x", key, id, field, value, ...]   XADD key MAXLEN ~ ARGV[1] id field value ...
 --   ["h", key, field, value, ...]       HSET key field value ...
 --   ["i", key, field, n]                HINCRBY key field n
+-- Every value is a string, except that the last one of a write may be a number n: the value is
+-- then ARGV[n] (a payload passed as an argument of its own, not escaped into the JSON).
 -- Returns how many XADDs were refused as not newer than the stream's last entry (a replayed
 -- event: that entry is already written); any other error ends the script with that error.
 local maxlen = ARGV[1]
 local replayed = 0
 for _, w in ipairs(cjson.decode(ARGV[2])) do
   local reply
+  local last = w[#w]
+  if type(last) == 'number' then
+    w[#w] = ARGV[last]
+  end
   if w[1] == 'x' then
     reply = redis.pcall('XADD', w[2], 'MAXLEN', '~', maxlen, unpack(w, 3))
   elseif w[1] == 'h' then
@@ -102,12 +108,40 @@ class Recorded:
     replayed: int
 
 
-def _flat(kind: str, key: str, fields: Mapping[str, str], *head: str) -> list[str]:
-    out = [kind, key, *head]
+Write = list[str | bytes]
+"""One write of the script: [kind, key, ...]. Only the last value may be bytes (a payload)."""
+
+
+def _flat(kind: str, key: str, fields: Mapping[str, str], *head: str) -> Write:
+    out: Write = [kind, key, *head]
     for name, value in fields.items():
         out.append(name)
         out.append(value)
     return out
+
+
+def _script_args(chunk: Sequence[Write]) -> list[bytes]:
+    """The ARGV of one script call after MAXLEN: the JSON of the writes, then each bytes value a
+    write ends with, which the JSON names by its place in ARGV.
+
+    A payload (2-3 kB with the horizons) thus goes to Redis once, as it is, for both the stream
+    entry and the hash that hold it, rather than twice and escaped into the JSON: at 1000 feeds
+    that was 5 MB of JSON a boundary for orjson to write and the script's cjson to read.
+    """
+    extra: list[bytes] = []
+    place: dict[int, int] = {}  # id of a payload -> its ARGV index (the chunk keeps it alive)
+    doc: list[Sequence[str | bytes | int]] = []
+    for write in chunk:
+        last = write[-1]
+        if last.__class__ is bytes:
+            at = place.get(id(last))
+            if at is None:
+                extra.append(last)
+                at = place[id(last)] = len(extra) + 2  # after ARGV[1] (MAXLEN) and ARGV[2] (this JSON)
+            doc.append([*write[:-1], at])
+        else:
+            doc.append(write)
+    return [orjson.dumps(doc), *extra]
 
 
 class Recorder:
@@ -128,7 +162,7 @@ class Recorder:
 
     async def writes(self, predictions: Sequence[Prediction], payloads: Sequence[bytes],
                      latest: Sequence[bool], last_volumes: Sequence[float],
-                     pause: Callable[[], Awaitable[None]] | None = None) -> list[list[str]]:
+                     pause: Callable[[], Awaitable[None]] | None = None) -> list[Write]:
         """The writes of one boundary's predictions (reads what this process does not hold).
 
         ``pause`` is awaited every SLICE predictions: the worker lets a boundary that is being
@@ -140,14 +174,14 @@ class Recorder:
         # For the watch, grouped: (version, bar, guarded) -> forecasts; (version, bar) -> realised.
         served: dict[tuple[str, int, bool], int] = {}
         errors: dict[tuple[str, int], tuple[list[float], list[float], list[float]]] = {}
-        out: list[list[str]] = []
+        out: list[Write] = []
         for i, (p, payload, newest, actual) in enumerate(zip(predictions, payloads, latest, last_volumes, strict=True)):
             if pause is not None and i and not i % SLICE:
                 await pause()
-            fields = p.to_fields(payload)
-            out.append(_flat("x", keys.predictions(p.feed), fields, f"{p.open_time_ms}-0"))
+            fields = p.flat_fields(payload)  # its payload last: one script argument for both writes
+            out.append(["x", keys.predictions(p.feed), f"{p.open_time_ms}-0", *fields])
             if newest:
-                out.append(_flat("h", keys.prediction(p.feed), fields))
+                out.append(["h", keys.prediction(p.feed), *fields])
                 self._predicted[p.feed] = p
             if p.guard is not None:
                 # Per feed, beside its live scores (``volcast status`` shows them): how many of its
@@ -254,7 +288,7 @@ class Recorder:
                 self.scores.load(feed, records)
         return earlier
 
-    async def apply(self, writes: Sequence[list[str]]) -> Recorded:
+    async def apply(self, writes: Sequence[Write]) -> Recorded:
         """Run the writes in Redis: one pipeline of script calls, CHUNK writes each.
 
         A pending demotion is written first: a Redis outage then retries both, and the writes
@@ -271,13 +305,13 @@ class Recorder:
             return Recorded(0, 0)
         cluster = is_cluster(self.redis)
         chunks = _by_node(self.redis, writes) if cluster else [
-            ([], orjson.dumps(writes[lo:lo + CHUNK])) for lo in range(0, len(writes), CHUNK)]
+            ([], _script_args(writes[lo:lo + CHUNK])) for lo in range(0, len(writes), CHUNK)]
         reloaded = regrouped = False
         while True:
             sha = self._sha or await self._load()
             pipe = self.redis.pipeline(transaction=False)
             for keys, chunk in chunks:
-                pipe.evalsha(sha, len(keys), *keys, str(self.kept), chunk)
+                pipe.evalsha(sha, len(keys), *keys, str(self.kept), *chunk)
             try:
                 replies: list[Any] = await pipe.execute()
             except NoScriptError:
@@ -308,30 +342,31 @@ def _moved(error: ResponseError) -> bool:
                                          "don't hash to the same slot"))
 
 
-def _by_node(redis: Any, writes: Sequence[list[str]]) -> list[tuple[list[str], bytes]]:
+def _by_node(redis: Any, writes: Sequence[Write]) -> list[tuple[list[str], list[bytes]]]:
     """Script calls of a cluster: the writes of the keys one node holds (in order), CHUNK at most,
     each naming one of its keys, which routes it to that node."""
-    groups: dict[str, list[list[str]]] = {}
+    groups: dict[str, list[Write]] = {}
     nodes: dict[str, str] = {}  # slot tag -> node: a feed's keys share one
     for write in writes:
-        tag = slot_tag(write[1])
+        key = cast(str, write[1])
+        tag = slot_tag(key)
         node = nodes.get(tag)
         if node is None:
-            node = nodes[tag] = redis.get_node_from_key(write[1]).name
+            node = nodes[tag] = redis.get_node_from_key(key).name
         groups.setdefault(node, []).append(write)
-    return [([chunk[0][1]], orjson.dumps(chunk))
+    return [([cast(str, chunk[0][1])], _script_args(chunk))
             for group in groups.values() for chunk in (group[lo:lo + CHUNK] for lo in range(0, len(group), CHUNK))]
 
 
-def _by_slot(writes: Sequence[list[str]]) -> list[tuple[list[str], bytes]]:
+def _by_slot(writes: Sequence[Write]) -> list[tuple[list[str], list[bytes]]]:
     """Script calls of a cluster: the writes of one hash slot each (in order within the slot),
     CHUNK at most, with the keys they write."""
-    groups: dict[str, list[list[str]]] = {}
+    groups: dict[str, list[Write]] = {}
     for write in writes:
-        groups.setdefault(slot_tag(write[1]), []).append(write)
+        groups.setdefault(slot_tag(cast(str, write[1])), []).append(write)
     calls = []
     for group in groups.values():
         for lo in range(0, len(group), CHUNK):
             chunk = group[lo:lo + CHUNK]
-            calls.append((list(dict.fromkeys(w[1] for w in chunk)), orjson.dumps(chunk)))
+            calls.append((list(dict.fromkeys(cast(str, w[1]) for w in chunk)), _script_args(chunk)))
     return calls

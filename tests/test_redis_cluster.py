@@ -216,7 +216,7 @@ async def test_recorder_writes_one_call_per_node_and_slot_by_slot_when_a_node_re
         recorder = recorder_module.Recorder(redis, keys, kept=100, score_window=10)
         assert (await recorder.apply(writes)).replayed == 0
         assert [await redis.hget(keys.prediction(f), "volume") for f in feeds] == [str(i).encode() for i in range(30)]
-        wrong = [([writes[0][1]], orjson.dumps(writes))]  # every write sent to one node
+        wrong = [([writes[0][1]], recorder_module._script_args(writes))]  # every write sent to one node
         monkeypatch.setattr(recorder_module, "_by_node", lambda _redis, _writes: wrong)
         again = await recorder.apply(writes)
         assert again.writes == len(writes) and again.replayed == 30  # the stream entries were there
