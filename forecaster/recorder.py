@@ -5,7 +5,8 @@ the realised stream and the scores hash) of about ten fields each. Queued throug
 pipeline, 1000 feeds cost 100-300 ms of the worker's CPU, mostly redis-py packing 4000
 commands argument by argument. Here the writes of a boundary go to Redis as a few JSON documents
 (orjson, a few ms) that one Lua script (``WRITE_SCRIPT``) unpacks and applies: the same keys,
-ids and fields as before, written by Redis itself.
+ids and fields as before, written by Redis itself. The large values (payloads, packed calibration
+states) are not in those documents but script arguments of their own (``_script_args``).
 
 On one Redis node a call holds writes of any keys (they are not passed as KEYS). On a Redis
 Cluster a call runs on one node and may touch only keys that node holds: the writes are grouped
