@@ -40,6 +40,8 @@ import ccxt
 import orjson
 from aiohttp import WSMsgType
 
+from streamer.tick_grid import TICK_S, until_next_tick
+
 log = logging.getLogger(__name__)
 
 # Pongs outstanding per connection we keep track of; a server may answer only the newest ping
@@ -51,8 +53,8 @@ _MAX_OUTSTANDING = 32
 _CLOCK_REFRESH_S = 60.0
 _CLOCK_RETRY_S = 1.0
 _CLOCK_AHEAD_MS = 1_000
-# The prober looks at its connections at least this often.
-_IDLE_WAKE_S = 0.05
+# The prober looks at its flows on every tick while one is busy, else this often (tick_grid.py).
+_QUIET_LOOK_S = 1.0
 # Frame kinds tested on every frame (an Enum member read off its class costs a descriptor call).
 _PONG = WSMsgType.PONG
 _TEXT = WSMsgType.TEXT
@@ -439,9 +441,14 @@ class Liveness:
                     probe.pinging.cancel()
 
     def _send_due(self) -> float:
-        """Start the pings that are due; seconds until the next one may be."""
-        wait = _IDLE_WAKE_S
+        """Start the pings that are due; seconds until the next one may be: a wanted ping's moment
+        or a keep-alive's, else the next look at the flows: on the feeds' next tick while a flow is
+        busy (its stall is registered within a tick), on the next second while none is (a quiet
+        flow is never judged). On the grid (tick_grid.py): the look costs no wake-up of its own."""
+        loop_time = asyncio.get_running_loop().time()
+        wait = math.inf
         now = time.monotonic()
+        busy = self.flow.warm
         self.flow.suspect(now)  # registers a stall under way, for the feeds to see (feed._note_stalls)
         low = self.clock.low_ms
         exchange_now = self.clock.now_low()
@@ -451,6 +458,7 @@ class Liveness:
                 del self._probes[key]  # a connection that ended: ccxt makes a new client for the next
                 continue
             probe.flow.suspect(now)
+            busy = busy or probe.flow.warm
             if not probe.connected():
                 continue
             need = probe.next_need()
@@ -460,8 +468,12 @@ class Liveness:
             wanted = exchange_now is not None and low is not None and probe.due(exchange_now, low)
             if (wanted or keepalive) and not (probe.pinging is not None and not probe.pinging.done()):
                 probe.pinging = asyncio.create_task(self._ping(probe), name="liveness ping")
+            keepalive_in = probe.last_ping + self.keepalive_s - now
+            if keepalive_in > 0:  # (one overdue waits for its ping under way, or for the wanted one)
+                wait = min(wait, keepalive_in)
             if exchange_now is not None and need is not None and need > exchange_now:
                 wait = min(wait, (need - exchange_now) / 1000)
+        wait = min(wait, until_next_tick(loop_time, TICK_S if busy else _QUIET_LOOK_S))
         return max(wait, 0.001)
 
     async def _ping(self, probe: ConnectionProbe) -> None:

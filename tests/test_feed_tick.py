@@ -1,4 +1,4 @@
-"""Every feed of a streamer ticks at the same moments (streamer/feed.py ``until_next_tick``): its
+"""Every feed of a streamer ticks at the same moments (streamer/tick_grid.py ``until_next_tick``): its
 timers fall due in one event-loop turn, one wake-up a tick for the process, not one per feed."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from streamer.feed import _TICK_S, until_next_tick
+from streamer.tick_grid import TICK_S as _TICK_S
+from streamer.tick_grid import until_next_tick
 
 
 @given(st.floats(min_value=0, max_value=1e7, allow_nan=False))
