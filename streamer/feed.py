@@ -29,9 +29,7 @@ trade seen and the aggregator drops the overlap as duplicates.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,7 +53,7 @@ from streamer.source import (
     trade_from_ccxt,
 )
 from streamer.store import ResumePoint
-from streamer.tick_grid import TICK_S, next_tick_at, sleep_to_tick
+from streamer.tick_grid import TICK_S, sleep_to_tick
 from streamer.trade_validation import MAX_AHEAD_MS, Refusal, RefusedTrade, ahead_of_clock, placed
 from volcast.backoff import Backoff
 from volcast.bar import Bar, Trade
@@ -70,13 +68,6 @@ _HOLE_PATIENCE_S = 0.2
 # one loop turn: one wake-up a tick for the process, not one per feed (a streamer of 100 feeds
 # woke 2,000 times a second).
 _TICK_S = TICK_S
-# A feed with nothing it could close or fetch soon (calm: see _calm_until) ticks on this grid
-# instead, and again on _TICK_S from _CALM_MARGIN_MS before its next bar's end on our clock (the
-# margin covers the clock offset's error; no proof can close a bar before its end). Its pongs and
-# closing trades close bars without the ticker (ExchangeLink._proof, _on_trade); what it must act on
-# soon (a hole, a held trade, a gap, a stall) wakes it at once (_nudge).
-_CALM_TICK_S = 1.0
-_CALM_MARGIN_MS = 150
 # A trade stamped past the exchange's clock (as last read) waits for a fresh reading, taken at
 # most this often: a replay faster than real time runs ahead of any reading.
 _CLOCK_READ_EVERY_S = 1.0
@@ -196,7 +187,6 @@ class FeedRunner:
         self._rest_checked_at = float("-inf")
         self._listing_checked_at = time.monotonic()
         self._live_since_ms: int | None = None  # exchange time the feed first went live (delays from then)
-        self._nudge = asyncio.Event()  # something for the ticker to act on came during a calm sleep
 
     # -- trades in ------------------------------------------------------------------------------
 
@@ -234,7 +224,6 @@ class FeedRunner:
         # beyond the exchange's clock as last read (now_ms() written out too, as in _note_arrival).
         if self._held or item.timestamp_ms > int(time.time() * 1000) + self._check_offset_ms + MAX_AHEAD_MS:
             self._held.append(item)  # judged once the exchange's clock has been read again (ticker)
-            self._nudge.set()
             return
         self._on_trade(item)
 
@@ -397,7 +386,6 @@ class FeedRunner:
                 self.aggregator.refuse(None, refusal.timestamp_ms)
         elif self._gap_from is None:
             self._gap_from = self.health.last_trade_ms or (self.start_ms or 0)
-            self._nudge.set()
 
     # -- trades stamped past the exchange's clock -------------------------------------------------
 
@@ -457,7 +445,6 @@ class FeedRunner:
             self._ahead[tid] = trade.timestamp_ms
             if self._hole_since is None:
                 self._hole_since = time.monotonic()
-                self._nudge.set()
 
     def _set_frontier(self, tid: int, timestamp_ms: int) -> None:
         """Every trade up to ``tid`` is known (a jump: ids seen ahead up to it are known too)."""
@@ -507,7 +494,6 @@ class FeedRunner:
             start_ms = min(start_ms, self._gap_from)
         if end_ms is None:
             self._gap_from = start_ms
-            self._nudge.set()
             log.warning("%s: trades from %d on lost (backfill impossible), until a trade comes", self.symbol, start_ms)
         else:
             self._gap_from = None
@@ -877,9 +863,7 @@ class FeedRunner:
 
     async def _ticker(self) -> None:
         self._subscribed_at = None
-        loop = asyncio.get_running_loop()
         while True:
-            self._nudge.clear()  # before the checks: what comes during them is acted on at once
             if self._hole_since is not None and time.monotonic() - self._hole_since > _HOLE_PATIENCE_S:
                 await self.backfill.fill_holes()
             if self._gap_from is not None:
@@ -892,27 +876,7 @@ class FeedRunner:
             now = time.monotonic()
             if now - self._last_message > self._watchdog_s and now - self._listing_checked_at > self._watchdog_s:
                 await self._check_listing()
-            calm_to = self._calm_until(loop.time())
-            if calm_to is None:
-                await sleep_to_tick()
-                continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(calm_to):
-                    await self._nudge.wait()
-
-    def _calm_until(self, loop_time: float) -> float | None:
-        """The loop time the ticker may sleep to (None: the next tick): the feed is live with nothing
-        pending (no hole, held trade, gap or unchecked stall), its own trades are not a busy flow
-        (whose stall the ticks look for), and its next bar ends more than the margin from now."""
-        if (not self._may_close() or self._hole_since is not None or self._unverified_from is not None
-                or self._own.warm):
-            return None
-        end = self.pending_end_local_ms()
-        if end is None:
-            return None
-        active_from = loop_time + (end - _CALM_MARGIN_MS - now_ms()) / 1000
-        calm_to = min(next_tick_at(loop_time, _CALM_TICK_S), math.floor(active_from / _TICK_S) * _TICK_S)
-        return calm_to if calm_to - loop_time > _TICK_S else None
+            await sleep_to_tick()
 
     async def _check_listing(self) -> None:
         """A symbol without a trade for a watchdog may have been delisted: read the markets again
@@ -982,4 +946,3 @@ class FeedRunner:
         """A stall after the trade stamped ``newest_before_stall_ms``: pongs prove nothing past it."""
         current = self._unverified_from
         self._unverified_from = newest_before_stall_ms if current is None else min(current, newest_before_stall_ms)
-        self._nudge.set()  # a REST check may be due

@@ -40,7 +40,7 @@ import ccxt
 import orjson
 from aiohttp import WSMsgType
 
-from streamer.tick_grid import TICK_S, until_next_tick
+from streamer.tick_grid import until_next_tick
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +53,6 @@ _MAX_OUTSTANDING = 32
 _CLOCK_REFRESH_S = 60.0
 _CLOCK_RETRY_S = 1.0
 _CLOCK_AHEAD_MS = 1_000
-# The prober looks at its flows on every tick while one is busy, else this often (tick_grid.py).
-_QUIET_LOOK_S = 1.0
 # Frame kinds tested on every frame (an Enum member read off its class costs a descriptor call).
 _PONG = WSMsgType.PONG
 _TEXT = WSMsgType.TEXT
@@ -441,14 +439,10 @@ class Liveness:
                     probe.pinging.cancel()
 
     def _send_due(self) -> float:
-        """Start the pings that are due; seconds until the next one may be: a wanted ping's moment
-        or a keep-alive's, else the next look at the flows: on the feeds' next tick while a flow is
-        busy (its stall is registered within a tick), on the next second while none is (a quiet
-        flow is never judged). On the grid (tick_grid.py): the look costs no wake-up of its own."""
-        loop_time = asyncio.get_running_loop().time()
-        wait = math.inf
+        """Start the pings that are due; seconds until the next one may be: a wanted ping's moment,
+        else the feeds' next tick (tick_grid.py: the look at the flows costs no wake-up of its own)."""
+        wait = until_next_tick(asyncio.get_running_loop().time())
         now = time.monotonic()
-        busy = self.flow.warm
         self.flow.suspect(now)  # registers a stall under way, for the feeds to see (feed._note_stalls)
         low = self.clock.low_ms
         exchange_now = self.clock.now_low()
@@ -458,7 +452,6 @@ class Liveness:
                 del self._probes[key]  # a connection that ended: ccxt makes a new client for the next
                 continue
             probe.flow.suspect(now)
-            busy = busy or probe.flow.warm
             if not probe.connected():
                 continue
             need = probe.next_need()
@@ -468,12 +461,8 @@ class Liveness:
             wanted = exchange_now is not None and low is not None and probe.due(exchange_now, low)
             if (wanted or keepalive) and not (probe.pinging is not None and not probe.pinging.done()):
                 probe.pinging = asyncio.create_task(self._ping(probe), name="liveness ping")
-            keepalive_in = probe.last_ping + self.keepalive_s - now
-            if keepalive_in > 0:  # (one overdue waits for its ping under way, or for the wanted one)
-                wait = min(wait, keepalive_in)
             if exchange_now is not None and need is not None and need > exchange_now:
                 wait = min(wait, (need - exchange_now) / 1000)
-        wait = min(wait, until_next_tick(loop_time, TICK_S if busy else _QUIET_LOOK_S))
         return max(wait, 0.001)
 
     async def _ping(self, probe: ConnectionProbe) -> None:

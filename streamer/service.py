@@ -38,7 +38,6 @@ from streamer.replica_wait import ReplicaWait
 from streamer.shards import FeedOwnership
 from streamer.source import create_exchange
 from streamer.store import REDIS_DOWN, BarStore, KeyProblem, ResumePoint
-from streamer.tick_grid import sleep_to_tick
 from volcast.backoff import Backoff
 from volcast.cluster_start import read_slot_map
 from volcast.connections import ConnectionProblem, redis_client
@@ -104,8 +103,7 @@ async def _status_loop(store: BarStore, runners: Collection[FeedRunner], setting
             await _write_status(store, runners, ttl)
         except REDIS_DOWN as exc:
             log.debug("status not written, redis down: %r", exc)
-        # On the grid (tick_grid.py): in the loop turn of the feeds' watchdogs and tickers.
-        await sleep_to_tick(settings.bars.open_bar_update / 1000)
+        await asyncio.sleep(settings.bars.open_bar_update / 1000)
 
 
 async def _check_events_key(store: BarStore, interval_ms: int, backoff: Backoff) -> None:

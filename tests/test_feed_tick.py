@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+from types import SimpleNamespace
 
 from hypothesis import given
 from hypothesis import strategies as st
 
+from streamer.liveness import Liveness
 from streamer.tick_grid import TICK_S as _TICK_S
 from streamer.tick_grid import until_next_tick
 
@@ -39,3 +41,16 @@ async def test_feeds_started_apart_wake_the_loop_together() -> None:
     assert len(turns) == 240
     # 6 moments, one per tick (a turn may straddle a millisecond), not 40 x 6 as with a plain sleep
     assert len(set(turns)) <= 12, sorted(set(turns))
+
+
+async def test_the_probers_look_between_pings_falls_on_the_feeds_tick() -> None:
+    """The liveness prober looks at its flows every tick (streamer/liveness.py ``_send_due``): on
+    the feeds' grid, in their loop turn, not on a timer of its own (20 more wake-ups a second)."""
+    exchange = SimpleNamespace(id="x", clients={}, has={})  # no connection: only the look is timed
+    liveness = Liveness(exchange, keepalive_s=10.0, on_proof=lambda _probe: None)
+    loop = asyncio.get_running_loop()
+    for _ in range(5):
+        look_at = loop.time() + liveness._send_due()
+        assert abs(look_at - round(look_at / _TICK_S) * _TICK_S) < 0.001, look_at
+        assert look_at - loop.time() <= _TICK_S + 1e-9
+        await asyncio.sleep(0.013)  # from another moment of the tick
