@@ -1,5 +1,6 @@
-"""Every feed of a streamer ticks at the same moments (streamer/tick_grid.py ``until_next_tick``): its
-timers fall due in one event-loop turn, one wake-up a tick for the process, not one per feed."""
+"""Every feed of a streamer ticks at the same moments, and the liveness prober looks at its flows
+on them (streamer/tick_grid.py ``until_next_tick``): their timers fall due in one event-loop turn,
+one wake-up a tick for the process, not one per feed."""
 
 from __future__ import annotations
 
