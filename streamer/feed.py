@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -54,6 +53,7 @@ from streamer.source import (
     trade_from_ccxt,
 )
 from streamer.store import ResumePoint
+from streamer.tick_grid import TICK_S, sleep_to_tick
 from streamer.trade_validation import MAX_AHEAD_MS, Refusal, RefusedTrade, ahead_of_clock, placed
 from volcast.backoff import Backoff
 from volcast.bar import Bar, Trade
@@ -64,7 +64,10 @@ log = logging.getLogger(__name__)
 
 # A hole in the ids may be a reorder within one moment: wait this long before fetching it.
 _HOLE_PATIENCE_S = 0.2
-_TICK_S = 0.05
+# Every feed of the process ticks at the same moments (tick_grid.py), so their timers fall due in
+# one loop turn: one wake-up a tick for the process, not one per feed (a streamer of 100 feeds
+# woke 2,000 times a second).
+_TICK_S = TICK_S
 # A trade stamped past the exchange's clock (as last read) waits for a fresh reading, taken at
 # most this often: a replay faster than real time runs ahead of any reading.
 _CLOCK_READ_EVERY_S = 1.0
@@ -79,13 +82,6 @@ _BY_TRADE = CloseProof.TRADE
 
 # A trade as the feed places it: a usable one, or one refused whose id and time are known.
 Placed = Trade | RefusedTrade
-
-
-def until_next_tick(loop_time: float, period_s: float = _TICK_S) -> float:
-    """Seconds to the next multiple of ``period_s`` on the event loop's clock. Every feed of the
-    process ticks at the same moments, so their timers fall due in one loop turn: one wake-up a
-    tick for the process, not one per feed (a streamer of 100 feeds woke 2,000 times a second)."""
-    return (math.floor(loop_time / period_s) + 1) * period_s - loop_time
 
 
 def describe_error(error: BaseException) -> str:
@@ -844,7 +840,7 @@ class FeedRunner:
         waiting_since = time.monotonic()
         period_s = min(self._watchdog_s / 4, 1.0)
         while True:
-            await asyncio.sleep(until_next_tick(asyncio.get_running_loop().time(), period_s))
+            await sleep_to_tick(period_s)
             now = time.monotonic()
             probe = self.link.liveness.probe_for(self.symbol)
             if probe is None:
@@ -880,7 +876,7 @@ class FeedRunner:
             now = time.monotonic()
             if now - self._last_message > self._watchdog_s and now - self._listing_checked_at > self._watchdog_s:
                 await self._check_listing()
-            await asyncio.sleep(until_next_tick(asyncio.get_running_loop().time()))
+            await sleep_to_tick()
 
     async def _check_listing(self) -> None:
         """A symbol without a trade for a watchdog may have been delisted: read the markets again

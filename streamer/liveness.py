@@ -40,6 +40,8 @@ import ccxt
 import orjson
 from aiohttp import WSMsgType
 
+from streamer.tick_grid import until_next_tick
+
 log = logging.getLogger(__name__)
 
 # Pongs outstanding per connection we keep track of; a server may answer only the newest ping
@@ -51,8 +53,6 @@ _MAX_OUTSTANDING = 32
 _CLOCK_REFRESH_S = 60.0
 _CLOCK_RETRY_S = 1.0
 _CLOCK_AHEAD_MS = 1_000
-# The prober looks at its connections at least this often.
-_IDLE_WAKE_S = 0.05
 # Frame kinds tested on every frame (an Enum member read off its class costs a descriptor call).
 _PONG = WSMsgType.PONG
 _TEXT = WSMsgType.TEXT
@@ -439,8 +439,9 @@ class Liveness:
                     probe.pinging.cancel()
 
     def _send_due(self) -> float:
-        """Start the pings that are due; seconds until the next one may be."""
-        wait = _IDLE_WAKE_S
+        """Start the pings that are due; seconds until the next one may be: a wanted ping's moment,
+        else the feeds' next tick (tick_grid.py: the look at the flows costs no wake-up of its own)."""
+        wait = until_next_tick(asyncio.get_running_loop().time())
         now = time.monotonic()
         self.flow.suspect(now)  # registers a stall under way, for the feeds to see (feed._note_stalls)
         low = self.clock.low_ms
