@@ -64,10 +64,6 @@ log = logging.getLogger(__name__)
 
 # A hole in the ids may be a reorder within one moment: wait this long before fetching it.
 _HOLE_PATIENCE_S = 0.2
-# Every feed of the process ticks at the same moments (tick_grid.py), so their timers fall due in
-# one loop turn: one wake-up a tick for the process, not one per feed (a streamer of 100 feeds
-# woke 2,000 times a second).
-_TICK_S = TICK_S
 # A trade stamped past the exchange's clock (as last read) waits for a fresh reading, taken at
 # most this often: a replay faster than real time runs ahead of any reading.
 _CLOCK_READ_EVERY_S = 1.0
@@ -141,7 +137,7 @@ class FeedRunner:
         # already backfilled (the overlap of a reconnect), not a duplicate the exchange sent.
         self._live_high = -1
         # The REST side: catch-up, holes, history (backfill.py); it places its trades through this runner.
-        self.backfill = Backfill(self, tick_s=_TICK_S)
+        self.backfill = Backfill(self, tick_s=TICK_S)
         # Trades from this time on may be lost and no trade after the loss has come yet: the gap
         # ends at the next trade, and until then the feed's bars wait (see _give_up).
         self._gap_from: int | None = None
@@ -511,7 +507,7 @@ class FeedRunner:
         if not subscription_sent(self.link.exchange, self.symbol):
             self._subscribed_at = None
             return
-        if self._subscribed_at is None or time.monotonic() - self._subscribed_at < _TICK_S:
+        if self._subscribed_at is None or time.monotonic() - self._subscribed_at < TICK_S:
             self._subscribed_at = self._subscribed_at or time.monotonic()
             return  # seen sent on two ticks: ccxt's send task had time to queue and send
         try:
@@ -917,12 +913,12 @@ class FeedRunner:
                 if request_id is None and subscription_sent(exchange, self.symbol):
                     if sent_seen_at is None:
                         sent_seen_at = time.monotonic()
-                    elif time.monotonic() - sent_seen_at >= _TICK_S:
+                    elif time.monotonic() - sent_seen_at >= TICK_S:
                         self._use_probe(probe, now_ms())
                         return
                 else:
                     sent_seen_at = None
-            await asyncio.sleep(_TICK_S / 5)
+            await asyncio.sleep(TICK_S / 5)
         error = WatchdogTimeout(f"{self.symbol}: subscription not confirmed within {self._watchdog_s:g}s")
         await drop_connection(exchange, self.symbol, error)
         raise error

@@ -12,15 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streamer.liveness import Liveness
-from streamer.tick_grid import TICK_S as _TICK_S
-from streamer.tick_grid import until_next_tick
+from streamer.tick_grid import TICK_S, until_next_tick
 
 
 @given(st.floats(min_value=0, max_value=1e7, allow_nan=False))
 def test_the_next_tick_is_the_next_multiple_of_the_tick(now: float) -> None:
     wait = until_next_tick(now)
-    assert 0 < wait <= _TICK_S + 1e-9
-    ticks = (now + wait) / _TICK_S
+    assert 0 < wait <= TICK_S + 1e-9
+    ticks = (now + wait) / TICK_S
     assert math.isclose(ticks, round(ticks), rel_tol=0, abs_tol=1e-6)
 
 
@@ -33,7 +32,7 @@ async def test_feeds_started_apart_wake_the_loop_together() -> None:
     async def ticker() -> None:
         for _ in range(6):
             wait = until_next_tick(loop.time())
-            tick = round((loop.time() + wait) / _TICK_S)
+            tick = round((loop.time() + wait) / TICK_S)
             await asyncio.sleep(wait)
             woke.setdefault(tick, []).append(loop.time())
 
@@ -46,7 +45,7 @@ async def test_feeds_started_apart_wake_the_loop_together() -> None:
     await asyncio.gather(*tasks)
     assert sum(len(times) for times in woke.values()) == 240
     # 6 ticks each, and the starts span at most one tick more (two on a loaded machine).
-    assert len(woke) <= 6 + math.ceil(spread / _TICK_S), sorted(woke)
+    assert len(woke) <= 6 + math.ceil(spread / TICK_S), sorted(woke)
     # Within a tick: one turn, give or take the machine's scheduling (a loaded CI machine can stop
     # the process for a few ms inside a turn), far below the 40 ms the starts are apart.
     assert spread >= 0.035
@@ -61,6 +60,6 @@ async def test_the_probers_look_between_pings_falls_on_the_feeds_tick() -> None:
     loop = asyncio.get_running_loop()
     for _ in range(5):
         look_at = loop.time() + liveness._send_due()
-        assert abs(look_at - round(look_at / _TICK_S) * _TICK_S) < 0.001, look_at
-        assert look_at - loop.time() <= _TICK_S + 1e-9
+        assert abs(look_at - round(look_at / TICK_S) * TICK_S) < 0.001, look_at
+        assert look_at - loop.time() <= TICK_S + 1e-9
         await asyncio.sleep(0.013)  # from another moment of the tick
