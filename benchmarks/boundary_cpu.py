@@ -213,8 +213,9 @@ async def _measure(args: argparse.Namespace, settings: Any, redis: Any, n: int, 
             measured = step >= WARM_UP
             measuring[0] = measured
             if measured:
-                started_cpu, started_loop = time.process_time(), time.thread_time()
+                # Redis read first: its round trips are not the worker's CPU.
                 started_redis, started_commands = await _redis_cpu(redis), await _redis_commands(redis)
+                started_cpu, started_loop = time.process_time(), time.thread_time()
                 if profile is not None:
                     profile.enable()
             writer.send(j)
