@@ -10,6 +10,11 @@ overlap in time, e.g. ``--only 2023-02``), so each file's model reads what the o
 
     .venv/bin/python benchmarks/accuracy.py --json > accuracy.json
 
+``--pooled`` also trains ONE lstm on the union of every selected file's training span, as the
+live refit worker trains one model over every feed (``lstm_pooled``; ``lstm_pooled_market`` with
+``--market``; ``har_pooled``: HAR fitted on the same union, the pooled lstm's base), each scored
+on every file's test part like the per-file models (files whose splits fall at the same time).
+
 ``--horizons``: instead, per file the default model (with its horizons, model.horizons) against
 naive, the time-of-day profile and HAR direct (one regression per horizon, fitted on the same
 training bars), scored at every horizon and cumulative window over the test part
@@ -22,9 +27,16 @@ import argparse
 import json
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from forecaster.frame import BarFrame
+    from forecaster.market import Coverage
+    from forecaster.training import TrainedModel
+    from volcast.settings import ModelSettings, TrainingSettings
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "bars"
 MIN_BARS = 28 * 1440
@@ -40,12 +52,86 @@ def files(data: Path) -> list[Path]:
     return out
 
 
+@dataclass(frozen=True)
+class FileSplit:
+    """One file cut as every model here is: trained on rows ``[start, split)`` (the last
+    ``--train-days`` days before the ``--train-frac`` split), scored one step ahead on ``[split, n)``."""
+
+    name: str
+    key: str
+    frame: BarFrame
+    start: int
+    split: int
+
+    @property
+    def train(self) -> tuple[str, BarFrame]:
+        return (self.key, self.frame[self.start : self.split])
+
+    @property
+    def test(self) -> tuple[int, int]:
+        return (self.split, len(self.frame))
+
+    def with_frame(self, frame: BarFrame) -> FileSplit:
+        """The same rows of another frame of the same bars (e.g. with market inputs attached)."""
+        assert len(frame) == len(self.frame)
+        return replace(self, frame=frame)
+
+
+def split_file(path: Path, args: argparse.Namespace) -> FileSplit:
+    from forecaster.frame import BarFrame
+
+    frame = BarFrame.from_csv(path)
+    split = int(len(frame) * args.train_frac)
+    return FileSplit(path.name, path.name.split("_")[1], frame, max(0, split - args.train_days * 1440), split)
+
+
+def training_settings(args: argparse.Namespace) -> TrainingSettings:
+    from volcast.settings import TrainingSettings
+
+    return TrainingSettings(
+        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        patience=args.patience, threads=1, seed=args.training_seed,
+    )
+
+
+def market_frames(group: list[Path]) -> tuple[dict[str, BarFrame], dict[str, Coverage]]:
+    """Every file of ``group`` with the market inputs across all of them, by key. Computed on the
+    whole files (each target reads only bars that closed before it opens), then split as above."""
+    from forecaster.frame import BarFrame
+    from forecaster.market import MARKET_FEATURES, attach
+
+    keyed = [(p.name.split("_")[1], BarFrame.from_csv(p)) for p in group]
+    exchanges = {k: p.name.split("_")[0] for (k, _), p in zip(keyed, group, strict=True)}
+    attached, coverage = attach(keyed, MARKET_FEATURES, exchanges)
+    return dict(attached), coverage
+
+
+def market_settings(args: argparse.Namespace) -> ModelSettings:
+    """The default model with the market-wide inputs (forecaster/market.py) added."""
+    from forecaster.market import MARKET_FEATURES
+    from volcast.settings import ModelSettings
+
+    return ModelSettings(features=(*ModelSettings().features, *MARKET_FEATURES), members=args.members)
+
+
+def score_trained(trained: TrainedModel, part: FileSplit) -> dict[str, Any]:
+    """A trained lstm's scores on one file's test part, with its band calibrated online as
+    published live (forecaster/calibration.py), and what its training cost."""
+    from forecaster.predictor import ModelPredictor
+    from forecaster.scoring import score
+
+    scored: dict[str, Any] = score(ModelPredictor(trained.model, "lstm", "bench"), [(part.key, part.frame)],
+                                   part.test, calibrate=True)
+    scored["train_seconds"] = trained.scores["train_seconds"]
+    scored["epochs_run"] = trained.scores["epochs_run"]
+    return scored
+
+
 def run_file(path: Path, args: argparse.Namespace, group: list[Path] | None = None) -> dict[str, Any]:
     import torch
 
     from forecaster.baselines import BASELINE_NAMES, make_baseline
     from forecaster.ensemble_model import EnsembleModel
-    from forecaster.frame import BarFrame
     from forecaster.predictor import ModelPredictor
     from forecaster.scoring import score
     from forecaster.training import train_model
@@ -53,49 +139,30 @@ def run_file(path: Path, args: argparse.Namespace, group: list[Path] | None = No
     from volcast.settings import ModelSettings, TrainingSettings
 
     torch.set_num_threads(1)
-    frame = BarFrame.from_csv(path)
+    part = split_file(path, args)
+    key, frame, start, split, test = part.key, part.frame, part.start, part.split, part.test
     n = len(frame)
-    split = int(n * args.train_frac)
-    start = max(0, split - args.train_days * 1440)
-    key = path.name.split("_")[1]
-    train = [(key, frame[start:split])]
-    test = (split, n)
+    train = [part.train]
     result: dict[str, Any] = {"bars": n, "test_bars": n - split, "train_bars": split - start, "models": {}}
     for name in BASELINE_NAMES:
         baseline = make_baseline(name)
         baseline.fit(train)
         result["models"][name] = score(ModelPredictor(baseline, name, "baseline"), [(key, frame)], test)
-    training = TrainingSettings(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        patience=args.patience, threads=1, seed=args.training_seed,
-    )
+    training = training_settings(args)
     trained = train_model(train, ModelSettings(name="ensemble", members=args.members), training, progress=quiet)
     ensemble = trained.model
     assert isinstance(ensemble, EnsembleModel)
     # The bands also as published live: calibrated online through the test part (forecaster/calibration.py).
-    result["models"]["lstm"] = score(ModelPredictor(ensemble.lstm, "lstm", "bench"), [(key, frame)], test,
-                                     calibrate=True)
-    result["models"]["lstm"]["train_seconds"] = trained.scores["train_seconds"]
-    result["models"]["lstm"]["epochs_run"] = trained.scores["epochs_run"]
+    result["models"]["lstm"] = score_trained(replace(trained, model=ensemble.lstm), part)
     result["models"]["ensemble"] = score(ModelPredictor(ensemble, "ensemble", "bench"), [(key, frame)], test,
                                          calibrate=True)
     result["models"]["ensemble"]["weight"] = ensemble.weight
     if group:
-        from forecaster.market import MARKET_FEATURES, attach
-
-        keyed = [(p.name.split("_")[1], BarFrame.from_csv(p)) for p in group]
-        # The market inputs are computed on the whole files, then the frame is split as above.
-        exchanges = {k: p.name.split("_")[0] for (k, _), p in zip(keyed, group, strict=True)}
-        attached, coverage = attach(keyed, MARKET_FEATURES, exchanges)
-        market_frame = dict(attached)[key]
-        features = (*ModelSettings().features, *MARKET_FEATURES)
-        market_model = train_model([(key, market_frame[start:split])],
-                                   ModelSettings(features=features, members=args.members), training, progress=quiet)
-        scored = score(ModelPredictor(market_model.model, "lstm", "bench"), [(key, market_frame)], test,
-                       calibrate=True)
-        scored["train_seconds"] = market_model.scores["train_seconds"]
-        scored["epochs_run"] = market_model.scores["epochs_run"]
-        scored["market_coverage"] = coverage[key].as_dict()  # type: ignore[assignment]
+        frames, coverage = market_frames(group)
+        market_part = part.with_frame(frames[key])
+        market_model = train_model([market_part.train], market_settings(args), training, progress=quiet)
+        scored = score_trained(market_model, market_part)
+        scored["market_coverage"] = coverage[key].as_dict()
         result["models"]["lstm_market"] = scored
     if args.no_seed:
         return result
@@ -110,10 +177,65 @@ def run_file(path: Path, args: argparse.Namespace, group: list[Path] | None = No
     return result
 
 
+def pooled_parts(paths: list[Path], args: argparse.Namespace) -> list[FileSplit]:
+    """Each file split as run_file splits it, checked for pooling: one key per file (the model
+    keeps a profile and a level per key), and no training bar at or after any file's first test
+    bar, so that no file's training span reaches into the time of another's test part (what
+    the whole market did then would leak into every file's test). ValueError otherwise."""
+    parts = [split_file(p, args) for p in paths]
+    keys = [part.key for part in parts]
+    if len(set(keys)) < len(keys):
+        raise ValueError(f"--pooled needs one file per symbol, got {sorted(keys)}")
+    train_end = max(part.train[1].end_ms for part in parts)
+    test_start = min(int(part.frame.open_time_ms[part.split]) for part in parts)
+    if train_end > test_start:
+        raise ValueError(f"--pooled: a training span ends at {train_end} ms, after the first test bar at "
+                         f"{test_start} ms: pool only files whose splits fall at the same time (e.g. --only 2023-02)")
+    return parts
+
+
+def run_pooled(paths: list[Path], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """One lstm trained on the union of every file's training span (as the live refit worker
+    trains one model over every feed), scored on each file's test part as run_file scores its
+    own; likewise HAR fitted on the union (per-symbol profiles, one regression) and, with
+    ``--market``, the pooled lstm with the market inputs. Scores by file name, then model."""
+    import torch
+
+    from forecaster.baselines import make_baseline
+    from forecaster.predictor import ModelPredictor
+    from forecaster.scoring import score
+    from forecaster.training import train_model
+    from forecaster.training_loop import quiet
+    from volcast.settings import ModelSettings
+
+    torch.set_num_threads(1)
+    parts = pooled_parts(paths, args)
+    out: dict[str, dict[str, Any]] = {part.name: {} for part in parts}
+    # The pooled lstm's own base: its HAR is fitted on the same union.
+    har = make_baseline("har")
+    har.fit([part.train for part in parts])
+    for part in parts:
+        out[part.name]["har_pooled"] = score(ModelPredictor(har, "har", "baseline"), [(part.key, part.frame)],
+                                             part.test)
+    training = training_settings(args)
+    runs = [("lstm_pooled", parts, ModelSettings(members=args.members))]
+    if args.market:
+        frames, _ = market_frames(paths)
+        runs.append(("lstm_pooled_market", [part.with_frame(frames[part.key]) for part in parts],
+                     market_settings(args)))
+    for name, pool, settings in runs:
+        # Validation (early stopping) is the last training.validation_fraction of each file's span, as
+        # LstmModel.fit_model cuts every frame it is given.
+        trained = train_model([part.train for part in pool], settings, training, progress=quiet)
+        for part in pool:
+            out[part.name][name] = {**score_trained(trained, part), "pooled_files": float(len(pool)),
+                                    "train_samples": trained.scores["train_samples"]}
+    return out
+
+
 def run_file_horizons(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from forecaster.frame import BarFrame
     from forecaster.horizon_scoring import (
         baseline_forecasts,
         model_forecast,
@@ -123,20 +245,14 @@ def run_file_horizons(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     )
     from forecaster.training import train_model
     from forecaster.training_loop import quiet
-    from volcast.settings import ModelSettings, TrainingSettings
+    from volcast.settings import ModelSettings
 
     torch.set_num_threads(1)
-    frame = BarFrame.from_csv(path)
+    part = split_file(path, args)
+    key, frame, start, split = part.key, part.frame, part.start, part.split
     n = len(frame)
-    split = int(n * args.train_frac)
-    start = max(0, split - args.train_days * 1440)
-    key = path.name.split("_")[1]
-    train = [(key, frame[start:split])]
-    training = TrainingSettings(
-        epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        patience=args.patience, threads=1, seed=args.training_seed,
-    )
-    trained = train_model(train, ModelSettings(members=args.members), training, progress=quiet)
+    train = [part.train]
+    trained = train_model(train, ModelSettings(members=args.members), training_settings(args), progress=quiet)
     model = trained.model
     spec = model.horizon_spec
     pos = scoring_positions(frame, (split, n), spec, model.min_history)
@@ -265,19 +381,19 @@ def coverage_markdown_horizons(per_file: dict[str, Any]) -> str:
 def markdown(results: dict[str, Any]) -> str:
     """Per file: rmse_log and MASE of every model, then lstm/har; a mean row last. Then the
     coverage of lstm's 80% band, raw and calibrated."""
-    names = [k for k in ("naive", "ewma", "tod", "har", "seed", "lstm", "ensemble", "lstm_market")
+    names = [k for k in ("naive", "ewma", "tod", "har", "seed", "lstm", "ensemble", *RATIO_MODELS)
              if all(k in r["models"] for r in results["files"].values())]
-    market = "lstm_market" in names
+    ratios = ["lstm", *(k for k in RATIO_MODELS if k in names)]
     lines = [
-        "| file | " + " | ".join(names) + " | lstm/har |" + (" lstm_market/har |" if market else ""),
-        "|---|" + "---:|" * (len(names) + 1 + market),
+        "| file | " + " | ".join(names) + " | " + " | ".join(f"{k}/har" for k in ratios) + " |",
+        "|---|" + "---:|" * (len(names) + len(ratios)),
     ]
     per_file = results["files"]
     for path in sorted(per_file):
         m = per_file[path]["models"]
         cells = " | ".join(f"{m[k]['rmse_log']:.4f} / {m[k]['mase']:.3f}" for k in names)
-        extra = f" {m['lstm_market']['rmse_log'] / m['har']['rmse_log']:.4f} |" if market else ""
-        lines.append(f"| {_short(path)} | {cells} | {m['lstm']['rmse_log'] / m['har']['rmse_log']:.4f} |{extra}")
+        extra = " | ".join(f"{m[k]['rmse_log'] / m['har']['rmse_log']:.4f}" for k in ratios)
+        lines.append(f"| {_short(path)} | {cells} | {extra} |")
     if per_file:
         means = {
             k: (
@@ -287,8 +403,8 @@ def markdown(results: dict[str, Any]) -> str:
             for k in names
         }
         cells = " | ".join(f"**{means[k][0]:.4f}** / {means[k][1]:.3f}" for k in names)
-        extra = f" **{means['lstm_market'][0] / means['har'][0]:.4f}** |" if market else ""
-        lines.append(f"| mean | {cells} | **{means['lstm'][0] / means['har'][0]:.4f}** |{extra}")
+        extra = " | ".join(f"**{means[k][0] / means['har'][0]:.4f}**" for k in ratios)
+        lines.append(f"| mean | {cells} | {extra} |")
     lines += ["", coverage_markdown(per_file)]
     return "\n".join(lines)
 
@@ -315,10 +431,19 @@ def summarise(per_file: dict[str, Any], args: argparse.Namespace, seconds: float
     lstm = [r["models"]["lstm"]["rmse_log"] for r in per_file.values()]
     har = [r["models"]["har"]["rmse_log"] for r in per_file.values()]
     mean_lstm, mean_har = sum(lstm) / len(lstm), sum(har) / len(har)
-    market: dict[str, Any] = {}
-    if all("lstm_market" in r["models"] for r in per_file.values()):
-        mean_market = sum(r["models"]["lstm_market"]["rmse_log"] for r in per_file.values()) / len(per_file)
-        market = {"mean_rmse_log_lstm_market": mean_market, "ratio_lstm_market_to_har": mean_market / mean_har}
+    extra: dict[str, Any] = {}
+    for name in RATIO_MODELS:
+        if all(name in r["models"] for r in per_file.values()):
+            mean = sum(r["models"][name]["rmse_log"] for r in per_file.values()) / len(per_file)
+            extra |= {f"mean_rmse_log_{name}": mean, f"ratio_{name}_to_har": mean / mean_har}
+    if "ratio_lstm_pooled_to_har" in extra:
+        # Issue 15's goal for the next bar on the five 2023-02 files; against the per-file HAR.
+        extra["goal_ratio_issue15"] = 0.93
+        # On how many files the pooled model beats the same inputs trained per file.
+        for pooled, own in (("lstm_pooled", "lstm"), ("lstm_pooled_market", "lstm_market")):
+            if all(pooled in r["models"] and own in r["models"] for r in per_file.values()):
+                extra[f"files_{pooled}_beats_{own}"] = sum(
+                    r["models"][pooled]["rmse_log"] < r["models"][own]["rmse_log"] for r in per_file.values())
     raw = [r["models"]["lstm"].get("coverage_80") for r in per_file.values()]
     cal = [r["models"]["lstm"].get("coverage_80_calibrated") for r in per_file.values()]
     return {
@@ -330,13 +455,31 @@ def summarise(per_file: dict[str, Any], args: argparse.Namespace, seconds: float
         "mean_rmse_log_har": mean_har,
         "ratio_lstm_to_har": mean_lstm / mean_har,
         "goal_ratio": 0.97,
-        **market,
+        **extra,
         "lstm_beats_seed_on_every_file": all(
             r["models"]["lstm"]["rmse_log"] < r["models"]["seed"]["rmse_log"] for r in per_file.values()
         ) if all("seed" in r["models"] for r in per_file.values()) else None,
         "seconds": seconds,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("json",)},
     }
+
+
+POOLED_MODELS = ("har_pooled", "lstm_pooled", "lstm_pooled_market")
+RATIO_MODELS = ("lstm_market", *POOLED_MODELS)
+"""Models beside lstm whose mean rmse_log over HAR's the summary and the table give, when run."""
+
+
+def merge_pooled(per_file: dict[str, Any], pooled: dict[str, dict[str, Any]]) -> None:
+    """The pooled models' scores into each finished file's models, beside its own."""
+    for name, models in pooled.items():
+        if name in per_file:
+            per_file[name]["models"].update(models)
+
+
+def pooled_line(pooled: dict[str, dict[str, Any]]) -> str:
+    """Progress: the pooled models' mean rmse_log over the files (before their HAR is known)."""
+    names = [m for m in POOLED_MODELS if all(m in r for r in pooled.values())]
+    return ", ".join(f"{m} {sum(r[m]['rmse_log'] for r in pooled.values()) / len(pooled):.4f}" for m in names)
 
 
 def summary_of(per_file: dict[str, Any], args: argparse.Namespace, seconds: float) -> dict[str, Any]:
@@ -369,6 +512,9 @@ def main() -> int:
                              "(by_window_power; and on the training span's last quarter, selection)")
     parser.add_argument("--market", action="store_true",
                         help="also train lstm_market: + market-wide inputs across the selected files (same dates)")
+    parser.add_argument("--pooled", action="store_true",
+                        help="also train one lstm on all selected files' training spans (as the refit worker "
+                             "does) and HAR likewise: lstm_pooled, har_pooled (+ lstm_pooled_market with --market)")
     args = parser.parse_args()
     if args.members is None:
         from volcast.settings import ModelSettings
@@ -380,16 +526,38 @@ def main() -> int:
     if not paths:
         print(f"no 1-minute binance-usdm files of at least {MIN_BARS} bars in {args.data}", file=sys.stderr)
         return 1
+    if args.pooled and args.horizons:
+        print("--pooled scores the next bar only, not with --horizons", file=sys.stderr)
+        return 1
+    if args.pooled:
+        try:
+            pooled_parts(paths, args)
+        except ValueError as exc:
+            print(exc, file=sys.stderr)
+            return 1
     started = time.perf_counter()
     per_file: dict[str, Any] = {}
+    pooled: dict[str, dict[str, Any]] = {}
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
-        if args.horizons:
-            futures = {pool.submit(run_file_horizons, p, args): p.name for p in paths}
-        else:
-            futures = {pool.submit(run_file, p, args, paths if args.market else None): p.name for p in paths}
+        futures: dict[Future[Any], str | None] = {}
+        if args.pooled:
+            # Submitted first: the longest job, and what a run with --pooled is for.
+            futures[pool.submit(run_pooled, paths, args)] = None
+        for p in paths:
+            fut = (pool.submit(run_file_horizons, p, args) if args.horizons
+                   else pool.submit(run_file, p, args, paths if args.market else None))
+            futures[fut] = p.name
         for fut in as_completed(futures):
-            name = futures[fut]
+            file_name = futures[fut]
+            if file_name is None:
+                pooled = fut.result()
+                print(f"done pooled: {pooled_line(pooled)} ({time.perf_counter() - started:.0f} s)",
+                      file=sys.stderr, flush=True)
+                merge_pooled(per_file, pooled)
+                continue
+            name = file_name
             per_file[name] = fut.result()
+            merge_pooled(per_file, pooled)
             m = per_file[name]["models"]
             if args.horizons:
                 r = per_file[name]["ratio_to_har"]
