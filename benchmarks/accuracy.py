@@ -233,6 +233,35 @@ def run_pooled(paths: list[Path], args: argparse.Namespace) -> dict[str, dict[st
     return out
 
 
+def run_pooled_horizons(paths: list[Path], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """``--horizons --pooled``: one lstm with its horizons trained on the union of every file's
+    training span, and HAR direct fitted on the same union, scored at every horizon and window
+    on each file's test positions (those of run_file_horizons). Scores by file name, then model."""
+    import torch
+
+    from forecaster.horizon_scoring import baseline_forecasts, model_forecast, score_targets, scoring_positions
+    from forecaster.training import train_model
+    from forecaster.training_loop import quiet
+    from volcast.settings import ModelSettings
+
+    torch.set_num_threads(1)
+    parts = pooled_parts(paths, args)
+    union = [part.train for part in parts]
+    trained = train_model(union, ModelSettings(members=args.members), training_settings(args), progress=quiet)
+    model = trained.model
+    spec = model.horizon_spec
+    har = baseline_forecasts(spec, union)["har"]
+    out: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        pos = [scoring_positions(part.frame, part.test, spec, model.min_history)]
+        frames = [(part.key, part.frame)]
+        lstm = score_targets(model_forecast(model), frames, pos, spec, model.quantile_levels)
+        lstm |= {"train_seconds": trained.scores["train_seconds"], "epochs_run": trained.scores["epochs_run"],
+                 "pooled_files": len(parts), "train_samples": trained.scores["train_samples"]}
+        out[part.name] = {"lstm_pooled": lstm, "har_pooled": score_targets(har, frames, pos, spec)}
+    return out
+
+
 def run_file_horizons(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
@@ -282,14 +311,24 @@ def summarise_horizons(per_file: dict[str, Any], args: argparse.Namespace, secon
     def mean(model: str, pick: Any) -> float:
         return float(sum(pick(r["models"][model]) for r in files) / len(files))
 
-    per_h = [mean("lstm", lambda m, h=h: m["horizons"][h]["rmse_log"])
-             / mean("har", lambda m, h=h: m["horizons"][h]["rmse_log"]) for h in range(bars)]
-    per_sum = {label: mean("lstm", lambda m, x=label: m["sums"][x]["rmse_log"])
-               / mean("har", lambda m, x=label: m["sums"][x]["rmse_log"]) for label in labels}
+    def per_target(model: str) -> tuple[list[float], dict[str, float]]:
+        """``model``'s mean rmse_log over HAR direct's (fitted per file) per horizon and window."""
+        return ([mean(model, lambda m, h=h: m["horizons"][h]["rmse_log"])
+                 / mean("har", lambda m, h=h: m["horizons"][h]["rmse_log"]) for h in range(bars)],
+                {label: mean(model, lambda m, x=label: m["sums"][x]["rmse_log"])
+                 / mean("har", lambda m, x=label: m["sums"][x]["rmse_log"]) for label in labels})
+
+    per_h, per_sum = per_target("lstm")
+    pooled: dict[str, Any] = {}
+    for name in ("lstm_pooled", "har_pooled"):
+        if all(name in r["models"] for r in files):
+            ph, ps = per_target(name)
+            pooled |= {f"ratio_{name}_to_har_per_horizon": ph, f"ratio_{name}_to_har_per_sum": ps}
     return {
         "files": len(files),
         "ratio_lstm_to_har_per_horizon": per_h,
         "ratio_lstm_to_har_per_sum": per_sum,
+        **pooled,
         "worst_horizon": 1 + max(range(bars), key=lambda h: per_h[h]),
         "worst_ratio": max(per_h),
         "goal_every_horizon": 0.97,
@@ -309,15 +348,22 @@ def markdown_horizons(results: dict[str, Any]) -> str:
     shown = [h for h in (1, 2, 5, 15, 30, 60) if h <= bars]
     labels = list(first["sums"])
     head = [f"+{h}" for h in shown] + labels
-    lines = ["| file | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
-    for path in sorted(per_file):
-        r = per_file[path]["ratio_to_har"]
-        cells = [f"{r['horizons'][h - 1]:.4f}" for h in shown] + [f"{r['sums'][x]:.4f}" for x in labels]
-        lines.append(f"| {_short(path)} | " + " | ".join(cells) + " |")
     summary = results["summary"]
-    cells = [f"**{summary['ratio_lstm_to_har_per_horizon'][h - 1]:.4f}**" for h in shown]
-    cells += [f"**{summary['ratio_lstm_to_har_per_sum'][x]:.4f}**" for x in labels]
-    lines.append("| mean | " + " | ".join(cells) + " |")
+    lines: list[str] = []
+    for model in ("lstm", "lstm_pooled", "har_pooled"):
+        if f"ratio_{model}_to_har_per_horizon" not in summary:
+            continue
+        if model != "lstm":
+            lines += ["", f"{model} over HAR direct fitted per file:", ""]
+        lines += ["| file | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
+        for path in sorted(per_file):
+            m, har = per_file[path]["models"][model], per_file[path]["models"]["har"]
+            cells = [f"{m['horizons'][h - 1]['rmse_log'] / har['horizons'][h - 1]['rmse_log']:.4f}" for h in shown]
+            cells += [f"{m['sums'][x]['rmse_log'] / har['sums'][x]['rmse_log']:.4f}" for x in labels]
+            lines.append(f"| {_short(path)} | " + " | ".join(cells) + " |")
+        cells = [f"**{summary[f'ratio_{model}_to_har_per_horizon'][h - 1]:.4f}**" for h in shown]
+        cells += [f"**{summary[f'ratio_{model}_to_har_per_sum'][x]:.4f}**" for x in labels]
+        lines.append("| mean | " + " | ".join(cells) + " |")
     lines += ["", coverage_markdown_horizons(per_file), "", window_power_markdown(per_file)]
     return "\n".join(lines)
 
@@ -526,8 +572,8 @@ def main() -> int:
     if not paths:
         print(f"no 1-minute binance-usdm files of at least {MIN_BARS} bars in {args.data}", file=sys.stderr)
         return 1
-    if args.pooled and args.horizons:
-        print("--pooled scores the next bar only, not with --horizons", file=sys.stderr)
+    if args.pooled and args.horizons and args.market:
+        print("--horizons has no --market", file=sys.stderr)
         return 1
     if args.pooled:
         try:
@@ -542,7 +588,7 @@ def main() -> int:
         futures: dict[Future[Any], str | None] = {}
         if args.pooled:
             # Submitted first: the longest job, and what a run with --pooled is for.
-            futures[pool.submit(run_pooled, paths, args)] = None
+            futures[pool.submit(run_pooled_horizons if args.horizons else run_pooled, paths, args)] = None
         for p in paths:
             fut = (pool.submit(run_file_horizons, p, args) if args.horizons
                    else pool.submit(run_file, p, args, paths if args.market else None))
@@ -551,8 +597,8 @@ def main() -> int:
             file_name = futures[fut]
             if file_name is None:
                 pooled = fut.result()
-                print(f"done pooled: {pooled_line(pooled)} ({time.perf_counter() - started:.0f} s)",
-                      file=sys.stderr, flush=True)
+                line = "(per file below)" if args.horizons else pooled_line(pooled)
+                print(f"done pooled: {line} ({time.perf_counter() - started:.0f} s)", file=sys.stderr, flush=True)
                 merge_pooled(per_file, pooled)
                 continue
             name = file_name
