@@ -38,8 +38,8 @@ outlier). The goal
 also runs the flood server the wall clock cannot show a speed-up. Best of ``--rounds`` per variant.
 
 Several ``--speed`` values measure the ratio against the load: a second streamer is started when
-one is busy, and each process's own fixed cost (its wake-ups, status writes, liveness rounds: about
-10 ms of CPU a second idle) weighs on the ratio in proportion to how little else it does. Each
+one is busy, and what each process pays whatever its trade rate (a busy connection's read cycle,
+its timers, status writes and liveness rounds) weighs on the ratio the less else it does. Each
 speed's ``one_streamer_core_share`` is one streamer's CPU over the flood's wall time; ``by_speed``
 holds every speed's figures, the first's are also the top level.
 
@@ -56,6 +56,7 @@ import asyncio
 import base64
 import contextlib
 import dataclasses
+import math
 import multiprocessing
 import os
 import shutil
@@ -102,7 +103,7 @@ def _symbols(feeds: int) -> list[str]:
     return [f"F{i}/USDT" for i in range(feeds)]
 
 
-def _tape(symbol: str, trades: int, gap_ms: int, seed: int) -> Tape:
+def _tape(symbol: str, trades: int, gap_ms: int, seed: int, lead_ms: int = _LEAD_MS) -> Tape:
     """One lead trade, then ``trades`` trades ``gap_ms`` apart from ``_LEAD_MS`` after it.
 
     The server holds its clock until every symbol has a subscriber and then jumps it by the wait
@@ -114,7 +115,7 @@ def _tape(symbol: str, trades: int, gap_ms: int, seed: int) -> Tape:
     """
     base = synthetic_tape(symbol, trades + 1, seed=seed).trades
     lead = base[0]
-    flood = (dataclasses.replace(t, timestamp_ms=lead.timestamp_ms + _LEAD_MS + i * gap_ms)
+    flood = (dataclasses.replace(t, timestamp_ms=lead.timestamp_ms + lead_ms + i * gap_ms)
              for i, t in enumerate(base[1:]))
     return Tape(symbol, (lead, *flood))
 
@@ -124,7 +125,9 @@ def _serve(feeds: int, trades: int, speed: float, conn: Connection, pin: bool, g
         os.sched_setaffinity(0, {_SERVER_CPU})
 
     async def serve() -> None:
-        tapes = [_tape(s, trades, gap_ms, i) for i, s in enumerate(_symbols(feeds))]
+        # At an infinite speed everything is published at once: a burst is the point, no lead.
+        lead_ms = 0 if math.isinf(speed) else _LEAD_MS
+        tapes = [_tape(s, trades, gap_ms, i, lead_ms) for i, s in enumerate(_symbols(feeds))]
         tapes.append(synthetic_tape(GATE, 1))
         async with ReplayServer(tapes, speed=speed, start_on_subscribe=True) as server:
             conn.send(server.port)
@@ -279,7 +282,8 @@ async def one_run(variant: str, feeds: int, trades: int, directory: Path,
 
             await _poll(ready, "the streamers live on their feeds")
             gate = _open_gate(port)
-            await _flood_start(port, _symbols(feeds)[0])
+            if not math.isinf(speed):
+                await _flood_start(port, _symbols(feeds)[0])
             cpu0 = sum(_cpu_s(p.pid) for p in processes)
             started = time.monotonic()
 
@@ -354,9 +358,6 @@ async def measure(args: argparse.Namespace, speed: float, trades: int) -> dict[s
                 n: round(best[v]["trades_per_cpu_s"] / best[f"{v}_baseline_hold"]["trades_per_cpu_s"], 3)
                 for n, v in (("1", "one"), ("2", "two"))},
         }}
-    # What one streamer's CPU was busy with over the flood: the share of a core a second process
-    # relieves it of. A process's own fixed cost (its wake-ups, status and liveness rounds) weighs
-    # on the 2 vs 1 ratio in proportion to how little else it does.
     one = best["one"]
     return {
         "speed": speed,
@@ -378,8 +379,11 @@ async def measure(args: argparse.Namespace, speed: float, trades: int) -> dict[s
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     load_before = os.getloadavg()[0]
-    # Each speed's flood lasts as long as the first's: its trades scale with it.
-    by_speed = [await measure(args, speed, round(args.trades * speed / args.speed[0])) for speed in args.speed]
+    # Each speed's flood lasts as long as the first's: its trades scale with it (not inf's).
+    first_speed = args.speed[0]
+    by_speed = [await measure(args, speed, args.trades if math.isinf(speed) or math.isinf(first_speed)
+                              else round(args.trades * speed / first_speed))
+                for speed in args.speed]
     first = by_speed[0]
     return {
         "feeds": args.feeds,
