@@ -342,6 +342,8 @@ def summarise_horizons(per_file: dict[str, Any], args: argparse.Namespace, secon
 
 def markdown_horizons(results: dict[str, Any]) -> str:
     """Per file: lstm/HAR-direct rmse_log at a few horizons and per window; a mean row last."""
+    from forecaster.horizon_scoring import ratios
+
     per_file = results["files"]
     first = next(iter(per_file.values()))
     bars = first["horizons"]
@@ -357,9 +359,8 @@ def markdown_horizons(results: dict[str, Any]) -> str:
             lines += ["", f"{model} over HAR direct fitted per file:", ""]
         lines += ["| file | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
         for path in sorted(per_file):
-            m, har = per_file[path]["models"][model], per_file[path]["models"]["har"]
-            cells = [f"{m['horizons'][h - 1]['rmse_log'] / har['horizons'][h - 1]['rmse_log']:.4f}" for h in shown]
-            cells += [f"{m['sums'][x]['rmse_log'] / har['sums'][x]['rmse_log']:.4f}" for x in labels]
+            r = ratios(per_file[path]["models"][model], per_file[path]["models"]["har"])
+            cells = [f"{r['horizons'][h - 1]:.4f}" for h in shown] + [f"{r['sums'][x]:.4f}" for x in labels]
             lines.append(f"| {_short(path)} | " + " | ".join(cells) + " |")
         cells = [f"**{summary[f'ratio_{model}_to_har_per_horizon'][h - 1]:.4f}**" for h in shown]
         cells += [f"**{summary[f'ratio_{model}_to_har_per_sum'][x]:.4f}**" for x in labels]
