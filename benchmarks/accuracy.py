@@ -604,7 +604,7 @@ def main() -> int:
                 continue
             name = file_name
             per_file[name] = fut.result()
-            merge_pooled(per_file, pooled)
+            per_file[name]["models"].update(pooled.get(name, {}))  # the pooled models, if they came first
             m = per_file[name]["models"]
             if args.horizons:
                 r = per_file[name]["ratio_to_har"]
