@@ -16,7 +16,7 @@ from streamer.connection_plan import place_symbol
 from streamer.dial_budget import DialBudget
 from streamer.feed_errors import FeedStopped, NotTrading
 from streamer.liveness import ConnectionProbe, Liveness
-from streamer.receive_pump import ReadHold
+from streamer.receive_pump import ReadHold, longest_rest_ms
 from streamer.request_budget import WeightBudget
 from streamer.source import client_symbols, guard_frames
 from volcast.gc_pauses import freeze_lasting
@@ -75,8 +75,9 @@ class ExchangeLink:
         exchange.on_rest_response = on_rest_response
         # Binance's trade frames are read without ccxt's per-trade parse (the most of a trade's CPU).
         self.trade_frames = trade_frames_for(exchange)
-        # A busy connection's socket rests between reads, away from its bars' ends (receive_pump.py).
-        self._hold_horizon_ms = read_hold_ms + HOLD_MARGIN_MS
+        # A busy connection's socket rests between reads, away from its bars' ends (receive_pump.py):
+        # a rest lasts up to 5/4 of the hold (it ends on the hold's grid).
+        self._hold_horizon_ms = longest_rest_ms(read_hold_ms) + HOLD_MARGIN_MS
         self._hold_until_ms = self._hold_recheck_ms = -math.inf
         self._clock_ms: Callable[[], float] = now_ms
         self.read_hold = ReadHold(read_hold_ms / 1000, self._may_hold) if read_hold_ms > 0 else None

@@ -18,12 +18,18 @@ error rejects the client's futures as ccxt's ``NetworkError``; a closed connecti
 step) before any frame is handled, and a busy exchange sends a frame every millisecond or so: a
 streamer's own cost was then its wake-ups, one per frame, paid again by every process of a
 sharded deployment (docs/benchmarks.md). When the connection is busy (its last three frames came
-within a hold) and ``hold.may(client)`` allows it, the pump stops reading the socket for that
-long (aiohttp's protocol ``pause_reading``, so the kernel keeps the bytes) and then takes what came
-in one read. ``may`` (exchange_link.py) allows it only while no live feed of the exchange has a
-bar ending within the hold and a margin, or waiting to close: closing trades and pongs are read
-as soon as they come. Order is kept (one TCP stream), nothing is dropped; a trade may be handled up
-to a hold later in the middle of a bar, where only the forming bar's write (once a second) sees it.
+within a hold) and ``hold.may(client)`` allows it, the pump stops reading the socket until the
+next multiple of the hold on the loop's clock, at least a quarter of a hold away (aiohttp's
+protocol ``pause_reading``, so the kernel keeps the bytes) and then takes what came in one read.
+On that grid every busy connection of the process, and the feeds' tickers and the liveness
+prober on theirs (tick_grid.py, 50 ms, which the default hold equals), wake in the same loop
+turn: a process wakes about 20 times a second however many connections it reads, where a rest
+of a hold from each read woke it once per connection and rest, the cost a second process of a
+sharded deployment pays again (docs/benchmarks.md 2026-12-06 21:00). ``may`` (exchange_link.py)
+allows it only while no live feed of the exchange has a bar ending within the hold and a margin,
+or waiting to close: closing trades and pongs are read as soon as they come. Order is kept (one
+TCP stream), nothing is dropped; a trade may be handled up to 5/4 of a hold later in the middle
+of a bar, where only the forming bar's write (once a second) sees it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ccxt.base.errors import NetworkError
+
+from streamer.tick_grid import until_next_tick
 
 
 class ReadHold:
@@ -72,7 +80,7 @@ async def pump(client: Any, hold: ReadHold | None = None) -> None:
         if hold is not None and _drained(client):
             rested = latest - first < hold.seconds and hold.may(client)
             if rested:
-                await _rest(client, hold.seconds)
+                await _rest(client, rest_seconds(client.asyncio_loop.time(), hold.seconds))
         try:
             message = await client.receive()
         except asyncio.CancelledError:
@@ -84,6 +92,20 @@ async def pump(client: Any, hold: ReadHold | None = None) -> None:
         if hold is not None:
             hold.rested = rested  # here, not before the await: other connections' pumps share it
         client.handle_message(message)
+
+
+def rest_seconds(loop_time: float, hold_s: float) -> float:
+    """To the next multiple of the hold on the loop's clock, or the one after where that is less
+    than a quarter of a hold away: a rest that short would save few reads (to the grid alone,
+    tried with 10 ms, reads rose ~20%). Between a quarter and 5/4 of a hold; after a read woken on
+    the grid, about one hold."""
+    wait = until_next_tick(loop_time, hold_s)
+    return wait if wait >= hold_s / 4 else wait + hold_s
+
+
+def longest_rest_ms(hold_ms: int) -> int:
+    """The longest rest ``rest_seconds`` gives a hold, rounded up to the millisecond."""
+    return -(-hold_ms * 5 // 4)
 
 
 def _drained(client: Any) -> bool:

@@ -7,9 +7,10 @@ loop's clock instead of for their period from now: periods that divide one anoth
 in the same loop turn, so the process wakes once for all of them. The wait is never longer than
 the period.
 
-Not on the grid (tried, docs/benchmarks.md 2026-12-06 13:27): a busy connection's rest
-(``streamer.read_hold``, receive_pump.py), which to the 10 ms grid ends sooner than a hold and
-added ~20% reads; the status writes, which on the second would come with the bar ends.
+A busy connection's rest (``streamer.read_hold``, receive_pump.py) ends on the grid of the hold,
+50 ms by default, at least a quarter of a hold away: to the 10 ms grid with no such floor it
+ended sooner than a hold and added ~20% reads (docs/benchmarks.md 2026-12-06 13:27). Not on the
+grid: the status writes, which on the second would come with the bar ends.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from volcast.settings import settings_from_mapping
 
 SEC = 1_000
 HOLD_MS = 10
-HORIZON_MS = HOLD_MS + HOLD_MARGIN_MS
+HORIZON_MS = 13 + HOLD_MARGIN_MS  # a rest ends on the hold's grid: up to 5/4 of it (12.5 ms)
 FIRST_ID = 7_000
 CONNECTION = SimpleNamespace(subscriptions={}, futures={})  # the rule is the exchange's, not one connection's
 

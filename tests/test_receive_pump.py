@@ -19,7 +19,7 @@ import pytest
 from aiohttp.client_proto import ResponseHandler
 
 from streamer import receive_pump
-from streamer.receive_pump import ReadHold
+from streamer.receive_pump import ReadHold, longest_rest_ms, rest_seconds
 from streamer.simulator import FaultSpec, ReplayServer, binance_client_options, deep_merge, synthetic_tape
 from streamer.source import guard_frames
 
@@ -208,3 +208,21 @@ async def test_a_quiet_connection_is_not_held(monkeypatch: pytest.MonkeyPatch) -
         ids = await delivered(ex, server, frames)
     assert ids == [t.trade_id for t in tape.trades]
     assert counted.pauses <= 2, counted.pauses  # one per frame (40) if quiet frames were held
+
+
+def test_a_rest_ends_on_the_holds_grid_at_least_a_quarter_of_a_hold_away() -> None:
+    """Every rest ends on a multiple of the hold on the loop's clock, so a process's busy
+    connections and its 50 ms tickers wake in one loop turn; never sooner than a quarter of a hold
+    (a rest that short would save few reads), never longer than 5/4 of one."""
+    hold = 0.05
+    assert rest_seconds(100.0, hold) == pytest.approx(0.05)
+    assert rest_seconds(100.01, hold) == pytest.approx(0.04)
+    assert rest_seconds(100.0374, hold) == pytest.approx(0.0126)
+    assert rest_seconds(100.0376, hold) == pytest.approx(0.0624)  # 12.4 ms to the grid: the next one
+    for step in range(1_000):
+        now = 1_234.5 + step * 0.000_37
+        rest = rest_seconds(now, hold)
+        assert hold / 4 <= rest <= hold * 5 / 4
+        ticks = (now + rest) / hold
+        assert ticks == pytest.approx(round(ticks), abs=1e-6)
+    assert longest_rest_ms(50) == 63 and longest_rest_ms(10) == 13 and longest_rest_ms(4) == 5

@@ -174,9 +174,11 @@ class StreamerSettings(_Frozen):
     # Symbols per websocket connection, the busiest together (streamer/connection_plan.py): a pong
     # then closes a busy symbol's bar when its own next trade is late. 0: ccxt's own round robin.
     symbols_per_connection: StrictInt = Field(default=5, ge=0, le=200)
-    # A busy connection's socket rests this long between reads, away from its bars' ends, so that
-    # one read takes many frames (streamer/receive_pump.py); 0: read every frame as it comes.
-    read_hold: DurationMs = 10
+    # A busy connection's socket rests between reads to the next multiple of this on the loop's
+    # clock, away from its bars' ends, so that one read takes many frames and the process's
+    # connections and tickers (50 ms grid) wake together (streamer/receive_pump.py); 0: read
+    # every frame as it comes.
+    read_hold: DurationMs = 50
 
     @field_validator("read_hold")
     @classmethod
