@@ -90,7 +90,7 @@ def training_settings(args: argparse.Namespace) -> TrainingSettings:
 
     return TrainingSettings(
         epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
-        patience=args.patience, threads=1, seed=args.training_seed,
+        patience=args.patience, threads=1, seed=args.training_seed, max_steps=args.max_steps,
     )
 
 
@@ -544,6 +544,8 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
     parser.add_argument("--patience", type=int, default=3)
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="lstm's optimizer steps in all (training.max_steps; 0: no cap; default: its default)")
     parser.add_argument("--members", type=int, default=None, help="lstm members (default: model.members' default)")
     parser.add_argument("--training-seed", type=int, default=0,
                         help="lstm's training seed (training.seed): a second seed tells a change from seed noise")
@@ -567,6 +569,10 @@ def main() -> int:
         from volcast.settings import ModelSettings
 
         args.members = ModelSettings().members
+    if args.max_steps is None:
+        from volcast.settings import TrainingSettings
+
+        args.max_steps = TrainingSettings().max_steps
     paths = files(args.data)
     if args.only:
         paths = [p for p in paths if any(s in p.name for s in args.only)]

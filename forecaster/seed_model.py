@@ -14,7 +14,7 @@ from forecaster.baselines import LogForecaster
 from forecaster.features import Batch
 from forecaster.frame import BarFrame, FloatArray, IntArray
 from forecaster.networks import SeedNet
-from forecaster.training_loop import CHUNK, EpochReport, Progress, quiet, shuffled_batches
+from forecaster.training_loop import CHUNK, EpochReport, Progress, quiet, shuffled_batches, step_budget
 from volcast.settings import ModelSettings, TrainingSettings
 
 
@@ -59,19 +59,33 @@ class SeedModel(LogForecaster):
         gen = torch.Generator().manual_seed(training.seed)
         self.net.train()
         loss_value = float("nan")
+        # training.max_steps caps this plain loop too (no schedule here to fit to it): the setting
+        # bounds every model's training, whichever model.name the refit worker runs.
+        steps, epoch_steps = step_budget(training, len(y))
+        taken = 0
+        epoch = 0
         for epoch in range(1, training.epochs + 1):
             started = time.perf_counter()
             total = 0.0
+            seen = 0
             for idx in shuffled_batches(len(y), training.batch_size, gen):
+                if taken >= steps:
+                    break
                 opt.zero_grad()
                 loss = torch.mean((self.net(x[idx]) - y[idx]) ** 2)
                 loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
+                taken += 1
                 total += float(loss.detach()) * len(idx)
-            loss_value = total / len(y)
-            progress(EpochReport(epoch, training.epochs, loss_value, None, time.perf_counter() - started, False))
+                seen += len(idx)
+            loss_value = total / max(1, seen)
+            budget_spent = taken >= steps and steps < training.epochs * epoch_steps
+            progress(EpochReport(epoch, training.epochs, loss_value, None, time.perf_counter() - started, False,
+                                 taken, budget_spent))
+            if budget_spent:
+                break
         self.net.eval()
-        return {"train_loss": loss_value, "epochs_run": float(training.epochs), "train_samples": float(len(y))}
+        return {"train_loss": loss_value, "epochs_run": float(epoch), "train_samples": float(len(y))}
 
     def fit(self, frames: Sequence[tuple[str, BarFrame]]) -> None:
         self.fit_model(frames, TrainingSettings(), quiet)

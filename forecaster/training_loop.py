@@ -29,6 +29,10 @@ class EpochReport:
     val_loss: float | None
     seconds: float
     best: bool
+    # Optimizer steps taken so far in the run, and whether training.max_steps ends the run with
+    # this epoch (which may then be partial): a run cut short by the budget, not by early stopping.
+    steps: int = 0
+    budget_spent: bool = False
 
 
 Progress = Callable[[EpochReport], None]
@@ -38,8 +42,9 @@ def print_progress(report: EpochReport) -> None:
     """One line per epoch on stderr."""
     val = f" val {report.val_loss:.5f}" if report.val_loss is not None else ""
     star = " *" if report.best else ""
+    budget = f" (step budget reached: {report.steps} steps, run ends)" if report.budget_spent else ""
     print(
-        f"epoch {report.epoch}/{report.epochs} loss {report.train_loss:.5f}{val} {report.seconds:.1f}s{star}",
+        f"epoch {report.epoch}/{report.epochs} loss {report.train_loss:.5f}{val} {report.seconds:.1f}s{star}{budget}",
         file=sys.stderr,
         flush=True,
     )
@@ -54,6 +59,15 @@ def shuffled_batches(n: int, size: int, generator: torch.Generator | None) -> li
     return list(torch.split(order, size))
 
 
+def step_budget(training: TrainingSettings, samples: int) -> tuple[int, int]:
+    """``(steps, epoch_steps)``: the optimizer steps the run takes at most (the cosine schedule's
+    T_max), ``training.epochs`` epochs capped by ``training.max_steps`` (0: no cap), and the
+    steps of one full epoch over ``samples`` training samples."""
+    epoch_steps = -(-samples // training.batch_size)
+    steps = training.epochs * epoch_steps
+    return (min(steps, training.max_steps) if training.max_steps else steps), epoch_steps
+
+
 def train_member(
     new_member: Callable[[], Net],
     training: TrainingSettings,
@@ -63,32 +77,42 @@ def train_member(
     loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     progress: Progress,
 ) -> tuple[Net, int]:
-    """One member trained from ``seed``: its best state on validation, and the epochs it ran."""
+    """One member trained from ``seed``: its best state on validation, and the epochs it ran (an
+    epoch that ``training.max_steps`` cut short counts)."""
     xt, st, yt = train
     torch.manual_seed(seed)
     net = new_member()
     opt = torch.optim.Adam(net.parameters(), lr=training.learning_rate)
     # Cosine decay over the whole run: late epochs take small steps, which steadies the
-    # validation loss that early stopping reads (noisy at a constant rate on these data).
-    steps = training.epochs * -(-len(yt) // training.batch_size)
+    # validation loss that early stopping reads (noisy at a constant rate on these data). The
+    # run is at most ``steps`` long, so with a step budget the decay still reaches its floor.
+    steps, epoch_steps = step_budget(training, len(yt))
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps, eta_min=0.05 * training.learning_rate)
     gen = torch.Generator().manual_seed(seed)
     best_val = float("inf")
     best_state = {k: v.clone() for k, v in net.state_dict().items()}
     stale = 0
     epoch = 0
+    taken = 0
     for epoch in range(1, training.epochs + 1):
         started = time.perf_counter()
         net.train()
         total = 0.0
+        seen = 0
+        # Without a binding budget ``steps`` is every epoch's batches, so this never cuts one.
         for idx in shuffled_batches(len(yt), training.batch_size, gen):
+            if taken >= steps:
+                break
             opt.zero_grad()
             loss = loss_of(net(xt[idx], st[idx]), yt[idx])
             loss.backward()  # type: ignore[no-untyped-call]
             torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
             opt.step()
             schedule.step()
+            taken += 1
             total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        # A partial last epoch is validated like a full one: early stopping may keep its state.
         val = eval_loss(net, *valid, loss_of)
         improved = val < best_val
         if improved:
@@ -97,8 +121,10 @@ def train_member(
             stale = 0
         else:
             stale += 1
-        progress(EpochReport(epoch, training.epochs, total / len(yt), val, time.perf_counter() - started, improved))
-        if training.patience and stale >= training.patience:
+        budget_spent = taken >= steps and steps < training.epochs * epoch_steps
+        progress(EpochReport(epoch, training.epochs, total / max(1, seen), val, time.perf_counter() - started,
+                             improved, taken, budget_spent))
+        if budget_spent or (training.patience and stale >= training.patience):
             break
     net.load_state_dict(best_state)
     net.eval()

@@ -374,6 +374,10 @@ class TrainingSettings(_Frozen):
     threads: StrictInt = Field(default=1, gt=0)
     # Train on at most this many of the most recent bars per symbol (0: all).
     max_bars: StrictInt = Field(default=0, ge=0)
+    # Stop after this many optimizer steps in all (per member), the cosine decay completing
+    # within them (0: no cap, epochs alone). Steps, not epochs, are what the schedule is sized
+    # for: the refit worker pools every feed, so one of its epochs is feeds x one file's steps.
+    max_steps: StrictInt = Field(default=0, ge=0)
 
 
 class RefitSettings(_Frozen):
