@@ -42,6 +42,24 @@ def feed_settings(settings: Settings, feed: Feed) -> Settings:
     return settings.model_copy(update={"exchanges": (exchange.model_copy(update={"symbols": [feed.symbol]}),)})
 
 
+def acquisition_order(feeds: dict[Feed, ExchangeLink], name: str) -> list[Feed]:
+    """The order in which a streamer tries free feeds: whole planned connections (the busiest
+    symbols together, ``_plan_connections``) in an order of its own, so two streamers starting at
+    once rarely collide, and each planned connection's feeds in the plan's order. The excess given
+    up when a streamer joins is the latest acquired, so whole connections move too: each streamer
+    opens only the connections of the feeds it holds. Feeds in a shuffle of their own (2026-12-06,
+    benchmarks/streamers.py, 20 feeds planned on 4 connections) spread two streamers' 10 feeds each
+    over all 4 connections, 8 in all, each read for fewer frames."""
+    groups: dict[tuple[int, object], list[Feed]] = {}
+    for feed, link in feeds.items():
+        # Without a plan (streamer.symbols_per_connection 0: ccxt places them) each feed alone.
+        connection = link.connections.get(feed.symbol)
+        groups.setdefault((id(link), feed.symbol if connection is None else connection), []).append(feed)
+    ordered = list(groups.values())
+    random.Random(name).shuffle(ordered)
+    return [feed for group in ordered for feed in group]
+
+
 class FeedOwnership:
     """Acquires, renews, balances and releases this streamer's feeds, and runs the ones it holds."""
 
@@ -71,9 +89,7 @@ class FeedOwnership:
         self._make_runner = make_runner
         self._tasks: dict[Feed, asyncio.Task[None]] = {}
         self._group: asyncio.TaskGroup | None = None
-        # Each streamer tries the free feeds in its own order: two starting at once rarely collide.
-        self._order = list(feeds)
-        random.Random(self.name).shuffle(self._order)
+        self._order = acquisition_order(feeds, self.name)
         self.acquired = 0
         self.lost = 0
         self.released = 0
