@@ -25,7 +25,7 @@ On that grid every busy connection of the process, and the feeds' tickers and th
 prober on theirs (tick_grid.py, 50 ms, which the default hold equals), wake in the same loop
 turn: a process wakes about 20 times a second however many connections it reads, where a rest
 of a hold from each read woke it once per connection and rest, the cost a second process of a
-sharded deployment pays again (docs/benchmarks.md 2026-12-06 21:00). ``may`` (exchange_link.py)
+sharded deployment pays again (docs/benchmarks.md 2026-12-06 20:40). ``may`` (exchange_link.py)
 allows it only while no live feed of the exchange has a bar ending within the hold and a margin,
 or waiting to close: closing trades and pongs are read as soon as they come. Order is kept (one
 TCP stream), nothing is dropped; a trade may be handled up to 5/4 of a hold later in the middle

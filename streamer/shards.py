@@ -45,11 +45,11 @@ def feed_settings(settings: Settings, feed: Feed) -> Settings:
 def acquisition_order(feeds: dict[Feed, ExchangeLink], name: str) -> list[Feed]:
     """The order in which a streamer tries free feeds: whole planned connections (the busiest
     symbols together, ``_plan_connections``) in an order of its own, so two streamers starting at
-    once rarely collide, and each planned connection's feeds in the plan's order. The excess given
+    once rarely collide, and each planned connection's feeds in the config's order. The excess given
     up when a streamer joins is the latest acquired, so whole connections move too: each streamer
-    opens only the connections of the feeds it holds. Feeds in a shuffle of their own (2026-12-06,
-    benchmarks/streamers.py, 20 feeds planned on 4 connections) spread two streamers' 10 feeds each
-    over all 4 connections, 8 in all, each read for fewer frames."""
+    opens only the connections of the feeds it holds. Feeds in a shuffle of their own spread two
+    streamers' 10 feeds each over all 4 connections of 20 feeds, 8 in all, each read for fewer
+    frames (docs/benchmarks.md, 2026-12-06 20:40)."""
     groups: dict[tuple[int, object], list[Feed]] = {}
     for feed, link in feeds.items():
         # Without a plan (streamer.symbols_per_connection 0: ccxt places them) each feed alone.
