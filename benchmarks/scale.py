@@ -1,14 +1,18 @@
 """Scaling out on a real local Redis Cluster (issue 14): streamers, forecasters, takeover, failover.
 
-    .venv/bin/python benchmarks/scale.py --json [--feeds 4] [--trades 50000] [--rounds 2] [--fc-feeds 200]
-                                                [--boundaries 60] [--claim-idle 30] [--forecasters-only]
+    .venv/bin/python benchmarks/scale.py --json [--feeds 4] [--trades 50000] [--gap-ms 1] [--pin] [--rounds 2]
+                                                [--fc-feeds 200] [--boundaries 60] [--claim-idle 30]
+                                                [--forecasters-only]
 
 Starts its own cluster (six `redis-server`, three masters and three replicas, tests/cluster.py)
 and runs, on it, one after the other:
 
 - ``streamers``: benchmarks/streamers.py's run (``--feeds`` x ``--trades`` synthetic trades, at
-  that benchmark's default pace) with one `volcast stream` (no leases) and with two sharing the feeds through
-  leases: trades/s (wall) and trades per CPU-second of the streamer processes, best of ``--rounds``;
+  ``--gap-ms`` apart, the flood server on its own CPU with ``--pin``) with one `volcast stream`
+  (no leases) and with two sharing the feeds through leases (the default 4 feeds are one
+  connection's, so two streamers read two connections for half the frames each; ``--feeds 20
+  --gap-ms 5`` gives each streamer 2 of 4 connections, as a deployment of many feeds): trades/s
+  (wall) and trades per CPU-second of the streamer processes, best of ``--rounds``;
 - ``forecasters``: one and two `volcast forecast` processes (3 event shards, the fallback
   baselines: no model is trained here) on ``--fc-feeds`` feeds of real 1-minute volumes
   (tests/data), ``--boundaries`` bar boundaries closed one after the other, each once every feed's
@@ -210,7 +214,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         for round_ in range(0 if args.forecasters_only else args.rounds):  # best: a reconnect costs a backfill
             for count, variant in (("1", "one"), ("2", "two")):
                 with tempfile.TemporaryDirectory(prefix="volcast-scale-") as directory:
-                    run = await streamers.one_run(variant, args.feeds, args.trades, Path(directory), section)
+                    run = await streamers.one_run(variant, args.feeds, args.trades, Path(directory), section,
+                                                  pin=args.pin, gap_ms=args.gap_ms)
                 print(f"round {round_ + 1} streamers {count}: {run}", file=sys.stderr)
                 best = result["streamers"].get(count)
                 if best is None or run["trades_per_cpu_s"] > best["trades_per_cpu_s"]:
@@ -287,6 +292,11 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--feeds", type=int, default=4, help="flooded symbols of the streamer runs (default 4)")
     parser.add_argument("--trades", type=int, default=50_000, help="trades per flooded symbol (default 50000)")
+    parser.add_argument("--gap-ms", type=int, default=1,
+                        help="replay ms between a feed's trades in the streamer runs (default 1: 1,000 trades/s a "
+                             "feed; --feeds 20 --gap-ms 5: 4,000 trades/s over 4 connections, 2 per streamer)")
+    parser.add_argument("--pin", action="store_true",
+                        help="the streamer runs' flood server on CPU 0 and the streamers on the others")
     parser.add_argument("--rounds", type=int, default=2,
                         help="streamer and forecaster runs per count; the best counts (default 2)")
     parser.add_argument("--fc-feeds", type=int, default=200, help="feeds of the forecaster runs (default 200)")
