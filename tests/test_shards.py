@@ -27,6 +27,7 @@ class _Link:
     def __init__(self) -> None:
         self.runners: dict[str, Any] = {}
         self.exchange = object()  # no un_watch_trades: nothing to unsubscribe
+        self.connections: dict[str, int] = {}  # no connection plan: each feed acquired on its own
 
 
 class _Runner:
