@@ -14,7 +14,15 @@ from forecaster.baselines import LogForecaster
 from forecaster.features import Batch
 from forecaster.frame import BarFrame, FloatArray, IntArray
 from forecaster.networks import SeedNet
-from forecaster.training_loop import CHUNK, EpochReport, Progress, quiet, shuffled_batches, step_budget
+from forecaster.training_loop import (
+    CHUNK,
+    EpochReport,
+    Progress,
+    budget_ends_run,
+    quiet,
+    shuffled_batches,
+    step_budget,
+)
 from volcast.settings import ModelSettings, TrainingSettings
 
 
@@ -79,7 +87,7 @@ class SeedModel(LogForecaster):
                 total += float(loss.detach()) * len(idx)
                 seen += len(idx)
             loss_value = total / max(1, seen)
-            budget_spent = taken >= steps and steps < training.epochs * epoch_steps
+            budget_spent = budget_ends_run(training, steps, epoch_steps, taken)
             progress(EpochReport(epoch, training.epochs, loss_value, None, time.perf_counter() - started, False,
                                  taken, budget_spent))
             if budget_spent:

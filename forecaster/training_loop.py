@@ -68,6 +68,12 @@ def step_budget(training: TrainingSettings, samples: int) -> tuple[int, int]:
     return (min(steps, training.max_steps) if training.max_steps else steps), epoch_steps
 
 
+def budget_ends_run(training: TrainingSettings, steps: int, epoch_steps: int, taken: int) -> bool:
+    """``training.max_steps`` binds (``steps`` from ``step_budget`` is fewer than the epochs' steps)
+    and ``taken`` reached it: the run ends with this epoch, not by early stopping."""
+    return taken >= steps and steps < training.epochs * epoch_steps
+
+
 def train_member(
     new_member: Callable[[], Net],
     training: TrainingSettings,
@@ -121,7 +127,7 @@ def train_member(
             stale = 0
         else:
             stale += 1
-        budget_spent = taken >= steps and steps < training.epochs * epoch_steps
+        budget_spent = budget_ends_run(training, steps, epoch_steps, taken)
         progress(EpochReport(epoch, training.epochs, total / max(1, seen), val, time.perf_counter() - started,
                              improved, taken, budget_spent))
         if budget_spent or (training.patience and stale >= training.patience):

@@ -35,6 +35,7 @@ of a bar, where only the forming bar's write (once a second) sees it.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +43,8 @@ from typing import Any
 from ccxt.base.errors import NetworkError
 
 from streamer.tick_grid import until_next_tick
+
+_SHORTEST_REST = 0.25  # of a hold: a rest that ends on the grid sooner waits for the next tick
 
 
 class ReadHold:
@@ -100,12 +103,13 @@ def rest_seconds(loop_time: float, hold_s: float) -> float:
     tried with 10 ms, reads rose ~20%). Between a quarter and 5/4 of a hold; after a read woken on
     the grid, about one hold."""
     wait = until_next_tick(loop_time, hold_s)
-    return wait if wait >= hold_s / 4 else wait + hold_s
+    return wait if wait >= hold_s * _SHORTEST_REST else wait + hold_s
 
 
 def longest_rest_ms(hold_ms: int) -> int:
-    """The longest rest ``rest_seconds`` gives a hold, rounded up to the millisecond."""
-    return -(-hold_ms * 5 // 4)
+    """The longest rest ``rest_seconds`` gives a hold (a hold past the shortest), rounded up to
+    the millisecond."""
+    return math.ceil(hold_ms * (1 + _SHORTEST_REST))
 
 
 def _drained(client: Any) -> bool:
