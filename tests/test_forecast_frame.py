@@ -123,6 +123,34 @@ def test_baselines_by_hand() -> None:
     tod = TimeOfDay(60_000, days=7)
     assert tod.predict_log(_series(values), ["x"], np.array([2885]))[0][0, 0] == pytest.approx(3.0)
 
+def _ewma_by_loop(lv: np.ndarray, p: int, alpha: float, span: int) -> float:
+    """The definition: the weighted mean of the ``span`` bars before ``p`` (fewer at the start)."""
+    k = np.arange(min(span, p))
+    w = alpha * (1 - alpha) ** k
+    return float((w * lv[p - 1 - k]).sum() / w.sum())
+
+
+def test_ewma_past_its_span_and_its_fit_by_loop() -> None:
+    """The windows weighted as one product give the definition's numbers, inside and past the
+    span, and the fit picks the alpha whose squared error, summed by a loop, is least."""
+    rng = np.random.default_rng(3)
+    values = list(5.0 + np.cumsum(rng.normal(0, 0.3, 700)))
+    lv = np.array(values)
+    batch = _series(values)
+    positions = np.array([1, 7, 239, 240, 241, 500, 699])
+    for alpha in Ewma.ALPHAS:
+        got = Ewma(alpha=alpha).predict_log(batch, ["x"], positions)[0][0]
+        assert got == pytest.approx([_ewma_by_loop(lv, int(p), alpha, Ewma.SPAN) for p in positions], rel=1e-12)
+    frame = BarFrame(interval_ms=60_000, open_time_ms=np.arange(700, dtype=np.int64) * 60_000,
+                     open=np.ones(700), high=np.ones(700), low=np.ones(700), close=np.ones(700),
+                     volume=np.expm1(lv), trades=np.zeros(700), buy_volume=np.zeros(700))
+    ewma = Ewma()
+    ewma.fit([("x", frame)])
+    errors = {alpha: sum((_ewma_by_loop(lv, p, alpha, Ewma.SPAN) - lv[p]) ** 2 for p in range(Ewma.SPAN, 700))
+              for alpha in Ewma.ALPHAS}
+    assert ewma.alpha == min(errors, key=errors.__getitem__)
+
+
 
 def test_har_recovers_a_known_linear_rule() -> None:
     rng = np.random.default_rng(0)
