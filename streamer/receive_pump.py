@@ -35,6 +35,7 @@ of a bar, where only the forming bar's write (once a second) sees it.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -43,6 +44,8 @@ from typing import Any
 from ccxt.base.errors import NetworkError
 
 from streamer.tick_grid import until_next_tick
+
+log = logging.getLogger(__name__)
 
 _SHORTEST_REST = 0.25  # of a hold: a rest that ends on the grid sooner waits for the next tick
 
@@ -71,7 +74,22 @@ def install_pump(client: Any, hold: ReadHold | None = None) -> None:
 
 
 async def pump(client: Any, hold: ReadHold | None = None) -> None:
-    """Hand every frame of the connection to ``client.handle_message`` until it closes."""
+    """Hand every frame of the connection to ``client.handle_message`` until it closes.
+
+    An error of the pump's own (the hold's question, a rest; frames' errors are the guarded
+    handler's) ends the connection as a read error does, logged: a task that died silently left
+    its connection open and unread, and its feeds waited for a watchdog (30 s) to find the flow
+    stopped."""
+    try:
+        await _pump(client, hold)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.exception("%s: the receive pump failed; its feeds reconnect", getattr(client, "url", "a connection"))
+        client.on_error(NetworkError(f"receive pump failed: {exc!r}"))
+
+
+async def _pump(client: Any, hold: ReadHold | None) -> None:
     # Monotonic times of the last three frames: three within a hold make the connection busy (two
     # can come together on a quiet one: a subscription's answer and a trade).
     first = second = latest = float("-inf")

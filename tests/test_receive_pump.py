@@ -226,3 +226,43 @@ def test_a_rest_ends_on_the_holds_grid_at_least_a_quarter_of_a_hold_away() -> No
         ticks = (now + rest) / hold
         assert ticks == pytest.approx(round(ticks), abs=1e-6)
     assert longest_rest_ms(50) == 63 and longest_rest_ms(10) == 13 and longest_rest_ms(4) == 5
+
+
+
+async def test_a_failing_pump_ends_its_connection_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    """An error of the pump's own (here the hold's question) closes the connection, logged, and
+    the watch goes on over a new one (as a feed's reconnect does). Before, the pump's task died
+    silently and left the connection open and unread: the watch waited for ever (a feed, for its
+    watchdog to find the flow stopped)."""
+    tape = synthetic_tape("BTC/USDT", 1_500)
+    frames = Frames(tape.trades[-1].trade_id)
+    asked = 0
+    failed: list[Any] = []
+
+    def may(client: Any) -> bool:
+        nonlocal asked
+        asked += 1
+        if asked == 20:
+            failed.append(client)
+            raise KeyError("a bug in the hold's question")
+        return True
+
+    async def watch_again(ex: Any) -> None:
+        while True:
+            with contextlib.suppress(ccxt.NetworkError):
+                await watch_forever(ex, "BTC/USDT")
+
+    async with (
+        ReplayServer([tape], speed=1.0, start_on_subscribe=True) as server,
+        guarded_binance(server, frames, ReadHold(0.010, may)) as ex,
+    ):
+        watcher = asyncio.create_task(watch_again(ex))
+        try:
+            async with asyncio.timeout(30):
+                await frames.done.wait()  # the last trade came, over the new connection
+        finally:
+            watcher.cancel()
+        assert failed and failed[0].closed()
+        ids = frames.trade_ids()
+        assert ids == sorted(set(ids))
+    assert "the receive pump failed" in caplog.text
