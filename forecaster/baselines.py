@@ -36,8 +36,6 @@ from forecaster.features import (
 from forecaster.frame import BarFrame, FloatArray, IntArray
 from forecaster.horizons import NEXT_BAR, Horizons, Target, log1p_window_sums, window_sums
 
-BoolArray = npt.NDArray[np.bool_]
-
 BASELINE_NAMES: tuple[str, ...] = ("naive", "ewma", "tod", "har")
 
 

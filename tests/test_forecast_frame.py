@@ -123,6 +123,7 @@ def test_baselines_by_hand() -> None:
     tod = TimeOfDay(60_000, days=7)
     assert tod.predict_log(_series(values), ["x"], np.array([2885]))[0][0, 0] == pytest.approx(3.0)
 
+
 def _ewma_by_loop(lv: np.ndarray, p: int, alpha: float, span: int) -> float:
     """The definition: the weighted mean of the ``span`` bars before ``p`` (fewer at the start)."""
     k = np.arange(min(span, p))
@@ -149,7 +150,6 @@ def test_ewma_past_its_span_and_its_fit_by_loop() -> None:
     errors = {alpha: sum((_ewma_by_loop(lv, p, alpha, Ewma.SPAN) - lv[p]) ** 2 for p in range(Ewma.SPAN, 700))
               for alpha in Ewma.ALPHAS}
     assert ewma.alpha == min(errors, key=errors.__getitem__)
-
 
 
 def test_har_recovers_a_known_linear_rule() -> None:

@@ -228,7 +228,6 @@ def test_a_rest_ends_on_the_holds_grid_at_least_a_quarter_of_a_hold_away() -> No
     assert longest_rest_ms(50) == 63 and longest_rest_ms(10) == 13 and longest_rest_ms(4) == 5
 
 
-
 async def test_a_failing_pump_ends_its_connection_at_once(caplog: pytest.LogCaptureFixture) -> None:
     """An error of the pump's own (here the hold's question) closes the connection, logged, and
     the watch goes on over a new one (as a feed's reconnect does). Before, the pump's task died
