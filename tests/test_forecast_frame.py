@@ -74,15 +74,18 @@ def test_from_bars_slicing_and_concat() -> None:
     assert len(frame.tail(2)) == 2 and frame.tail(2).end_ms == 240_000
 
 
-def _series(values: list[float]) -> Batch:
+def _frame(values: list[float]) -> BarFrame:
+    """1-minute bars whose log1p volumes are ``values``."""
     n = len(values)
-    vol = np.expm1(np.array(values))
-    frame = BarFrame(
+    return BarFrame(
         interval_ms=60_000, open_time_ms=np.arange(n, dtype=np.int64) * 60_000,
-        open=np.ones(n), high=np.ones(n), low=np.ones(n), close=np.ones(n), volume=vol,
+        open=np.ones(n), high=np.ones(n), low=np.ones(n), close=np.ones(n), volume=np.expm1(np.array(values)),
         trades=np.zeros(n), buy_volume=np.zeros(n),
     )
-    return Batch.stack([frame])
+
+
+def _series(values: list[float]) -> Batch:
+    return Batch.stack([_frame(values)])
 
 
 def test_trailing_means_by_hand() -> None:
@@ -142,11 +145,8 @@ def test_ewma_past_its_span_and_its_fit_by_loop() -> None:
     for alpha in Ewma.ALPHAS:
         got = Ewma(alpha=alpha).predict_log(batch, ["x"], positions)[0][0]
         assert got == pytest.approx([_ewma_by_loop(lv, int(p), alpha, Ewma.SPAN) for p in positions], rel=1e-12)
-    frame = BarFrame(interval_ms=60_000, open_time_ms=np.arange(700, dtype=np.int64) * 60_000,
-                     open=np.ones(700), high=np.ones(700), low=np.ones(700), close=np.ones(700),
-                     volume=np.expm1(lv), trades=np.zeros(700), buy_volume=np.zeros(700))
     ewma = Ewma()
-    ewma.fit([("x", frame)])
+    ewma.fit([("x", _frame(values))])
     errors = {alpha: sum((_ewma_by_loop(lv, p, alpha, Ewma.SPAN) - lv[p]) ** 2 for p in range(Ewma.SPAN, 700))
               for alpha in Ewma.ALPHAS}
     assert ewma.alpha == min(errors, key=errors.__getitem__)
