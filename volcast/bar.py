@@ -100,8 +100,10 @@ class Bar:
         return out
 
     @classmethod
-    def from_fields(cls, raw: Mapping[str | bytes, str | bytes]) -> Bar:
-        """Inverse of ``to_fields``; accepts the bytes a Redis client without decoding returns."""
+    def from_fields(cls, raw: Mapping[str, str] | Mapping[bytes, bytes] | Mapping[str | bytes, str | bytes]) -> Bar:
+        """Inverse of ``to_fields``; accepts the bytes a Redis client without decoding returns.
+        (Mapping's key type is invariant: a ``dict[str, str]`` or ``dict[bytes, bytes]`` is not a
+        ``Mapping[str | bytes, ...]``, so each is named.)"""
         text = text_fields(raw)
         try:
             bar = cls(
