@@ -20,11 +20,19 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 from cluster import LocalCluster
-from stream_harness import PATIENCE_S, redis_bars, stream_settings, streamed_to_the_end, unique_prefix, write_windows
+from stream_harness import (
+    PATIENCE_S,
+    StreamEntries,
+    redis_bars,
+    stream_settings,
+    streamed_to_the_end,
+    unique_prefix,
+    write_windows,
+)
 from worker_harness import listening
 
 from forecaster.payload import Prediction
@@ -146,7 +154,7 @@ async def run_failover(directory: Path, cluster: LocalCluster, *, seconds: float
                 await _until(lambda: _has_bar_from(redis, keys, btc, server.timeline.first_ms + kill_after_s * 1000),
                              "BTC/USDT's bars reach the kill time")
                 victim = master_of(cluster, keys.bars(btc))
-                last = await redis.xrevrange(keys.bars(btc), count=1)
+                last = cast(StreamEntries, await redis.xrevrange(keys.bars(btc), count=1))
                 before = int(last[0][0].decode().split("-")[0])
                 cluster.processes[victim].send_signal(signal.SIGKILL)
                 cluster.processes[victim].wait(30)
@@ -155,7 +163,7 @@ async def run_failover(directory: Path, cluster: LocalCluster, *, seconds: float
                 recovered_s = await _until(lambda: _has_bar_from(redis, keys, btc, before + 1000),
                                            "BTC/USDT's next bar after the failover")
                 recovered_s = time.monotonic() - killed
-                last = await redis.xrevrange(keys.bars(btc), count=1)
+                last = cast(StreamEntries, await redis.xrevrange(keys.bars(btc), count=1))
                 outage = (before, int(last[0][0].decode().split("-")[0]))
                 expected = await streamed_to_the_end(redis, keys, server, tapes, files)
                 result = FailoverResult(victim, promoted_s, recovered_s, outage)

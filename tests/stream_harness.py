@@ -39,6 +39,9 @@ MINUTE_MS = 60_000
 # waits are for conditions, so a healthy run never waits this long; it is generous because a
 # shared 2-core machine under load runs these tests several times slower than a quiet one.
 PATIENCE_S = 180.0
+# An XRANGE/XREVRANGE reply: redis-py types stream replies loosely (str or bytes, maybe None); the
+# test clients answer bytes (decode_responses off).
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 def write_windows(out_dir: Path, seconds: float, files: Sequence[Path] = TRADE_FILES) -> list[Path]:
@@ -107,8 +110,7 @@ def unique_prefix() -> str:
 
 
 async def redis_bars(redis: aioredis.Redis, keys: RedisKeys, feed: Feed) -> list[Bar]:
-    # redis-py types stream replies loosely; this client answers bytes (decode_responses off)
-    entries = cast(list[tuple[bytes, dict[str | bytes, str | bytes]]], await redis.xrange(keys.bars(feed)))
+    entries = cast(StreamEntries, await redis.xrange(keys.bars(feed)))
     return [Bar.from_fields(fields) for _id, fields in entries]
 
 
@@ -134,7 +136,7 @@ async def wait_for_bar(
     """Until the feed's stream holds a bar opening at or after ``open_time_ms``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        last = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrevrange(keys.bars(feed), count=1))
+        last = cast(StreamEntries, await redis.xrevrange(keys.bars(feed), count=1))
         if last and int(last[0][0].decode().split("-")[0]) >= open_time_ms:
             return
         await asyncio.sleep(0.05)

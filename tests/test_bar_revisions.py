@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
-from stream_harness import unique_prefix
+from stream_harness import StreamEntries, unique_prefix
 
 from forecaster.bar_reader import BarHistories
 from forecaster.refit import read_frames
@@ -56,13 +56,13 @@ def _store(client: aioredis.Redis, keys: RedisKeys) -> BarStore:
 
 
 async def _ids(client: aioredis.Redis, keys: RedisKeys) -> list[str]:
-    return [entry_id.decode() for entry_id, _ in await client.xrange(keys.bars(FEED))]
+    return [entry_id.decode() for entry_id, _ in cast(StreamEntries, await client.xrange(keys.bars(FEED)))]
 
 
 async def _events(client: aioredis.Redis, keys: RedisKeys) -> list[tuple[int, int]]:
     """(open time in seconds from T0, rev) of each event."""
     return [((int(f[b"open_time_ms"]) - T0) // SEC, int(f.get(b"rev", b"0")))
-            for _, f in await client.xrange(keys.bar_events(SEC))]
+            for _, f in cast(StreamEntries, await client.xrange(keys.bar_events(SEC)))]
 
 
 async def test_a_revision_replaces_its_bar_in_place_and_is_announced_once(
@@ -76,9 +76,10 @@ async def test_a_revision_replaces_its_bar_in_place_and_is_announced_once(
     store.amend(FEED, _bar(1, 3), 1)  # two newer bars after it
     await store.write_pending()
     assert await _ids(client, keys) == [f"{T0}-0", f"{T0 + SEC}-1", f"{T0 + 2 * SEC}-0", f"{T0 + 3 * SEC}-1"]
-    bars = [Bar.from_fields(f) for _, f in await client.xrange(keys.bars(FEED))]
+    bars = [Bar.from_fields(f) for _, f in cast(StreamEntries, await client.xrange(keys.bars(FEED)))]
     assert [b.volume for b in bars] == [1, 3, 1, 2]
-    assert [f.get(b"rev") for _, f in await client.xrange(keys.bars(FEED))] == [None, b"1", None, b"1"]
+    assert [f.get(b"rev") for _, f in cast(StreamEntries, await client.xrange(keys.bars(FEED)))] == [
+        None, b"1", None, b"1"]
     assert await _events(client, keys) == [(0, 0), (1, 0), (2, 0), (3, 0), (3, 1), (1, 1)]
     if redis_mode == "cluster":  # a revision never moves the mark back
         assert await client.get(keys.announced(FEED)) == str(T0 + 3 * SEC).encode()
@@ -152,8 +153,8 @@ async def test_a_bars_first_event_carries_its_values_as_written_and_a_revisions_
     await store.write_pending()
     store.amend(FEED, _bar(1, 5), 1)
     await store.write_pending()
-    bars = {int(i.split(b"-")[0]): f for i, f in await client.xrange(keys.bars(FEED))}
-    events = [f for _, f in await client.xrange(keys.bar_events(SEC))]
+    bars = {int(i.split(b"-")[0]): f for i, f in cast(StreamEntries, await client.xrange(keys.bars(FEED)))}
+    events = [f for _, f in cast(StreamEntries, await client.xrange(keys.bar_events(SEC)))]
     assert len(events) == 4
     def carried(event: dict[bytes, bytes]) -> dict[str, str]:
         return {n: event[n.encode()].decode() for n in EVENT_BAR_FIELDS}

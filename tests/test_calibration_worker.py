@@ -9,9 +9,10 @@ import asyncio
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
+from stream_harness import StreamEntries
 from worker_harness import (
     Listener,
     clear_retained,
@@ -110,12 +111,12 @@ async def test_worker_publishes_calibrated_bands_and_counts_coverage(settings: S
             # Realised bars: each counted inside or outside the band that was published for it.
             bar_ms = series[warm][HISTORY + step - 1].open_time_ms
             for _ in range(50):
-                state = await redis.hgetall(keys.calibration(warm))
+                state = cast(dict[bytes, bytes], await redis.hgetall(keys.calibration(warm)))
                 if first_of(state.get(b"to_ms", b"0")) == bar_ms:
                     break
                 await asyncio.sleep(0.1)
-            realised = await redis.xrange(keys.realised(warm), min=f"{first.open_time_ms}-0",
-                                          max=f"{first.open_time_ms}-0")
+            realised = cast(StreamEntries, await redis.xrange(keys.realised(warm), min=f"{first.open_time_ms}-0",
+                                                              max=f"{first.open_time_ms}-0"))
             fields = realised[0][1]
             assert float(fields[b"low"]) == first.quantiles[0.1] and float(fields[b"high"]) == first.quantiles[0.9]
             actual = float(fields[b"actual"])
@@ -127,7 +128,7 @@ async def test_worker_publishes_calibrated_bands_and_counts_coverage(settings: S
             assert abs(float(state[b"c_low"].split(b",")[0]) - C_LOW) <= 3 * 0.02
             scores = await redis.hgetall(keys.scores(warm))
             assert int(scores[b"banded"]) == 3 and 0 <= int(scores[b"covered"]) <= 3
-            fresh_state = await redis.hgetall(keys.calibration(fresh))
+            fresh_state = cast(dict[bytes, bytes], await redis.hgetall(keys.calibration(fresh)))
             assert first_of(fresh_state[b"n"]) == 3
             kept = float(state[b"c_low"].split(b",")[0]), float(state[b"c_high"].split(b",")[0])
             # The model forecasts every bar of the next hour and three windows (issue 15): each

@@ -11,10 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from stream_harness import TRADE_FILES, same_bars, stream_settings, streamed_to_the_end, unique_prefix, write_windows
+from stream_harness import (
+    TRADE_FILES,
+    StreamEntries,
+    same_bars,
+    stream_settings,
+    streamed_to_the_end,
+    unique_prefix,
+    write_windows,
+)
 from worker_harness import clear_retained, delete_prefix, listening, worker
 
 from streamer.service import run
@@ -63,7 +71,7 @@ async def test_late_trades_amend_their_bars_which_end_exact_and_are_forecast_aga
                     streamer.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await streamer
-                entries = {feed: await redis.xrange(keys.bars(feed)) for feed in expected}
+                entries = {feed: cast(StreamEntries, await redis.xrange(keys.bars(feed))) for feed in expected}
                 health = {feed: await redis.hgetall(keys.health(feed)) for feed in expected}
                 for _ in range(200):  # the revisions' forecasts
                     if any(p.revision for p in listener.received):

@@ -14,12 +14,13 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 from stream_harness import (
     PATIENCE_S,
+    StreamEntries,
     delete_prefix,
     offline_bars,
     redis_bars,
@@ -105,7 +106,7 @@ def expected_history(server: ReplayServer, start_ms: int, end_ms: int) -> list[B
 
 
 async def health(client: aioredis.Redis, prefix: str) -> dict[str, str]:
-    raw = await client.hgetall(RedisKeys(prefix).health(FEED))
+    raw = cast(dict[bytes, bytes], await client.hgetall(RedisKeys(prefix).health(FEED)))
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
@@ -164,7 +165,7 @@ async def test_history_then_live_bars_and_no_second_load(
         assert sum(b.status is BarStatus.HISTORY for b in again) == len(history)
         # One event per live bar, none for history bars (also on a cluster, where a restart
         # re-sends the events of bars newer than the feed's announced mark).
-        events = [int(f[b"open_time_ms"]) for _, f in await client.xrange(keys.bar_events(MIN))]
+        events = [int(f[b"open_time_ms"]) for _, f in cast(StreamEntries, await client.xrange(keys.bar_events(MIN)))]
         assert events == [b.open_time_ms for b in again if b.status is not BarStatus.HISTORY]
 
 
@@ -191,6 +192,7 @@ async def test_loader_keeps_to_the_weight_limit_and_waits_out_429s(redis_on: Red
         assert state.state is HistoryState.LOADED, state.error
         bars = await redis_bars(client, keys, FEED)
         assert bars == expected_history(server, bars[0].open_time_ms, bars[-1].open_time_ms + MIN)
+        assert state.to_ms is not None  # loaded: where its history ends
         assert bars[-1].open_time_ms + MIN == state.to_ms <= history_end_ms(server.clock_ms(), settings)
         weights = server.rest.weights
         assert weights.refused == 0 and weights.bans == 0  # never past the limit
@@ -234,7 +236,7 @@ async def test_coarser_bars_are_built_from_the_minutes(redis_on: RedisOn) -> Non
         feed = Feed("binance", "XRP/ETH", 5 * MIN)
         (state,) = await load_history(settings, client, keys, 60_000)
         assert state.state is HistoryState.LOADED
-        bars = [Bar.from_fields(f) for _, f in await client.xrange(keys.bars(feed))]
+        bars = [Bar.from_fields(f) for _, f in cast(StreamEntries, await client.xrange(keys.bars(feed)))]
         start = server.klines["XRP/ETH"].tape_start_ms
         tape = [replace(b, first_trade_id=None, last_trade_id=None, status=BarStatus.HISTORY)
                 for b in offline_bars(XRP_TRADES, 5 * MIN, server.timeline.shifts_ms[0])]
@@ -251,7 +253,7 @@ async def test_a_feed_whose_candles_fail_streams_live_without_history(redis_on: 
         async with streaming(settings_for(server, prefix, redis=redis_config)):
             state = await _wait_health(client, prefix, lambda h: h.get("state") == "live")
             assert state["history_state"] == "failed" and "ExchangeNotAvailable" in state["history_error"]
-            first = (await redis_bars(client, keys, FEED) or [None])[0]
+            first = next(iter(await redis_bars(client, keys, FEED)), None)
             await wait_for_bar(client, keys, FEED, server.clock_ms() - server.clock_ms() % MIN - 5 * MIN)
         bars = await redis_bars(client, keys, FEED)
         assert bars and all(b.status is not BarStatus.HISTORY for b in bars)

@@ -22,14 +22,14 @@ import time
 from collections.abc import AsyncIterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 from cluster import LocalCluster
 from failover_harness import master_of
 from servers import HAS_REDIS, free_port, start_server, stop_server
-from stream_harness import unique_prefix
+from stream_harness import StreamEntries, unique_prefix
 
 from streamer.lost_bars import RecentBars
 from streamer.store import BarStore
@@ -71,14 +71,14 @@ def _store(client: aioredis.Redis, keys: RedisKeys) -> BarStore:
 async def _stream(client: aioredis.Redis, keys: RedisKeys) -> list[tuple[str, Bar, int]]:
     """(entry id, bar, rev field) of each entry of the feed's stream."""
     return [(entry_id.decode(), Bar.from_fields(fields), int(fields.get(b"rev", b"0")))
-            for entry_id, fields in await client.xrange(keys.bars(FEED))]
+            for entry_id, fields in cast(StreamEntries, await client.xrange(keys.bars(FEED)))]
 
 
 async def _events(client: aioredis.Redis, keys: RedisKeys, after: str = "-") -> list[tuple[int, int]]:
     """(open time in seconds from T0, rev) of each event after the entry id ``after``."""
     low = "-" if after == "-" else f"({after}"
     return [((int(f[b"open_time_ms"]) - T0) // SEC, int(f.get(b"rev", b"0")))
-            for _, f in await client.xrange(keys.bar_events(SEC), min=low)]
+            for _, f in cast(StreamEntries, await client.xrange(keys.bar_events(SEC), min=low))]
 
 
 async def _lose_after(client: aioredis.Redis, keys: RedisKeys, second: int, *, with_events: bool) -> None:
@@ -87,18 +87,19 @@ async def _lose_after(client: aioredis.Redis, keys: RedisKeys, second: int, *, w
     announced mark (same slot) is back at it too; ``with_events`` (one node): their events too."""
     bars = keys.bars(FEED)
     newest = f"{T0 + SEC * second}-0"
-    gone = [entry_id for entry_id, _ in await client.xrange(bars, min=f"({newest}")]
+    gone = [entry_id for entry_id, _ in cast(StreamEntries, await client.xrange(bars, min=f"({newest}"))]
     assert gone, "nothing to lose"
     await client.xdel(bars, *gone)
-    await client.execute_command("XSETID", bars, newest)
+    # redis-py leaves Redis.execute_command unannotated (XSETID has no method of its own)
+    await client.execute_command("XSETID", bars, newest)  # type: ignore[no-untyped-call]
     if await client.exists(keys.announced(FEED)):
         await client.set(keys.announced(FEED), str(T0 + SEC * second))
     if with_events:
         events = keys.bar_events(SEC)
-        entries = await client.xrange(events)
+        entries = cast(StreamEntries, await client.xrange(events))
         kept = [entry_id for entry_id, f in entries if int(f[b"open_time_ms"]) <= T0 + SEC * second]
         await client.xdel(events, *[entry_id for entry_id, _ in entries if entry_id not in kept])
-        await client.execute_command("XSETID", events, kept[-1])
+        await client.execute_command("XSETID", events, kept[-1])  # type: ignore[no-untyped-call]
 
 
 async def test_the_newest_bars_lost_are_put_back_exact_and_announced_before_the_next_bar(
@@ -115,12 +116,12 @@ async def test_the_newest_bars_lost_are_put_back_exact_and_announced_before_the_
         await store.drained()
         before = await _stream(client, keys)
         assert [entry_id for entry_id, _, _ in before][-2:] == [f"{T0 + 4 * SEC}-1", f"{T0 + 5 * SEC}-0"]
-        mark = (await client.xrevrange(keys.bar_events(SEC), count=1))[0][0].decode()
+        mark = cast(StreamEntries, await client.xrevrange(keys.bar_events(SEC), count=1))[0][0].decode()
 
         await _lose_after(client, keys, 2, with_events=redis_mode == "single")
         assert len(await _stream(client, keys)) == 3
         if redis_mode == "single":
-            mark = (await client.xrevrange(keys.bar_events(SEC), count=1))[0][0].decode()
+            mark = cast(StreamEntries, await client.xrevrange(keys.bar_events(SEC), count=1))[0][0].decode()
 
         with caplog.at_level(logging.WARNING, logger="streamer.store"):
             store.put(FEED, _bar(6))

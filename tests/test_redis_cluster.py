@@ -7,12 +7,13 @@ import argparse
 import asyncio
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
 from cluster import LocalCluster
+from stream_harness import StreamEntries
 from worker_harness import MINUTE, symbol_bars
 
 import forecaster.recorder as recorder_module
@@ -97,7 +98,7 @@ async def test_bars_a_stop_left_without_their_event_get_it_before_the_next_bar(r
         return BarStore(redis, keys, retention_bars=1000, buffer_bars=100, backoff=Backoff(0.01, 0.1),
                         event_shards=2)
 
-    def announced(events: list[Any]) -> list[int]:
+    def announced(events: StreamEntries) -> list[int]:
         return [int(fields[b"open_time_ms"]) for _, fields in events]
 
     async with redis_client(settings) as redis:
@@ -110,14 +111,15 @@ async def test_bars_a_stop_left_without_their_event_get_it_before_the_next_bar(r
         second = store(redis)
         second.put(feed, bars[4])
         await second.write_pending()
-        events = await redis.xrange(keys.feed_events(feed, 2))
+        events = cast(StreamEntries, await redis.xrange(keys.feed_events(feed, 2)))
         assert announced(events) == [b.open_time_ms for b in bars[:5]]
         assert second.announcer is not None and second.announcer.resent == 2
         third = store(redis)
         third.put(feed, bars[5])
         await third.write_pending()
         assert third.announcer is not None and third.announcer.resent == 0
-        assert announced(await redis.xrange(keys.feed_events(feed, 2))) == [b.open_time_ms for b in bars]
+        assert announced(cast(StreamEntries, await redis.xrange(keys.feed_events(feed, 2)))) == [
+            b.open_time_ms for b in bars]
         assert await redis.xlen(keys.bar_events(MINUTE, 1 - event_shard(feed, 2), 2)) == 0
         await redis.delete(keys.bars(feed), keys.announced(feed), *keys.event_streams(MINUTE, 2))
 
@@ -195,7 +197,7 @@ async def test_an_events_shard_refused_stops_the_writer_and_no_bar_stays_unannou
         second = store(redis)
         second.put(feed, bars[4])
         await second.write_pending()
-        announced = [int(fields[b"open_time_ms"]) for _, fields in await redis.xrange(events)]
+        announced = [int(fields[b"open_time_ms"]) for _, fields in cast(StreamEntries, await redis.xrange(events))]
         assert announced == [b.open_time_ms for b in bars[2:5]]  # the first two went with the old key
         await redis.delete(keys.bars(feed), keys.announced(feed), events)
 
@@ -208,7 +210,7 @@ async def test_recorder_writes_one_call_per_node_and_slot_by_slot_when_a_node_re
     settings = RedisSettings(url=redis_cluster.url, cluster=True)
     keys = RedisKeys(f"test-cl-{uuid.uuid4().hex[:8]}")
     feeds = [Feed("binance", f"S{i}/USDT", MINUTE) for i in range(30)]
-    writes = [["h", keys.prediction(f), "volume", str(i)] for i, f in enumerate(feeds)]
+    writes: list[recorder_module.Write] = [["h", keys.prediction(f), "volume", str(i)] for i, f in enumerate(feeds)]
     writes += [["x", keys.predictions(f), "1000-0", "volume", str(i)] for i, f in enumerate(feeds)]
     async with redis_client(settings) as redis:
         calls = recorder_module._by_node(redis, writes)
@@ -248,7 +250,9 @@ async def test_stream_reads_are_routed_without_asking_a_node_for_their_keys(redi
             read: Any = await redis.xreadgroup("g", "c", {stream: ">"}, count=10)
             assert [(name, [f for _, f in entries]) for name, entries in read] == [
                 (stream.encode(), [{b"n": stream.encode()}])]
-            assert [name for name, _ in await redis.xread({stream: "0"}, count=10)] == [stream.encode()]
+            # RESP2: a list of [name, entries] (redis-py's reply type also has RESP3's dict)
+            assert [name for name, _ in cast(list[list[Any]], await redis.xread({stream: "0"}, count=10))] == [
+                stream.encode()]
         assert await getkeys_calls() == before
         with pytest.raises(Exception, match="slot"):
             await redis.xread({streams[0]: "0", streams[1]: "0"}, count=1)

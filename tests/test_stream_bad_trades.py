@@ -11,7 +11,7 @@ import gzip
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from stream_harness import (
@@ -109,13 +109,15 @@ async def test_bad_values_never_reach_a_bar_and_the_streamer_goes_on(tmp_path: P
             with contextlib.suppress(asyncio.CancelledError):
                 await streamer
         streamed = await redis_bars(redis, keys, feed)
-        health = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.health(feed))).items()}
+        health = {k.decode(): v.decode()
+                  for k, v in cast(dict[bytes, bytes], await redis.hgetall(keys.health(feed))).items()}
     finally:
         await delete_prefix(redis, prefix)
         await redis.aclose()
 
     for bar in streamed:
         for value in (bar.open, bar.high, bar.low, bar.close, bar.volume, bar.quote_volume, bar.vwap):
+            assert value is not None, bar
             assert (value.is_finite() and value > 0) or (value == 0 and bar.trades == 0), bar
     same_bars(streamed, expected, statuses=False)  # exact over the valid trades
     gap_bars = {b.open_time_ms for b in expected if b.status is BarStatus.GAP}
@@ -126,7 +128,7 @@ async def test_bad_values_never_reach_a_bar_and_the_streamer_goes_on(tmp_path: P
     assert int(health["malformed_amount"]) + int(health["malformed_price"]) == len(EDITS), health
     frames = int(health["malformed_frame"])
     assert int(health["malformed"]) == len(EDITS) + frames
-    assert int(health["trades"]) == sum(b.trades for b in expected) == 2001 - len(EDITS)
+    assert int(health["trades"]) == sum(cast(int, b.trades) for b in expected) == 2001 - len(EDITS)
     assert health["gaps"] == "0" and health["state"] == "stopped"
     assert sum((b.volume for b in streamed if b.open_time_ms in {e.open_time_ms for e in expected}), Decimal(0)) == sum(
         (b.volume for b in expected), Decimal(0)

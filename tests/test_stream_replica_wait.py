@@ -11,11 +11,12 @@ import re
 import signal
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from cluster import LocalCluster
 from stream_harness import (
+    StreamEntries,
     delete_prefix,
     redis_bars,
     same_bars,
@@ -68,7 +69,7 @@ async def test_bars_are_written_and_announced_after_their_replicas_acknowledged(
                 await streamer
         events: dict[str, list[int]] = {}
         for stream in keys.event_streams(1000, shards):
-            for _id, fields in await redis.xrange(stream):
+            for _id, fields in cast(StreamEntries, await redis.xrange(stream)):
                 events.setdefault(fields[b"symbol"].decode(), []).append(int(fields[b"open_time_ms"]))
         waits = timeouts = 0
         for feed, bars in expected.items():
@@ -126,8 +127,10 @@ async def test_a_replica_that_cannot_acknowledge_times_the_wait_out_and_the_even
         finally:
             os.kill(pid, signal.SIGCONT)
         assert waits.counters == WaitCounters(waits=2, timeouts=1)
-        assert [int(i.split(b"-")[0]) for i, _ in await redis.xrange(keys.bars(feed))] == [t0, t0 + 1000]
-        events = [int(f[b"open_time_ms"]) for _, f in await redis.xrange(keys.feed_events(feed, 1))]
+        assert [int(i.split(b"-")[0]) for i, _ in cast(StreamEntries, await redis.xrange(keys.bars(feed)))] == [
+            t0, t0 + 1000]
+        events = [int(f[b"open_time_ms"])
+                  for _, f in cast(StreamEntries, await redis.xrange(keys.feed_events(feed, 1)))]
         assert events == [t0, t0 + 1000]  # the feed went on: the timed-out batch was announced
     finally:
         await delete_prefix(redis, settings.key_prefix)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import pytest
+from stream_harness import StreamEntries
 from worker_harness import (
     MINUTE,
     clear_retained,
@@ -81,7 +82,7 @@ async def test_one_prediction_per_symbol_per_bar_with_baseline_and_retained(sett
             assert int(latest[b"open_time_ms"]) == series[feed][HISTORY + 2].open_time_ms + MINUTE
             assert orjson.loads(latest[b"json"])["schema"] == SCHEMA_VERSION
             assert await redis.xlen(keys.predictions(feed)) == 3
-            realised = await redis.xrange(keys.realised(feed))
+            realised = cast(StreamEntries, await redis.xrange(keys.realised(feed)))
             assert [int(i.split(b"-")[0]) for i, _ in realised] == [
                 series[feed][HISTORY + 1].open_time_ms, series[feed][HISTORY + 2].open_time_ms]
             actual = float(realised[-1][1][b"actual"])
@@ -110,7 +111,7 @@ async def test_malformed_event_is_acknowledged_and_worker_goes_on(settings: Sett
             (p,) = await listener.wait_for(1)
             assert isinstance(p, Prediction) and p.last_bar_ms == bars[HISTORY].open_time_ms
             # Set aside beside its own shard, and acknowledged there.
-            dead = await redis.xrange(keys.dead_events(MINUTE, shards - 1, shards))
+            dead = cast(StreamEntries, await redis.xrange(keys.dead_events(MINUTE, shards - 1, shards)))
             assert len(dead) == 1 and b"missing symbol" in dead[0][1][b"error"]
             for _ in range(100):  # the bar's event is acknowledged once its forecast is recorded
                 pending = [(await redis.xpending(s, settings.forecaster.group))["pending"]
