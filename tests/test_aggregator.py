@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import cast
 
 import pytest
 from hypothesis import given, settings
@@ -95,7 +96,7 @@ def test_resume_needs_aligned_start_and_a_price() -> None:
     agg = BarAggregator(MIN, 0, bars.append, start_ms=T0, last_close=Decimal(7))
     agg.add(trade(T0 + MIN + 1, 5, "8"))
     agg.advance(T0 + 2 * MIN)
-    assert [(b.volume, b.close) for b in bars] == [(0, Decimal(7)), (1, Decimal(8))]
+    assert [(b.volume, b.close) for b in bars] == [(Decimal(0), Decimal(7)), (Decimal(1), Decimal(8))]
     assert agg.add(trade(T0 - 1, 4)) is Outcome.LATE
 
 
@@ -136,8 +137,8 @@ def test_invariants(raw: list[tuple[int, Decimal, Decimal, str]], rng: object) -
     bars = build(trades)
     # Volumes sum exactly to trade volumes, and counts to trade counts.
     assert sum((b.volume for b in bars), Decimal(0)) == sum((t.amount for t in trades), Decimal(0))
-    assert sum(b.trades for b in bars) == len(trades)
-    assert all(b.buy_volume + b.sell_volume == b.volume for b in bars)
+    assert sum(cast(int, b.trades) for b in bars) == len(trades)  # built from trades: never None
+    assert all(cast(Decimal, b.buy_volume) + cast(Decimal, b.sell_volume) == b.volume for b in bars)
     # Bars are contiguous and aligned.
     opens = [b.open_time_ms for b in bars]
     assert opens == list(range(opens[0], opens[0] + MIN * len(bars), MIN))

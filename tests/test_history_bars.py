@@ -45,7 +45,8 @@ def test_ohlcv_candle_lacks_the_other_fields_unless_nothing_traded() -> None:
     assert all(getattr(bar, name) is None for name in HISTORY_MAY_LACK)
     row = [1499040000000, "2.33", "2.33", "2.33", "2.33", "0", 1499040059999, None, None, None, None, "0"]
     empty = bar_from_candle(row, row)
-    assert (empty.quote_volume, empty.trades, empty.buy_volume, empty.sell_volume) == (0, 0, 0, 0)
+    assert (empty.quote_volume, empty.trades, empty.buy_volume, empty.sell_volume) == (
+        Decimal(0), 0, Decimal(0), Decimal(0))
     assert empty.vwap == Decimal("2.33")
 
 

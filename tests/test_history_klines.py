@@ -216,7 +216,7 @@ def test_sparse_bar_files_fill_quiet_minutes_and_volcast_columns_are_served(tmp_
     first = book.minute(1570751820000, 1570752000000)
     quiet = book.minute(1570751880000, 1570752000000)
     assert first is not None and quiet is not None
-    assert (first[0].quote_volume, first[0].trades, first[0].buy_volume) == (Decimal("4.5"), 2, 1)
+    assert (first[0].quote_volume, first[0].trades, first[0].buy_volume) == (Decimal("4.5"), 2, Decimal(1))
     assert quiet[0].volume == 0 and quiet[0].close == 2 and quiet[0].trades == 0
 
 

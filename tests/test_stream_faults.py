@@ -4,7 +4,7 @@ health counters account for the faults (real ccxt client, real Redis)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from stream_harness import TRADE_FILES, same_bars, stream_with_faults
@@ -42,7 +42,7 @@ async def test_dropped_connections_are_backfilled(tmp_path: Path, faults: str, r
     assert sum(h["gaps"] for h in health.values()) == 0
     assert all(h["duplicates"] == 0 and h["late"] == h["amended"] == 0 for h in health.values())
     for feed, bars in expected.items():
-        assert health[feed]["trades"] == sum(b.trades for b in bars)
+        assert health[feed]["trades"] == sum(cast(int, b.trades) for b in bars)  # built from trades: never None
 
 
 async def test_silent_feed_is_caught_by_the_watchdog(tmp_path: Path, redis_config: dict[str, Any]) -> None:
@@ -63,7 +63,7 @@ async def test_silent_feed_is_caught_by_the_watchdog(tmp_path: Path, redis_confi
 async def test_duplicates_are_dropped_and_counted(tmp_path: Path, redis_config: dict[str, Any]) -> None:
     expected, streamed, health, _server = await stream_with_faults(tmp_path, redis_config, "duplicate_rate=0.05")
     _no_gaps_and_equal(expected, streamed)
-    total = sum(sum(b.trades for b in bars) for bars in expected.values())
+    total = sum(sum(cast(int, b.trades) for b in bars) for bars in expected.values())
     duplicates = sum(h["duplicates"] for h in health.values())
     # Each trade frame is repeated with probability 0.05: about 114 of 2275, well inside these bounds.
     assert 0.025 * total < duplicates < 0.08 * total
@@ -79,7 +79,7 @@ async def test_reordered_trades_make_the_same_bars(tmp_path: Path, redis_config:
 async def test_malformed_frames_are_counted_not_fatal(tmp_path: Path, redis_config: dict[str, Any]) -> None:
     expected, streamed, health, _server = await stream_with_faults(tmp_path, redis_config, "malformed_rate=0.03")
     _no_gaps_and_equal(expected, streamed)
-    total = sum(sum(b.trades for b in bars) for bars in expected.values())
+    total = sum(sum(cast(int, b.trades) for b in bars) for bars in expected.values())
     assert sum(h["trades"] for h in health.values()) == total
     # About 0.03 x 2275 = 68 bad frames, a quarter of them an unknown event that ccxt ignores
     # silently; the rest (not JSON, truncated, a trade without fields) are counted, none fatal.

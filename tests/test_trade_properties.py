@@ -89,6 +89,7 @@ def reference(items: list[Trade | Refusal]) -> list[tuple[object, ...]]:
 
 
 def exact(bar: Bar) -> tuple[object, ...]:
+    assert bar.quote_volume is not None and bar.buy_volume is not None and bar.sell_volume is not None
     return (
         bar.open_time_ms,
         *(Fraction(v) for v in (bar.open, bar.high, bar.low, bar.close, bar.volume, bar.quote_volume)),
@@ -117,6 +118,7 @@ def test_mixed_trades_in_any_order_with_duplicates_give_the_exact_bars(
     # Nothing that is not a real number ever reaches a bar.
     for bar in bars:
         for value in (bar.open, bar.high, bar.low, bar.close, bar.volume, bar.quote_volume, bar.vwap):
+            assert value is not None
             assert value.is_finite() and value >= 0
         assert bar.volume > 0 or bar.trades == 0
 
@@ -160,9 +162,9 @@ def test_a_bar_of_only_refused_trades_is_an_empty_gap_bar() -> None:
     ]
     bars, aggregator = aggregate_trades(rows, MIN)
     assert [(b.volume, b.trades, b.close, b.status) for b in bars] == [
-        (1, 1, 10, BarStatus.COMPLETE),
-        (0, 0, 10, BarStatus.GAP),
-        (2, 1, 12, BarStatus.COMPLETE),
+        (Decimal(1), 1, Decimal(10), BarStatus.COMPLETE),
+        (Decimal(0), 0, Decimal(10), BarStatus.GAP),
+        (Decimal(2), 1, Decimal(12), BarStatus.COMPLETE),
     ]
     assert aggregator.refused == 1
 
