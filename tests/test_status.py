@@ -182,10 +182,10 @@ def test_json_shows_every_field_from_the_contract_keys(prefix: str, tmp_path: Pa
     assert isinstance(btc["scores"]["n"], int) and btc["scores"]["from_ms"] == T0 - 1440 * MINUTE
     # Live coverage of the published band, per feed and over all feeds; the calibrator's state.
     assert (btc["scores"]["coverage_80"], btc["scores"]["banded"], btc["scores"]["covered"]) == (0.801, 1000, 801)
-    calibration = btc["calibration"]
-    assert {k: calibration[k] for k in ("calibrated", "n", "warm_up", "c_low", "c_high", "to_ms")} == {
+    calibrator = btc["calibration"]  # not ``calibration``: the parameter (a str) would type it
+    assert {k: calibrator[k] for k in ("calibrated", "n", "warm_up", "c_low", "c_high", "to_ms")} == {
         "calibrated": True, "n": 75, "warm_up": 60, "c_low": 0.125, "c_high": -0.25, "to_ms": T0}
-    assert calibration["banded"] == [0] + [100] * (TARGETS - 1) and calibration["covered"][-1] == 75
+    assert calibrator["banded"] == [0] + [100] * (TARGETS - 1) and calibrator["covered"][-1] == 75
     assert eth["calibration"] is None and eth["scores"] is None
     by_horizon = report["coverage"].pop("by_horizon")
     assert report["coverage"] == {"coverage_80": 0.801, "banded": 1000, "covered": 801, "feeds": 1, "nominal": 0.8}
