@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from stream_harness import (
@@ -73,7 +73,7 @@ async def test_every_fault_at_once_gives_the_offline_bars_or_honest_gaps(
                       [b for b in bars if b.open_time_ms not in
                        {g.open_time_ms for g in streamed if g.status is BarStatus.GAP}], statuses=False)
             assert {b.open_time_ms for b in streamed} >= set(want), feed
-            raw = await redis.hgetall(keys.health(feed))
+            raw = cast(dict[bytes, bytes], await redis.hgetall(keys.health(feed)))
             health[feed.symbol] = {k.decode(): int(v) for k, v in raw.items() if v.lstrip(b"-").isdigit()}
     finally:
         await delete_prefix(redis, prefix)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -68,7 +68,7 @@ async def test_quiet_symbols_close_on_pongs_and_are_never_reconnected(
             streamed = await redis_bars(redis, keys, feed)
             same_bars(streamed, bars, statuses=False)
             assert all(b.status is not BarStatus.GAP for b in streamed)
-            raw = await redis.hgetall(keys.health(feed))
+            raw = cast(dict[bytes, bytes], await redis.hgetall(keys.health(feed)))
             health[feed.symbol] = {k.decode(): int(v) for k, v in raw.items() if v.lstrip(b"-").isdigit()}
     finally:
         await delete_prefix(redis, prefix)

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
-from stream_harness import unique_prefix
+from stream_harness import StreamEntries, unique_prefix
 
 from streamer.health import FeedHealth
 from streamer.leases import Leases, fair_share, lease_holders, live_streamers
@@ -142,17 +142,17 @@ async def test_a_bar_write_with_a_stale_token_is_refused_and_counted(
     assert stale_store.tokens == {OTHER: other}
     stale_store.put(FEED, _bar(4))  # no longer ours: not even queued
     assert stale_store.pending == 0
-    bars = await client.xrange(keys.bars(FEED))
+    bars = cast(StreamEntries, await client.xrange(keys.bars(FEED)))
     assert [e[0] for e in bars] == [_id(1)]
-    events = await client.xrange(keys.bar_events(1000))
+    events = cast(StreamEntries, await client.xrange(keys.bar_events(1000)))
     assert [(e[1][b"symbol"], e[1][b"open_time_ms"]) for e in events] == [
         (b"BTC/USDT", _id(1)[:-2]), (b"ETH/USDT", _id(2)[:-2]),  # no event for a refused bar
     ]
-    assert [e[0] for e in await client.xrange(keys.bars(OTHER))] == [_id(2)]
+    assert [e[0] for e in cast(StreamEntries, await client.xrange(keys.bars(OTHER)))] == [_id(2)]
     new_store = _store(client, keys, {FEED: new})
     new_store.put(FEED, _bar(2))
     await new_store.write_pending()
-    assert [e[0] for e in await client.xrange(keys.bars(FEED))] == [_id(1), _id(2)]
+    assert [e[0] for e in cast(StreamEntries, await client.xrange(keys.bars(FEED)))] == [_id(1), _id(2)]
     assert new_store.counters.stale_writes == 0
 
 

@@ -9,7 +9,7 @@ import re
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from metrics_scrape import Samples, dashboard_names, scrape, served_names, value
@@ -76,7 +76,8 @@ async def test_forecaster_metrics_agree_with_redis(settings: Settings, caplog: p
             deadline = time.monotonic() + 60
             wrong: list[str] = ["not compared yet"]
             while wrong and time.monotonic() < deadline:
-                status = {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.forecaster())).items()}
+                status = {k.decode(): v.decode()
+                          for k, v in cast(dict[bytes, bytes], await redis.hgetall(keys.forecaster())).items()}
                 pending = sum([(await redis.xpending(stream, settings.forecaster.group))["pending"]
                                for stream in streams])
                 dead = sum([await redis.xlen(keys.dead_events(MINUTE, k, shards)) for k in range(shards)])

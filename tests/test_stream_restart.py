@@ -13,13 +13,14 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 import yaml
 from stream_harness import (
     PATIENCE_S,
+    StreamEntries,
     delete_prefix,
     redis_bars,
     same_bars,
@@ -182,7 +183,8 @@ async def test_kill_9_and_restart_of_the_command_loses_nothing(tmp_path: Path, r
             assert all(b.status is not BarStatus.GAP for b in streamed)
             # Every bar announced: on one node once (bar and event in one script); on a cluster a
             # kill between a bar's event and its mark may announce it twice, never not at all.
-            events = [int(f[b"open_time_ms"]) for _, f in await redis.xrange(keys.feed_events(feed, shards))
+            events = [int(f[b"open_time_ms"])
+                      for _, f in cast(StreamEntries, await redis.xrange(keys.feed_events(feed, shards)))
                       if f[b"symbol"] == feed.symbol.encode()]
             assert sorted(set(events)) == [b.open_time_ms for b in streamed]
             assert len(events) == len(streamed) or redis_mode == "cluster"

@@ -14,13 +14,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 import yaml
 from stream_harness import (
     PATIENCE_S,
+    StreamEntries,
     delete_prefix,
     redis_bars,
     same_bars,
@@ -110,7 +111,8 @@ async def _each_bar_announced(redis: aioredis.Redis, keys: RedisKeys, feed: Feed
     """Every streamed bar has its event, whoever wrote it: once on one node (bar and event in one
     fenced script); on a cluster at least once (a takeover re-sends what a stop left unsent)."""
     streamed = await redis_bars(redis, keys, feed)
-    events = [int(f[b"open_time_ms"]) for _, f in await redis.xrange(keys.feed_events(feed, _shards(redis_mode)))
+    events = [int(f[b"open_time_ms"])
+              for _, f in cast(StreamEntries, await redis.xrange(keys.feed_events(feed, _shards(redis_mode))))
               if f[b"symbol"] == feed.symbol.encode()]
     assert sorted(set(events)) == [b.open_time_ms for b in streamed]
     assert len(events) == len(streamed) or redis_mode == "cluster"

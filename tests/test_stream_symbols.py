@@ -11,7 +11,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -43,7 +43,7 @@ def tapes(tmp_path: Path) -> list[Tape]:
 
 
 async def _health(redis: aioredis.Redis, keys: RedisKeys, feed: Feed) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.health(feed))).items()}
+    return {k.decode(): v.decode() for k, v in cast(dict[bytes, bytes], await redis.hgetall(keys.health(feed))).items()}
 
 
 async def _bar_after(redis: aioredis.Redis, keys: RedisKeys, feed: Feed, bars: int) -> None:

@@ -11,13 +11,14 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
 import yaml
 from stream_harness import (
     PATIENCE_S,
+    StreamEntries,
     delete_prefix,
     stream_settings,
     unique_prefix,
@@ -53,7 +54,7 @@ def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 async def _health(redis: aioredis.Redis, keys: RedisKeys, feed: Feed) -> dict[str, str]:
-    return {k.decode(): v.decode() for k, v in (await redis.hgetall(keys.health(feed))).items()}
+    return {k.decode(): v.decode() for k, v in cast(dict[bytes, bytes], await redis.hgetall(keys.health(feed))).items()}
 
 
 @pytest.mark.parametrize("kind", ["bars", "open", "health"])
@@ -104,7 +105,7 @@ async def test_a_bar_stream_spoiled_while_running_stops_its_feed_without_an_even
     events = keys.bar_events(1000)
 
     async def btc_events() -> int:
-        return sum(e[1][b"symbol"] == btc.symbol.encode() for e in await redis.xrange(events))
+        return sum(e[1][b"symbol"] == btc.symbol.encode() for e in cast(StreamEntries, await redis.xrange(events)))
 
     try:
         async with ReplayServer(tapes, speed=5, start_on_subscribe=True) as server:
@@ -113,7 +114,8 @@ async def test_a_bar_stream_spoiled_while_running_stops_its_feed_without_an_even
             while await redis.xlen(keys.bars(btc)) < 3:
                 assert not streamer.done(), streamer
                 await asyncio.sleep(0.05)
-            await redis.pipeline(transaction=True).delete(keys.bars(btc)).set(keys.bars(btc), "x").execute()
+            # redis-py types a pipeline's commands as the client's (an Awaitable), not as the pipeline they return
+            await redis.pipeline(transaction=True).delete(keys.bars(btc)).set(keys.bars(btc), "x").execute()  # type: ignore[attr-defined]
             announced = await btc_events()
             eth_bars = await redis.xlen(keys.bars(eth))
             while await redis.xlen(keys.bars(eth)) < eth_bars + 3:  # ETH goes on
@@ -181,7 +183,7 @@ async def test_an_events_stream_spoiled_while_running_leaves_no_bar_unannounced(
             async with redis.pipeline(transaction=True) as pipe:
                 for feed in feeds:
                     pipe.xlen(keys.bars(feed))
-                pipe.xlen(events).delete(events).set(events, "x")
+                pipe.xlen(events).delete(events).set(events, "x")  # type: ignore[attr-defined]  # as above
                 *bars_before, events_before, _, _ = await pipe.execute()
             with pytest.raises(KeyProblem) as refused:
                 await asyncio.wait_for(streamer, PATIENCE_S)

@@ -26,7 +26,7 @@ from worker_harness import (
 from forecaster.boundary_pass import INLINE_MAX
 from forecaster.forward_passes import PREDICT_CHUNK
 from forecaster.publisher import Publisher
-from forecaster.recorder import Recorder
+from forecaster.recorder import Recorder, Write
 from forecaster.worker import Worker
 from volcast.connections import redis_client
 from volcast.keys import Feed, RedisKeys
@@ -84,9 +84,9 @@ async def test_the_bookkeeping_script_skips_replays_and_is_reloaded_if_redis_for
     feed = Feed("binance", "S000/USDT", MINUTE)
     async with redis_client(settings.redis) as redis:
         recorder = Recorder(redis, keys, kept=100, score_window=10)
-        writes = [["x", keys.predictions(feed), "60000-0", "volume", "1.5"],
-                  ["h", keys.prediction(feed), "volume", "1.5", "open_time_ms", "60000"],
-                  ["i", keys.forecaster(), "predictions", "1"]]
+        writes: list[Write] = [["x", keys.predictions(feed), "60000-0", "volume", "1.5"],
+                               ["h", keys.prediction(feed), "volume", "1.5", "open_time_ms", "60000"],
+                               ["i", keys.forecaster(), "predictions", "1"]]
         assert (await recorder.apply(writes)).replayed == 0
         # The same boundary again (a replayed event): the stream entry is there, the rest rewritten.
         recorder._sha = "0" * 40  # and Redis does not know the script (it restarted meanwhile)

@@ -7,9 +7,9 @@ import asyncio
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
@@ -17,6 +17,7 @@ import yaml
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
+from stream_harness import StreamEntries
 from worker_harness import (
     MINUTE,
     clear_retained,
@@ -64,7 +65,7 @@ async def pending(redis: aioredis.Redis, keys: RedisKeys) -> int:
 
 
 async def dead(redis: aioredis.Redis, keys: RedisKeys) -> list[dict[bytes, bytes]]:
-    return [fields for _, fields in await redis.xrange(keys.dead_events(MINUTE))]
+    return [fields for _, fields in cast(StreamEntries, await redis.xrange(keys.dead_events(MINUTE)))]
 
 
 def event(feed: Feed, open_ms: int | str) -> dict[str, str]:
@@ -122,7 +123,7 @@ async def test_garbage_beside_good_events_is_dead_lettered_and_the_good_ones_for
             await write_bars(redis, keys, feed, series[feed][:HISTORY])
         # Written before the worker starts: all read in one batch.
         await redis.xadd(stream, event(feeds[0], -60000))  # type: ignore[arg-type]
-        await redis.xadd(stream, {"exchange": "binance", "open_time_ms": "0"})  # type: ignore[arg-type]
+        await redis.xadd(stream, {"exchange": "binance", "open_time_ms": "0"})
         await redis.xadd(stream, event(Feed("binance", "FOO/BAR", MINUTE), series[feeds[0]][HISTORY].open_time_ms))  # type: ignore[arg-type]
         await close_bars(redis, keys, [(f, series[f][HISTORY]) for f in feeds])
         await redis.xadd(stream, event(feeds[0], series[feeds[0]][HISTORY].open_time_ms))  # type: ignore[arg-type]
@@ -145,7 +146,7 @@ async def test_garbage_beside_good_events_is_dead_lettered_and_the_good_ones_for
         assert status[b"duplicate_events"] == b"1"
 
 
-async def _zero(value: Any) -> bool:
+async def _zero(value: Awaitable[int]) -> bool:
     return await value == 0
 
 
@@ -305,7 +306,7 @@ async def test_random_event_streams_one_forecast_per_valid_bar_every_invalid_dea
             await until(lambda: _zero(pending(redis, keys)))
             await asyncio.sleep(0.3)
         for feed in feeds:
-            ids = [entry_id for entry_id, _ in await redis.xrange(keys.predictions(feed))]
+            ids = [entry_id for entry_id, _ in cast(StreamEntries, await redis.xrange(keys.predictions(feed)))]
             want = [f"{series[feed][HISTORY + step + 1].open_time_ms}-0".encode() for step in range(steps)]
             assert ids == want
         assert len(await dead(redis, keys)) == garbage

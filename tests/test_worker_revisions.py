@@ -10,10 +10,11 @@ import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis.asyncio as aioredis
+from stream_harness import StreamEntries
 from worker_harness import (
     MINUTE,
     clear_retained,
@@ -53,7 +54,7 @@ async def _status(redis: aioredis.Redis, settings: Settings, field: bytes, want:
     the heartbeat)."""
     keys = RedisKeys(settings.redis.key_prefix)
     for _ in range(600):
-        if (await redis.hget(keys.forecaster(), field)) == want:  # type: ignore[misc]
+        if (await redis.hget(keys.forecaster(), field)) == want:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"status {field!r} never became {want!r}: {await redis.hgetall(keys.forecaster())}")
@@ -95,7 +96,7 @@ async def test_a_revised_bar_is_forecast_again_as_a_revision(settings: Settings)
             assert (third.last_bar_ms, third.revision) == (bars[HISTORY + 1].open_time_ms, 0)
             # Realised once for the bar that closed: against the revision, the forecast in force.
             await _acknowledged(redis, settings)
-            realised = await redis.xrange(keys.realised(feed))
+            realised = cast(StreamEntries, await redis.xrange(keys.realised(feed)))
             assert [(int(i.split(b"-")[0]), float(f[b"predicted"])) for i, f in realised] == [
                 (bars[HISTORY + 1].open_time_ms, again.volume)]
         async with listening(settings) as late:
@@ -130,7 +131,7 @@ async def test_a_late_event_or_revision_is_superseded_and_replaces_nothing(setti
             got = listener.received
             assert [(p.last_bar_ms, p.revision) for p in got] == [
                 (bars[HISTORY + step].open_time_ms, 0) for step in (0, 1, 3)]
-            assert await redis.hget(keys.forecaster(), b"revised_forecasts") == b"0"  # type: ignore[misc]
+            assert await redis.hget(keys.forecaster(), b"revised_forecasts") == b"0"
         async with listening(settings) as late:
             [retained] = await late.wait_for(1)
             assert retained.last_bar_ms == bars[HISTORY + 3].open_time_ms
