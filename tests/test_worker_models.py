@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,7 @@ async def test_hot_swap_rollback_and_corrupt_model_without_a_missed_bar(settings
 
             assert await next_bar() == {"baseline"}
             for version in ("1", "2"):
-                store.write(version, lambda d, v=version: trained.save(d, v), {"name": "lstm"})
+                store.write(version, partial(trained.save, version=version), {"name": "lstm"})
             await promote(redis, keys, ModelRecord("lstm", "1", {}, 1))
             await until_serving("1")
             await promote(redis, keys, ModelRecord("lstm", "2", {}, 2))
