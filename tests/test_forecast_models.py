@@ -86,7 +86,8 @@ def test_members_are_the_single_models_of_successive_seeds_averaged(tmp_path: Pa
     for single in singles:
         # The share of the correction each horizon uses is fitted on the averaged network (it
         # scales the mean correction, so the singles under the pair's shares average to the pair).
-        single.shrink = model.shrink  # type: ignore[union-attr]
+        assert isinstance(single, LstmModel)  # as the loop above found
+        single.shrink = model.shrink
     point = model.predict_log(batch, [KEY], positions)[0]
     expected = np.mean([single.predict_log(batch, [KEY], positions)[0] for single in singles], axis=0)
     np.testing.assert_allclose(point, expected, rtol=1e-5)

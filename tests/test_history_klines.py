@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import ccxt.pro
 import pytest
@@ -128,7 +128,7 @@ async def test_binance_paging_rules(replay: tuple[ReplayServer, Any]) -> None:
     for params, code in [({"limit": 1001}, "-1130"), ({"limit": 0}, "-1130"), ({"interval": "7m"}, "-1120"),
                          ({"startTime": start + MIN, "endTime": start}, "-1023"), ({"symbol": "NOPE"}, "-1121")]:
         with pytest.raises(ccxt.ExchangeError, match=code):
-            await klines(ex, **params)
+            await klines(ex, **cast(dict[str, object], params))  # the dicts' values joined to object
     five = await klines(ex, interval="5m", startTime=start, limit=3)
     minutes = [as_bar(r) for r in await klines(ex, startTime=start, limit=15)]
     assert [as_bar(r).volume for r in five] == [sum((m.volume for m in minutes[i:i + 5]), Decimal(0))

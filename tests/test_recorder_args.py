@@ -5,9 +5,10 @@ calls, on one node and on the cluster."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, cast
 
 import orjson
+from stream_harness import StreamEntries
 
 from forecaster import recorder as recorder_module
 from forecaster.recorder import CHUNK, Recorder, Write
@@ -50,7 +51,7 @@ async def test_payloads_are_written_byte_exact_across_calls(redis_config: dict[s
             assert await recorder.apply(writes) == recorder_module.Recorded(len(writes), 0)
             for i, feed in enumerate(feeds):
                 written = {b"volume": str(i).encode(), b"json": payloads[feed]}
-                [(_, entry)] = await redis.xrange(keys.predictions(feed))
+                [(_, entry)] = cast(StreamEntries, await redis.xrange(keys.predictions(feed)))
                 assert entry == written
                 assert await redis.hgetall(keys.prediction(feed)) == written
             assert await redis.hget(keys.scores(feeds[0]), "guarded") == b"3"

@@ -91,7 +91,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, MINIMAL), env={})
     with pytest.raises(ValueError):
-        settings.bars.interval = 1  # type: ignore[misc]
+        settings.bars.interval = 1
 
 
 def test_environment_overrides_and_secret_files(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ FEED = Feed("binance-usdm", "NEAR/USDT", 60_000)
 
 
 def with_columns(frame: BarFrame, **columns: np.ndarray) -> BarFrame:
-    return dataclasses.replace(frame, **columns)
+    return dataclasses.replace(frame, **cast(dict[str, Any], columns))  # mypy checks ** against every field
 
 
 def flat_prices(frame: BarFrame) -> BarFrame:
