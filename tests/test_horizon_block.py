@@ -83,8 +83,8 @@ def test_a_block_row_that_is_not_finite_is_refused() -> None:
         with pytest.raises(NonFiniteError):
             p.to_json()
     # The search for a null of the next-bar fields stops before the horizons: it still sees them.
-    for volume, last in ((np.nan, 3.5), (4.25, np.inf)):
-        p = Prediction(Feed("binance", "BTC/USDT", 60_000), 120_000, 60_000, last, volume, {0.1: 1.0}, "lstm", "7",
+    for next_volume, last in ((np.nan, 3.5), (4.25, np.inf)):  # not ``volume``: the array above
+        p = Prediction(Feed("binance", "BTC/USDT", 60_000), 120_000, 60_000, last, next_volume, {0.1: 1.0}, "lstm", "7",
                        False, 123, horizons=rows[0])
         with pytest.raises(NonFiniteError):
             p.to_json()
@@ -131,6 +131,8 @@ def test_fast_rounding_with_every_number_on_one_side(low: float, high: float) ->
 def test_calibrated_horizon_bands_of_a_block_are_those_of_its_values() -> None:
     """The hand-over's calibrated horizons (calibrate_horizons) read a chunk's block as it is and
     publish a block of the calibrated rows: the same numbers, state and bytes as from the values."""
+    from forecaster.calibration import BandCalibrator
+    from forecaster.calibration_horizons import HorizonBands
     from forecaster.calibration_store import Calibration
     from forecaster.predictor import Forecast
     from volcast.keys import RedisKeys
@@ -143,7 +145,7 @@ def test_calibrated_horizon_bands_of_a_block_are_those_of_its_values() -> None:
     quantiles = round_significant(base * np.array([0.6, 1.0, 1.7])[None, :, None])
     block = HorizonBlock(volume, quantiles, (0.1, 0.5, 0.9), spec)
     feeds = [Feed("binance", f"S{i}/USDT", 60_000) for i in range(n)]
-    runs = []
+    runs: list[tuple[list[HorizonValues | None], BandCalibrator, HorizonBands | None]] = []
     for rows in (block.rows(), [_eager(hv) for hv in block.rows()]):
         calibration = Calibration(None, RedisKeys("x"), 60_000, spec)  # type: ignore[arg-type]
         calibrator = calibration.calibrator
