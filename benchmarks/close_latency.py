@@ -58,7 +58,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
@@ -164,7 +164,8 @@ def run_subscriber(port: int, topic: str, out: Path) -> int:
     def on_connect(c: mqtt.Client, _u: Any, _f: Any, _reason: Any, _p: Any) -> None:
         sock = c.socket()
         if sock is not None:  # findings.md: without it a message can wait ~40 ms for an ACK
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            # cast: paho types it as any transport's socket; this client's is TCP
+            cast(socket.socket, sock).setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         c.subscribe(topic, qos=1)
 
     def on_message(_c: mqtt.Client, _u: Any, message: Any) -> None:
@@ -498,8 +499,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         weights.stop.set()
         client = redis.Redis(port=redis_port)
         keys = RedisKeys(prefix)
-        health = {s: {k.decode(): v.decode() for k, v in client.hgetall(keys.health(Feed("binance", s, MINUTE_MS)))
-                      .items()} for s in tapes}
+        health = {s: {k.decode(): v.decode() for k, v in cast(dict[bytes, bytes], client.hgetall(
+                          keys.health(Feed("binance", s, MINUTE_MS)))).items()} for s in tapes}
         load_end = uptime()
         with urllib.request.urlopen(f"http://127.0.0.1:{replay_port}/debug/limits", timeout=10) as response:
             exchange_limits = json.loads(response.read())

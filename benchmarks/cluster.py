@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from cluster import start_cluster  # noqa: E402
 
-from forecaster.recorder import Recorder  # noqa: E402
+from forecaster.recorder import Recorder, Write  # noqa: E402
 from streamer.replica_wait import ReplicaWait  # noqa: E402
 from streamer.store import BarStore  # noqa: E402
 from volcast.backoff import Backoff  # noqa: E402
@@ -135,7 +135,7 @@ async def wait_pipeline(settings: RedisSettings, pipelines: int = 400) -> dict[s
 async def record_writes(settings: RedisSettings, feeds: int) -> tuple[float, float]:
     """(ms, CPU ms) of one boundary's bookkeeping for ``feeds`` feeds through ``Recorder.apply``."""
     keys = RedisKeys(settings.key_prefix)
-    writes: list[list[str]] = []
+    writes: list[Write] = []
     for i in range(feeds):
         feed = Feed("bench", f"S{i}/USDT", 60_000)
         fields = [x for name in ("volume", "q10", "q50", "q90", "last_volume", "model_version", "json",

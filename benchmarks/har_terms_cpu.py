@@ -47,6 +47,7 @@ def setup(cache: Path, n: int) -> tuple[dict[str, Callable[[], Any]], Callable[[
     from forecaster.features import slot_of_day, slots_per_day, trailing_means
     from forecaster.frame import BarFrame
     from forecaster.horizons import HOUR_MS, slot_of_hour
+    from forecaster.lstm_model import LstmModel
     from forecaster.predictor import ModelPredictor
     from forecaster.training import load_model
     from volcast.keys import Feed
@@ -57,6 +58,7 @@ def setup(cache: Path, n: int) -> tuple[dict[str, Callable[[], Any]], Callable[[
         models.mkdir(parents=True, exist_ok=True)
         train_artifact(models, None, "1")
     model, _ = load_model(next((models / "trained").iterdir()), ModelSettings())
+    assert isinstance(model, LstmModel)  # train_artifact trains the default LSTM
     predictor = ModelPredictor(model, "lstm", "1")
     # A different real stretch per feed, on the same times (as benchmarks/latency.py), sliced
     # from one frame: building 500 frames bar by bar would dominate a run under callgrind.

@@ -52,7 +52,7 @@ def _measure(trades: int, rounds: int) -> dict[str, Any]:
     if Path("streamer/exchange_link.py").exists():
         from streamer.exchange_link import ExchangeLink
     else:  # before the link had a file of its own (an older --root)
-        from streamer.feed import ExchangeLink  # type: ignore[attr-defined,no-redef]
+        from streamer.feed import ExchangeLink  # type: ignore[attr-defined]
 
     # A minute ago: the check refuses trades stamped far past the exchange's clock.
     tape = synthetic_tape("BTC/USDT", trades, start_ms=int(time.time() * 1000) - 60_000)

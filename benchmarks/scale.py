@@ -275,8 +275,8 @@ def _cost_model(runs: dict[str, Any], feeds: int, boundaries: int) -> dict[str, 
     efficiency of two workers it predicts, (fixed + N per_feed) / (2 fixed + N per_feed), at this
     run's feed count and at 1000 (every perpetual of one exchange or more; pass --fc-feeds 1000
     to measure it)."""
-    full = runs["1"]["cpu_s"] / boundaries * 1000
-    half = runs["1_half"]["cpu_s"] / boundaries * 1000
+    full: float = runs["1"]["cpu_s"] / boundaries * 1000
+    half: float = runs["1_half"]["cpu_s"] / boundaries * 1000
     per_feed = (full - half) / (feeds - feeds // 2)
     fixed = full - per_feed * feeds
 
