@@ -120,8 +120,11 @@ class BoundaryPass:
         if len(ready) < len(feeds):
             log.warning("%d of %d bars at %d are not in Redis; their events are acknowledged",
                         len(feeds) - len(ready), len(feeds), open_ms)
-        if self.fallback.fits == 0 and self.passes.fallback_serves(ready, histories):
-            await self.passes.refit_fallback(ready, histories)  # the very first fit serves at once
+        # The very first fit serves at once; so does one that read far fewer feeds than this
+        # boundary holds (a first boundary of one event): its forecasts would go to the guard.
+        if ((self.fallback.fits == 0 or self.passes.fallback_too_narrow(ready))
+                and self.passes.fallback_serves(ready, histories)):
+            await self.passes.refit_fallback(ready, histories)
         jobs = [(*job, histories) for job in self.passes.jobs(ready, histories)]
         # Prepared (one LSTM step per feed) or small, the forward passes run on this thread one
         # chunk at a time; otherwise they are all queued on the predictor thread at once.

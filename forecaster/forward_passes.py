@@ -129,6 +129,10 @@ class ForwardPasses:
                 self._executor, self.naive.predict_batch, batch, [self.feed_key(f) for f in feeds])
             return [(fc, naive) for fc in forecasts]
 
+    def fallback_too_narrow(self, feeds: Sequence[Feed]) -> bool:
+        """The last fallback fit read far fewer feeds than ``feeds`` give (``FallbackBaseline.too_narrow``)."""
+        return self.fallback.too_narrow(len(feeds), self.workers())
+
     async def refit_fallback(self, feeds: Sequence[Feed], histories: Histories) -> None:
         """Refit the fallback baselines on the histories at hand, beside the loop, between boundaries."""
         # The refit uses the longest histories, this worker's share of max_fit_feeds: copy only
