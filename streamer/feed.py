@@ -44,6 +44,7 @@ from streamer.feed_errors import FeedStopped, NotTrading, WatchdogTimeout
 from streamer.feed_flow import FeedFlow
 from streamer.health import FeedHealth, FeedState
 from streamer.liveness import ConnectionProbe
+from streamer.receive_pump import pump_state
 from streamer.source import (
     check_hook,
     drop_connection,
@@ -850,7 +851,9 @@ class FeedRunner:
                 if unheard > self._watchdog_s:
                     reason = f"no pong nor any frame for {unheard:.1f}s"
                 elif stalled > self._watchdog_s:
-                    reason = f"its connection's trade flow stopped ({stalled:.1f}s past its usual gaps)"
+                    # Pongs still come: the pump's state says whether it or the server stopped.
+                    reason = (f"its connection's trade flow stopped ({stalled:.1f}s past its usual gaps; "
+                              f"last frame {unheard:.1f}s ago; {pump_state(probe.client)})")
                 else:
                     continue
             error = WatchdogTimeout(f"{self.symbol}: {reason}")

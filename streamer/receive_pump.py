@@ -130,6 +130,28 @@ def longest_rest_ms(hold_ms: int) -> int:
     return math.ceil(hold_ms * (1 + _SHORTEST_REST))
 
 
+def pump_state(client: Any) -> str:
+    """What a connection's pump is doing, for the log line of a watchdog that found its trade flow
+    stopped while pongs still came: whether its task runs, whether its socket is paused (a rest),
+    and the frames aiohttp holds. A stall of that kind was seen twice in ~60 benchmark runs
+    (docs/benchmarks.md 2026-12-07), with nothing in the log to tell the pump from the server."""
+    task = getattr(client, "_volcast_pump", None)
+    if task is None:
+        state = "no pump"
+    elif not task.done():
+        state = "pump running"
+    elif task.cancelled():
+        state = "pump cancelled"
+    else:
+        state = f"pump ended ({task.exception()!r})"
+    reader = getattr(getattr(client, "connection", None), "_reader", None)
+    protocol = getattr(reader, "_protocol", None)
+    paused = getattr(protocol, "_reading_paused", None)
+    socket = "socket paused" if paused else "socket read" if paused is not None else "socket unknown"
+    buffered = len(getattr(reader, "_buffer", None) or ())
+    return f"{state}, {socket}, {buffered} frame(s) buffered"
+
+
 def _drained(client: Any) -> bool:
     """aiohttp holds no frame already read: the next ``receive()`` would read the socket."""
     reader = getattr(client.connection, "_reader", None)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Coroutine, Generator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import ccxt
@@ -265,3 +266,38 @@ async def test_a_failing_pump_ends_its_connection_at_once(caplog: pytest.LogCapt
         ids = frames.trade_ids()
         assert ids == sorted(set(ids))
     assert "the receive pump failed" in caplog.text
+
+
+def test_a_pumps_state_for_the_watchdogs_log() -> None:
+    """What the watchdog logs when a connection's trade flow stopped while pongs came: the pump's
+    task, its socket and aiohttp's buffered frames (a pure unit test: the states are moments a
+    real connection passes through too fast to catch)."""
+
+    async def states() -> list[str]:
+        reader = SimpleNamespace(_protocol=SimpleNamespace(_reading_paused=True), _buffer=[1, 2])
+        client = SimpleNamespace(connection=SimpleNamespace(_reader=reader))
+        seen = [receive_pump.pump_state(client)]
+        client._volcast_pump = asyncio.create_task(asyncio.sleep(10))
+        seen.append(receive_pump.pump_state(client))
+        client._volcast_pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await client._volcast_pump
+        reader._protocol._reading_paused = False
+        reader._buffer = []
+        seen.append(receive_pump.pump_state(client))
+
+        async def fail() -> None:
+            raise KeyError("bug")
+
+        client._volcast_pump = asyncio.create_task(fail())
+        with contextlib.suppress(KeyError):
+            await client._volcast_pump
+        seen.append(receive_pump.pump_state(SimpleNamespace(_volcast_pump=client._volcast_pump)))
+        return seen
+
+    assert asyncio.run(states()) == [
+        "no pump, socket paused, 2 frame(s) buffered",
+        "pump running, socket paused, 2 frame(s) buffered",
+        "pump cancelled, socket read, 0 frame(s) buffered",
+        "pump ended (KeyError('bug')), socket unknown, 0 frame(s) buffered",
+    ]
