@@ -1,7 +1,7 @@
 """Scaling out on a real local Redis Cluster (issue 14): streamers, forecasters, takeover, failover.
 
     .venv/bin/python benchmarks/scale.py --json [--feeds 4] [--trades 50000] [--gap-ms 1] [--pin] [--rounds 2]
-                                                [--fc-feeds 200] [--boundaries 60] [--claim-idle 30]
+                                                [--fc-feeds 200] [--boundaries 300] [--claim-idle 30]
                                                 [--forecasters-only]
 
 Starts its own cluster (six `redis-server`, three masters and three replicas, tests/cluster.py)
@@ -304,7 +304,8 @@ def main() -> int:
                         help="only the forecaster runs (no streamers, takeover or failover)")
     parser.add_argument("--claim-idle", type=float, default=30.0,
                         help="forecaster.claim_idle of the forecaster runs, seconds (default 30, the service's)")
-    parser.add_argument("--boundaries", type=int, default=60, help="bar boundaries per forecaster run (default 60)")
+    parser.add_argument("--boundaries", type=int, default=300,
+                        help="bar boundaries per forecaster run (default 300: 60 measured 1-2 CPU-s and swung ±0.15)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     print_result(result, args.json, 18)
