@@ -1,22 +1,26 @@
 """Scaling out on a real local Redis Cluster (issue 14): streamers, forecasters, takeover, failover.
 
-    .venv/bin/python benchmarks/scale.py --json [--feeds 4] [--trades 50000] [--gap-ms 1] [--pin] [--rounds 2]
-                                                [--fc-feeds 200] [--boundaries 300] [--claim-idle 30]
+    .venv/bin/python benchmarks/scale.py --json [--feeds 20] [--trades 30000] [--gap-ms 1] [--no-pin] [--rounds 2]
+                                                [--fc-feeds 200] [--boundaries 300] [--pace-ms 150] [--claim-idle 30]
                                                 [--forecasters-only]
 
 Starts its own cluster (six `redis-server`, three masters and three replicas, tests/cluster.py)
 and runs, on it, one after the other:
 
 - ``streamers``: benchmarks/streamers.py's run (``--feeds`` x ``--trades`` synthetic trades, at
-  ``--gap-ms`` apart, the flood server on its own CPU with ``--pin``) with one `volcast stream`
-  (no leases) and with two sharing the feeds through leases (the default 4 feeds are one
-  connection's, so two streamers read two connections for half the frames each; ``--feeds 20
-  --gap-ms 5`` gives each streamer 2 of 4 connections, as a deployment of many feeds): trades/s
-  (wall) and trades per CPU-second of the streamer processes, best of ``--rounds``;
+  ``--gap-ms`` apart, the flood server on its own CPU unless ``--no-pin``) with one `volcast stream`
+  (no leases) and with two sharing the feeds through leases (the default 20 feeds are 4
+  connections, 2 per streamer, as a deployment of many feeds; at 1 ms apart, 20,000 trades/s, one
+  streamer uses about a third of a core here: the load a second streamer is started for; at
+  ``--gap-ms 5`` each process's own fixed cost weighs more): trades/s (wall) and trades per
+  CPU-second of the streamer processes, best of ``--rounds``;
 - ``forecasters``: one and two `volcast forecast` processes (3 event shards, the fallback
   baselines: no model is trained here) on ``--fc-feeds`` feeds of real 1-minute volumes
-  (tests/data), ``--boundaries`` bar boundaries closed one after the other, each once every feed's
-  forecast of the previous one arrived over MQTT: feeds forecast/s (wall) and per CPU-second of
+  (tests/data), ``--boundaries`` bar boundaries closed one after the other, each ``--pace-ms``
+  after every feed's forecast of the previous one arrived over MQTT (a deployment's boundaries are
+  a minute apart; back to back, ``--pace-ms 0``, two workers with the cluster and this driver want
+  more than two cores, and their CPU seconds grow with the contention: ``machine_busy`` gives the
+  machine's share in use): feeds forecast/s (wall, the pauses included) and per CPU-second of
   the forecaster processes, in the steady state: the CPU seconds are read after two warm-up
   boundaries a second apart (imports, the fallback's first fit, and with two workers the split of
   the event shards between them and the reads of the histories of the feeds each one took) and
@@ -108,8 +112,17 @@ def _forecaster(config: Path, name: str) -> subprocess.Popen[bytes]:
                              name], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
 
 
+def _machine_ticks() -> tuple[int, int]:
+    """The machine's (busy, total) CPU ticks so far, every core (/proc/stat's first line)."""
+    with Path("/proc/stat").open(encoding="ascii") as stat:
+        ticks = [int(x) for x in stat.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return sum(ticks) - idle, sum(ticks)
+
+
 async def forecasters_run(cluster: LocalCluster, workers: int, feeds: int, boundaries: int,
-                          directory: Path, idle_s: float = 0.0, claim_idle_s: float = 30.0) -> dict[str, Any]:
+                          directory: Path, idle_s: float = 0.0, claim_idle_s: float = 30.0,
+                          pace_s: float = 0.0) -> dict[str, Any]:
     symbols = [f"S{i}/USDT" for i in range(feeds)]
     # claim_idle sets the pool's coordination cadence (claims and the split's look at the group
     # every claim_idle / 4, the alive key every claim_idle / 3): the service's default, not the
@@ -141,6 +154,11 @@ async def forecasters_run(cluster: LocalCluster, workers: int, feeds: int, bound
                 raise RuntimeError("the forecasters did not join the consumer group")
 
             async def boundary(step: int) -> None:
+                # A pause before each boundary: a deployment's boundaries are an interval apart
+                # (a minute), with the pool idle between them; back to back, two workers, six
+                # Redis servers and this driver want more than the two cores, and their CPU
+                # seconds then also count the contention (see --pace-ms).
+                await asyncio.sleep(pace_s)
                 await close_bars(redis, keys, [(f, series[f][HISTORY + step]) for f in feed_list], SHARDS)
                 await listener.wait_for((step + 1) * feeds, timeout=_WAIT_S)
 
@@ -168,10 +186,12 @@ async def forecasters_run(cluster: LocalCluster, workers: int, feeds: int, bound
             passes0 = int(await redis.hget(keys.forecaster(), "batches") or 0)
             cpu0 = sum(streamers._cpu_s(p.pid) for p in processes)
             calls0 = _command_calls(cluster)
+            machine0 = _machine_ticks()
             started = time.monotonic()
             for step in range(2, boundaries + 2):
                 await boundary(step)
             wall = time.monotonic() - started
+            machine1 = _machine_ticks()
             each = [streamers._cpu_s(p.pid) for p in processes]
             cpu = sum(each) - cpu0
             calls1 = _command_calls(cluster)
@@ -189,6 +209,9 @@ async def forecasters_run(cluster: LocalCluster, workers: int, feeds: int, bound
                 "cpu_s": round(cpu, 2), "wall_s": round(wall, 2), "forecasts": done,
                 # Passes of the workers (one per boundary each at best): each one pays a boundary's fixed costs.
                 "passes_per_boundary": round(passes / boundaries, 2),
+                # The share of the machine's CPU (every core) in use during the measure: near 1,
+                # the processes were waiting for a core and their CPU seconds count contention too.
+                "machine_busy": round((machine1[0] - machine0[0]) / max(1, machine1[1] - machine0[1]), 3),
                 # What the masters executed per boundary, this benchmark's bar writes included (the
                 # same in every variant): where a worker's fixed cost per boundary goes.
                 "commands_per_boundary": {c: round((n - calls0.get(c, 0)) / boundaries, 2)
@@ -215,7 +238,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
             for count, variant in (("1", "one"), ("2", "two")):
                 with tempfile.TemporaryDirectory(prefix="volcast-scale-") as directory:
                     run = await streamers.one_run(variant, args.feeds, args.trades, Path(directory), section,
-                                                  pin=args.pin, gap_ms=args.gap_ms)
+                                                  pin=args.pin and len(os.sched_getaffinity(0)) > 1, gap_ms=args.gap_ms)
                 print(f"round {round_ + 1} streamers {count}: {run}", file=sys.stderr)
                 best = result["streamers"].get(count)
                 if best is None or run["trades_per_cpu_s"] > best["trades_per_cpu_s"]:
@@ -225,7 +248,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
                 workers, feeds = (1, args.fc_feeds // 2) if count == "1_half" else (int(count), args.fc_feeds)
                 with tempfile.TemporaryDirectory(prefix="volcast-scale-") as directory:
                     run = await forecasters_run(cluster, workers, feeds, args.boundaries, Path(directory),
-                                                claim_idle_s=args.claim_idle)
+                                                claim_idle_s=args.claim_idle, pace_s=args.pace_ms / 1000)
                 print(f"round {round_ + 1} forecasters {count}: {run}", file=sys.stderr)
                 best = result["forecasters"].get(count)
                 if best is None or run["feeds_forecast_per_cpu_s"] > best["feeds_forecast_per_cpu_s"]:
@@ -265,6 +288,7 @@ def _efficiency(result: dict[str, Any], args: argparse.Namespace, load_before: t
         result["efficiency_2_vs_1"]["streamers"] = round(s2["trades_per_cpu_s"] / s1["trades_per_cpu_s"], 3)
     result["forecasters_cost"] = _cost_model(result["forecasters"], args.fc_feeds, args.boundaries)
     result["goal"] = 0.9
+    result["forecasters_pace_ms"] = args.pace_ms
     result["load_avg"] = {"before": [round(x, 2) for x in load_before], "after": [round(x, 2) for x in os.getloadavg()]}
     return result
 
@@ -290,13 +314,16 @@ def _cost_model(runs: dict[str, Any], feeds: int, boundaries: int) -> dict[str, 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--feeds", type=int, default=4, help="flooded symbols of the streamer runs (default 4)")
-    parser.add_argument("--trades", type=int, default=50_000, help="trades per flooded symbol (default 50000)")
+    parser.add_argument("--feeds", type=int, default=20,
+                        help="flooded symbols of the streamer runs (default 20: 4 connections, 2 per streamer)")
+    parser.add_argument("--trades", type=int, default=30_000, help="trades per flooded symbol (default 30000)")
     parser.add_argument("--gap-ms", type=int, default=1,
                         help="replay ms between a feed's trades in the streamer runs (default 1: 1,000 trades/s a "
-                             "feed; --feeds 20 --gap-ms 5: 4,000 trades/s over 4 connections, 2 per streamer)")
-    parser.add_argument("--pin", action="store_true",
-                        help="the streamer runs' flood server on CPU 0 and the streamers on the others")
+                             "feed, 20,000 in all, one streamer a third of a core here: the load a second streamer "
+                             "is started for; --gap-ms 5: 4,000 trades/s, where each process's own fixed cost weighs)")
+    parser.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                        help="the streamer runs' flood server on CPU 0 and the streamers on the others (default on; "
+                             "off on a one-CPU machine)")
     parser.add_argument("--rounds", type=int, default=2,
                         help="streamer and forecaster runs per count; the best counts (default 2)")
     parser.add_argument("--fc-feeds", type=int, default=200, help="feeds of the forecaster runs (default 200)")
@@ -306,6 +333,10 @@ def main() -> int:
                         help="forecaster.claim_idle of the forecaster runs, seconds (default 30, the service's)")
     parser.add_argument("--boundaries", type=int, default=300,
                         help="bar boundaries per forecaster run (default 300: 60 measured 1-2 CPU-s and swung ±0.15)")
+    parser.add_argument("--pace-ms", type=float, default=150.0,
+                        help="pause before each boundary of the forecaster runs, ms (default 150, about 7 boundaries "
+                             "a second, the machine about half busy; 0: back to back, the two cores oversubscribed "
+                             "with two workers)")
     args = parser.parse_args()
     result = asyncio.run(main_async(args))
     print_result(result, args.json, 18)
