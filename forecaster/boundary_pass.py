@@ -278,13 +278,20 @@ class BoundaryPass:
     def _replace_guarded(self, open_ms: int, feeds: Sequence[Feed], results: Sequence[tuple[Forecast, Serving]],
                          histories: Histories, created: int
                          ) -> tuple[list[tuple[Forecast, Serving]], dict[int, Guarded]]:
-        """The guarded forecasts (rare) replaced by the fallback baseline on the same bars, or
-        naive; each with what the payload says about it, keyed by its index in ``feeds``."""
+        """The guarded forecasts (rare) replaced by the fallback baseline on the same bars, then
+        EWMA, then naive; each with what the payload says about it, keyed by its index in ``feeds``.
+        A guarded forecast of the fallback's HAR (serving where there is no model) gets EWMA's, not
+        naive's: a HAR fitted on too few feeds once sent thousands of a pool's forecasts to the
+        naive one for an hour (docs/benchmarks.md, 2026-12-07)."""
         out = list(results)
         failed = [i for i, (forecast, _) in enumerate(results) if forecast.guard is not None]
+        ewma = self.fallback.ewma
         retry = [i for i in failed if not results[i][1].baseline]
         redone = dict(zip(retry, baseline_forecasts([feeds[i] for i in retry], histories, self.fallback.choose,
-                                                    self.naive, self._feed_key), strict=True))
+                                                    self.naive, self._feed_key, then=ewma), strict=True))
+        har = [i for i in failed if results[i][1].baseline and results[i][1].predictor.name == "har"]
+        redone.update(zip(har, baseline_forecasts([feeds[i] for i in har], histories, lambda _: ewma,
+                                                  self.naive, self._feed_key), strict=True))
         guards: dict[int, Guarded] = {}
         for i in failed:
             forecast, serving = results[i]

@@ -6,15 +6,24 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
+import numpy as np
 from worker_harness import NEAR, delete_prefix, feeds_of, settings_for, symbol_bars, write_bars
 
+from forecaster.bar_matrix import COLUMNS, BarMatrix
+from forecaster.bar_reader import Histories
+from forecaster.boundary_pass import BoundaryPass
 from forecaster.fallback import FallbackBaseline
+from forecaster.features import HAR_HISTORY
 from forecaster.frame import BarFrame
+from forecaster.guard import GuardCounts
+from forecaster.guard_fallback import baseline_forecasts
 from forecaster.horizons import Horizons
+from forecaster.predictor import baseline_predictor
 from forecaster.publisher import Publisher
+from forecaster.serving import Serving
 from forecaster.worker import Worker
 from volcast.connections import redis_client
-from volcast.keys import RedisKeys
+from volcast.keys import Feed, RedisKeys
 
 
 def test_fallback_tracks_the_data_from_a_few_bars_and_switches_to_har_after_a_refit() -> None:
@@ -101,3 +110,50 @@ def test_a_fit_on_one_feed_is_too_narrow_for_the_others() -> None:
     assert guarded() == 0
     assert not fallback.too_narrow(len(frames), workers=2)
     assert not fallback.too_narrow(1, workers=1)  # one feed is all there is: its fit is not narrow
+
+
+def test_a_guarded_har_forecast_falls_back_to_ewma_before_naive() -> None:
+    """Where the fallback's HAR is guarded (here: fitted on one feed, as a pool's first narrow
+    fit), the worker serves EWMA on the same bars, a level of the last few bars that no far
+    horizon can take off from (0.91 of naive's rmse_log on the dev files, docs/accuracy.md), and
+    naive only where EWMA fails the guard too."""
+    spec = Horizons(60, (("5m", 5), ("15m", 15), ("1h", 60)))
+    frames = [BarFrame.from_bars(symbol_bars(i % 20)[:400]) for i in range(200)]
+    feeds = [Feed("binance", f"S{i}/USDT", 60_000) for i in range(200)]
+    matrix = BarMatrix(60_000, HAR_HISTORY)
+    for feed, frame in zip(feeds, frames, strict=True):
+        matrix.write(feed, frame.open_time_ms, np.stack([getattr(frame, c) for c in COLUMNS]), continues=False)
+    open_ms = int(frames[0].open_time_ms[-1])
+    histories = Histories(open_ms, feeds, matrix, {}, {})
+    fallback = FallbackBaseline(horizons=spec)
+    fallback.refit([(f"binance:S{i}/USDT", frames[i]) for i in range(20)])  # EWMA from every kind of day
+    ewma = fallback.ewma
+    fallback.refit([("binance:S5/USDT", frames[5])])
+    fallback.ewma = ewma
+    naive = baseline_predictor("naive")
+
+    def key(feed: Feed) -> str:
+        return f"binance:{feed.symbol}"
+
+    alone = baseline_forecasts(feeds, histories, fallback.choose, naive, key)
+    guarded = [i for i, (_, used) in enumerate(alone) if used is naive]
+    assert guarded  # the narrow HAR's horizons: above the guard's bound on some feeds
+    assert all(used is fallback.har for i, (_, used) in enumerate(alone) if i not in guarded)
+    laddered = baseline_forecasts(feeds, histories, fallback.choose, naive, key, then=ewma)
+    for i in guarded:
+        forecast, used = laddered[i]
+        assert used is ewma and forecast.guard is None  # no horizons, as naive's (EWMA has none)
+        assert np.isfinite(forecast.volume) and forecast.volume >= 0
+    for i in set(range(len(feeds))) - set(guarded):  # the others are HAR's, unchanged
+        assert laddered[i][1] is fallback.har and laddered[i][0].volume == alone[i][0].volume
+    # The boundary pass: HAR serving (no model), its guarded forecasts replaced by EWMA's.
+    boundary = object.__new__(BoundaryPass)  # only what _replace_guarded reads
+    boundary.fallback, boundary.naive, boundary.guards = fallback, naive, GuardCounts()
+    boundary._feed_key, boundary.interval_ms = key, 60_000
+    har = fallback.har
+    assert har is not None
+    served = [(forecast, Serving(har, None)) for forecast, _ in alone]
+    out, guards = boundary._replace_guarded(open_ms, feeds, served, histories, created=0)
+    assert sorted(guards) == guarded and all(g.model_name == "har" for g in guards.values())
+    assert all(out[i][1].predictor is ewma and out[i][0].guard is None for i in guarded)
+    assert boundary.guards.status()["guarded"] == str(len(guarded))
