@@ -115,7 +115,7 @@ def test_a_fit_on_one_feed_is_too_narrow_for_the_others() -> None:
 def test_a_guarded_har_forecast_falls_back_to_ewma_before_naive() -> None:
     """Where the fallback's HAR is guarded (here: fitted on one feed, as a pool's first narrow
     fit), the worker serves EWMA on the same bars, a level of the last few bars that no far
-    horizon can take off from (0.91 of naive's rmse_log on the dev files, docs/accuracy.md), and
+    horizon can take off from (0.82 of naive's rmse_log on the dev files, docs/accuracy.md), and
     naive only where EWMA fails the guard too."""
     spec = Horizons(60, (("5m", 5), ("15m", 15), ("1h", 60)))
     frames = [BarFrame.from_bars(symbol_bars(i % 20)[:400]) for i in range(200)]
