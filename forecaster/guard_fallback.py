@@ -42,8 +42,9 @@ def baseline_forecasts(feeds: Sequence[Feed], histories: Histories, choose: Call
                 forecasts = predictor.predict_batch(batch, keys)
                 used = predictor
             except Exception as exc:  # an unfitted or broken baseline: the next rung
+                rung = then if then is not None and predictor is not then else naive
                 log.error("%s failed on %d guarded histories, serving %s: %s",
-                          predictor.name, len(ordered), (then or naive).name, exc)
+                          predictor.name, len(ordered), rung.name, exc)
                 forecasts = naive.predict_batch(batch.bars_from(length - 1), keys)
                 used = naive
             for feed, forecast in zip(ordered, forecasts, strict=True):
