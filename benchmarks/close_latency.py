@@ -65,6 +65,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(HERE))
 
+from setting_args import duration_setting  # noqa: E402
+
 DATA = ROOT / "tests" / "data"
 LIQUID_SOURCES = {
     "btc": DATA / "binance_BTCUSDT_trades_2021-01-08_000000-000046.csv.gz",  # ~43 trades/s
@@ -275,12 +277,12 @@ def percentiles(values: list[int]) -> dict[str, Any]:
 
 def service_config(*, replay_port: int, redis_port: int, mqtt_port: int, prefix: str, symbols: list[str],
                    model_dir: Path, grace: str, exchange_grace: str | None,
-                   symbols_per_connection: int | None = None, read_hold: str | None = None) -> dict[str, Any]:
+                   symbols_per_connection: int | None = None, read_hold: int | str | None = None) -> dict[str, Any]:
     streamer: dict[str, Any] = {}
     if symbols_per_connection is not None:
         streamer["symbols_per_connection"] = symbols_per_connection
-    if read_hold is not None:  # "0" is the setting's 0 (a duration needs a unit otherwise)
-        streamer["read_hold"] = int(read_hold) if read_hold.isdigit() else read_hold
+    if read_hold is not None:
+        streamer["read_hold"] = read_hold
     return {
         "exchanges": [{
             "id": "binance",
@@ -607,7 +609,7 @@ def main() -> int:
     parser.add_argument("--liquid-source", default="btc", choices=["btc", "eth", "btc+eth"])
     parser.add_argument("--symbols-per-connection", type=int, default=None,
                         help="streamer.symbols_per_connection (absent: the default; 0: ccxt's round robin)")
-    parser.add_argument("--read-hold", default=None, metavar="DURATION",
+    parser.add_argument("--read-hold", default=None, type=duration_setting, metavar="DURATION",
                         help="streamer.read_hold, e.g. 0 (every frame read as it comes) or 25ms (absent: the default)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()

@@ -76,6 +76,7 @@ import aiohttp
 import redis.asyncio as aioredis
 import yaml
 from report import print_result
+from setting_args import duration_setting
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -222,7 +223,7 @@ async def _in_bars(redis: aioredis.Redis, keys: RedisKeys, feed: Feed) -> int:
 
 async def one_run(variant: str, feeds: int, trades: int, directory: Path,
                   redis_section: dict[str, Any] | None = None, *, speed: float = 1.0,
-                  read_hold: str | None = None, pin: bool = False, gap_ms: int = 1) -> dict[str, Any]:
+                  read_hold: int | str | None = None, pin: bool = False, gap_ms: int = 1) -> dict[str, Any]:
     """One variant; ``redis_section`` (the settings' ``redis`` without key_prefix) points it at
     another Redis, e.g. a cluster (benchmarks/scale.py); ``read_hold`` sets ``streamer.read_hold``
     (None: its default); ``pin``: the flood server on CPU 0, the streamers on the others; ``gap_ms``:
@@ -245,8 +246,8 @@ async def one_run(variant: str, feeds: int, trades: int, directory: Path,
                 "history": {"days": 0},
                 "redis": redis_raw,
             }
-            if read_hold is not None:  # "0" is the setting's 0 (a duration needs a unit otherwise)
-                config["streamer"] = {"read_hold": int(read_hold) if read_hold.isdigit() else read_hold}
+            if read_hold is not None:
+                config["streamer"] = {"read_hold": read_hold}
             names = _PROCESSES[variant]
             symbols = _symbols(feeds)
             halves = {"h1": symbols[: feeds // 2], "h2": symbols[feeds // 2:]}
@@ -407,9 +408,9 @@ def main() -> int:
                         help="replay speed (default 1: 1,000 trades/s per feed; inf floods them at once); "
                              "several: each is measured, with --trades scaled so each flood lasts as long "
                              "as the first's, and the first's figures are the top level")
-    parser.add_argument("--read-hold", default=None, metavar="DURATION",
+    parser.add_argument("--read-hold", default=None, type=duration_setting, metavar="DURATION",
                         help="the streamers' streamer.read_hold, e.g. 25ms or 0 (default: the setting's default)")
-    parser.add_argument("--hold-baseline", default=None, metavar="DURATION",
+    parser.add_argument("--hold-baseline", default=None, type=duration_setting, metavar="DURATION",
                         help="also run one and two streamers with this read_hold (e.g. 0) and give the ratios")
     parser.add_argument("--pin", action="store_true",
                         help="the flood server on CPU 0 and the streamers on the other CPUs, so that one and "
