@@ -38,6 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the time-of-day profile and HAR direct (one regression per horizon)")
     parser.add_argument("--plot", type=Path, default=None, metavar="FILE.png",
                         help="plot actual vs forecast (80%% band) over the last day of the test part")
+    parser.add_argument("--plot-hour", type=Path, default=None, metavar="FILE.png",
+                        help="plot one forecast of every coming bar and window (model.horizons) against what "
+                             "traded, with its calibrated 80%% band and HAR direct's (one BARS file)")
+    parser.add_argument("--at", default=None, metavar="TIME",
+                        help="with --plot-hour: when the forecast is made, the open time of the predicted bar "
+                             "(UTC, e.g. 2023-02-27T14:00; default: the test part's last whole hour)")
     add_model_config_argument(parser)
 
 
@@ -63,9 +69,22 @@ def main(args: argparse.Namespace) -> int:
     except BarsFileError as exc:
         print(f"volcast backtest: {exc}", file=sys.stderr)
         return 1
-    if args.plot and len(frames) > 1:
-        print("volcast backtest: --plot draws one file: give one BARS file with it", file=sys.stderr)
+    if (args.plot or args.plot_hour) and len(frames) > 1:
+        print("volcast backtest: --plot and --plot-hour draw one file: give one BARS file with them", file=sys.stderr)
         return 2
+    at_ms = None
+    if args.at is not None:
+        from volcast.commands.hour_curve import parse_at
+
+        if not args.plot_hour:
+            print("volcast backtest: --at chooses the moment of --plot-hour: give --plot-hour FILE.png too",
+                  file=sys.stderr)
+            return 2
+        try:
+            at_ms = parse_at(args.at)
+        except ValueError as exc:
+            print(f"volcast backtest: {exc}", file=sys.stderr)
+            return 2
     # Computed on the whole files, before the split: a slice keeps its rows.
     frames, coverage = attach_configured(frames, model.features)
     for line in describe(coverage or {}):
@@ -85,11 +104,21 @@ def main(args: argparse.Namespace) -> int:
     if any(split < 2 or len(f) - split < 1 for (_, f), split in zip(frames, splits.values(), strict=True)):
         return too_few("every baseline needs at least 2 bars to fit on")
     interval = frames[0][1].interval_ms
-    if args.horizons and not args.artifact:
+    if (args.horizons or args.plot_hour) and not args.artifact:
         from forecaster.horizons import resolve
 
-        if not resolve(model, interval).multi:
+        wanted = resolve(model, interval)
+        if not wanted.multi:
             return no_horizons(model.name)
+        if args.plot_hour:  # a wrong --at is told before training, not after
+            from volcast.commands.hour_curve import choose_position
+
+            key, frame = frames[0]
+            try:
+                choose_position(frame, tests[key], wanted, 1, at_ms)
+            except ValueError as exc:
+                print(f"volcast backtest: {exc}", file=sys.stderr)
+                return 2
     per_file: dict[str, dict[str, dict[str, float]]] = {key: {} for key, _ in frames}
     predictor: ModelPredictor
     try:
@@ -152,6 +181,11 @@ def main(args: argparse.Namespace) -> int:
         _plot(args.plot, frame.open_time_ms[pos], frame.volume[pos], point, quants,
               predictor.model.quantile_levels, plot_title(key, predictor.name, scores, n - split))
         result["plot"] = str(args.plot)
+    hour_lines: list[str] = []
+    if args.plot_hour:
+        code, hour_lines = _plot_hour(args.plot_hour, at_ms, predictor, frames[0], tests[frames[0][0]], train, result)
+        if code:
+            return code
     if args.json:
         print(json.dumps(result))
     else:
@@ -168,7 +202,32 @@ def main(args: argparse.Namespace) -> int:
                   "published live, calibrated online from the bars before each one (nominal 0.80)")
         if "horizons" in result:
             print_horizons(result["horizons"], predictor.name)
+        for line in hour_lines:
+            print(line)
     return 0
+
+
+def _plot_hour(path: Path, at_ms: int | None, predictor: Any, file: tuple[str, Any], test_range: tuple[int, int],
+               train: list[tuple[str, Any]], result: dict[str, Any]) -> tuple[int, list[str]]:
+    """``--plot-hour``: the forecast at one moment, drawn to ``path`` and kept in ``result``; the
+    exit code (0: drawn) and the lines that print it for a reader."""
+    from forecaster.horizon_scoring import baseline_forecasts
+    from volcast.commands.hour_curve import choose_position, hour_curve, plot_hour, summary_lines
+
+    spec = predictor.model.horizon_spec
+    if not spec.multi:
+        return no_horizons(predictor.name), []
+    key, frame = file
+    try:
+        position = choose_position(frame, test_range, spec, predictor.model.min_history, at_ms)
+    except ValueError as exc:
+        print(f"volcast backtest: {exc}", file=sys.stderr)
+        return 2, []
+    curve = hour_curve(predictor.model, predictor.name, baseline_forecasts(spec, train)["har"], key, frame,
+                       test_range, position)
+    plot_hour(path, curve)
+    result["hour_curve"] = {**curve.as_dict(), "plot": str(path)}
+    return 0, summary_lines(curve)
 
 
 def _means(per_file: dict[str, dict[str, dict[str, float]]]) -> dict[str, dict[str, float]]:
