@@ -12,7 +12,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from volcast.commands._model_config import (
     BarsFileError,
@@ -20,6 +20,10 @@ from volcast.commands._model_config import (
     model_settings,
     read_frames,
 )
+
+if TYPE_CHECKING:  # imported where used: `volcast --help` does not load torch
+    from forecaster.frame import BarFrame
+    from forecaster.predictor import ModelPredictor
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -207,8 +211,9 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plot_hour(path: Path, at_ms: int | None, predictor: Any, file: tuple[str, Any], test_range: tuple[int, int],
-               train: list[tuple[str, Any]], result: dict[str, Any]) -> tuple[int, list[str]]:
+def _plot_hour(path: Path, at_ms: int | None, predictor: ModelPredictor, file: tuple[str, BarFrame],
+               test_range: tuple[int, int], train: list[tuple[str, BarFrame]],
+               result: dict[str, Any]) -> tuple[int, list[str]]:
     """``--plot-hour``: the forecast at one moment, drawn to ``path`` and kept in ``result``; the
     exit code (0: drawn) and the lines that print it for a reader."""
     from forecaster.horizon_scoring import baseline_forecasts
