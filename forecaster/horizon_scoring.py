@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 
 from forecaster.baselines import Har, LogForecaster, TimeOfDay, naive_targets
-from forecaster.calibration import WINDOW_POWER, replay_targets
+from forecaster.calibration import WINDOW_POWER, BoolArray, replay_targets
 from forecaster.features import Batch
 from forecaster.frame import BarFrame, FloatArray, IntArray
-from forecaster.horizons import Horizons, window_sums
+from forecaster.horizons import Horizons, Target, window_sums
 
 TargetForecast = Callable[[Batch, Sequence[str], IntArray], tuple[FloatArray, FloatArray | None]]
 """(batch, keys, positions) -> log1p forecasts (S, P, T) and quantiles (S, P, T, Q) or None."""
@@ -69,6 +69,36 @@ def scoring_positions(frame: BarFrame, test_range: tuple[int, int], spec: Horizo
     return np.arange(max(start, history, 1), min(stop, len(frame)) - spec.span + 1, dtype=np.int64)
 
 
+def target_forecasts(forecast: TargetForecast, batch: Batch, key: str, positions: IntArray,
+                     levels: Sequence[float]) -> tuple[FloatArray, tuple[FloatArray, FloatArray, FloatArray] | None]:
+    """One series' log1p forecasts ``(P, T)`` at ``positions`` (in chunks), and its band: the
+    0.1, 0.5 and 0.9 quantiles ``(low, mid, high)``, each ``(P, T)``, where the forecast has them
+    and ``levels`` names all three (else None)."""
+    banded = 0.1 in levels and 0.5 in levels and 0.9 in levels
+    points, lows, mids, highs = [], [], [], []
+    for lo in range(0, len(positions), _CHUNK):
+        point, quants = forecast(batch, [key], positions[lo : lo + _CHUNK])
+        points.append(point[0])
+        if quants is not None and banded:
+            lows.append(quants[0, :, :, list(levels).index(0.1)])
+            mids.append(quants[0, :, :, list(levels).index(0.5)])
+            highs.append(quants[0, :, :, list(levels).index(0.9)])
+    band = (np.concatenate(lows), np.concatenate(mids), np.concatenate(highs)) if mids else None
+    return np.concatenate(points), band
+
+
+def calibrated_bands(band: tuple[FloatArray, FloatArray, FloatArray], actual: FloatArray,
+                     targets: Sequence[Target], window_power: float = WINDOW_POWER
+                     ) -> tuple[FloatArray, FloatArray, BoolArray]:
+    """The band as the worker publishes it at each of a series' consecutive positions (log1p
+    ``(P, T)`` each, and whether calibrated): ``band`` (low, mid, high) calibrated online from
+    the realised ``actual`` volumes, each target learnt only once its window has closed."""
+    low, mid, high = band
+    delays = np.array([o + k for o, k in targets], dtype=np.int64)
+    windows = np.array([k for _, k in targets], dtype=np.int64)
+    return replay_targets(low, high, mid, np.log1p(actual), delays, windows=windows, window_power=window_power)
+
+
 def interval_score(low: FloatArray, high: FloatArray, actual: FloatArray) -> FloatArray:
     """Winkler score of an 80% band per target (log1p, lower is better): its width plus 10 x
     how far each realised value fell outside it (mean over the rows)."""
@@ -88,29 +118,19 @@ def score_targets(forecast: TargetForecast, frames: Sequence[tuple[str, BarFrame
     alternatives: dict[float, list[tuple[FloatArray, FloatArray]]] = {p: [] for p in powers}
     bars = np.array([k for _, k in targets], dtype=np.float64)
     points, actuals, naives, lows, highs = [], [], [], [], []
-    delays = np.array([o + k for o, k in targets], dtype=np.int64)
-    banded = 0.1 in levels and 0.5 in levels and 0.9 in levels
     for (key, frame), pos in zip(frames, positions, strict=True):
         if len(pos) == 0:
             continue
-        batch = Batch.stack([frame])
-        mids = []
-        for lo in range(0, len(pos), _CHUNK):
-            p = pos[lo : lo + _CHUNK]
-            point, quants = forecast(batch, [key], p)
-            points.append(point[0])
-            if quants is not None and banded:
-                lows.append(quants[0, :, :, list(levels).index(0.1)])
-                highs.append(quants[0, :, :, list(levels).index(0.9)])
-                mids.append(quants[0, :, :, list(levels).index(0.5)])
+        point, band = target_forecasts(forecast, Batch.stack([frame]), key, pos, levels)
+        points.append(point)
         actuals.append(window_sums(np.maximum(frame.volume, 0.0), pos, targets))
-        if mids and calibrate:
-            n = len(mids)
-            for power in powers if window_powers else powers[:1]:
-                cal_lo, cal_hi, _ = replay_targets(np.concatenate(lows[-n:]), np.concatenate(highs[-n:]),
-                                                   np.concatenate(mids), np.log1p(actuals[-1]), delays,
-                                                   windows=windows, window_power=power)
-                alternatives[power].append((cal_lo, cal_hi))
+        if band is not None:
+            lows.append(band[0])
+            highs.append(band[2])
+            if calibrate:
+                for power in powers if window_powers else powers[:1]:
+                    cal_lo, cal_hi, _ = calibrated_bands(band, actuals[-1], targets, power)
+                    alternatives[power].append((cal_lo, cal_hi))
         naives.append(np.maximum(frame.volume[pos - 1], 0.0)[:, None] * bars[None, :])
     if not actuals:
         raise ValueError("no forecast position in the test range has every horizon inside the bars")

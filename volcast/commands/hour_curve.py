@@ -19,14 +19,12 @@ from typing import Any
 import numpy as np
 
 from forecaster.baselines import LogForecaster
-from forecaster.calibration import replay_targets
 from forecaster.features import Batch
 from forecaster.frame import BarFrame, FloatArray
-from forecaster.horizon_scoring import TargetForecast, scoring_positions
+from forecaster.horizon_scoring import TargetForecast, calibrated_bands, scoring_positions, target_forecasts
 from forecaster.horizons import Horizons, window_sums
 
 _HOUR_MS = 3_600_000
-_CHUNK = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,34 +109,21 @@ def hour_curve(model: LogForecaster, name: str, har: TargetForecast, key: str, f
     spec = model.horizon_spec
     targets = spec.targets
     batch = Batch.stack([frame])
+    volumes = np.maximum(frame.volume, 0.0)
     positions = scoring_positions(frame, test_range, spec, model.min_history)
     positions = positions[positions <= position]
-    points, lows, highs, mids = [], [], [], []
-    levels = list(model.quantile_levels)
-    banded = all(q in levels for q in (0.1, 0.5, 0.9))
-    for lo in range(0, len(positions), _CHUNK):
-        point, quants = model.predict_targets(batch, [key], positions[lo : lo + _CHUNK])
-        points.append(point[0])
-        if quants is not None and banded:
-            lows.append(quants[0, :, :, levels.index(0.1)])
-            highs.append(quants[0, :, :, levels.index(0.9)])
-            mids.append(quants[0, :, :, levels.index(0.5)])
-    log_point = np.concatenate(points)[-1]
-    nan = np.full(len(targets), np.nan)
-    low, high, calibrated = nan, nan, False
-    if mids:
-        actual_log = np.log1p(window_sums(np.maximum(frame.volume, 0.0), positions, targets))
-        delays = np.array([o + k for o, k in targets], dtype=np.int64)
-        windows = np.array([k for _, k in targets], dtype=np.int64)
-        # Positions are consecutive rows: replay_targets learns a row's target ``delays`` rows
-        # later, so only windows that closed before ``position`` are read.
-        cal_lo, cal_hi, done = replay_targets(np.concatenate(lows), np.concatenate(highs), np.concatenate(mids),
-                                              actual_log, delays, windows=windows)
+    log_points, band = target_forecasts(model.predict_targets, batch, key, positions, model.quantile_levels)
+    low = high = np.full(len(targets), np.nan)
+    calibrated = False
+    if band is not None:
+        # Positions are consecutive rows, and a row's target is learnt only once its window has
+        # closed: only windows that closed before ``position`` are read.
+        actual = window_sums(volumes, positions, targets)
+        cal_lo, cal_hi, done = calibrated_bands(band, actual, targets)
         low, high, calibrated = _volume(cal_lo[-1]), _volume(cal_hi[-1]), bool(done[-1].all())
     har_point, _ = har(batch, [key], np.array([position], dtype=np.int64))
-    volumes = np.maximum(frame.volume, 0.0)
     return HourCurve(key=key, name=name, position=position, open_time_ms=int(frame.open_time_ms[position]),
-                     interval_ms=frame.interval_ms, spec=spec, model=_volume(log_point), low=low, high=high,
+                     interval_ms=frame.interval_ms, spec=spec, model=_volume(log_points[-1]), low=low, high=high,
                      calibrated=calibrated, har=_volume(har_point[0, 0]),
                      actual=window_sums(volumes, np.array([position], dtype=np.int64), targets)[0],
                      bars=volumes[position : position + spec.span].astype(np.float64))
@@ -150,7 +135,7 @@ def _volume(log1p_values: FloatArray) -> FloatArray:
 
 
 def summary_lines(curve: HourCurve) -> list[str]:
-    """The curve as a table for the terminal: the windows, then a few of the coming bars."""
+    """The curve as a table for the terminal: a few of the coming bars, then the windows."""
     spec = curve.spec
     picks = [h for h in (1, 2, 5, 15, 30, 60) if h <= spec.bars]
     rows: Sequence[tuple[str, int]] = [*((f"+{h}", h - 1) for h in picks),
